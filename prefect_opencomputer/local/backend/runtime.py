@@ -1,0 +1,333 @@
+"""The sandbox runtime: real, isolated Linux environments on this machine.
+
+A sandbox is a private writable layer (an overlayfs upper directory over the host's system
+directories, with host-private paths masked) plus, while it runs, one long-lived bubblewrap
+process holding its mount, PID, IPC, UTS and network namespaces. Commands enter those namespaces
+with ``nsenter`` as the unprivileged ``sandbox`` user, so background processes outlive the command
+that started them. This module knows nothing of HTTP, ids or persistence: the service above it does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect_opencomputer.local.backend import layers, netns
+from prefect_opencomputer.local.backend.fileops import RootedFiles
+
+SANDBOX_UID = 1000
+SANDBOX_GID = 1000
+SANDBOX_HOME = "/home/sandbox"
+BASE_ENV: Mapping[str, str] = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": SANDBOX_HOME,
+    "USER": "sandbox",
+    "LOGNAME": "sandbox",
+    "SHELL": "/bin/bash",
+    "LANG": "C.UTF-8",
+}
+TIMED_OUT_SUFFIX = b"\nProcess timed out"
+# After the command exits, how long to keep reading output that it left in the pipes.
+_PIPE_GRACE_SECONDS = 0.05
+
+
+class RuntimeUnavailable(RuntimeError):
+    """This machine cannot run isolated sandboxes (no bubblewrap, no root, no overlayfs)."""
+
+
+class SandboxNotRunning(RuntimeError):
+    """The sandbox has no live process tree (hibernated or never started)."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a finished command left behind; a timeout is a result, not an error."""
+
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool = False
+    truncated: bool = False
+
+
+@dataclass
+class _Machine:
+    process: asyncio.subprocess.Process  # the outer unshare/bwrap process
+    init_pid: int  # pid 1 of the sandbox's PID namespace, as seen from the host
+    netns_fd: int
+    drains: set[asyncio.Task[None]]
+
+
+class SandboxRuntime:
+    """Starts, stops and enters sandboxes whose layers live under ``root``."""
+
+    def __init__(self, root: Path, *, hidden_paths: Sequence[Path] = ()) -> None:
+        self.root = root
+        self.layers = layers.LayerStore(root / "layers", hidden_paths=(root, *hidden_paths))
+        self._machines: dict[str, _Machine] = {}
+        self._starting: dict[str, asyncio.Lock] = {}
+
+    @staticmethod
+    def check_available() -> None:
+        """Raise `RuntimeUnavailable` with a readable reason when sandboxes cannot run here."""
+        layers.check_host()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def is_running(self, sandbox_id: str) -> bool:
+        machine = self._machines.get(sandbox_id)
+        return machine is not None and machine.process.returncode is None
+
+    async def start(self, sandbox_id: str, *, hostname: str | None = None) -> None:
+        """Boot the sandbox's process tree over its existing layer (idempotent)."""
+        lock = self._starting.setdefault(sandbox_id, asyncio.Lock())
+        async with lock:
+            if self.is_running(sandbox_id):
+                return
+            upper, work = self.layers.sandbox_dirs(sandbox_id)
+            if not upper.is_dir():
+                raise FileNotFoundError(f"no layer for sandbox {sandbox_id}")
+            self.layers.reset_workdir(sandbox_id)
+            read_fd, write_fd = os.pipe()
+            script = (
+                'mount -t overlay overlay -o "lowerdir=/,upperdir=$1,workdir=$2" "$3" '
+                '&& exec bwrap --bind "$3" / --dev /dev --proc /proc --tmpfs /run '
+                "--unshare-pid --unshare-ipc --unshare-uts --unshare-net --unshare-cgroup-try "
+                f'--hostname "$4" --chdir {SANDBOX_HOME} --die-with-parent --new-session '
+                f'--info-fd {write_fd} -- /bin/sleep infinity'
+            )
+            merged = self.layers.mountpoint(sandbox_id)
+            merged.mkdir(parents=True, exist_ok=True)
+            process = await asyncio.create_subprocess_exec(
+                "unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script,
+                "sandbox-init", str(upper), str(work), str(merged), hostname or sandbox_id,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+            )
+            os.close(write_fd)
+            try:
+                info = await asyncio.get_running_loop().run_in_executor(None, _read_all, read_fd)
+            finally:
+                os.close(read_fd)
+            init_pid = _child_pid(info)
+            if init_pid is None:
+                stderr = b""
+                if process.stderr is not None:
+                    stderr = await process.stderr.read()
+                await process.wait()
+                raise RuntimeUnavailable(
+                    f"sandbox {sandbox_id} failed to start: {stderr.decode(errors='replace').strip()}"
+                )
+            netns_fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            self._machines[sandbox_id] = _Machine(process, init_pid, netns_fd, set())
+
+    async def stop(self, sandbox_id: str) -> None:
+        """Kill every process of the sandbox; its mount goes with them. The layer stays."""
+        machine = self._machines.pop(sandbox_id, None)
+        if machine is None:
+            return
+        for task in machine.drains:
+            task.cancel()
+        os.close(machine.netns_fd)
+        # Killing pid 1 of a PID namespace kills every process in it.
+        for pid in (machine.init_pid, machine.process.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        await machine.process.wait()
+        await _wait_gone(machine.init_pid)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Stop the sandbox and delete its layer: nothing of it is left on this machine."""
+        await self.stop(sandbox_id)
+        await self.layers.remove_sandbox(sandbox_id)
+        self._starting.pop(sandbox_id, None)
+
+    async def shutdown(self) -> None:
+        """Stop every sandbox (layers stay: the server may start again)."""
+        await asyncio.gather(*(self.stop(sid) for sid in list(self._machines)))
+
+    def running_ids(self) -> list[str]:
+        return [sid for sid in self._machines if self.is_running(sid)]
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def _enter_argv(self, sandbox_id: str, argv: Sequence[str], cwd: str | None) -> list[str]:
+        machine = self._machines.get(sandbox_id)
+        if machine is None or machine.process.returncode is not None:
+            raise SandboxNotRunning(sandbox_id)
+        enter = [
+            "nsenter", "-t", str(machine.init_pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w",
+            "-S", str(SANDBOX_UID), "-G", str(SANDBOX_GID), "--",
+        ]
+        if cwd and cwd != SANDBOX_HOME:
+            enter += ["/usr/bin/env", "-C", cwd, "--"]
+        return enter + list(argv)
+
+    async def spawn(
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bool = False,
+    ) -> asyncio.subprocess.Process:
+        """Start a process inside the sandbox with piped output, in its own process group."""
+        return await asyncio.create_subprocess_exec(
+            *self._enter_argv(sandbox_id, argv, cwd),
+            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**BASE_ENV, **(env or {})},
+            start_new_session=True,
+        )
+
+    async def run(
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float = 60.0,
+        output_limit: int = 16 * 1024 * 1024,
+    ) -> CommandResult:
+        """Run a command to completion; on timeout kill its process group (exit code -1)."""
+        process = await self.spawn(sandbox_id, argv, env=env, cwd=cwd)
+        assert process.stdout is not None and process.stderr is not None
+        out, err = _Capture(output_limit), _Capture(output_limit)
+        readers = {
+            asyncio.ensure_future(out.consume(process.stdout)),
+            asyncio.ensure_future(err.consume(process.stderr)),
+        }
+        timed_out = False
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+        except TimeoutError:
+            timed_out = True
+            kill_group(process.pid)
+            await process.wait()
+        except BaseException:
+            kill_group(process.pid)
+            raise
+        # A background process may hold the pipes open: take what is there, then drain the rest.
+        _, pending = await asyncio.wait(readers, timeout=_PIPE_GRACE_SECONDS)
+        machine = self._machines.get(sandbox_id)
+        for task in pending:
+            if machine is not None:
+                machine.drains.add(task)
+                task.add_done_callback(machine.drains.discard)
+            else:
+                task.cancel()
+            out.stop_collecting()
+            err.stop_collecting()
+        code = process.returncode if process.returncode is not None else -1
+        stderr = err.value()
+        if timed_out:
+            return CommandResult(-1, out.value(), stderr + TIMED_OUT_SUFFIX, True, out.truncated)
+        return CommandResult(
+            code if code >= 0 else -1, out.value(), stderr, False, out.truncated or err.truncated
+        )
+
+    # -- files and network -------------------------------------------------------------------
+
+    def files(self, sandbox_id: str) -> RootedFiles:
+        """File operations on the sandbox's root as its processes see it (no escape)."""
+        machine = self._machines.get(sandbox_id)
+        if machine is None or machine.process.returncode is not None:
+            raise SandboxNotRunning(sandbox_id)
+        return RootedFiles(Path(f"/proc/{machine.init_pid}/root"), home=SANDBOX_HOME,
+                           owner=(SANDBOX_UID, SANDBOX_GID))
+
+    async def open_connection(
+        self, sandbox_id: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Connect to ``127.0.0.1:port`` inside the sandbox's own network namespace."""
+        machine = self._machines.get(sandbox_id)
+        if machine is None or machine.process.returncode is not None:
+            raise SandboxNotRunning(sandbox_id)
+        sock = netns.socket_in(machine.netns_fd)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        except BaseException:
+            sock.close()
+            raise
+        return await asyncio.open_connection(sock=sock)
+
+    def connect_socket(self, sandbox_id: str) -> socket.socket:
+        """A fresh non-blocking TCP socket living in the sandbox's network namespace."""
+        machine = self._machines.get(sandbox_id)
+        if machine is None or machine.process.returncode is not None:
+            raise SandboxNotRunning(sandbox_id)
+        return netns.socket_in(machine.netns_fd)
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL a process group, ignoring one that is already gone."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class _Capture:
+    """Collects a stream up to a byte limit, then keeps reading and discarding."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+        self._collecting = True
+
+    async def consume(self, stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(65536):
+            if not self._collecting:
+                continue
+            room = self.limit - self.size
+            if len(chunk) > room:
+                chunk, self.truncated = chunk[:room], True
+            self.chunks.append(chunk)
+            self.size += len(chunk)
+
+    def stop_collecting(self) -> None:
+        self._collecting = False
+
+    def value(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+        if b"}" in chunk:
+            break
+    return b"".join(chunks)
+
+
+def _child_pid(info: bytes) -> int | None:
+    import json
+
+    try:
+        value = json.loads(info.decode())["child-pid"]
+    except (ValueError, KeyError, UnicodeDecodeError):
+        return None
+    return int(value)
+
+
+async def _wait_gone(pid: int, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while Path(f"/proc/{pid}").exists() and loop.time() < deadline:
+        await asyncio.sleep(0.002)
