@@ -10,6 +10,7 @@ that started them. This module knows nothing of HTTP, ids or persistence: the se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -17,8 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect_opencomputer.local.backend import layers, netns
+from prefect_opencomputer.local.backend import host, layers, netns
 from prefect_opencomputer.local.backend.fileops import RootedFiles
+from prefect_opencomputer.local.backend.host import RuntimeUnavailable
 
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
@@ -34,10 +36,6 @@ BASE_ENV: Mapping[str, str] = {
 TIMED_OUT_SUFFIX = b"\nProcess timed out"
 # After the command exits, how long to keep reading output that it left in the pipes.
 _PIPE_GRACE_SECONDS = 0.05
-
-
-class RuntimeUnavailable(RuntimeError):
-    """This machine cannot run isolated sandboxes (no bubblewrap, no root, no overlayfs)."""
 
 
 class SandboxNotRunning(RuntimeError):
@@ -75,7 +73,7 @@ class SandboxRuntime:
     @staticmethod
     def check_available() -> None:
         """Raise `RuntimeUnavailable` with a readable reason when sandboxes cannot run here."""
-        layers.check_host()
+        host.check_host()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -93,32 +91,53 @@ class SandboxRuntime:
             if not upper.is_dir():
                 raise FileNotFoundError(f"no layer for sandbox {sandbox_id}")
             self.layers.reset_workdir(sandbox_id)
-            read_fd, write_fd = os.pipe()
+            info_read, info_write = os.pipe()
+            ready_read, ready_write = os.pipe()
+            # bwrap reports the pid early; the init command signals once the root is in place.
+            init = f"echo ready >/proc/self/fd/{ready_write} && exec /bin/sleep infinity"
             script = (
                 'mount -t overlay overlay -o "lowerdir=/,upperdir=$1,workdir=$2" "$3" '
                 '&& exec bwrap --bind "$3" / --dev /dev --proc /proc --tmpfs /run '
                 "--unshare-pid --unshare-ipc --unshare-uts --unshare-net --unshare-cgroup-try "
                 f'--hostname "$4" --chdir {SANDBOX_HOME} --die-with-parent --new-session '
-                f'--info-fd {write_fd} -- /bin/sleep infinity'
+                f'--info-fd {info_write} -- /bin/sh -c "$5"'
             )
             merged = self.layers.mountpoint(sandbox_id)
             merged.mkdir(parents=True, exist_ok=True)
-            process = await asyncio.create_subprocess_exec(
-                "unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script,
-                "sandbox-init", str(upper), str(work), str(merged), hostname or sandbox_id,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-                pass_fds=(write_fd,),
-                start_new_session=True,
-            )
-            os.close(write_fd)
             try:
-                info = await asyncio.get_running_loop().run_in_executor(None, _read_all, read_fd)
+                process = await asyncio.create_subprocess_exec(
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    "/bin/sh",
+                    "-c",
+                    script,
+                    "sandbox-init",
+                    str(upper),
+                    str(work),
+                    str(merged),
+                    hostname or sandbox_id,
+                    init,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.PIPE,
+                    pass_fds=(info_write, ready_write),
+                    start_new_session=True,
+                )
             finally:
-                os.close(read_fd)
+                os.close(info_write)
+                os.close(ready_write)
+            loop = asyncio.get_running_loop()
+            try:
+                info = await loop.run_in_executor(None, _read_until, info_read, b"}")
+                ready = await loop.run_in_executor(None, _read_until, ready_read, b"\n")
+            finally:
+                os.close(info_read)
+                os.close(ready_read)
             init_pid = _child_pid(info)
-            if init_pid is None:
+            if init_pid is None or not ready:
                 stderr = b""
                 if process.stderr is not None:
                     stderr = await process.stderr.read()
@@ -137,14 +156,10 @@ class SandboxRuntime:
         for task in machine.drains:
             task.cancel()
         os.close(machine.netns_fd)
-        # Killing pid 1 of a PID namespace kills every process in it.
-        for pid in (machine.init_pid, machine.process.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # Killing pid 1 of a PID namespace kills every process in it; its parent reaps it and exits.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(machine.init_pid, signal.SIGKILL)
         await machine.process.wait()
-        await _wait_gone(machine.init_pid)
 
     async def destroy(self, sandbox_id: str) -> None:
         """Stop the sandbox and delete its layer: nothing of it is left on this machine."""
@@ -166,8 +181,21 @@ class SandboxRuntime:
         if machine is None or machine.process.returncode is not None:
             raise SandboxNotRunning(sandbox_id)
         enter = [
-            "nsenter", "-t", str(machine.init_pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w",
-            "-S", str(SANDBOX_UID), "-G", str(SANDBOX_GID), "--",
+            "nsenter",
+            "-t",
+            str(machine.init_pid),
+            "-m",
+            "-u",
+            "-i",
+            "-n",
+            "-p",
+            "-r",
+            "-w",
+            "-S",
+            str(SANDBOX_UID),
+            "-G",
+            str(SANDBOX_GID),
+            "--",
         ]
         if cwd and cwd != SANDBOX_HOME:
             enter += ["/usr/bin/env", "-C", cwd, "--"]
@@ -246,8 +274,9 @@ class SandboxRuntime:
         machine = self._machines.get(sandbox_id)
         if machine is None or machine.process.returncode is not None:
             raise SandboxNotRunning(sandbox_id)
-        return RootedFiles(Path(f"/proc/{machine.init_pid}/root"), home=SANDBOX_HOME,
-                           owner=(SANDBOX_UID, SANDBOX_GID))
+        return RootedFiles(
+            Path(f"/proc/{machine.init_pid}/root"), home=SANDBOX_HOME, owner=(SANDBOX_UID, SANDBOX_GID)
+        )
 
     async def open_connection(
         self, sandbox_id: str, port: int
@@ -274,10 +303,8 @@ class SandboxRuntime:
 
 def kill_group(pgid: int) -> None:
     """SIGKILL a process group, ignoring one that is already gone."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class _Capture:
@@ -307,11 +334,12 @@ class _Capture:
         return b"".join(self.chunks)
 
 
-def _read_all(fd: int) -> bytes:
+def _read_until(fd: int, terminator: bytes) -> bytes:
+    """Read until ``terminator`` arrives or every writer has gone (an empty read)."""
     chunks = []
     while chunk := os.read(fd, 4096):
         chunks.append(chunk)
-        if b"}" in chunk:
+        if terminator in chunk:
             break
     return b"".join(chunks)
 
@@ -324,10 +352,3 @@ def _child_pid(info: bytes) -> int | None:
     except (ValueError, KeyError, UnicodeDecodeError):
         return None
     return int(value)
-
-
-async def _wait_gone(pid: int, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while Path(f"/proc/{pid}").exists() and loop.time() < deadline:
-        await asyncio.sleep(0.002)

@@ -1,0 +1,95 @@
+"""What the runtime needs from the host: a readiness check and fast tree copies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import stat
+from pathlib import Path
+
+REQUIRED_COMMANDS = ("bwrap", "nsenter", "unshare", "cp", "rm")
+
+
+class RuntimeUnavailable(RuntimeError):
+    """This machine cannot run isolated sandboxes (no bubblewrap, no root, no overlayfs)."""
+
+
+def check_host() -> None:
+    """Raise `RuntimeUnavailable` with a readable reason when sandboxes cannot run here."""
+    missing = [name for name in REQUIRED_COMMANDS if shutil.which(name) is None]
+    if missing:
+        hint = " (apt-get install -y bubblewrap)" if "bwrap" in missing else ""
+        raise RuntimeUnavailable(f"missing commands: {', '.join(missing)}{hint}")
+    if os.geteuid() != 0:
+        raise RuntimeUnavailable(
+            "the local server's sandboxes need root: each one mounts an overlay filesystem in a "
+            "private mount namespace and enters namespaces with nsenter"
+        )
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        raise RuntimeUnavailable("the kernel has no overlayfs (modprobe overlay)")
+
+
+async def copy_tree(source: Path, target: Path) -> None:
+    """``cp -a``: owners, modes, xattrs (overlay whiteouts and opaque dirs) and links kept."""
+    process = await asyncio.create_subprocess_exec(
+        "cp",
+        "-a",
+        "--reflink=auto",
+        "--",
+        str(source),
+        str(target),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await process.communicate()
+    if process.returncode != 0:
+        raise OSError(f"copy {source.name} failed: {stderr.decode(errors='replace').strip()}")
+
+
+async def remove_tree(path: Path) -> None:
+    """``rm -rf`` in a child process, so large trees never block the event loop."""
+    if not path.exists() and not path.is_symlink():
+        return
+    process = await asyncio.create_subprocess_exec(
+        "rm",
+        "-rf",
+        "--one-file-system",
+        "--",
+        str(path),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await process.communicate()
+    if process.returncode != 0:
+        raise OSError(f"remove {path.name} failed: {stderr.decode(errors='replace').strip()}")
+
+
+def copy_tree_sync(source: Path, target: Path) -> None:
+    """Copy a small tree in-process (no fork): directories, files, links and device nodes,
+    with owners, modes and extended attributes."""
+    _copy_entry(source, target)
+
+
+def _copy_entry(source: Path, target: Path) -> None:
+    info = os.lstat(source)
+    mode = info.st_mode
+    if stat.S_ISDIR(mode):
+        target.mkdir()
+        for child in os.scandir(source):
+            _copy_entry(Path(child.path), target / child.name)
+    elif stat.S_ISREG(mode):
+        shutil.copyfile(source, target)
+    elif stat.S_ISLNK(mode):
+        os.symlink(os.readlink(source), target)
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        os.mknod(target, mode, info.st_rdev)
+    else:
+        return
+    os.chown(target, info.st_uid, info.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(mode):
+        os.chmod(target, stat.S_IMODE(mode))
+        for name in os.listxattr(source, follow_symlinks=False):
+            os.setxattr(target, name, os.getxattr(source, name, follow_symlinks=False))
