@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect_opencomputer.local.backend import host, layers, netns
+from prefect_opencomputer.local.backend import host, layers, netns, processes
 from prefect_opencomputer.local.backend.fileops import RootedFiles
 from prefect_opencomputer.local.backend.host import RuntimeUnavailable
 
@@ -55,7 +55,7 @@ class CommandResult:
 
 @dataclass
 class _Machine:
-    process: asyncio.subprocess.Process  # the outer unshare/bwrap process
+    process: processes.ChildProcess  # the outer unshare/bwrap process
     init_pid: int  # pid 1 of the sandbox's PID namespace, as seen from the host
     netns_fd: int
     drains: set[asyncio.Task[None]]
@@ -104,28 +104,30 @@ class SandboxRuntime:
             )
             merged = self.layers.mountpoint(sandbox_id)
             merged.mkdir(parents=True, exist_ok=True)
+            log_path = merged.with_name("init.log")
             try:
-                process = await asyncio.create_subprocess_exec(
-                    "unshare",
-                    "--mount",
-                    "--propagation",
-                    "private",
-                    "--",
-                    "/bin/sh",
-                    "-c",
-                    script,
-                    "sandbox-init",
-                    str(upper),
-                    str(work),
-                    str(merged),
-                    hostname or sandbox_id,
-                    init,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.PIPE,
-                    pass_fds=(info_write, ready_write),
-                    start_new_session=True,
-                )
+                with log_path.open("wb") as log:
+                    process = await processes.spawn(
+                        [
+                            "unshare",
+                            "--mount",
+                            "--propagation",
+                            "private",
+                            "--",
+                            "/bin/sh",
+                            "-c",
+                            script,
+                            "sandbox-init",
+                            str(upper),
+                            str(work),
+                            str(merged),
+                            hostname or sandbox_id,
+                            init,
+                        ],
+                        stdout=False,
+                        stderr=log,
+                        pass_fds=(info_write, ready_write),
+                    )
             finally:
                 os.close(info_write)
                 os.close(ready_write)
@@ -138,13 +140,10 @@ class SandboxRuntime:
                 os.close(ready_read)
             init_pid = _child_pid(info)
             if init_pid is None or not ready:
-                stderr = b""
-                if process.stderr is not None:
-                    stderr = await process.stderr.read()
+                process.kill()
                 await process.wait()
-                raise RuntimeUnavailable(
-                    f"sandbox {sandbox_id} failed to start: {stderr.decode(errors='replace').strip()}"
-                )
+                reason = log_path.read_text(errors="replace").strip()
+                raise RuntimeUnavailable(f"sandbox {sandbox_id} failed to start: {reason}")
             netns_fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             self._machines[sandbox_id] = _Machine(process, init_pid, netns_fd, set())
 
@@ -209,15 +208,10 @@ class SandboxRuntime:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         stdin: bool = False,
-    ) -> asyncio.subprocess.Process:
+    ) -> processes.ChildProcess:
         """Start a process inside the sandbox with piped output, in its own process group."""
-        return await asyncio.create_subprocess_exec(
-            *self._enter_argv(sandbox_id, argv, cwd),
-            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**BASE_ENV, **(env or {})},
-            start_new_session=True,
+        return await processes.spawn(
+            self._enter_argv(sandbox_id, argv, cwd), env={**BASE_ENV, **(env or {})}, stdin=stdin
         )
 
     async def run(

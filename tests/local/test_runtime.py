@@ -1,0 +1,198 @@
+"""The sandbox runtime on its own, without HTTP: isolation, lifetimes, layers and file access."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from prefect_opencomputer.local.backend.fileops import PathEscapeError
+from prefect_opencomputer.local.backend.runtime import SandboxRuntime
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> AsyncIterator[SandboxRuntime]:
+    runtime = SandboxRuntime(tmp_path / "runtime", hidden_paths=[tmp_path])
+    yield runtime
+    for sandbox_id in list(runtime.running_ids()):
+        await runtime.destroy(sandbox_id)
+    await runtime.shutdown()
+
+
+async def boot(runtime: SandboxRuntime, sandbox_id: str) -> str:
+    runtime.layers.create_sandbox(sandbox_id)
+    await runtime.start(sandbox_id)
+    return sandbox_id
+
+
+async def sh(runtime: SandboxRuntime, sandbox_id: str, script: str, timeout: float = 30) -> str:
+    result = await runtime.run(sandbox_id, ["/bin/sh", "-c", script], timeout=timeout)
+    assert result.exit_code == 0, result
+    return result.stdout.decode()
+
+
+def bwrap_pids() -> set[int]:
+    pids = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if Path(entry.path, "comm").read_text().strip() == "bwrap":
+                    pids.add(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+async def test_commands_run_as_the_sandbox_user_in_its_home(runtime: SandboxRuntime) -> None:
+    sandbox = await boot(runtime, "sb-user0001")
+    out = await sh(runtime, sandbox, "id -un; id -u; pwd; echo $HOME")
+    assert out.split() == ["sandbox", "1000", "/home/sandbox", "/home/sandbox"]
+
+
+async def test_write_to_etc_stays_in_the_sandbox_layer(runtime: SandboxRuntime, tmp_path: Path) -> None:
+    a = await boot(runtime, "sb-aaaa0001")
+    b = await boot(runtime, "sb-bbbb0001")
+    marker = f"oc-isolation-{os.getpid()}"
+    with runtime.files(a).open_write(f"/etc/{marker}") as handle:
+        handle.write(b"only in a")
+
+    assert await sh(runtime, a, f"cat /etc/{marker}") == "only in a"
+    assert not Path("/etc", marker).exists()
+    missing = await runtime.run(b, ["cat", f"/etc/{marker}"])
+    assert missing.exit_code != 0
+    upper, _ = runtime.layers.sandbox_dirs(a)
+    assert (upper / "etc" / marker).read_bytes() == b"only in a"
+
+
+async def test_host_private_paths_are_invisible(runtime: SandboxRuntime, tmp_path: Path) -> None:
+    sandbox = await boot(runtime, "sb-hide0001")
+    (tmp_path / "secret.txt").write_text("host secret")
+    listing = await sh(runtime, sandbox, "ls -A /home; ls -A /tmp; ls -A /root 2>&1 || true")
+    assert listing.split()[0] == "sandbox"
+    assert "secret" not in listing
+    for private in (str(tmp_path), str(tmp_path / "secret.txt"), "/etc/shadow", "/root/.bashrc"):
+        probe = await runtime.run(sandbox, ["/bin/sh", "-c", f"cat {private} || ls {private}"])
+        assert probe.exit_code != 0, private
+        assert b"host secret" not in probe.stdout
+    other = await boot(runtime, "sb-hide0002")
+    other_upper, _ = runtime.layers.sandbox_dirs(other)
+    probe = await runtime.run(sandbox, ["ls", str(other_upper)])
+    assert probe.exit_code != 0
+
+
+async def test_background_process_outlives_its_command(runtime: SandboxRuntime) -> None:
+    sandbox = await boot(runtime, "sb-bgbg0001")
+    started = await runtime.run(
+        sandbox,
+        ["/bin/sh", "-c", "python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 & echo started"],
+        timeout=10,
+    )
+    assert started.stdout == b"started\n"
+    for _ in range(100):
+        probe = await runtime.run(
+            sandbox,
+            [
+                "python3",
+                "-c",
+                "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/').status)",
+            ],
+        )
+        if probe.exit_code == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert probe.stdout == b"200\n"
+    reader, writer = await runtime.open_connection(sandbox, 8000)
+    writer.write(b"GET / HTTP/1.0\r\nHost: sandbox\r\n\r\n")
+    await writer.drain()
+    assert (await reader.readline()).startswith(b"HTTP/1.0 200")
+    writer.close()
+
+
+async def test_each_sandbox_has_its_own_ports(runtime: SandboxRuntime) -> None:
+    a = await boot(runtime, "sb-port0001")
+    b = await boot(runtime, "sb-port0002")
+    serve = "python3 -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1', 9000)); print('bound')\""
+    assert await sh(runtime, a, serve) == "bound\n"
+    assert await sh(runtime, b, serve) == "bound\n"
+    assert "lo" in await sh(runtime, a, "cat /proc/net/dev")
+
+
+async def test_timeout_kills_the_process_group_and_reports_minus_one(runtime: SandboxRuntime) -> None:
+    sandbox = await boot(runtime, "sb-tout0001")
+    result = await runtime.run(sandbox, ["/bin/sh", "-c", "echo before; sleep 30 & sleep 30"], timeout=0.5)
+    assert result.exit_code == -1
+    assert result.timed_out
+    assert result.stdout == b"before\n"
+    assert result.stderr.endswith(b"Process timed out")
+    assert "sleep 30" not in await sh(runtime, sandbox, "ps -eo args")
+
+
+async def test_stop_keeps_the_disk_and_start_brings_it_back(runtime: SandboxRuntime) -> None:
+    sandbox = await boot(runtime, "sb-hibe0001")
+    await sh(runtime, sandbox, "echo kept > kept.txt; sleep 300 &")
+    await runtime.stop(sandbox)
+    assert not runtime.is_running(sandbox)
+    await runtime.start(sandbox)
+    assert await sh(runtime, sandbox, "cat kept.txt") == "kept\n"
+    assert "sleep 30" not in await sh(runtime, sandbox, "ps -eo args")
+
+
+async def test_checkpoint_fork_and_restore_copy_the_layer(runtime: SandboxRuntime) -> None:
+    source = await boot(runtime, "sb-ckpt0001")
+    await sh(runtime, source, "echo v1 > state.txt")
+    size = await runtime.layers.snapshot(source, "checkpoint-1")
+    assert size > 0
+    await sh(runtime, source, "echo v2 > state.txt")
+
+    await runtime.layers.fork("checkpoint-1", "sb-fork0001")
+    await runtime.start("sb-fork0001")
+    assert await sh(runtime, "sb-fork0001", "cat state.txt") == "v1\n"
+
+    await runtime.stop(source)
+    await runtime.layers.restore("checkpoint-1", source)
+    await runtime.start(source)
+    assert await sh(runtime, source, "cat state.txt") == "v1\n"
+
+
+async def test_destroy_leaves_no_process_mount_or_directory(runtime: SandboxRuntime) -> None:
+    before = bwrap_pids()
+    sandbox = await boot(runtime, "sb-kill0001")
+    await sh(runtime, sandbox, "sleep 300 >/dev/null 2>&1 &")
+    assert bwrap_pids() - before
+    await runtime.destroy(sandbox)
+    assert bwrap_pids() - before == set()
+    assert not (runtime.root / "layers" / "sandboxes" / sandbox).exists()
+    assert sandbox not in Path("/proc/self/mountinfo").read_text()
+
+
+async def test_file_paths_cannot_leave_the_sandbox(runtime: SandboxRuntime) -> None:
+    sandbox = await boot(runtime, "sb-path0001")
+    await sh(runtime, sandbox, "ln -s /proc/self/root escape; ln -s / root-link; echo in > inside.txt")
+    files = runtime.files(sandbox)
+    with pytest.raises(PathEscapeError):
+        files.open_read("/home/sandbox/escape/etc/hostname")
+    with pytest.raises(PathEscapeError):
+        files.open_read("../../../../etc/hostname")
+    with pytest.raises(PathEscapeError):
+        files.open_read("/proc/1/environ")
+    # An absolute link resolves inside the sandbox, never on the host.
+    with files.open_read("/home/sandbox/root-link/home/sandbox/inside.txt") as handle:
+        assert handle.read() == b"in\n"
+    with pytest.raises(FileNotFoundError):
+        files.open_read("/home/sandbox/missing.txt")
+
+
+async def test_files_written_in_home_belong_to_the_sandbox_user(runtime: SandboxRuntime) -> None:
+    sandbox = await boot(runtime, "sb-file0001")
+    files = runtime.files(sandbox)
+    with files.open_write("project/src/main.py") as handle:
+        handle.write(b"print('hi')\n")
+    assert [e.name for e in files.list("/home/sandbox/project")] == ["src"]
+    out = await sh(runtime, sandbox, "echo '# more' >> project/src/main.py && python3 project/src/main.py")
+    assert out == "hi\n"
+    files.remove("project")
+    assert not files.exists("project")
+    files.remove("project")  # a missing path is not an error
