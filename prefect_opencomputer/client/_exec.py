@@ -1,0 +1,148 @@
+"""Command routes: synchronous runs, background exec sessions and their WebSocket attach."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncIterator, Mapping, Sequence
+from urllib.parse import quote
+
+from prefect_opencomputer.client._attach import ExecAttachment
+from prefect_opencomputer.client._errors import ServerError
+from prefect_opencomputer.client._models import CommandResult, ExecEvent, ExecSession
+from prefect_opencomputer.client._transport import Transport
+
+# The HTTP deadline of a run must outlast the command's own timeout, or we would abandon a live command.
+_RUN_GRACE = 30.0
+# What the service applies when a run's timeout is 0 or negative.
+_RUN_DEFAULT_TIMEOUT = 60
+
+
+class Exec:
+    """`client.exec`: run commands inside a sandbox, to completion or as streamed sessions."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+
+    async def run(
+        self,
+        sandbox_id: str,
+        command: str | Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: int = 60,
+    ) -> CommandResult:
+        """Run a command to completion: a string through `sh -c`, a sequence as argv (no shell).
+
+        A non-zero exit or a timeout (`result.timed_out`) is a result, not an error. Never retried once it
+        may have reached the service: a replay would run the command twice.
+        """
+        if isinstance(command, str):
+            body: dict[str, object] = {"cmd": "sh", "args": ["-c", command]}
+        else:
+            argv = list(command)
+            if not argv:
+                raise ValueError("command must not be empty")
+            body = {"cmd": argv[0], "args": argv[1:]}
+        body["timeout"] = timeout
+        if env:
+            body["envs"] = dict(env)
+        if cwd:
+            body["cwd"] = cwd
+        path = f"/sandboxes/{sandbox_id}/exec/run"
+        response = await self._transport.request(
+            "POST",
+            path,
+            json=body,
+            timeout=(timeout if timeout > 0 else _RUN_DEFAULT_TIMEOUT) + _RUN_GRACE,
+            replayable=False,
+        )
+        # Runs longer than 30 s get their 200 headers early (then keepalive spaces), so a failure after
+        # that point can only be reported as an error body.
+        payload = response.json()
+        if isinstance(payload, dict) and "exitCode" not in payload and payload.get("error"):
+            raise ServerError(
+                response.status_code,
+                self._transport.scrub(str(payload["error"])),
+                method="POST",
+                path=path,
+            )
+        return CommandResult.model_validate(payload)
+
+    async def start(
+        self,
+        sandbox_id: str,
+        command: str,
+        args: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: int | None = None,
+        max_run_after_disconnect: int | None = None,
+    ) -> ExecSession:
+        """Start `command` with `args` as argv (no shell) in the background and return its session.
+
+        `timeout` kills it after that many seconds (exit -1); `max_run_after_disconnect` kills it that many
+        seconds after the last attached client leaves.
+        """
+        body: dict[str, object] = {"cmd": command}
+        if args:
+            body["args"] = list(args)
+        if env:
+            body["envs"] = dict(env)
+        if cwd:
+            body["cwd"] = cwd
+        if timeout is not None:
+            body["timeout"] = timeout
+        if max_run_after_disconnect is not None:
+            body["maxRunAfterDisconnect"] = max_run_after_disconnect
+        response = await self._transport.request("POST", f"/sandboxes/{sandbox_id}/exec", json=body)
+        return ExecSession.model_validate(response.json())
+
+    async def list(self, sandbox_id: str) -> builtins.list[ExecSession]:
+        """The sandbox's exec sessions, running and recently exited, in no particular order."""
+        response = await self._transport.request("GET", f"/sandboxes/{sandbox_id}/exec")
+        return [ExecSession.model_validate(item) for item in response.json() or []]
+
+    async def kill(self, sandbox_id: str, session_id: str, signal: int = 9) -> None:
+        """Send `signal` to the session's process."""
+        await self._transport.request(
+            "POST", f"/sandboxes/{sandbox_id}/exec/{session_id}/kill", json={"signal": signal}
+        )
+
+    def attach(self, sandbox_id: str, session_id: str) -> ExecAttachment:
+        """Stream a session's output (its scrollback first, then live) until it exits.
+
+        `async for event in client.exec.attach(...)` or, to write stdin,
+        `async with client.exec.attach(...) as session: await session.send_stdin(b"...")`.
+        """
+        path = f"/sandboxes/{quote(sandbox_id, safe='')}/exec/{quote(session_id, safe='')}"
+        return ExecAttachment(
+            self._transport.websocket_base + path,
+            # The key goes in a header, never the query string: URLs end up in access logs.
+            headers=self._transport.auth_headers(),
+            open_timeout=self._transport.timeout,
+            path=path,
+        )
+
+    async def stream(
+        self,
+        sandbox_id: str,
+        command: str,
+        args: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: int | None = None,
+        max_run_after_disconnect: int | None = None,
+    ) -> AsyncIterator[ExecEvent]:
+        """Start a session and yield its events until it exits (`start` followed by `attach`)."""
+        session = await self.start(
+            sandbox_id,
+            command,
+            args=args,
+            env=env,
+            cwd=cwd,
+            timeout=timeout,
+            max_run_after_disconnect=max_run_after_disconnect,
+        )
+        async with self.attach(sandbox_id, session.session_id) as attachment:
+            async for event in attachment:
+                yield event

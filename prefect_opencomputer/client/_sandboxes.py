@@ -1,0 +1,117 @@
+"""Sandbox lifecycle routes: create, get, list, kill, idle timeout, hibernate/wake and tags."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping
+
+from prefect_opencomputer.client._errors import TransportError
+from prefect_opencomputer.client._models import Sandbox, SandboxTags
+from prefect_opencomputer.client._transport import Transport
+
+# The service polls up to 30 s for worker capacity before it answers a create.
+_CREATE_TIMEOUT = 90.0
+
+
+class Sandboxes:
+    """`client.sandboxes`: the sandboxes of the organisation the API key belongs to."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+
+    async def create(
+        self,
+        template: str = "base",
+        timeout: int = 300,
+        envs: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        memory_mb: int | None = None,
+        preview_auth: Mapping[str, str] | None = None,
+    ) -> Sandbox:
+        """Start a sandbox; `timeout` is the rolling idle timeout in seconds (0 = never hibernate).
+
+        `preview_auth={"token": "auto"}` gates preview URLs behind a bearer token, returned once as
+        `Sandbox.preview_auth_token`. Never retried after it may have reached the service: a replay could
+        start a second sandbox.
+        """
+        body: dict[str, object] = {"templateID": template, "timeout": timeout}
+        if envs:
+            body["envs"] = dict(envs)
+        if metadata:
+            body["metadata"] = dict(metadata)
+        if memory_mb is not None:
+            body["memoryMB"] = memory_mb
+        if preview_auth is not None:
+            body["previewAuth"] = {
+                "scheme": preview_auth.get("scheme", "bearer"),
+                "token": preview_auth.get("token", "auto"),
+            }
+        try:
+            response = await self._transport.request(
+                "POST", "/sandboxes", json=body, timeout=max(self._transport.timeout, _CREATE_TIMEOUT)
+            )
+        except TransportError as exc:
+            raise sandbox_may_exist(exc, "create") from exc
+        sandbox = Sandbox.model_validate(response.json())
+        # The control plane's create answer omits what we asked for; fill it in rather than report blanks.
+        filled: dict[str, object] = {}
+        if not sandbox.template:
+            filled["template"] = template
+        if sandbox.memory_mb is None and memory_mb is not None:
+            filled["memory_mb"] = memory_mb
+        return sandbox.model_copy(update=filled) if filled else sandbox
+
+    async def get(self, sandbox_id: str) -> Sandbox:
+        """The sandbox's current state; a killed sandbox is still found, with status "stopped"."""
+        response = await self._transport.request("GET", f"/sandboxes/{sandbox_id}")
+        return Sandbox.model_validate(response.json())
+
+    async def list(self) -> builtins.list[Sandbox]:
+        """The organisation's sandboxes (the control plane lists running ones only)."""
+        response = await self._transport.request("GET", "/sandboxes")
+        return [Sandbox.model_validate(item) for item in response.json() or []]
+
+    async def kill(self, sandbox_id: str) -> None:
+        """Stop the sandbox and delete its preview URLs; killing a stopped sandbox succeeds."""
+        await self._transport.request("DELETE", f"/sandboxes/{sandbox_id}")
+
+    async def set_timeout(self, sandbox_id: str, timeout: int) -> None:
+        """Replace the rolling idle timeout (seconds; 0 = persistent); wakes a hibernated sandbox."""
+        await self._transport.request(
+            "POST", f"/sandboxes/{sandbox_id}/timeout", json={"timeout": timeout}, replayable=True
+        )
+
+    async def hibernate(self, sandbox_id: str) -> Sandbox:
+        """Stop the sandbox's processes but keep its disk; idempotent."""
+        response = await self._transport.request(
+            "POST", f"/sandboxes/{sandbox_id}/hibernate", replayable=True
+        )
+        return Sandbox.model_validate(response.json())
+
+    async def wake(self, sandbox_id: str, timeout: int | None = None) -> Sandbox:
+        """Resume a hibernated sandbox (any data call also does); idempotent on a running one."""
+        body = {} if timeout is None else {"timeout": timeout}
+        response = await self._transport.request(
+            "POST", f"/sandboxes/{sandbox_id}/wake", json=body, replayable=True
+        )
+        return Sandbox.model_validate(response.json())
+
+    async def get_tags(self, sandbox_id: str) -> SandboxTags:
+        response = await self._transport.request("GET", f"/sandboxes/{sandbox_id}/tags")
+        return SandboxTags.model_validate(response.json())
+
+    async def set_tags(self, sandbox_id: str, tags: Mapping[str, str]) -> SandboxTags:
+        """Replace all tags of the sandbox (`{}` clears them)."""
+        response = await self._transport.request("PUT", f"/sandboxes/{sandbox_id}/tags", json=dict(tags))
+        return SandboxTags.model_validate(response.json())
+
+
+def sandbox_may_exist(exc: TransportError, action: str) -> TransportError:
+    """A create or fork that may have reached the service cannot be replayed; say so in the error."""
+    if not exc.ambiguous:
+        return exc
+    return TransportError(
+        f"sandbox {action} failed mid-request; the sandbox may exist and keep running "
+        f"(find it with sandboxes.list() and kill it): {exc}",
+        ambiguous=True,
+    )

@@ -1,0 +1,240 @@
+"""The one HTTP connection pool of a client: base URL, auth header, retries and HTTP-to-error translation.
+
+Retry rule: replay a request only when a replay cannot duplicate work. Every request may be retried when it
+never reached the service (connect failure) or when the service refused it and said so (`retryable` 429/503).
+Any other failure is retried only for requests the caller marks `replayable` (reads, deletes, puts and the
+operations the service makes idempotent); the rest surface as `TransportError(ambiguous=True)` so the resource
+can reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import os
+import random
+import time
+from collections.abc import AsyncIterable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import httpx
+
+from prefect_opencomputer.client._errors import (
+    APIError,
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    GoneError,
+    NotFoundError,
+    PaymentRequiredError,
+    RateLimitedError,
+    ServerError,
+    TransportError,
+    UnauthorizedError,
+)
+
+DEFAULT_API_URL: Final = "https://app.opencomputer.dev"
+API_KEY_ENV: Final = "OPENCOMPUTER_API_KEY"
+API_URL_ENV: Final = "OPENCOMPUTER_API_URL"
+
+_REPLAYABLE_METHODS: Final = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+# Raised before a single byte of the request left this machine.
+_NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+_STATUS_ERRORS: Final[Mapping[int, type[APIError]]] = {
+    400: BadRequestError,
+    401: UnauthorizedError,
+    402: PaymentRequiredError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    410: GoneError,
+    429: RateLimitedError,
+}
+_RETRYABLE_CODES: Final = frozenset({"worker_unavailable", "sandbox_migrating"})
+
+JsonBody = Mapping[str, object] | list[object]
+Content = bytes | AsyncIterable[bytes]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently the client retries; pass a fast one in tests."""
+
+    max_attempts: int = 4
+    backoff_initial: float = 0.5
+    backoff_max: float = 8.0
+    # Upper bound on an honoured Retry-After, so a bad header cannot stall a flow.
+    retry_after_max: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before attempt number `attempt + 1` (attempts count from 1)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.retry_after_max)
+        ceiling = min(self.backoff_max, self.backoff_initial * 2.0 ** (attempt - 1))
+        # "Equal jitter": never less than half the backoff, so retries still spread out under load.
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def resolve_api_base(api_url: str | None) -> str:
+    """The URL every route hangs off: `/api` appended unless already there (as the official SDK does)."""
+    url = (api_url or os.environ.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
+    return url if url.endswith("/api") else f"{url}/api"
+
+
+def resolve_api_key(api_key: str | None) -> str:
+    return api_key or os.environ.get(API_KEY_ENV, "")
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(moment.timestamp() - time.time(), 0.0)
+
+
+def error_from_response(
+    status_code: int,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    method: str | None = None,
+    path: str | None = None,
+    secret: str = "",
+) -> APIError:
+    """Translate an error answer: `{"error"}` from handlers, `{"message"}` from the web framework."""
+    payload: object = None
+    try:
+        payload = json.loads(body) if body else None
+    except ValueError:
+        payload = None
+    message = ""
+    code: str | None = None
+    flagged = False
+    if isinstance(payload, dict):
+        message = str(payload.get("error") or payload.get("message") or "")
+        code = str(payload["code"]) if payload.get("code") else None
+        flagged = payload.get("retryable") is True or payload.get("waking") is True
+    if not message:
+        message = body[:500].decode("utf-8", "replace").strip() or f"HTTP {status_code}"
+    if secret:
+        message = message.replace(secret, "***")
+    retry_after = _retry_after(headers)
+    retryable = status_code in (429, 503) and (flagged or code in _RETRYABLE_CODES or retry_after is not None)
+    error_class = _STATUS_ERRORS.get(status_code, ServerError if status_code >= 500 else APIError)
+    return error_class(
+        status_code,
+        message,
+        code=code,
+        retryable=retryable,
+        retry_after=retry_after,
+        method=method,
+        path=path,
+    )
+
+
+class Transport:
+    """Owns the keep-alive pool; every request of a client goes through `request`."""
+
+    def __init__(self, *, api_key: str, api_base: str, timeout: float, retry: RetryPolicy) -> None:
+        self.api_base = api_base
+        self.timeout = timeout
+        self.retry = retry
+        self._api_key = api_key
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._http = httpx.AsyncClient(
+            base_url=api_base,
+            headers=headers,
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+
+    @property
+    def websocket_base(self) -> str:
+        if self.api_base.startswith("https://"):
+            return "wss://" + self.api_base.removeprefix("https://")
+        return "ws://" + self.api_base.removeprefix("http://")
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers for connections this pool does not make (the exec WebSocket)."""
+        return {"X-API-Key": self._api_key} if self._api_key else {}
+
+    def scrub(self, text: str) -> str:
+        """Remove the API key from text that is about to become an error message."""
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: JsonBody | None = None,
+        params: Mapping[str, str | int] | None = None,
+        content: Content | None = None,
+        timeout: float | None = None,
+        replayable: bool | None = None,
+    ) -> httpx.Response:
+        """Send one request, retrying as the module docstring says; raise on any error status.
+
+        `replayable` defaults to True for GET, HEAD, PUT and DELETE with a bytes (or no) body.
+        """
+        # A streamed body can be read only once: once it may have been read, nothing can resend it.
+        streamed = content is not None and not isinstance(content, bytes)
+        if replayable is None:
+            replayable = method in _REPLAYABLE_METHODS and not streamed
+        request_timeout = httpx.Timeout(timeout) if timeout is not None else None
+        attempt = 0
+        while True:
+            attempt += 1
+            last_attempt = attempt >= self.retry.max_attempts
+            try:
+                response = await self._http.request(
+                    method,
+                    path,
+                    json=json,
+                    params=params,
+                    content=content,
+                    timeout=request_timeout if request_timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+            except httpx.TransportError as exc:
+                sent = not isinstance(exc, _NOT_SENT)
+                if last_attempt or (sent and not replayable):
+                    raise self._transport_error(method, path, exc, sent=sent) from exc
+                await asyncio.sleep(self.retry.delay(attempt))
+                continue
+            if response.is_success:
+                return response
+            error = error_from_response(
+                response.status_code,
+                response.content,
+                response.headers,
+                method=method,
+                path=path,
+                secret=self._api_key,
+            )
+            if error.retryable and not last_attempt and not streamed:
+                await asyncio.sleep(self.retry.delay(attempt, error.retry_after))
+                continue
+            raise error
+
+    def _transport_error(
+        self, method: str, path: str, exc: httpx.TransportError, *, sent: bool
+    ) -> TransportError:
+        detail = self.scrub(str(exc)) or type(exc).__name__
+        effect = "the request may have taken effect" if sent else "the request never reached the service"
+        return TransportError(
+            f"{method} {path}: {type(exc).__name__}: {detail} ({effect})",
+            ambiguous=sent,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
