@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from prefect_opencomputer.local.backend import egress
 from prefect_opencomputer.local.backend.fileops import PathEscapeError
 from prefect_opencomputer.local.backend.runtime import SandboxRuntime
 
@@ -196,3 +197,46 @@ async def test_files_written_in_home_belong_to_the_sandbox_user(runtime: Sandbox
     files.remove("project")
     assert not files.exists("project")
     files.remove("project")  # a missing path is not an error
+
+
+async def test_sandbox_root_writes_system_files_but_cannot_mount(runtime: SandboxRuntime) -> None:
+    sandbox = await boot(runtime, "sb-root0001")
+    result = await runtime.run(
+        sandbox,
+        ["/bin/sh", "-c", "id -u; echo built > /usr/local/built.txt; mount -t tmpfs none /mnt"],
+        as_root=True,
+    )
+    assert result.stdout == b"0\n"
+    assert b"permission denied" in result.stderr.lower()
+    assert not Path("/usr/local/built.txt").exists()
+    assert await sh(runtime, sandbox, "cat /usr/local/built.txt") == "built\n"
+
+
+async def test_egress_proxy_refuses_the_host_and_private_networks(runtime: SandboxRuntime) -> None:
+    sandbox = await boot(runtime, "sb-egrs0001")
+    for request in (
+        b"GET http://127.0.0.1:22/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET http://10.1.2.3/ HTTP/1.1\r\nHost: 10.1.2.3\r\n\r\n",
+        b"CONNECT 192.168.1.1:443 HTTP/1.1\r\nHost: 192.168.1.1\r\n\r\n",
+        b"CONNECT [::1]:443 HTTP/1.1\r\n\r\n",
+    ):
+        # The proxy listens inside the sandbox, where its processes find it.
+        reader, writer = await runtime.open_connection(sandbox, egress.PROXY_PORT)
+        writer.write(request)
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 403"), request
+        writer.close()
+
+
+@pytest.mark.slow
+async def test_egress_proxy_reaches_a_package_index(runtime: SandboxRuntime) -> None:
+    sandbox = await boot(runtime, "sb-egrs0002")
+    out = await sh(runtime, sandbox, "curl -sS -o /dev/null -w '%{http_code}' https://pypi.org/simple/six/")
+    assert out == "200"
+
+
+async def test_sandbox_without_network_has_no_proxy(runtime: SandboxRuntime) -> None:
+    runtime.layers.create_sandbox("sb-nonet001")
+    await runtime.start("sb-nonet001", network=False)
+    out = await sh(runtime, "sb-nonet001", "env | grep -ci proxy || true")
+    assert out.strip() == "0"

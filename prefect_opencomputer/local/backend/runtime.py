@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect_opencomputer.local.backend import host, layers, netns, processes
+from prefect_opencomputer.local.backend import egress, host, layers, netns, processes
 from prefect_opencomputer.local.backend.fileops import RootedFiles
 from prefect_opencomputer.local.backend.host import RuntimeUnavailable
 
@@ -34,6 +34,8 @@ BASE_ENV: Mapping[str, str] = {
     "LANG": "C.UTF-8",
 }
 TIMED_OUT_SUFFIX = b"\nProcess timed out"
+# What the sandbox's root may do to files (package installs chown, chmod and drop to service users).
+ROOT_CAPABILITIES = "+chown,+dac_override,+fowner,+fsetid,+setuid,+setgid,+kill,+net_bind_service"
 # After the command exits, how long to keep reading output that it left in the pipes.
 _PIPE_GRACE_SECONDS = 0.05
 
@@ -59,6 +61,7 @@ class _Machine:
     init_pid: int  # pid 1 of the sandbox's PID namespace, as seen from the host
     netns_fd: int
     drains: set[asyncio.Task[None]]
+    egress: asyncio.Server | None  # the outbound proxy listening inside the sandbox
 
 
 class SandboxRuntime:
@@ -81,8 +84,11 @@ class SandboxRuntime:
         machine = self._machines.get(sandbox_id)
         return machine is not None and machine.process.returncode is None
 
-    async def start(self, sandbox_id: str, *, hostname: str | None = None) -> None:
-        """Boot the sandbox's process tree over its existing layer (idempotent)."""
+    async def start(self, sandbox_id: str, *, hostname: str | None = None, network: bool = True) -> None:
+        """Boot the sandbox's process tree over its existing layer (idempotent).
+
+        With ``network``, its processes reach the internet through the egress proxy (HTTP/HTTPS).
+        """
         lock = self._starting.setdefault(sandbox_id, asyncio.Lock())
         async with lock:
             if self.is_running(sandbox_id):
@@ -145,7 +151,10 @@ class SandboxRuntime:
                 reason = log_path.read_text(errors="replace").strip()
                 raise RuntimeUnavailable(f"sandbox {sandbox_id} failed to start: {reason}")
             netns_fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            self._machines[sandbox_id] = _Machine(process, init_pid, netns_fd, set())
+            proxy = None
+            if network:
+                proxy = await egress.serve(egress.listening_socket(netns.socket_in(netns_fd)))
+            self._machines[sandbox_id] = _Machine(process, init_pid, netns_fd, set(), proxy)
 
     async def stop(self, sandbox_id: str) -> None:
         """Kill every process of the sandbox; its mount goes with them. The layer stays."""
@@ -154,6 +163,8 @@ class SandboxRuntime:
             return
         for task in machine.drains:
             task.cancel()
+        if machine.egress is not None:
+            machine.egress.close()
         os.close(machine.netns_fd)
         # Killing pid 1 of a PID namespace kills every process in it; its parent reaps it and exits.
         with contextlib.suppress(ProcessLookupError):
@@ -175,27 +186,22 @@ class SandboxRuntime:
 
     # -- commands ----------------------------------------------------------------------------
 
-    def _enter_argv(self, sandbox_id: str, argv: Sequence[str], cwd: str | None) -> list[str]:
+    def _machine(self, sandbox_id: str) -> _Machine:
         machine = self._machines.get(sandbox_id)
         if machine is None or machine.process.returncode is not None:
             raise SandboxNotRunning(sandbox_id)
-        enter = [
-            "nsenter",
-            "-t",
-            str(machine.init_pid),
-            "-m",
-            "-u",
-            "-i",
-            "-n",
-            "-p",
-            "-r",
-            "-w",
-            "-S",
-            str(SANDBOX_UID),
-            "-G",
-            str(SANDBOX_GID),
-            "--",
-        ]
+        return machine
+
+    def _enter_argv(
+        self, machine: _Machine, argv: Sequence[str], cwd: str | None, as_root: bool
+    ) -> list[str]:
+        enter = ["nsenter", "-t", str(machine.init_pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w"]
+        if as_root:
+            # Root of the sandbox's files, not of the host: no mounts, no ptrace, no setuid escalation.
+            enter += ["--", "setpriv", f"--bounding-set=-all,{ROOT_CAPABILITIES}", "--no-new-privs"]
+        else:
+            enter += ["-S", str(SANDBOX_UID), "-G", str(SANDBOX_GID)]
+        enter.append("--")
         if cwd and cwd != SANDBOX_HOME:
             enter += ["/usr/bin/env", "-C", cwd, "--"]
         return enter + list(argv)
@@ -208,10 +214,20 @@ class SandboxRuntime:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         stdin: bool = False,
+        as_root: bool = False,
     ) -> processes.ChildProcess:
-        """Start a process inside the sandbox with piped output, in its own process group."""
+        """Start a process inside the sandbox with piped output, in its own process group.
+
+        Commands run as the ``sandbox`` user; ``as_root`` (image builds) runs as the sandbox's root
+        with a small set of file capabilities.
+        """
+        machine = self._machine(sandbox_id)
+        base = BASE_ENV if not as_root else {**BASE_ENV, "HOME": "/root", "USER": "root", "LOGNAME": "root"}
+        proxy = egress.PROXY_ENV if machine.egress is not None else {}
         return await processes.spawn(
-            self._enter_argv(sandbox_id, argv, cwd), env={**BASE_ENV, **(env or {})}, stdin=stdin
+            self._enter_argv(machine, argv, cwd, as_root),
+            env={**base, **proxy, **(env or {})},
+            stdin=stdin,
         )
 
     async def run(
@@ -223,9 +239,10 @@ class SandboxRuntime:
         cwd: str | None = None,
         timeout: float = 60.0,
         output_limit: int = 16 * 1024 * 1024,
+        as_root: bool = False,
     ) -> CommandResult:
         """Run a command to completion; on timeout kill its process group (exit code -1)."""
-        process = await self.spawn(sandbox_id, argv, env=env, cwd=cwd)
+        process = await self.spawn(sandbox_id, argv, env=env, cwd=cwd, as_root=as_root)
         assert process.stdout is not None and process.stderr is not None
         out, err = _Capture(output_limit), _Capture(output_limit)
         readers = {
@@ -265,9 +282,7 @@ class SandboxRuntime:
 
     def files(self, sandbox_id: str) -> RootedFiles:
         """File operations on the sandbox's root as its processes see it (no escape)."""
-        machine = self._machines.get(sandbox_id)
-        if machine is None or machine.process.returncode is not None:
-            raise SandboxNotRunning(sandbox_id)
+        machine = self._machine(sandbox_id)
         return RootedFiles(
             Path(f"/proc/{machine.init_pid}/root"), home=SANDBOX_HOME, owner=(SANDBOX_UID, SANDBOX_GID)
         )
@@ -276,10 +291,7 @@ class SandboxRuntime:
         self, sandbox_id: str, port: int
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Connect to ``127.0.0.1:port`` inside the sandbox's own network namespace."""
-        machine = self._machines.get(sandbox_id)
-        if machine is None or machine.process.returncode is not None:
-            raise SandboxNotRunning(sandbox_id)
-        sock = netns.socket_in(machine.netns_fd)
+        sock = self.connect_socket(sandbox_id)
         try:
             await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
         except BaseException:
@@ -289,10 +301,7 @@ class SandboxRuntime:
 
     def connect_socket(self, sandbox_id: str) -> socket.socket:
         """A fresh non-blocking TCP socket living in the sandbox's network namespace."""
-        machine = self._machines.get(sandbox_id)
-        if machine is None or machine.process.returncode is not None:
-            raise SandboxNotRunning(sandbox_id)
-        return netns.socket_in(machine.netns_fd)
+        return netns.socket_in(self._machine(sandbox_id).netns_fd)
 
 
 def kill_group(pgid: int) -> None:
