@@ -6,6 +6,7 @@ from prefect_opencomputer.client._client import OpenComputerClient
 from prefect_opencomputer.client._errors import (
     APIError,
     BadRequestError,
+    BuildFailedError,
     CheckpointFailedError,
     CommandTimedOutError,
     ConflictError,
@@ -16,12 +17,15 @@ from prefect_opencomputer.client._errors import (
     PaymentRequiredError,
     RateLimitedError,
     ServerError,
+    SnapshotFailedError,
     TransportError,
     UnauthorizedError,
 )
 from prefect_opencomputer.client._exec import Exec
 from prefect_opencomputer.client._files import Files
+from prefect_opencomputer.client._images import Image, ImageStep
 from prefect_opencomputer.client._models import (
+    BuildLog,
     Checkpoint,
     CheckpointPatch,
     CheckpointRestore,
@@ -37,15 +41,21 @@ from prefect_opencomputer.client._models import (
     Sandbox,
     SandboxTags,
     SignedURL,
+    Snapshot,
 )
 from prefect_opencomputer.client._patches import Patches
 from prefect_opencomputer.client._previews import Previews
 from prefect_opencomputer.client._sandboxes import Sandboxes
+from prefect_opencomputer.client._snapshots import Snapshots
+from prefect_opencomputer.client._sse import BuildLogHandler
 from prefect_opencomputer.client._transport import RetryPolicy
 
 __all__ = [
     "APIError",
     "BadRequestError",
+    "BuildFailedError",
+    "BuildLog",
+    "BuildLogHandler",
     "Checkpoint",
     "CheckpointFailedError",
     "CheckpointPatch",
@@ -65,6 +75,8 @@ __all__ = [
     "Files",
     "ForbiddenError",
     "GoneError",
+    "Image",
+    "ImageStep",
     "NotFoundError",
     "OpenComputerClient",
     "OpenComputerError",
@@ -80,6 +92,9 @@ __all__ = [
     "Sandboxes",
     "ServerError",
     "SignedURL",
+    "Snapshot",
+    "SnapshotFailedError",
+    "Snapshots",
     "TransportError",
     "UnauthorizedError",
 ]

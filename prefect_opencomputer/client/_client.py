@@ -11,6 +11,7 @@ from prefect_opencomputer.client._files import Files
 from prefect_opencomputer.client._patches import Patches
 from prefect_opencomputer.client._previews import Previews
 from prefect_opencomputer.client._sandboxes import Sandboxes
+from prefect_opencomputer.client._snapshots import Snapshots
 from prefect_opencomputer.client._transport import (
     RetryPolicy,
     Transport,
@@ -47,6 +48,7 @@ class OpenComputerClient:
         self.checkpoints = Checkpoints(self._transport, self.sandboxes)
         self.patches = Patches(self._transport)
         self.previews = Previews(self._transport)
+        self.snapshots = Snapshots(self._transport)
 
     @property
     def api_base(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from prefect_opencomputer.client._models import Checkpoint
+    from prefect_opencomputer.client._models import BuildLog, Checkpoint, Snapshot
 
 
 class OpenComputerError(Exception):
@@ -104,6 +104,26 @@ class CheckpointFailedError(OpenComputerError):
         self.checkpoint = checkpoint
         reason = checkpoint.error_msg or "no reason given"
         super().__init__(f"checkpoint {checkpoint.name!r} ({checkpoint.id}) failed: {reason}")
+
+
+class BuildFailedError(OpenComputerError):
+    """Raised when an image build ends in failure; the message names the step and its output.
+
+    `logs` holds the last lines of the build log the service streamed before it failed.
+    """
+
+    def __init__(self, message: str, *, logs: tuple[BuildLog, ...] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.logs = logs
+
+
+class SnapshotFailedError(OpenComputerError):
+    """Raised by `snapshots.wait_ready` when the snapshot's build ends in status "failed"."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        super().__init__(f"snapshot {snapshot.name!r} failed to build")
 
 
 class CommandTimedOutError(OpenComputerError):

@@ -254,3 +254,32 @@ class PreviewURL(WireModel):
         host = urlsplit(f"//{self.hostname}").hostname or ""
         plain = ":" in self.hostname.rsplit("]", 1)[-1] or host == "localhost" or host.endswith(".localhost")
         return f"{'http' if plain else 'https'}://{self.hostname}"
+
+
+# Images and snapshots
+
+
+class BuildLog(WireModel):
+    """One line of an image build: `step` 0 is the service's own bookkeeping, 1..N the manifest's steps."""
+
+    step: int = 0
+    type: str = ""
+    message: str = ""
+
+
+class Snapshot(WireModel):
+    """A built image in the service's cache; a named one is a snapshot that sandboxes can start from."""
+
+    id: str
+    org_id: str | None = Field(default=None, alias="orgId")
+    name: str | None = None
+    content_hash: str = Field(default="", alias="contentHash")
+    checkpoint_id: str | None = Field(default=None, alias="checkpointId")
+    manifest: JsonObject = Field(default_factory=dict)
+    status: str = "building"
+    created_at: Timestamp = Field(default=None, alias="createdAt")
+    last_used_at: Timestamp = Field(default=None, alias="lastUsedAt")
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status == "ready"

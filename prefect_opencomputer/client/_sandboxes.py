@@ -6,7 +6,14 @@ import builtins
 from collections.abc import Mapping
 
 from prefect_opencomputer.client._errors import TransportError
+from prefect_opencomputer.client._images import Image
 from prefect_opencomputer.client._models import Sandbox, SandboxTags
+from prefect_opencomputer.client._sse import (
+    BUILD_STREAM_READ_TIMEOUT,
+    EVENT_STREAM,
+    BuildLogHandler,
+    read_build_stream,
+)
 from prefect_opencomputer.client._transport import Transport
 
 # The service polls up to 30 s for worker capacity before it answers a create.
@@ -27,8 +34,16 @@ class Sandboxes:
         metadata: Mapping[str, str] | None = None,
         memory_mb: int | None = None,
         preview_auth: Mapping[str, str] | None = None,
+        image: Image | None = None,
+        snapshot: str | None = None,
+        on_build_log: BuildLogHandler | None = None,
     ) -> Sandbox:
         """Start a sandbox; `timeout` is the rolling idle timeout in seconds (0 = never hibernate).
+
+        With `image`, the service builds it (or finds it in its cache) and forks the sandbox from the build;
+        with `snapshot`, it forks the named snapshot. Either way its build log lines go to `on_build_log` (it
+        may be async) while they happen, a failing build raises `BuildFailedError`, and the checkpoint's
+        patches run before this returns.
 
         `preview_auth={"token": "auto"}` gates preview URLs behind a bearer token, returned once as
         `Sandbox.preview_auth_token`. Never retried after it may have reached the service: a replay could
@@ -46,20 +61,44 @@ class Sandboxes:
                 "scheme": preview_auth.get("scheme", "bearer"),
                 "token": preview_auth.get("token", "auto"),
             }
+        built = image is not None or snapshot is not None
+        if image is not None:
+            body["image"] = image.to_dict()
+        if snapshot is not None:
+            body["snapshot"] = snapshot
         try:
-            response = await self._transport.request(
-                "POST", "/sandboxes", json=body, timeout=max(self._transport.timeout, _CREATE_TIMEOUT)
-            )
+            if built:
+                payload = await self._create_streamed(body, on_build_log)
+            else:
+                response = await self._transport.request(
+                    "POST", "/sandboxes", json=body, timeout=max(self._transport.timeout, _CREATE_TIMEOUT)
+                )
+                payload = response.json()
         except TransportError as exc:
             raise sandbox_may_exist(exc, "create") from exc
-        sandbox = Sandbox.model_validate(response.json())
+        sandbox = Sandbox.model_validate(payload)
+        if built:
+            # Like a fork, a sandbox started from an image or snapshot ignores the requested idle timeout.
+            await self.set_timeout(sandbox.sandbox_id, timeout)
         # The control plane's create answer omits what we asked for; fill it in rather than report blanks.
         filled: dict[str, object] = {}
         if not sandbox.template:
-            filled["template"] = template
+            filled["template"] = template if image is None else image.base_image
         if sandbox.memory_mb is None and memory_mb is not None:
             filled["memory_mb"] = memory_mb
         return sandbox.model_copy(update=filled) if filled else sandbox
+
+    async def _create_streamed(
+        self, body: Mapping[str, object], on_build_log: BuildLogHandler | None
+    ) -> dict[str, object]:
+        async with self._transport.stream(
+            "POST",
+            "/sandboxes",
+            json=body,
+            headers={"Accept": EVENT_STREAM},
+            read_timeout=max(self._transport.timeout, BUILD_STREAM_READ_TIMEOUT),
+        ) as response:
+            return await read_build_stream(response, on_build_log, what="sandbox create")
 
     async def get(self, sandbox_id: str) -> Sandbox:
         """The sandbox's current state; a killed sandbox is still found, with status "stopped"."""

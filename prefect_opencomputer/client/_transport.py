@@ -10,12 +10,13 @@ can reconcile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import os
 import random
 import time
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -225,6 +226,63 @@ class Transport:
                 await asyncio.sleep(self.retry.delay(attempt, error.retry_after))
                 continue
             raise error
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: JsonBody | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str | int] | None = None,
+        read_timeout: float | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """Send one request whose answer is read as it arrives (a build stream); error statuses raise.
+
+        Retried only when it never reached the service, or when the service refused it as retryable before
+        doing anything. `read_timeout` bounds the wait for each chunk, not the whole stream.
+        """
+        timeout = httpx.Timeout(self.timeout, read=read_timeout) if read_timeout is not None else None
+        attempt = 0
+        while True:
+            attempt += 1
+            last_attempt = attempt >= self.retry.max_attempts
+            request = self._http.build_request(
+                method,
+                path,
+                json=json,
+                params=params,
+                headers=headers,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+            try:
+                response = await self._http.send(request, stream=True)
+            except httpx.TransportError as exc:
+                sent = not isinstance(exc, _NOT_SENT)
+                if last_attempt or sent:
+                    raise self._transport_error(method, path, exc, sent=sent) from exc
+                await asyncio.sleep(self.retry.delay(attempt))
+                continue
+            if response.is_success:
+                break
+            try:
+                body = await response.aread()
+            except httpx.TransportError as exc:
+                raise self._transport_error(method, path, exc, sent=True) from exc
+            finally:
+                await response.aclose()
+            error = error_from_response(
+                response.status_code, body, response.headers, method=method, path=path, secret=self._api_key
+            )
+            if error.retryable and not last_attempt:
+                await asyncio.sleep(self.retry.delay(attempt, error.retry_after))
+                continue
+            raise error
+        try:
+            yield response
+        finally:
+            await response.aclose()
 
     def _transport_error(
         self, method: str, path: str, exc: httpx.TransportError, *, sent: bool

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import stat
 from pathlib import Path
+
+from prefect_opencomputer.local.backend import processes
 
 REQUIRED_COMMANDS = ("bwrap", "nsenter", "unshare", "cp", "rm")
 
@@ -32,39 +33,22 @@ def check_host() -> None:
 
 async def copy_tree(source: Path, target: Path) -> None:
     """``cp -a``: owners, modes, xattrs (overlay whiteouts and opaque dirs) and links kept."""
-    process = await asyncio.create_subprocess_exec(
-        "cp",
-        "-a",
-        "--reflink=auto",
-        "--",
-        str(source),
-        str(target),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await process.communicate()
-    if process.returncode != 0:
-        raise OSError(f"copy {source.name} failed: {stderr.decode(errors='replace').strip()}")
+    await _run("copy", source, ["cp", "-a", "--reflink=auto", "--", str(source), str(target)])
 
 
 async def remove_tree(path: Path) -> None:
     """``rm -rf`` in a child process, so large trees never block the event loop."""
     if not path.exists() and not path.is_symlink():
         return
-    process = await asyncio.create_subprocess_exec(
-        "rm",
-        "-rf",
-        "--one-file-system",
-        "--",
-        str(path),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await process.communicate()
-    if process.returncode != 0:
-        raise OSError(f"remove {path.name} failed: {stderr.decode(errors='replace').strip()}")
+    await _run("remove", path, ["rm", "-rf", "--one-file-system", "--", str(path)])
+
+
+async def _run(what: str, path: Path, argv: list[str]) -> None:
+    process = await processes.spawn(argv, stdout=False)
+    assert process.stderr is not None
+    stderr = await process.stderr.read()
+    if await process.wait() != 0:
+        raise OSError(f"{what} {path.name} failed: {stderr.decode(errors='replace').strip()}")
 
 
 def copy_tree_sync(source: Path, target: Path) -> None:

@@ -1,0 +1,114 @@
+"""The ``prefect-opencomputer`` command."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Prefect integration for OpenComputer sandboxes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+local_app = typer.Typer(
+    help="The OpenComputer-compatible local server: real sandboxes on this machine.",
+    no_args_is_help=True,
+)
+app.add_typer(local_app, name="local")
+
+API_KEY_ENV = "OPENCOMPUTER_LOCAL_API_KEY"
+
+
+def default_data_dir() -> Path:
+    """Where ``local serve`` keeps its state unless told otherwise (XDG data home)."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "prefect-opencomputer" / "local"
+
+
+@local_app.command("serve")
+def local_serve(
+    host: Annotated[str, typer.Option(help="Address to listen on; loopback keeps it private.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0 = a free one).")] = 8000,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where sandboxes, checkpoints and patches are kept.",
+            show_default="~/.local/share/prefect-opencomputer/local",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar=API_KEY_ENV,
+            show_default=False,
+            show_envvar=True,
+            help="The key clients must send; generated and printed once when not given.",
+        ),
+    ] = None,
+    enable_test_routes: Annotated[
+        bool,
+        typer.Option(
+            "--enable-test-routes", help="Serve the /_test control routes (reset, stats, fault injection)."
+        ),
+    ] = False,
+    preview_domain: Annotated[
+        str, typer.Option(help="Domain of preview hostnames (default: localhost:<port>).", show_default=False)
+    ] = "",
+) -> None:
+    """Serve the OpenComputer API on this machine until Ctrl-C or SIGTERM."""
+    import asyncio
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    from prefect_opencomputer.local.backend.host import RuntimeUnavailable
+    from prefect_opencomputer.local.backend.runtime import SandboxRuntime
+    from prefect_opencomputer.local.config import LocalServerConfig
+    from prefect_opencomputer.local.embedded import new_api_key
+    from prefect_opencomputer.local.serve import (
+        LocalServerError,
+        bind_socket,
+        build_server,
+        new_event_loop,
+        prepare_data_dir,
+        serve,
+    )
+
+    generated_key = not api_key
+    key = api_key or new_api_key()
+    try:
+        SandboxRuntime.check_available()
+        resolved_dir = prepare_data_dir(data_dir or default_data_dir())
+        sock = bind_socket(host, port)
+        config = LocalServerConfig(
+            data_dir=resolved_dir,
+            api_key=key,
+            host=host,
+            port=sock.getsockname()[1],
+            preview_domain=preview_domain,
+            enable_test_routes=enable_test_routes,
+        )
+        server, server_app = build_server(config, access_log=True, log_config=copy.deepcopy(LOGGING_CONFIG))
+        shown_host = f"[{host}]" if ":" in host else host
+        url = f"http://{shown_host}:{config.port}"
+        typer.echo(f"OpenComputer local server on {url} (data: {resolved_dir})")
+        typer.echo(f"  export OPENCOMPUTER_API_URL={url}")
+        if generated_key:
+            # Printed once, here, for the person who started the server; never logged.
+            typer.echo(f"  export OPENCOMPUTER_API_KEY={key}")
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(serve(server, server_app, sock))
+    except (LocalServerError, RuntimeUnavailable) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

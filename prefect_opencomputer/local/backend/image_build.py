@@ -1,0 +1,236 @@
+"""Running an image manifest: its steps in order in a throwaway builder sandbox, then its layer checkpointed.
+
+Package installs and commands run as the sandbox's root (capability-limited), with the network reaching
+package registries through the runtime's egress proxy. Every line a step prints becomes a build log line while
+the step runs. A step that fails (or times out) ends the build: the builder and anything half-copied are
+removed, and `BuildFailed` names the step and its last output lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from prefect_opencomputer.local.backend.image_manifest import BuildStep, ImageManifest
+from prefect_opencomputer.local.backend.runtime import (
+    SANDBOX_GID,
+    SANDBOX_UID,
+    SandboxRuntime,
+    kill_group,
+)
+
+# (step number, step type, message): step 0 is the build's own bookkeeping.
+BuildLogger = Callable[[int, str, str], Awaitable[None] | None]
+
+STEP_TIMEOUT_SECONDS = 900.0
+_MAX_LINE_CHARS = 4000
+_TAIL_LINES = 30
+_TAIL_CHARS = 3000
+# After a step's process exits, how long its output may take to drain (a background child can hold the pipes).
+_PIPE_GRACE_SECONDS = 1.0
+_APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "APT_LISTCHANGES_FRONTEND": "none"}
+_PIP = (
+    "python3",
+    "-m",
+    "pip",
+    "install",
+    "--no-input",
+    "--disable-pip-version-check",
+    "--root-user-action=ignore",
+    "--break-system-packages",
+)
+# Creates the directory for the sandbox user unless it already exists (then it is left as it is).
+_MAKE_WORKDIR = f'[ -d "$1" ] || {{ mkdir -p -- "$1" && chown {SANDBOX_UID}:{SANDBOX_GID} -- "$1"; }}'
+
+
+class BuildFailed(Exception):
+    """A step of the manifest failed; the message names it and carries its last output lines."""
+
+    def __init__(self, message: str, *, step: int = 0, step_type: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.step = step
+        self.step_type = step_type
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """What sandboxes of the image inherit besides its files: the env and workdir its steps set."""
+
+    envs: Mapping[str, str]
+    workdir: str | None
+    size_bytes: int
+
+
+async def build_image(
+    runtime: SandboxRuntime,
+    manifest: ImageManifest,
+    *,
+    builder_id: str,
+    checkpoint_id: str,
+    log: BuildLogger,
+    step_timeout: float = STEP_TIMEOUT_SECONDS,
+) -> BuiltImage:
+    """Build `manifest` in a new sandbox `builder_id` and copy its layer into checkpoint `checkpoint_id`.
+
+    The builder is destroyed whatever happens; on failure (or cancellation) no checkpoint layer is left.
+    """
+    total = len(manifest.steps)
+    build = _Build(runtime, builder_id, log, step_timeout)
+    snapshotted = False
+    try:
+        await asyncio.to_thread(runtime.layers.create_sandbox, builder_id)
+        await runtime.start(builder_id, hostname="builder")
+        await _emit(log, 0, "build", f"Building image with {total} steps")
+        for step in manifest.steps:
+            await _emit(log, step.number, step.type, f"Step {step.number}/{total}: {step.describe()}")
+            await build.run_step(step)
+            await _emit(log, step.number, step.type, f"Step {step.number}/{total} completed")
+        await _emit(log, total + 1, "checkpoint", "Creating checkpoint...")
+        # Stopped first, so the copy sees a quiet layer: no process is still writing into it.
+        await runtime.stop(builder_id)
+        snapshotted = True
+        size = await runtime.layers.snapshot(builder_id, checkpoint_id)
+    except BaseException:
+        if snapshotted:
+            with contextlib.suppress(Exception):
+                await runtime.layers.remove_checkpoint(checkpoint_id)
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            await runtime.destroy(builder_id)
+    return BuiltImage(envs=dict(build.envs), workdir=build.workdir, size_bytes=size)
+
+
+class _Build:
+    """The state a build carries from step to step: environment and working directory."""
+
+    def __init__(
+        self, runtime: SandboxRuntime, builder_id: str, log: BuildLogger, step_timeout: float
+    ) -> None:
+        self.runtime = runtime
+        self.builder_id = builder_id
+        self.log = log
+        self.step_timeout = step_timeout
+        self.envs: dict[str, str] = {}
+        self.workdir: str | None = None
+
+    async def run_step(self, step: BuildStep) -> None:
+        if step.type == "apt_install":
+            await self._exec(step, ["apt-get", "update", "-q"], extra_env=_APT_ENV)
+            install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *step.packages]
+            await self._exec(step, install, extra_env=_APT_ENV)
+            await self._exec(step, ["apt-get", "clean"], extra_env=_APT_ENV)
+        elif step.type == "pip_install":
+            await self._exec(step, [*_PIP, *step.packages])
+        elif step.type == "run":
+            for command in step.commands:
+                await self._exec(step, ["/bin/bash", "-c", command])
+        elif step.type == "env":
+            self.envs.update(step.variables)
+        elif step.type == "workdir":
+            await self._exec(step, ["/bin/sh", "-c", _MAKE_WORKDIR, "workdir", step.path])
+            self.workdir = step.path
+        else:
+            await self._write_files(step)
+
+    async def _exec(
+        self, step: BuildStep, argv: Sequence[str], *, extra_env: Mapping[str, str] | None = None
+    ) -> None:
+        """Run one command of a step as the sandbox's root, logging each output line as it comes."""
+        tail: deque[str] = deque(maxlen=_TAIL_LINES)
+
+        async def line(text: str) -> None:
+            tail.append(text)
+            await _emit(self.log, step.number, step.type, text)
+
+        process = await self.runtime.spawn(
+            self.builder_id,
+            argv,
+            env={**self.envs, **(extra_env or {})},
+            cwd=self.workdir,
+            as_root=True,
+        )
+        assert process.stdout is not None and process.stderr is not None
+        readers = {
+            asyncio.ensure_future(_read_lines(process.stdout, line)),
+            asyncio.ensure_future(_read_lines(process.stderr, line)),
+        }
+        try:
+            try:
+                code = await asyncio.wait_for(process.wait(), self.step_timeout)
+            except TimeoutError:
+                kill_group(process.pid)
+                await process.wait()
+                raise BuildFailed(
+                    _failure(step, f"timed out after {self.step_timeout:.0f}s", tail),
+                    step=step.number,
+                    step_type=step.type,
+                ) from None
+            # A background process the command started may hold the pipes: take what is there.
+            await asyncio.wait(readers, timeout=_PIPE_GRACE_SECONDS)
+        except BaseException:
+            kill_group(process.pid)
+            raise
+        finally:
+            for reader in readers:
+                reader.cancel()
+        if code != 0:
+            raise BuildFailed(
+                _failure(step, f"exited with code {code}", tail), step=step.number, step_type=step.type
+            )
+
+    async def _write_files(self, step: BuildStep) -> None:
+        files = self.runtime.files(self.builder_id)
+
+        def write() -> None:
+            for path, content in step.files:
+                with files.open_write(path) as handle:
+                    handle.write(content)
+
+        try:
+            await asyncio.to_thread(write)
+        except (OSError, ValueError) as error:
+            raise BuildFailed(
+                _failure(step, f"could not write: {error}", ()), step=step.number, step_type=step.type
+            ) from error
+        for path, content in step.files:
+            await _emit(self.log, step.number, step.type, f"wrote {path} ({len(content)} bytes)")
+
+
+async def _read_lines(stream: asyncio.StreamReader, on_line: Callable[[str], Awaitable[None]]) -> None:
+    """Hand every line of `stream` to `on_line` (long lines cut, carriage-return progress kept as lines)."""
+    pending = b""
+    while chunk := await stream.read(65536):
+        pending += chunk
+        *lines, pending = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        for raw in lines:
+            if raw.strip():
+                await on_line(_text(raw))
+        if len(pending) > _MAX_LINE_CHARS * 4:
+            await on_line(_text(pending))
+            pending = b""
+    if pending.strip():
+        await on_line(_text(pending))
+
+
+def _text(raw: bytes) -> str:
+    text = raw.decode(errors="replace").rstrip()
+    return text if len(text) <= _MAX_LINE_CHARS else text[:_MAX_LINE_CHARS] + "..."
+
+
+def _failure(step: BuildStep, what: str, tail: Sequence[str]) -> str:
+    output = "\n".join(tail)
+    if len(output) > _TAIL_CHARS:
+        output = "..." + output[-_TAIL_CHARS:]
+    message = f"step {step.number} ({step.type}: {step.describe()}) {what}"
+    return f"{message}:\n{output}" if output else message
+
+
+async def _emit(log: BuildLogger, step: int, step_type: str, message: str) -> None:
+    outcome = log(step, step_type, message)
+    if outcome is not None:
+        await outcome

@@ -1,0 +1,79 @@
+"""Preview URLs: a stable hostname per sandbox port, and the token gate in front of them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prefect_opencomputer.local.backend import preview_auth
+from prefect_opencomputer.local.backend.records import PreviewRecord, new_token, new_uuid, utc_now
+from prefect_opencomputer.local.errors import WireError
+
+if TYPE_CHECKING:
+    from prefect_opencomputer.local.backend.service import LocalBackend
+
+
+def preview_hostname(sandbox_id: str, port: int, domain: str) -> str:
+    return f"{sandbox_id}-p{port}.{domain}"
+
+
+class Previews:
+    """Preview URL behaviour of a `LocalBackend`."""
+
+    def __init__(self, backend: LocalBackend) -> None:
+        self._backend = backend
+
+    def create(
+        self, sandbox_id: str, port: int, *, domain: str, auth_config: object
+    ) -> tuple[PreviewRecord, bool]:
+        """The preview URL of ``port``, created unless it exists; ``True`` when new."""
+        if not 1 <= port <= 65535:
+            raise WireError(400, "port must be between 1 and 65535")
+        store = self._backend.store
+        record = store.sandbox(sandbox_id)
+        if record is None or record.status != "running":
+            raise WireError(400, "sandbox is not running or not found")
+        if domain:
+            raise WireError(400, "org has no custom domain configured")
+        existing = store.preview(sandbox_id, port)
+        if existing is not None:
+            return self._current(existing), False
+        preview = PreviewRecord(
+            id=new_uuid(),
+            sandbox_id=sandbox_id,
+            port=port,
+            hostname=preview_hostname(sandbox_id, port, self._backend.config.effective_preview_domain),
+            auth_config={} if auth_config is None else auth_config,
+            created_at=utc_now(),
+        )
+        store.insert_preview(preview)
+        return preview, True
+
+    def for_sandbox(self, sandbox_id: str) -> list[PreviewRecord]:
+        self._backend.sandbox(sandbox_id)
+        return [self._current(preview) for preview in self._backend.store.previews(sandbox_id)]
+
+    def delete(self, sandbox_id: str, port_text: str) -> None:
+        try:
+            port = int(port_text)
+        except ValueError:
+            port = 0
+        if not 1 <= port <= 65535:
+            raise WireError(400, "invalid port")
+        if not self._backend.store.delete_previews(sandbox_id, port=port):
+            raise WireError(404, "no preview URL for this port")
+
+    def _current(self, preview: PreviewRecord) -> PreviewRecord:
+        """The preview under today's domain: a restarted local server may listen on a new port."""
+        domain = self._backend.config.effective_preview_domain
+        preview.hostname = preview_hostname(preview.sandbox_id, preview.port, domain)
+        return preview
+
+    def rotate_token(self, sandbox_id: str) -> str:
+        """A fresh preview token; the old one stops working at once."""
+        record = self._backend.sandbox(sandbox_id)
+        if record.status not in ("running", "hibernated"):
+            raise WireError(410, f"sandbox {sandbox_id} has been stopped")
+        token = new_token()
+        record.preview_auth_hash = preview_auth.digest(token)
+        self._backend.store.save_sandbox(record)
+        return token

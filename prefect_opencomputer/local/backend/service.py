@@ -1,0 +1,538 @@
+"""The local server's backend: what sandboxes are and how they live, independent of HTTP.
+
+`LocalBackend` owns the durable state, the sandbox runtime, the idle timer and the exec sessions.
+Routers call it and turn its records into wire shapes; it raises `WireError` for every client
+mistake. Lifecycle changes of one sandbox (boot, hibernate, restore, kill, checkpoint copy) are
+serialised by a per-sandbox lock; data-plane calls take the lock only when they must wake it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from prefect_opencomputer.local.backend import preview_auth, sizing
+from prefect_opencomputer.local.backend.checkpoints import Checkpoints
+from prefect_opencomputer.local.backend.exec_sessions import ExecSession, ExecSessionTable, Listener
+from prefect_opencomputer.local.backend.idle import IdleTracker
+from prefect_opencomputer.local.backend.images import BuildLogSink, Images
+from prefect_opencomputer.local.backend.previews import Previews
+from prefect_opencomputer.local.backend.records import (
+    SandboxRecord,
+    SandboxStatus,
+    new_sandbox_id,
+    new_session_id,
+    new_token,
+    utc_now,
+)
+from prefect_opencomputer.local.backend.runtime import CommandResult, SandboxNotRunning, SandboxRuntime
+from prefect_opencomputer.local.backend.sandbox_files import SandboxFiles
+from prefect_opencomputer.local.backend.signed_urls import UrlSigner
+from prefect_opencomputer.local.backend.state import StateStore
+from prefect_opencomputer.local.backend.tags import parse_tags
+from prefect_opencomputer.local.config import LocalServerConfig
+from prefect_opencomputer.local.errors import WireError
+
+logger = logging.getLogger(__name__)
+
+_SIGNING_SECRET_KEY = "url_signing_secret"
+# How long `close()` lets checkpoint copies in flight finish before leaving them to recovery.
+_CLOSE_GRACE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class SandboxRequest:
+    """What a client asks for when it creates a sandbox (``POST /sandboxes``)."""
+
+    template: str = ""
+    timeout: int = 0
+    cpu_count: int = 0
+    memory_mb: int = 0
+    disk_mb: int = 0
+    envs: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    secret_store: str = ""
+    preview_auth: tuple[str, str] | None = None  # (scheme, token)
+    image: Mapping[str, object] | None = None  # a declarative image manifest
+    snapshot: str = ""
+    webhooks: bool = False
+
+
+@dataclass(frozen=True)
+class TagKeyStats:
+    key: str
+    sandbox_count: int
+    value_count: int
+
+
+class LocalBackend:
+    """State and behaviour of every sandbox, checkpoint, patch, exec session and preview URL."""
+
+    def __init__(self, config: LocalServerConfig) -> None:
+        self.config = config
+        self.runtime = SandboxRuntime(root=config.data_dir / "runtime", hidden_paths=[config.data_dir])
+        self.idle = IdleTracker(self._hibernate_if_idle)
+        self.exec_sessions = ExecSessionTable()
+        self.checkpoints = Checkpoints(self)
+        self.previews = Previews(self)
+        self.files = SandboxFiles(self)
+        self.images = Images(self)
+        self._store: StateStore | None = None
+        self._signer: UrlSigner | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+        # Sandboxes whose layer is being copied into a checkpoint: data calls wait for the copy.
+        self._paused: dict[str, asyncio.Event] = {}
+        # Bumped whenever a sandbox's processes start or stop: an operation that sees it change
+        # knows the sandbox moved under it (its files vanished with the mount, not by a mistake).
+        self._epochs: dict[str, int] = {}
+        self._peak = 0
+
+    def __repr__(self) -> str:
+        return f"LocalBackend(data_dir={self.config.data_dir!r})"
+
+    @property
+    def store(self) -> StateStore:
+        if self._store is None:
+            raise RuntimeError("the backend is not started")
+        return self._store
+
+    @property
+    def signer(self) -> UrlSigner:
+        if self._signer is None:
+            raise RuntimeError("the backend is not started")
+        return self._signer
+
+    # -- server lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the state and recover from the last run: what was running comes back hibernated."""
+        SandboxRuntime.check_available()
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._store = StateStore(self.config.data_dir / "state.db")
+        secret = self.store.setting(_SIGNING_SECRET_KEY)
+        if secret is None:
+            secret = secrets.token_hex(32)
+            self.store.set_setting(_SIGNING_SECRET_KEY, secret)
+        self._signer = UrlSigner(bytes.fromhex(secret))
+        # Build the layer mask once, up front, so sandbox creation never races to build it.
+        await asyncio.to_thread(self.runtime.layers.mask)
+        for record in self.store.sandboxes():
+            if record.status == "pending":
+                # Created but never acknowledged: nobody knows its id.
+                await self.runtime.layers.remove_sandbox(record.id)
+                self.store.delete_sandbox(record.id)
+            elif record.status == "running":
+                record.status = "hibernated"
+                self.store.save_sandbox(record)
+            elif record.status == "stopped" and self.runtime.layers.sandbox_exists(record.id):
+                await self.runtime.layers.remove_sandbox(record.id)
+        await self.checkpoints.recover()
+        await self.images.start()
+        self._peak = 0
+        self.idle.start()
+
+    async def close(self) -> None:
+        """Stop every sandbox's processes; their disks and all state stay for the next start."""
+        await self.idle.stop()
+        await self.images.close()
+        await self.checkpoints.finish_copies(_CLOSE_GRACE_SECONDS)
+        await self.exec_sessions.close_all()
+        if self._store is not None:
+            for record in self.store.sandboxes(status="running"):
+                record.status = "hibernated"
+                self.store.save_sandbox(record)
+        await self.runtime.shutdown()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    async def reset(self) -> None:
+        """Kill and forget everything (test isolation); the server keeps running."""
+        await self.images.reset()
+        await self.checkpoints.finish_copies(_CLOSE_GRACE_SECONDS)
+        await self.exec_sessions.close_all()
+        known = {record.id for record in self.store.sandboxes()}
+        for sandbox_id in known | set(self.runtime.running_ids()):
+            async with self.lifecycle_lock(sandbox_id):
+                self.idle.forget(sandbox_id)
+                await self.runtime.destroy(sandbox_id)
+        for checkpoint in self.store.checkpoints():
+            await self.runtime.layers.remove_checkpoint(checkpoint.id)
+        self.store.forget_everything()
+        self.idle.clear()
+        self._peak = len(self.runtime.running_ids())
+
+    def stats(self) -> dict[str, int]:
+        """Sandboxes with live processes now, and the most at once since start or reset."""
+        return {"liveSandboxes": len(self.runtime.running_ids()), "peakSandboxes": self._peak}
+
+    # -- sandboxes ---------------------------------------------------------------------------
+
+    async def create_sandbox(
+        self, request: SandboxRequest, on_build_log: BuildLogSink | None = None
+    ) -> tuple[SandboxRecord, str | None]:
+        """Create and boot a sandbox; returns it and the preview token when one was asked for.
+
+        With an image or a snapshot the sandbox is a fork of its build (built now unless cached), whose
+        log lines go to ``on_build_log``.
+        """
+        if request.webhooks:
+            raise WireError(501, "sandbox webhooks are not supported by the local server yet")
+        if request.image is not None or request.snapshot:
+            return await self.images.create_sandbox(
+                self.images.source(request.image, request.snapshot),
+                envs=request.envs,
+                metadata=request.metadata,
+                memory_mb=request.memory_mb,
+                secret_store=request.secret_store,
+                preview=request.preview_auth,
+                log=on_build_log or _no_build_log,
+            )
+        template = sizing.resolve_template(request.template)
+        cpu_count, memory_mb = sizing.resolve_tier(request.cpu_count, request.memory_mb)
+        disk_mb = sizing.resolve_disk(request.disk_mb)
+        if request.secret_store:
+            raise WireError(400, f"secret store not found: {request.secret_store}")
+        token: str | None = None
+        token_hash: str | None = None
+        if request.preview_auth is not None:
+            token, token_hash = preview_auth.issue(*request.preview_auth)
+        record = SandboxRecord(
+            id=self.unused_sandbox_id(),
+            status="pending",
+            template=template,
+            timeout=max(0, request.timeout),
+            cpu_count=cpu_count,
+            memory_mb=memory_mb,
+            disk_mb=disk_mb,
+            token=new_token(),
+            started_at=utc_now(),
+            envs=dict(request.envs),
+            metadata=dict(request.metadata),
+            preview_auth_hash=token_hash,
+        )
+        self.store.save_sandbox(record)
+        try:
+            await asyncio.to_thread(self.runtime.layers.create_sandbox, record.id)
+            async with self.lifecycle_lock(record.id):
+                await self.boot(record)
+        except BaseException as error:
+            await self.discard_sandbox(record.id)
+            if isinstance(error, Exception):
+                raise WireError(500, f"worker create failed: {error}") from error
+            raise
+        return record, token
+
+    def sandbox(self, sandbox_id: str) -> SandboxRecord:
+        """The sandbox, whatever its status; 404 when this server never had it."""
+        record = self.store.sandbox(sandbox_id)
+        if record is None or record.status == "pending":
+            raise WireError(404, "sandbox not found")
+        return record
+
+    def running_sandboxes(self) -> list[SandboxRecord]:
+        return self.store.sandboxes(status="running")[:100]
+
+    async def kill_sandbox(self, sandbox_id: str) -> None:
+        """Stop it for good: processes, layer and preview URLs go; its record and checkpoints stay."""
+        self.sandbox(sandbox_id)
+        async with self.lifecycle_lock(sandbox_id):
+            record = self.sandbox(sandbox_id)
+            if record.status == "stopped":
+                return
+            record.status = "stopped"
+            record.stopped_at = utc_now()
+            self.store.save_sandbox(record)
+            self.store.delete_previews(sandbox_id)
+            await self.exec_sessions.close_sandbox(sandbox_id)
+            self.idle.forget(sandbox_id)
+            self._epochs[sandbox_id] = self._epochs.get(sandbox_id, 0) + 1
+            await self.runtime.destroy(sandbox_id)
+
+    async def set_timeout(self, sandbox_id: str, timeout: int) -> None:
+        if timeout < 0:
+            raise WireError(400, "timeout must be non-negative (0 = no timeout)")
+        async with self.data_plane(sandbox_id) as record:
+            record.timeout = timeout
+            self.store.save_sandbox(record)
+            self.idle.watch(sandbox_id, timeout)
+
+    async def hibernate(self, sandbox_id: str) -> SandboxRecord:
+        """Stop its processes and keep its disk; idempotent for a hibernated sandbox."""
+        self.sandbox(sandbox_id)
+        async with self.lifecycle_lock(sandbox_id):
+            record = self.sandbox(sandbox_id)
+            if record.status == "running":
+                await self.stop_processes(record, "hibernated")
+            elif record.status != "hibernated":
+                raise WireError(400, "sandbox is not running")
+        return record
+
+    async def wake(self, sandbox_id: str) -> SandboxRecord:
+        """Boot a hibernated sandbox over its disk; idempotent for a running one."""
+        self.sandbox(sandbox_id)
+        async with self.lifecycle_lock(sandbox_id):
+            record = self.sandbox(sandbox_id)
+            if record.status not in ("running", "hibernated"):
+                raise WireError(400, "sandbox is not hibernated")
+            if not self._is_live(record):
+                await self._wake_locked(record)
+        return record
+
+    def tags(self, sandbox_id: str) -> SandboxRecord:
+        return self.sandbox(sandbox_id)
+
+    def replace_tags(self, sandbox_id: str, body: object) -> SandboxRecord:
+        record = self.sandbox(sandbox_id)
+        record.tags = parse_tags(body)
+        record.tags_updated_at = utc_now()
+        self.store.save_sandbox(record)
+        return record
+
+    def tag_keys(self) -> list[TagKeyStats]:
+        """Every tag key in use, with how many sandboxes carry it and how many values it has."""
+        sandboxes: dict[str, int] = {}
+        values: dict[str, set[str]] = {}
+        for record in self.store.sandboxes():
+            if record.status == "pending":
+                continue
+            for key, value in record.tags.items():
+                sandboxes[key] = sandboxes.get(key, 0) + 1
+                values.setdefault(key, set()).add(value)
+        return [TagKeyStats(key, sandboxes[key], len(values[key])) for key in sorted(sandboxes)]
+
+    # -- the data plane ----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def data_plane(self, sandbox_id: str) -> AsyncIterator[SandboxRecord]:
+        """Hold a sandbox awake for one operation, waking it first if it hibernates.
+
+        404 for an unknown sandbox, 410 for a stopped one.
+        """
+        with self.idle.busy(sandbox_id):
+            record = await self._awake(sandbox_id)
+            epoch = self._epochs.get(sandbox_id)
+            try:
+                yield record
+            except (SandboxNotRunning, WireError, OSError) as error:
+                if isinstance(error, WireError) and error.status != 404:
+                    raise
+                if self._epochs.get(sandbox_id) == epoch and not isinstance(error, SandboxNotRunning):
+                    raise
+                raise WireError(
+                    503,
+                    f"sandbox {sandbox_id} was stopped or restarted during the request, retry",
+                    headers={"Retry-After": "1"},
+                    retryable=True,
+                ) from None
+
+    def require_live(self, sandbox_id: str) -> SandboxRecord:
+        """Fail now (404/410) for a sandbox no data call can reach, without waking it."""
+        record = self.sandbox(sandbox_id)
+        if record.status not in ("running", "hibernated"):
+            raise WireError(410, f"sandbox {sandbox_id} has been stopped")
+        return record
+
+    def touch(self, sandbox_id: str) -> None:
+        """Record traffic on a sandbox (restarts its idle timer)."""
+        self.idle.touch(sandbox_id)
+
+    async def run_command(
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        *,
+        envs: Mapping[str, str],
+        cwd: str | None,
+        timeout: float,
+    ) -> CommandResult:
+        async with self.data_plane(sandbox_id) as record:
+            return await self.runtime.run(
+                sandbox_id,
+                argv,
+                env={**record.envs, **envs},
+                cwd=cwd or self.images.default_workdir(record),
+                timeout=timeout,
+            )
+
+    async def start_session(
+        self,
+        sandbox_id: str,
+        command: str,
+        args: Sequence[str],
+        *,
+        envs: Mapping[str, str],
+        cwd: str | None,
+        timeout: int,
+        max_run_after_disconnect: int,
+    ) -> ExecSession:
+        async with self.data_plane(sandbox_id) as record:
+            process = await self.runtime.spawn(
+                sandbox_id,
+                [command, *args],
+                env={**record.envs, **envs},
+                cwd=cwd or self.images.default_workdir(record),
+                stdin=True,
+            )
+            session_id = new_session_id()
+            while self.exec_sessions.get(sandbox_id, session_id) is not None:
+                session_id = new_session_id()
+            session = ExecSession(
+                session_id,
+                sandbox_id,
+                command,
+                args,
+                process,
+                timeout=max(0, timeout),
+                max_run_after_disconnect=max(0, max_run_after_disconnect),
+            )
+            self.exec_sessions.add(session)
+            return session
+
+    async def sessions(self, sandbox_id: str) -> list[ExecSession]:
+        async with self.data_plane(sandbox_id):
+            return self.exec_sessions.for_sandbox(sandbox_id)
+
+    async def kill_session(self, sandbox_id: str, session_id: str, signum: int) -> None:
+        """Signal a session's command (0 means SIGKILL, as in the service)."""
+        signum = signum or signal.SIGKILL
+        if not 1 <= signum < signal.NSIG:
+            raise WireError(400, f"invalid signal {signum}")
+        async with self.data_plane(sandbox_id):
+            self._session(sandbox_id, session_id).kill(signum)
+
+    @contextlib.asynccontextmanager
+    async def attached(
+        self, sandbox_id: str, session_id: str
+    ) -> AsyncIterator[tuple[ExecSession, list[bytes], Listener]]:
+        """Attach one client to a session: its replay and live listener; detaches on exit.
+
+        The sandbox stays awake while a client is attached.
+        """
+        async with self.data_plane(sandbox_id):
+            session = self._session(sandbox_id, session_id)
+            replay, listener = session.attach()
+            try:
+                yield session, replay, listener
+            finally:
+                session.detach(listener)
+
+    async def connect_preview(
+        self, sandbox_id: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP connection to ``port`` inside the sandbox, waking it if it hibernates.
+
+        Raises `WireError` 404/410 for unknown/stopped sandboxes and `OSError` (e.g.
+        ``ConnectionRefusedError``) when nothing listens on the port.
+        """
+        async with self.data_plane(sandbox_id):
+            return await self.runtime.open_connection(sandbox_id, port)
+
+    def preview_access_allowed(self, sandbox_id: str, presented_token: str | None) -> bool:
+        """Whether preview traffic may pass: no token gate on the sandbox, or the right token."""
+        record = self.store.sandbox(sandbox_id)
+        if record is None or record.preview_auth_hash is None:
+            return True
+        return preview_auth.matches(record.preview_auth_hash, presented_token)
+
+    # -- shared with the checkpoint and preview services -------------------------------------
+
+    def lifecycle_lock(self, sandbox_id: str) -> asyncio.Lock:
+        lock = self._locks.get(sandbox_id)
+        if lock is None:
+            lock = self._locks[sandbox_id] = asyncio.Lock()
+        return lock
+
+    def unused_sandbox_id(self) -> str:
+        sandbox_id = new_sandbox_id()
+        while self.store.sandbox(sandbox_id) is not None:
+            sandbox_id = new_sandbox_id()
+        return sandbox_id
+
+    async def boot(self, record: SandboxRecord) -> None:
+        """Start the sandbox's processes over its layer and mark it running (lock held)."""
+        await self.runtime.start(record.id)
+        self._epochs[record.id] = self._epochs.get(record.id, 0) + 1
+        record.status = "running"
+        self.store.save_sandbox(record)
+        self.idle.watch(record.id, record.timeout)
+        self._peak = max(self._peak, len(self.runtime.running_ids()))
+
+    async def stop_processes(self, record: SandboxRecord, status: SandboxStatus) -> None:
+        """Stop the sandbox's processes, keeping its layer, and record ``status`` (lock held)."""
+        await self.exec_sessions.close_sandbox(record.id)
+        self.idle.forget(record.id)
+        self._epochs[record.id] = self._epochs.get(record.id, 0) + 1
+        await self.runtime.stop(record.id)
+        record.status = status
+        self.store.save_sandbox(record)
+
+    async def discard_sandbox(self, sandbox_id: str) -> None:
+        """Remove every trace of a sandbox that was never acknowledged to a client."""
+        self.idle.forget(sandbox_id)
+        with contextlib.suppress(Exception):
+            await self.runtime.destroy(sandbox_id)
+        self.store.delete_sandbox(sandbox_id)
+
+    def pause_data_plane(self, sandbox_id: str) -> asyncio.Event:
+        """Make data calls on the sandbox wait until the returned event is set."""
+        resumed = asyncio.Event()
+        self._paused[sandbox_id] = resumed
+        return resumed
+
+    def resume_data_plane(self, sandbox_id: str, resumed: asyncio.Event) -> None:
+        if self._paused.get(sandbox_id) is resumed:
+            del self._paused[sandbox_id]
+        resumed.set()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _is_live(self, record: SandboxRecord) -> bool:
+        return record.status == "running" and self.runtime.is_running(record.id)
+
+    async def _awake(self, sandbox_id: str) -> SandboxRecord:
+        record = self.require_live(sandbox_id)
+        resumed = self._paused.get(sandbox_id)
+        if resumed is not None:
+            await resumed.wait()
+            record = self.require_live(sandbox_id)
+        if self._is_live(record):
+            return record
+        async with self.lifecycle_lock(sandbox_id):
+            record = self.require_live(sandbox_id)
+            if not self._is_live(record):
+                await self._wake_locked(record)
+        return record
+
+    async def _wake_locked(self, record: SandboxRecord) -> None:
+        try:
+            await self.boot(record)
+        except Exception as error:
+            logger.warning("waking %s failed: %s", record.id, error)
+            raise WireError(502, f"sandbox {record.id}: failed to wake: {error}") from error
+
+    def _session(self, sandbox_id: str, session_id: str) -> ExecSession:
+        session = self.exec_sessions.get(sandbox_id, session_id)
+        if session is None:
+            raise WireError(404, f"exec session {session_id} not found")
+        return session
+
+    async def _hibernate_if_idle(self, sandbox_id: str) -> None:
+        async with self.lifecycle_lock(sandbox_id):
+            if not self.idle.expired(sandbox_id):
+                return
+            record = self.store.sandbox(sandbox_id) if self._store is not None else None
+            if record is None or record.status != "running":
+                self.idle.forget(sandbox_id)
+                return
+            logger.info("sandbox %s idle for %ss: hibernating", sandbox_id, record.timeout)
+            await self.stop_processes(record, "hibernated")
+
+
+def _no_build_log(step: int, step_type: str, message: str) -> None:
+    """Where the build log of a create that nobody streams goes."""

@@ -1,0 +1,52 @@
+"""Test-only control routes under ``/_test``: reset, stats and fault injection. Off unless enabled."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from prefect_opencomputer.local.faults import TEST_ROUTES_PREFIX, FaultRegistry, FaultSpec
+from prefect_opencomputer.local.request_stats import RequestStats
+from prefect_opencomputer.local.routes.deps import BackendDep
+
+router = APIRouter(prefix=TEST_ROUTES_PREFIX)
+
+
+def _faults(request: Request) -> FaultRegistry:
+    registry: FaultRegistry = request.app.state.faults
+    return registry
+
+
+def _stats(request: Request) -> RequestStats:
+    stats: RequestStats = request.app.state.request_stats
+    return stats
+
+
+@router.post("/reset", status_code=204)
+async def reset(request: Request, backend: BackendDep) -> Response:
+    """Kill every sandbox, forget checkpoints, faults and counters: a clean server for the next test."""
+    _faults(request).clear()
+    await backend.reset()
+    _stats(request).reset()
+    return Response(status_code=204)
+
+
+@router.get("/stats")
+async def stats(request: Request, backend: BackendDep) -> dict[str, int]:
+    return {**backend.stats(), "requestsServed": _stats(request).requests_served}
+
+
+@router.post("/faults", status_code=201)
+async def add_fault(spec: FaultSpec, request: Request) -> dict[str, int]:
+    fault = _faults(request).add(spec)
+    return {"id": fault.id}
+
+
+@router.get("/faults")
+async def list_faults(request: Request) -> list[dict[str, object]]:
+    return [fault.describe() for fault in _faults(request).faults]
+
+
+@router.delete("/faults", status_code=204)
+async def clear_faults(request: Request) -> Response:
+    _faults(request).clear()
+    return Response(status_code=204)

@@ -1,0 +1,231 @@
+"""Exec routes: synchronous runs, exec sessions and the binary WebSocket attach protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Response, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefect_opencomputer.local.backend.exec_sessions import (
+    REPLAY_END,
+    STDIN,
+    ExecSession,
+    Listener,
+)
+from prefect_opencomputer.local.backend.records import rfc3339
+from prefect_opencomputer.local.backend.runtime import CommandResult
+from prefect_opencomputer.local.backend.service import LocalBackend
+from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.routes.deps import BackendDep
+from prefect_opencomputer.local.routes.sandboxes import Int64
+
+router = APIRouter()
+
+DEFAULT_RUN_TIMEOUT = 60
+# Above this, the service answers 200 at once and keeps the connection alive with spaces.
+STREAMED_RUN_THRESHOLD = 30
+KEEPALIVE_SECONDS = 15.0
+# Empty binary frames keep idle attach connections open through proxies, as the service does.
+WS_KEEPALIVE_SECONDS = 30.0
+
+
+class RunBody(BaseModel):
+    """``types.ProcessConfig``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    cmd: str | None = None
+    args: list[str] | None = None
+    envs: dict[str, str] | None = None
+    cwd: str | None = None
+    timeout: Int64 | None = None
+
+
+class SessionBody(BaseModel):
+    """``types.ExecSessionCreateRequest``."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    cmd: str | None = None
+    args: list[str] | None = None
+    envs: dict[str, str] | None = None
+    cwd: str | None = None
+    timeout: Int64 | None = None
+    max_run_after_disconnect: Int64 | None = Field(None, alias="maxRunAfterDisconnect")
+
+
+class KillBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    signal: Int64 | None = None
+
+
+def result_json(result: CommandResult) -> dict[str, object]:
+    return {
+        "exitCode": result.exit_code,
+        "stdout": result.stdout.decode(errors="replace"),
+        "stderr": result.stderr.decode(errors="replace"),
+    }
+
+
+def session_json(session: ExecSession) -> dict[str, object]:
+    body: dict[str, object] = {
+        "sessionID": session.id,
+        "sandboxID": session.sandbox_id,
+        "command": session.command,
+        "args": list(session.args),
+        "running": session.running,
+    }
+    if session.exit_code is not None:
+        body["exitCode"] = session.exit_code
+    body["startedAt"] = rfc3339(session.started_at)
+    body["attachedClients"] = session.attached_clients
+    return body
+
+
+@router.post("/sandboxes/{sandbox_id}/exec/run", response_model=None)
+async def run_command(
+    sandbox_id: str, backend: BackendDep, body: RunBody | None = None
+) -> JSONResponse | StreamingResponse:
+    """Run to completion. ``args`` empty means ``cmd`` is a shell string for ``/bin/sh -c``."""
+    body = body or RunBody()
+    if not body.cmd:
+        raise WireError(400, "cmd is required")
+    argv = [body.cmd, *body.args] if body.args else ["/bin/sh", "-c", body.cmd]
+    timeout = body.timeout if body.timeout and body.timeout > 0 else DEFAULT_RUN_TIMEOUT
+    envs = body.envs or {}
+    if timeout <= STREAMED_RUN_THRESHOLD:
+        result = await backend.run_command(sandbox_id, argv, envs=envs, cwd=body.cwd, timeout=timeout)
+        return JSONResponse(result_json(result))
+    # Answer 404/410 with their real status before the 200 goes out.
+    backend.require_live(sandbox_id)
+    run = asyncio.ensure_future(
+        backend.run_command(sandbox_id, argv, envs=envs, cwd=body.cwd, timeout=timeout)
+    )
+    return StreamingResponse(_keepalive_then_result(run), media_type="application/json")
+
+
+async def _keepalive_then_result(run: asyncio.Future[CommandResult]) -> AsyncIterator[bytes]:
+    """A space every 15 s while the command runs, then its JSON (failures too arrive as 200)."""
+    try:
+        while True:
+            done, _ = await asyncio.wait({run}, timeout=KEEPALIVE_SECONDS)
+            if done:
+                break
+            yield b" "
+        try:
+            body: dict[str, object] = result_json(run.result())
+        except WireError as error:
+            body = error.body()
+        except Exception as error:
+            body = {"error": f"exec failed: {error}"}
+        yield json.dumps(body).encode()
+    finally:
+        if not run.done():
+            # The client went away: the command goes with it.
+            run.cancel()
+
+
+@router.post("/sandboxes/{sandbox_id}/exec", status_code=201)
+async def create_session(
+    sandbox_id: str, backend: BackendDep, body: SessionBody | None = None
+) -> JSONResponse:
+    """Start an argv command (no shell) whose output clients attach to over WebSocket."""
+    body = body or SessionBody()
+    if not body.cmd:
+        raise WireError(400, "cmd is required")
+    session = await backend.start_session(
+        sandbox_id,
+        body.cmd,
+        body.args or [],
+        envs=body.envs or {},
+        cwd=body.cwd,
+        timeout=body.timeout or 0,
+        max_run_after_disconnect=body.max_run_after_disconnect or 0,
+    )
+    return JSONResponse(session_json(session), status_code=201)
+
+
+@router.get("/sandboxes/{sandbox_id}/exec")
+async def list_sessions(sandbox_id: str, backend: BackendDep) -> list[dict[str, object]]:
+    return [session_json(session) for session in await backend.sessions(sandbox_id)]
+
+
+@router.post("/sandboxes/{sandbox_id}/exec/{session_id}/kill", status_code=204)
+async def kill_session(
+    sandbox_id: str, session_id: str, backend: BackendDep, body: KillBody | None = None
+) -> Response:
+    await backend.kill_session(sandbox_id, session_id, (body.signal if body else None) or 9)
+    return Response(status_code=204)
+
+
+@router.websocket("/sandboxes/{sandbox_id}/exec/{session_id}")
+async def attach_session(websocket: WebSocket, sandbox_id: str, session_id: str) -> None:
+    """Replay the scrollback, mark its end (0x04), stream live output, then the exit code (0x03).
+
+    Errors before the upgrade (unknown sandbox or session) are answered as JSON, not as a socket.
+    """
+    backend: LocalBackend = websocket.app.state.backend
+    async with backend.attached(sandbox_id, session_id) as (session, replay, listener):
+        await websocket.accept()
+        stdin = asyncio.create_task(_forward_stdin(websocket, session))
+        try:
+            await _send_output(websocket, replay, listener, stdin)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the client went away mid-send: it can attach again and replay
+        finally:
+            stdin.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stdin
+
+
+async def _send_output(
+    websocket: WebSocket, replay: list[bytes], listener: Listener, stdin: asyncio.Task[None]
+) -> None:
+    """The replay, its end marker, then live frames until the session ends or the client leaves."""
+    for frame in replay:
+        await websocket.send_bytes(frame)
+    await websocket.send_bytes(bytes([REPLAY_END]))
+    pending: asyncio.Future[bytes | None] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(listener.next_frame())
+            waiting: set[asyncio.Future[Any]] = {pending, stdin}
+            done, _ = await asyncio.wait(
+                waiting, timeout=WS_KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
+            if pending in done:
+                live, pending = pending.result(), None
+                if live is None:
+                    if listener.too_slow:
+                        await websocket.close(code=1013, reason="client too slow: attach again to replay")
+                    else:
+                        await websocket.close(code=1000)
+                    return
+                await websocket.send_bytes(live)
+            elif stdin in done:  # the client disconnected
+                return
+            else:
+                await websocket.send_bytes(b"")
+    finally:
+        if pending is not None:
+            pending.cancel()
+
+
+async def _forward_stdin(websocket: WebSocket, session: ExecSession) -> None:
+    """Client frames ``0x00 + bytes`` go to the command's stdin; anything else is ignored."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            if data and data[0] == STDIN:
+                await session.write_stdin(data[1:])

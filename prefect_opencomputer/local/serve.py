@@ -1,0 +1,168 @@
+"""Running the local server under uvicorn: shared by ``prefect-opencomputer local serve`` and `LocalServer`.
+
+Everything a person can get wrong (a busy port, a read-only data dir, no bubblewrap) is checked
+before uvicorn starts and raised as one readable sentence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import re
+import signal
+import socket
+import threading
+from collections.abc import Generator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from prefect_opencomputer.local.app import create_app
+from prefect_opencomputer.local.backend.service import LocalBackend
+from prefect_opencomputer.local.config import LocalServerConfig
+from prefect_opencomputer.local.protocols import RefusableWebSocketProtocol, TrackedH11Protocol
+
+# Let in-flight requests finish on shutdown, but never hang a test run or a Ctrl-C.
+_GRACEFUL_SHUTDOWN_SECONDS = 3
+# Clients pause between calls (polling a checkpoint, a flow between tasks); a closed idle
+# connection then races their next request.
+_KEEP_ALIVE_SECONDS = 60
+_API_KEY_IN_TEXT = re.compile(r"(api_key=)[^&\s\"']*", re.IGNORECASE)
+
+
+class LocalServerError(RuntimeError):
+    """The local server cannot start, for a reason the person running it can fix."""
+
+
+def prepare_data_dir(data_dir: Path) -> Path:
+    """Create the data directory and prove it is writable."""
+    data_dir = data_dir.expanduser().resolve()
+    probe = data_dir / ".write-probe"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise LocalServerError(f"data directory {data_dir} is not writable: {exc.strerror or exc}") from exc
+    return data_dir
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0 = a free one), bound before the server exists."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise LocalServerError(f"port {port} on {host} is already in use") from exc
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(exc, socket.gaierror):
+            raise LocalServerError(f"cannot listen on {host}: no such local address") from exc
+        if exc.errno == errno.EACCES:
+            raise LocalServerError(f"not allowed to listen on port {port} (a privileged port)") from exc
+        raise LocalServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.set_inheritable(False)
+    return sock
+
+
+class ApiKeyLogFilter(logging.Filter):
+    """Scrubs ``api_key=...`` from log lines: uvicorn logs request paths with their query string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Scrub each argument in place: uvicorn's access formatter unpacks them positionally.
+        if isinstance(record.args, tuple):
+            record.args = tuple(_scrub(arg) for arg in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {key: _scrub(value) for key, value in record.args.items()}
+        record.msg = _scrub(record.msg)
+        return True
+
+
+def _scrub(value: object) -> object:
+    if isinstance(value, str) and "api_key=" in value.lower():
+        return _API_KEY_IN_TEXT.sub(r"\1***", value)
+    return value
+
+
+def scrub_api_keys_from_uvicorn_logs() -> None:
+    """Install `ApiKeyLogFilter` on uvicorn's loggers (idempotent)."""
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, ApiKeyLogFilter) for existing in logger.filters):
+            logger.addFilter(ApiKeyLogFilter())
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus its habit of re-raising the stop signal once shut down.
+
+    After a clean shutdown on Ctrl-C or SIGTERM, the process should exit normally, not die by the
+    signal (or print a KeyboardInterrupt traceback).
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        stop_signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self._request_exit) for sig in stop_signals}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _request_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl-C stops waiting for open connections
+        self.should_exit = True
+
+
+def build_server(
+    config: LocalServerConfig, *, access_log: bool, log_config: dict[str, Any] | None
+) -> tuple[uvicorn.Server, FastAPI]:
+    """A uvicorn server for a fresh backend and app; ``log_config=None`` leaves logging alone."""
+    backend = LocalBackend(config)
+    app = create_app(backend, config)
+    uvicorn_config = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        http=TrackedH11Protocol,
+        ws=RefusableWebSocketProtocol,
+        lifespan="on",
+        access_log=access_log,
+        log_config=log_config,
+        server_header=False,
+        # Nothing sits in front of this server: a client's X-Forwarded-For must not become its address.
+        proxy_headers=False,
+        timeout_keep_alive=_KEEP_ALIVE_SECONDS,
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    scrub_api_keys_from_uvicorn_logs()
+    return _Server(uvicorn_config), app
+
+
+async def serve(server: uvicorn.Server, app: FastAPI, sock: socket.socket) -> None:
+    """Serve on ``sock`` until the server is told to exit; the socket is closed afterwards."""
+    try:
+        await server.serve(sockets=[sock])
+    except SystemExit as exc:
+        # uvicorn exits the process when the app's startup fails; report why instead.
+        reason = getattr(app.state, "startup_error", None)
+        raise LocalServerError(f"the local server failed to start: {reason or exc}") from reason
+    finally:
+        sock.close()
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The server's event loop (sandbox processes are watched through pidfds, not the loop)."""
+    return asyncio.new_event_loop()

@@ -1,0 +1,172 @@
+"""``prefect-opencomputer local serve`` as a person runs it: starts, answers, stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+COMMAND = [sys.executable, "-m", "prefect_opencomputer.cli", "local", "serve"]
+
+
+def environment(**overrides: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "OPENCOMPUTER_LOCAL_API_KEY"}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(overrides)
+    return env
+
+
+class Served:
+    """A ``local serve`` process whose combined output goes to a file (pipes would need a reader)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("w") as sink:
+            self.process = subprocess.Popen([*COMMAND, *args], env=env, stdout=sink, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while (match := re.search(r"on (http://127\.0\.0\.1:\d+)", log.read_text())) is None:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"local serve did not start: {log.read_text()}")
+            time.sleep(0.02)
+        self.url = match.group(1)
+
+    def signal(self, signum: int) -> str:
+        self.process.send_signal(signum)
+        self.process.wait(timeout=60)
+        return self.log.read_text()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def wait_until_serving(url: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url + "/api/sandboxes", timeout=5)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise AssertionError(f"{url} never answered")
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    env = environment(OPENCOMPUTER_LOCAL_API_KEY="osb_cli-test-key-0123456789")
+    server = Served(["--port", "0", "--data-dir", str(tmp_path / "data")], env, tmp_path / "out.log")
+    try:
+        wait_until_serving(server.url)
+        yield server
+    finally:
+        server.stop()
+
+
+def test_serve_answers_with_the_key_from_the_environment_and_stops_on_sigterm(
+    served: Served, tmp_path: Path
+) -> None:
+    url = served.url
+    key = "osb_cli-test-key-0123456789"
+    assert httpx.get(url + "/api/sandboxes", headers={"X-API-Key": key}).status_code == 200
+    assert httpx.get(url + "/api/sandboxes", params={"api_key": key}).status_code == 200
+    created = httpx.post(url + "/api/sandboxes", headers={"X-API-Key": key}, json={}, timeout=60)
+    assert created.status_code == 201
+
+    output = served.signal(signal.SIGTERM)
+
+    assert served.process.returncode == 0, output
+    assert key not in output
+    assert "api_key=***" in output
+    assert "Traceback" not in output
+    assert "Application shutdown complete" in output
+    assert [pid for pid in bwrap_processes() if str(tmp_path) in cmdline(pid)] == []
+
+
+def test_serve_without_a_key_prints_a_generated_one_once(tmp_path: Path) -> None:
+    server = Served(
+        ["--port", "0", "--data-dir", str(tmp_path / "data")], environment(), tmp_path / "out.log"
+    )
+    try:
+        wait_until_serving(server.url)
+        output = server.signal(signal.SIGINT)
+    finally:
+        server.stop()
+    keys = re.findall(r"OPENCOMPUTER_API_KEY=(osb_[0-9a-f]{64})", output)
+    assert len(keys) == 1, output
+    assert output.count(keys[0]) == 1
+    assert server.process.returncode == 0
+
+
+def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*COMMAND, "--port", str(port), "--data-dir", str(tmp_path)],
+            env=environment(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: port {port} on 127.0.0.1 is already in use"
+
+
+def test_unwritable_data_dir_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    result = subprocess.run(
+        [*COMMAND, "--port", "0", "--data-dir", str(tmp_path / "file" / "data")],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "is not writable" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_bubblewrap_is_a_one_line_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*COMMAND, "--port", "0", "--data-dir", str(tmp_path)],
+        env=environment(PATH=str(tmp_path / "empty-path")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: missing commands: bwrap")
+    assert "Traceback" not in result.stderr
+
+
+def bwrap_processes() -> list[int]:
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if Path(entry.path, "comm").read_text().strip() == "bwrap":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
