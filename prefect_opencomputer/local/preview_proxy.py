@@ -45,6 +45,8 @@ class PreviewBackend(Protocol):
 
     def preview_access_allowed(self, sandbox_id: str, presented_token: str | None) -> bool: ...
 
+    def touch(self, sandbox_id: str) -> None: ...
+
 
 def _presented_preview_token(scope: Scope) -> tuple[str | None, bytes]:
     """The preview token a request carries, and the header it came in (the edge's precedence)."""
@@ -114,6 +116,8 @@ class PreviewProxyMiddleware:
             await _forward(scope, receive, send, reader, writer, sandbox_id, port, hidden)
         finally:
             writer.close()
+            # A long response is activity too: the idle timer restarts when it ends.
+            self.backend.touch(sandbox_id)
 
 
 async def _forward(
