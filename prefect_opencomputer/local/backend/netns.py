@@ -27,7 +27,8 @@ def socket_in(netns_fd: int) -> socket.socket:
     try:
         _setns(netns_fd)
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            # IPPROTO_TCP spelled out, so asyncio turns Nagle off on it and on what it accepts.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         finally:
             # Never leave this thread in the sandbox's namespace.
             _setns(own)
