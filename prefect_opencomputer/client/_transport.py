@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import json
 import os
 import random
+import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -76,6 +78,12 @@ class RetryPolicy:
         ceiling = min(self.backoff_max, self.backoff_initial * 2.0 ** (attempt - 1))
         # "Equal jitter": never less than half the backoff, so retries still spread out under load.
         return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context per process: loading the CA bundle costs ~25 ms, every client would pay it."""
+    return httpx.create_ssl_context()
 
 
 def resolve_api_base(api_url: str | None) -> str:
@@ -155,6 +163,7 @@ class Transport:
         self._http = httpx.AsyncClient(
             base_url=api_base,
             headers=headers,
+            verify=_ssl_context(),
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )

@@ -12,8 +12,10 @@ API_KEY_HEADER = "X-API-Key"
 API_KEY_QUERY = "api_key"
 
 
-def require_api_key(connection: HTTPConnection) -> None:
+async def require_api_key(connection: HTTPConnection) -> None:
     """FastAPI dependency for every authenticated route, HTTP and WebSocket alike.
+
+    Async so FastAPI runs it inline: a plain ``def`` dependency costs a worker-thread hand-off per request.
 
     The key comes from the ``X-API-Key`` header or the ``api_key`` query parameter (browsers and
     the SDK's WebSocket attach cannot set headers).

@@ -10,7 +10,8 @@ if TYPE_CHECKING:
     from prefect_opencomputer.local.backend.service import LocalBackend
 
 
-def get_backend(request: Request) -> LocalBackend:
+async def get_backend(request: Request) -> LocalBackend:
+    """Async so FastAPI runs it inline rather than in a worker thread."""
     backend: LocalBackend = request.app.state.backend
     return backend
 
