@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import stat
@@ -9,11 +10,17 @@ from pathlib import Path
 
 from prefect_opencomputer.local.backend import processes
 
-REQUIRED_COMMANDS = ("bwrap", "nsenter", "unshare", "cp", "rm")
+REQUIRED_COMMANDS = ("bwrap", "nsenter", "unshare", "mount", "setpriv", "cp", "rm")
 
 
 class RuntimeUnavailable(RuntimeError):
     """This machine cannot run isolated sandboxes (no bubblewrap, no root, no overlayfs)."""
+
+
+@functools.cache
+def command(name: str) -> str:
+    """The absolute path of a host command, looked up once (a PATH search costs an execve per miss)."""
+    return shutil.which(name) or name
 
 
 def check_host() -> None:
@@ -33,14 +40,14 @@ def check_host() -> None:
 
 async def copy_tree(source: Path, target: Path) -> None:
     """``cp -a``: owners, modes, xattrs (overlay whiteouts and opaque dirs) and links kept."""
-    await _run("copy", source, ["cp", "-a", "--reflink=auto", "--", str(source), str(target)])
+    await _run("copy", source, [command("cp"), "-a", "--reflink=auto", "--", str(source), str(target)])
 
 
 async def remove_tree(path: Path) -> None:
     """``rm -rf`` in a child process, so large trees never block the event loop."""
     if not path.exists() and not path.is_symlink():
         return
-    await _run("remove", path, ["rm", "-rf", "--one-file-system", "--", str(path)])
+    await _run("remove", path, [command("rm"), "-rf", "--one-file-system", "--", str(path)])
 
 
 async def _run(what: str, path: Path, argv: list[str]) -> None:

@@ -14,12 +14,16 @@ import contextlib
 import os
 import shutil
 import stat
+import subprocess
+import threading
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from prefect_opencomputer.local.backend import host
 
 _OPAQUE_XATTR = "trusted.overlay.opaque"
+_SPARE_LAYERS = 2
 # Top-level host directories the sandbox sees as its system; everything else is hidden or emptied.
 _SYSTEM_DIRS = frozenset({"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "var"})
 _MOUNTED_DIRS = frozenset({"dev", "proc", "sys"})
@@ -52,6 +56,10 @@ class LayerStore:
         self.root = root
         self.hidden_paths = tuple(Path(p).resolve() for p in hidden_paths)
         self._mask: Path | None = None
+        # Fresh layers built ahead of time, off the request path: a create renames one into place.
+        self._spares: list[Path] = []
+        self._spares_lock = threading.Lock()
+        self._refilling = False
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -74,11 +82,46 @@ class LayerStore:
     # -- lifecycle -------------------------------------------------------------------------
 
     def create_sandbox(self, sandbox_id: str) -> None:
-        """A fresh layer: the mask and nothing else."""
-        upper, work = self.sandbox_dirs(sandbox_id)
-        upper.parent.mkdir(parents=True, exist_ok=True)
-        host.copy_tree_sync(self.mask(), upper)
-        work.mkdir(exist_ok=True)
+        """A fresh layer: the mask and nothing else (a spare one when there is one)."""
+        base = self.root / "sandboxes" / sandbox_id
+        base.parent.mkdir(parents=True, exist_ok=True)
+        with self._spares_lock:
+            spare = self._spares.pop() if self._spares else None
+        if spare is not None:
+            spare.rename(base)
+        else:
+            self._build_layer(base)
+        self._refill_spares()
+
+    def _build_layer(self, base: Path) -> None:
+        base.mkdir()
+        host.copy_tree_sync(self.mask(), base / "upper")
+        (base / "work").mkdir()
+
+    def _refill_spares(self) -> None:
+        with self._spares_lock:
+            if self._refilling or len(self._spares) >= _SPARE_LAYERS:
+                return
+            self._refilling = True
+        threading.Thread(target=self._build_spares, name="spare-layers", daemon=True).start()
+
+    def _build_spares(self) -> None:
+        try:
+            while True:
+                with self._spares_lock:
+                    if len(self._spares) >= _SPARE_LAYERS:
+                        return
+                spare = self.root / "spares" / uuid.uuid4().hex
+                (spare / "work").mkdir(parents=True)
+                # A child process does the copy, so this thread holds the GIL for none of it.
+                subprocess.run(
+                    [host.command("cp"), "-a", "--", str(self.mask()), str(spare / "upper")], check=True
+                )
+                with self._spares_lock:
+                    self._spares.append(spare)
+        finally:
+            with self._spares_lock:
+                self._refilling = False
 
     def reset_workdir(self, sandbox_id: str) -> None:
         """Overlayfs needs an empty work directory on the same filesystem as the upper one."""
@@ -124,11 +167,12 @@ class LayerStore:
     # -- the mask --------------------------------------------------------------------------
 
     def mask(self) -> Path:
-        """Build the mask once per process from the host as it is now."""
+        """Build the mask once per process from the host as it is now (stale spares go with the old one)."""
         if self._mask is None:
             mask = self.root / "mask"
-            if mask.exists():
-                shutil.rmtree(mask)
+            for stale in (mask, self.root / "spares"):
+                if stale.exists():
+                    shutil.rmtree(stale)
             mask.mkdir(parents=True)
             _build_mask(mask, self.hidden_paths)
             self._mask = mask

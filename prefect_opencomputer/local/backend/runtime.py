@@ -101,9 +101,11 @@ class SandboxRuntime:
             ready_read, ready_write = os.pipe()
             # bwrap reports the pid early; the init command signals once the root is in place.
             init = f"echo ready >/proc/self/fd/{ready_write} && exec /bin/sleep infinity"
+            # The overlay is mounted inside a private mount namespace: it never exists on the host,
+            # and it goes away with the sandbox's last process, even if this server dies.
             script = (
-                'mount -t overlay overlay -o "lowerdir=/,upperdir=$1,workdir=$2" "$3" '
-                '&& exec bwrap --bind "$3" / --dev /dev --proc /proc --tmpfs /run '
+                '"$6" -t overlay overlay -o "lowerdir=/,upperdir=$1,workdir=$2" "$3" '
+                '&& exec "$7" --bind "$3" / --dev /dev --proc /proc --tmpfs /run '
                 "--unshare-pid --unshare-ipc --unshare-uts --unshare-net --unshare-cgroup-try "
                 f'--hostname "$4" --chdir {SANDBOX_HOME} --die-with-parent --new-session '
                 f'--info-fd {info_write} -- /bin/sh -c "$5"'
@@ -113,23 +115,11 @@ class SandboxRuntime:
             log_path = merged.with_name("init.log")
             try:
                 with log_path.open("wb") as log:
+                    unshare = [host.command("unshare"), "--mount", "--propagation", "private", "--"]
+                    arguments = [str(upper), str(work), str(merged), hostname or sandbox_id, init]
+                    commands = [host.command("mount"), host.command("bwrap")]
                     process = await processes.spawn(
-                        [
-                            "unshare",
-                            "--mount",
-                            "--propagation",
-                            "private",
-                            "--",
-                            "/bin/sh",
-                            "-c",
-                            script,
-                            "sandbox-init",
-                            str(upper),
-                            str(work),
-                            str(merged),
-                            hostname or sandbox_id,
-                            init,
-                        ],
+                        [*unshare, "/bin/sh", "-c", script, "sandbox-init", *arguments, *commands],
                         stdout=False,
                         stderr=log,
                         pass_fds=(info_write, ready_write),
@@ -137,10 +127,9 @@ class SandboxRuntime:
             finally:
                 os.close(info_write)
                 os.close(ready_write)
-            loop = asyncio.get_running_loop()
             try:
-                info = await loop.run_in_executor(None, _read_until, info_read, b"}")
-                ready = await loop.run_in_executor(None, _read_until, ready_read, b"\n")
+                info = await _read_until(info_read, b"}")
+                ready = await _read_until(ready_read, b"\n")
             finally:
                 os.close(info_read)
                 os.close(ready_read)
@@ -195,10 +184,12 @@ class SandboxRuntime:
     def _enter_argv(
         self, machine: _Machine, argv: Sequence[str], cwd: str | None, as_root: bool
     ) -> list[str]:
-        enter = ["nsenter", "-t", str(machine.init_pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w"]
+        namespaces = ["-m", "-u", "-i", "-n", "-p", "-r", "-w"]
+        enter = [host.command("nsenter"), "-t", str(machine.init_pid), *namespaces]
         if as_root:
             # Root of the sandbox's files, not of the host: no mounts, no ptrace, no setuid escalation.
-            enter += ["--", "setpriv", f"--bounding-set=-all,{ROOT_CAPABILITIES}", "--no-new-privs"]
+            bounding = f"--bounding-set=-all,{ROOT_CAPABILITIES}"
+            enter += ["--", host.command("setpriv"), bounding, "--no-new-privs"]
         else:
             enter += ["-S", str(SANDBOX_UID), "-G", str(SANDBOX_GID)]
         enter.append("--")
@@ -337,14 +328,22 @@ class _Capture:
         return b"".join(self.chunks)
 
 
-def _read_until(fd: int, terminator: bytes) -> bytes:
-    """Read until ``terminator`` arrives or every writer has gone (an empty read)."""
-    chunks = []
-    while chunk := os.read(fd, 4096):
+async def _read_until(fd: int, terminator: bytes) -> bytes:
+    """Read a pipe until ``terminator`` arrives or every writer has gone (an empty read)."""
+    loop = asyncio.get_running_loop()
+    chunks: list[bytes] = []
+    os.set_blocking(fd, False)
+    while True:
+        readable: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, readable.set_result, None)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(fd)
+        chunk = os.read(fd, 4096)
         chunks.append(chunk)
-        if terminator in chunk:
-            break
-    return b"".join(chunks)
+        if not chunk or terminator in chunk:
+            return b"".join(chunks)
 
 
 def _child_pid(info: bytes) -> int | None:
