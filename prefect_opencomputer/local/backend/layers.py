@@ -112,11 +112,16 @@ class LayerStore:
                     if len(self._spares) >= _SPARE_LAYERS:
                         return
                 spare = self.root / "spares" / uuid.uuid4().hex
-                (spare / "work").mkdir(parents=True)
-                # A child process does the copy, so this thread holds the GIL for none of it.
-                subprocess.run(
-                    [host.command("cp"), "-a", "--", str(self.mask()), str(spare / "upper")], check=True
-                )
+                try:
+                    (spare / "work").mkdir(parents=True)
+                    # A child process does the copy, so this thread holds the GIL for none of it.
+                    subprocess.run(
+                        [host.command("cp"), "-a", "--", str(self.mask()), str(spare / "upper")],
+                        check=True,
+                        stderr=subprocess.DEVNULL,
+                    )
+                except (OSError, subprocess.CalledProcessError):
+                    return  # the data dir is going away; a create builds its own layer
                 with self._spares_lock:
                     self._spares.append(spare)
         finally:
