@@ -1,0 +1,168 @@
+"""Benchmark 2, local server latencies, each through our client over HTTP, beside its bare baseline.
+
+create, exec of `true`, 1 MB file write and read, checkpoint, fork and restore of a sandbox holding 200 MB in
+2,000 files, kill. Baselines measured in the same run: a bare `bwrap ... true` spawn (exec), and `cp -a` of a
+tree of the same shape on the same disk (checkpoint, fork and restore copy that much). A second exec figure
+drives the sandbox runtime directly, without HTTP, to split the exec cost between the server and the spawn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+
+from bench import baselines, services
+from bench.results import BenchmarkResult, Samples
+from prefect_opencomputer.client import OpenComputerClient
+from prefect_opencomputer.local.backend.runtime import SandboxRuntime
+
+CREATES = 20
+EXECS = 100
+FILE_ROUNDS = 30
+COPY_ROUNDS = 8
+WARMUP = 5
+ONE_MB = b"\xa5" * (1 << 20)
+TREE_PATH = "/home/sandbox/tree"
+
+
+def run(result: BenchmarkResult) -> None:
+    with services.local_server() as server, tempfile.TemporaryDirectory(prefix="bench-tree-") as scratch:
+        asyncio.run(_measure(result, services.our_client(server), Path(scratch)))
+
+
+async def _measure(result: BenchmarkResult, oc: OpenComputerClient, scratch: Path) -> None:
+    async with oc:
+        created = await _create_and_exec(result, oc)
+        try:
+            await _runtime_exec(result, scratch)
+            await _files(result, oc, created[0])
+            await _copies(result, oc, created[0], scratch)
+        finally:
+            kill = Samples("kill")
+            for sandbox_id in created:
+                with kill.time():
+                    await oc.sandboxes.kill(sandbox_id)
+            result.rows.append(kill.row())
+
+
+async def _create_and_exec(result: BenchmarkResult, oc: OpenComputerClient) -> list[str]:
+    create = Samples("create")
+    created: list[str] = []
+    for _ in range(CREATES):
+        with create.time():
+            sandbox = await oc.sandboxes.create(template="base", timeout=600)
+        created.append(sandbox.sandbox_id)
+    result.rows.append(create.row(target="<= 25 ms", met=create.p50 <= 25.0))
+
+    sandbox_id = created[0]
+    exec_true = Samples("exec true (HTTP, argv)")
+    bwrap = Samples("bare bwrap ... true")
+    for _ in range(WARMUP):
+        await oc.exec.run(sandbox_id, ["true"])
+        baselines.spawn_bwrap_true()
+    for _ in range(EXECS):
+        with exec_true.time():
+            outcome = await oc.exec.run(sandbox_id, ["true"])
+        assert outcome.exit_code == 0, outcome
+        # Blocking on purpose: the baseline is a plain spawn-and-wait, no event loop involved.
+        with bwrap.time():
+            baselines.spawn_bwrap_true()
+    result.rows.append(bwrap.row())
+    result.rows.append(
+        exec_true.row(baseline=bwrap, target="<= bwrap + 3 ms", met=exec_true.p50 <= bwrap.p50 + 3.0)
+    )
+    result.notes.append(
+        f"exec true over HTTP costs {exec_true.p50 - bwrap.p50:+.2f} ms at p50 beyond a bare bwrap spawn "
+        f"(`{' '.join(baselines.BWRAP_TRUE)}`: the namespaces a sandbox gets, without its overlay)."
+    )
+    return created
+
+
+async def _runtime_exec(result: BenchmarkResult, scratch: Path) -> None:
+    """The same command through `SandboxRuntime.run`, in this process: the cost below the HTTP layer."""
+    runtime = SandboxRuntime(scratch / "runtime")
+    runtime.layers.create_sandbox("sb-bench")
+    await runtime.start("sb-bench")
+    try:
+        samples = Samples("exec true (runtime only, no HTTP)")
+        for _ in range(WARMUP):
+            await runtime.run("sb-bench", ["true"])
+        for _ in range(EXECS):
+            with samples.time():
+                outcome = await runtime.run("sb-bench", ["true"])
+            assert outcome.exit_code == 0, outcome
+        result.rows.append(samples.row())
+    finally:
+        await runtime.destroy("sb-bench")
+
+
+async def _files(result: BenchmarkResult, oc: OpenComputerClient, sandbox_id: str) -> None:
+    write, read = Samples("file write 1 MB"), Samples("file read 1 MB")
+    path = "/home/sandbox/one-mb.bin"
+    for _ in range(FILE_ROUNDS):
+        with write.time():
+            await oc.files.write(sandbox_id, path, ONE_MB)
+        with read.time():
+            content = await oc.files.read(sandbox_id, path)
+        assert len(content) == len(ONE_MB)
+    result.rows += [write.row(), read.row()]
+
+
+async def _copies(result: BenchmarkResult, oc: OpenComputerClient, sandbox_id: str, scratch: Path) -> None:
+    built = await oc.exec.run(sandbox_id, ["python3", "-c", baselines.TREE_SCRIPT, TREE_PATH], timeout=120)
+    assert built.exit_code == 0, built
+    host_tree = scratch / "tree"
+    baselines.build_tree(host_tree)
+    assert baselines.tree_size(host_tree) == baselines.TREE_BYTES
+
+    cp = Samples("cp -a of 200 MB / 2,000 files")
+    checkpoint = Samples("checkpoint (create to ready)")
+    fork = Samples("fork")
+    restore = Samples("restore")
+    kept = await oc.checkpoints.create(sandbox_id, "bench-kept")
+    kept = await oc.checkpoints.wait_ready(sandbox_id, kept.id, timeout=120, poll_interval=0.005)
+
+    async def copy_on_host(index: int) -> None:
+        with cp.time():
+            baselines.copy_tree(host_tree, scratch / "tree-copy")
+        baselines.remove_tree(scratch / "tree-copy")
+
+    async def make_checkpoint(index: int) -> None:
+        with checkpoint.time():
+            made = await oc.checkpoints.create(sandbox_id, f"bench-{index}")
+            await oc.checkpoints.wait_ready(sandbox_id, made.id, timeout=120, poll_interval=0.005)
+        await oc.checkpoints.delete(sandbox_id, made.id)
+
+    async def fork_one(index: int) -> None:
+        with fork.time():
+            forked = await oc.checkpoints.fork(kept.id)
+        await oc.sandboxes.kill(forked.sandbox_id)
+
+    async def restore_one(index: int) -> None:
+        with restore.time():
+            await oc.checkpoints.restore(sandbox_id, kept.id)
+
+    steps = [copy_on_host, make_checkpoint, fork_one, restore_one]
+    for index in range(COPY_ROUNDS):
+        # A rotating order, and no dirty pages queued before each copy: none of them pays for the
+        # writeback of the one before more often than the others.
+        for step in steps[index % len(steps) :] + steps[: index % len(steps)]:
+            os.sync()
+            await step(index)
+    listing = await oc.files.list(sandbox_id, f"{TREE_PATH}/d00")
+    assert len(listing) == baselines.TREE_FILES_PER_DIR, "restore lost the tree"
+
+    result.rows.append(cp.row())
+    for samples in (checkpoint, fork):
+        ratio = samples.p50 / cp.p50
+        result.rows.append(samples.row(baseline=cp, target="<= 1.5 x cp -a", met=ratio <= 1.5))
+    result.rows.append(restore.row(baseline=cp))
+    result.notes.append(
+        "Checkpoint time runs from the create request to `ready` as the client sees it (polled every 5 ms)."
+    )
+    result.notes.append(
+        f"Copies are bound by the disk and page cache: `cp -a` alone ranged from {min(cp.values):.0f} to "
+        f"{max(cp.values):.0f} ms in this run, so read the copy ratios with that spread in mind."
+    )
