@@ -1,0 +1,158 @@
+"""`rebuild_golden_checkpoint`: rebuild the checkpoint that other flows fork from, keeping its patches.
+
+A nightly deployment runs this. It builds a fresh sandbox, checkpoints it, re-attaches the patch chain of
+the previous golden checkpoint (in order), checks that a fork of the new one starts cleanly, and only then
+points the Prefect Variable `variable_name` at it and retires the previous golden checkpoint.
+
+The builder sandbox is kept, hibernated and, once all went well, tagged `prefect.retain` (hooks and the
+reaper leave it alone): the service deletes a checkpoint only through a sandbox that is not stopped, so the
+next rebuild needs it to retire this checkpoint, and then kills it.
+"""
+
+# No `from __future__ import annotations`: Prefect builds each flow's parameter model from its
+# annotations, and must resolve them wherever the flow is loaded (a runner loads it by file path).
+
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger
+from prefect.variables import Variable
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefect_opencomputer.blocks.credentials import OpenComputerCredentials, load_credentials
+from prefect_opencomputer.client import OpenComputerError, Sandbox
+from prefect_opencomputer.flows.accounting import publish_report
+from prefect_opencomputer.tasks import (
+    cleanup_hooks,
+    create_checkpoint,
+    create_checkpoint_patch,
+    create_sandbox,
+    delete_checkpoint,
+    hibernate_sandbox,
+    kill_sandbox,
+    list_checkpoint_patches,
+    open_fork,
+    report,
+    run_command,
+)
+from prefect_opencomputer.tasks.ownership import TAG_RETAIN
+from prefect_opencomputer.tasks.sandboxes import kill_sandbox_now
+
+
+class GoldenCheckpointParameters(BaseModel):
+    """How the golden sandbox is built, where its checkpoint id is published, and how it is checked."""
+
+    model_config = ConfigDict(frozen=True)
+
+    template: str = Field(default="base", description="Template the golden sandbox starts from.")
+    snapshot: str | None = Field(
+        default=None, description="Snapshot the golden sandbox starts from instead of the template."
+    )
+    setup_commands: list[str] = Field(
+        default_factory=lambda: [
+            "mkdir -p /home/sandbox/golden",
+            "date -u +%Y-%m-%dT%H:%M:%SZ > /home/sandbox/golden/built-at",
+        ],
+        description="Shell commands that build the golden sandbox, in order.",
+    )
+    verify_command: str = Field(
+        default="test -f /home/sandbox/golden/built-at",
+        description="Shell command run in a fork of the new checkpoint; a failure keeps the old one.",
+    )
+    name_prefix: str = Field(default="golden", description="Checkpoint names are this plus a UTC timestamp.")
+    variable_name: str = Field(
+        default="opencomputer-golden-checkpoint",
+        description="Prefect Variable holding the current golden checkpoint (read, then replaced).",
+    )
+    keep_previous: bool = Field(default=False, description="Keep the previous golden checkpoint.")
+    command_timeout: int = Field(default=1800, ge=1, description="Seconds any one command may run.")
+    idle_timeout: int = Field(default=600, ge=1, description="Idle timeout of each sandbox, in seconds.")
+
+
+class GoldenCheckpoint(BaseModel):
+    """The golden checkpoint, as stored in the Prefect Variable."""
+
+    checkpoint_id: str
+    sandbox_id: str
+    name: str
+    patch_ids: list[str] = Field(default_factory=list)
+    built_at: datetime
+
+
+DEFAULT_PARAMETERS = GoldenCheckpointParameters()
+
+
+@flow(name="rebuild-golden-checkpoint", **cleanup_hooks())
+async def rebuild_golden_checkpoint(
+    parameters: GoldenCheckpointParameters = DEFAULT_PARAMETERS, credentials_block: str | None = None
+) -> GoldenCheckpoint:
+    """Build a new golden checkpoint with the previous one's patches, verify it, then publish it.
+
+    Args:
+        parameters: How to build and verify the golden sandbox, and where to publish its checkpoint.
+        credentials_block: Name of a saved OpenComputerCredentials block; empty reads
+            OPENCOMPUTER_API_KEY and OPENCOMPUTER_API_URL from the environment.
+    """
+    credentials = await load_credentials(credentials_block)
+    logger = get_run_logger()
+    stored = await Variable.aget(parameters.variable_name)
+    previous = GoldenCheckpoint.model_validate(stored) if isinstance(stored, dict) else None
+    built_at = datetime.now(UTC)
+    name = f"{parameters.name_prefix}-{built_at:%Y%m%d-%H%M%S}"
+    try:
+        builder = await create_sandbox(
+            credentials,
+            parameters.template,
+            snapshot=parameters.snapshot,
+            idle_timeout=parameters.idle_timeout,
+        )
+        try:
+            for command in parameters.setup_commands:
+                await run_command(credentials, builder, command, timeout=parameters.command_timeout)
+            checkpoint = await create_checkpoint(credentials, builder, name)
+            patch_ids: list[str] = []
+            if previous is not None:
+                for patch in await list_checkpoint_patches(credentials, previous.checkpoint_id):
+                    copied = await create_checkpoint_patch(
+                        credentials, checkpoint, patch.script, description=patch.description
+                    )
+                    patch_ids.append(copied.id)
+            async with open_fork(credentials, checkpoint, idle_timeout=parameters.idle_timeout) as fork:
+                await run_command(
+                    credentials, fork, parameters.verify_command, timeout=parameters.command_timeout
+                )
+            await _retain(credentials, builder)
+            await hibernate_sandbox(credentials, builder)
+        except BaseException:
+            # Not published: the half-built golden sandbox (and its checkpoint) must not linger.
+            await kill_sandbox_now(credentials, builder.sandbox_id, reason="golden rebuild failed")
+            raise
+    finally:
+        await publish_report(key="rebuild-golden-checkpoint")
+    golden = GoldenCheckpoint(
+        checkpoint_id=checkpoint.id,
+        sandbox_id=builder.sandbox_id,
+        name=name,
+        patch_ids=patch_ids,
+        built_at=built_at,
+    )
+    await Variable.aset(parameters.variable_name, golden.model_dump(mode="json"), overwrite=True)
+    logger.info("Golden checkpoint is now %s (%s) with %d patch(es)", name, checkpoint.id, len(patch_ids))
+    if previous is not None and not parameters.keep_previous:
+        await _retire(credentials, previous)
+    return golden
+
+
+async def _retain(credentials: OpenComputerCredentials, builder: Sandbox) -> None:
+    """From now on cleanup hooks and the reaper leave the builder alone: it holds the golden checkpoint."""
+    async with credentials.get_client() as client:
+        await client.sandboxes.set_tags(builder.sandbox_id, {**builder.tags, TAG_RETAIN: "golden"})
+    report.release(builder.sandbox_id)
+
+
+async def _retire(credentials: OpenComputerCredentials, golden: GoldenCheckpoint) -> None:
+    """Delete a superseded golden checkpoint, then the sandbox that held it."""
+    try:
+        await delete_checkpoint(credentials, golden.sandbox_id, golden.checkpoint_id)
+    except OpenComputerError as exc:
+        get_run_logger().warning("Could not delete the previous golden checkpoint %s: %s", golden.name, exc)
+    await kill_sandbox(credentials, golden.sandbox_id)

@@ -1,0 +1,158 @@
+"""`run_command`: a command in a sandbox, its output streamed to the run log while it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
+from prefect_opencomputer.client import (
+    CommandResult,
+    CommandTimedOutError,
+    ExecExit,
+    ExecOutput,
+    ExecScrollbackEnd,
+    OpenComputerClient,
+    OpenComputerError,
+    TransportError,
+)
+from prefect_opencomputer.tasks import report
+from prefect_opencomputer.tasks.errors import CommandFailedError
+from prefect_opencomputer.tasks.naming import TASK_TAG, command_run_name
+from prefect_opencomputer.tasks.output import CommandOutput, OutputLimits
+from prefect_opencomputer.tasks.references import SandboxRef, sandbox_id_of, short_command
+from prefect_opencomputer.tasks.retries import RETRY_DELAYS, retry_if_transient
+from prefect_opencomputer.tasks.shielding import finish_despite_cancellation
+
+TIMED_OUT_SUFFIX = "\nProcess timed out"
+# If this process dies (SIGKILL, lost machine) the service kills the command this long after we detach.
+DETACHED_GRACE_SECONDS = 60
+_REATTACH_ATTEMPTS = 5
+
+
+@task(
+    name="run_command",
+    task_run_name=command_run_name,
+    tags=[TASK_TAG],
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=retry_if_transient,
+)
+async def run_command(
+    credentials: OpenComputerCredentials,
+    sandbox: SandboxRef,
+    command: str | Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    timeout: int | None = None,
+    check: bool = True,
+    stream_output: bool = True,
+    limits: OutputLimits | None = None,
+) -> CommandResult:
+    """Run a command in the sandbox, logging its output lines while it runs, and return its result.
+
+    A string runs through `sh -c`; a sequence runs as argv. `timeout` (seconds) makes the service kill the
+    command; `check=True` raises `CommandFailedError` on a non-zero exit and `CommandTimedOutError` on a
+    timeout. If the task is cancelled or times out, the remote process is killed. The result keeps the last
+    `limits.max_result_bytes` of each stream.
+    """
+    sandbox_id = sandbox_id_of(sandbox)
+    argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
+    if not argv:
+        raise ValueError("command must not be empty")
+    label = short_command(command, limit=200)
+    logger = get_run_logger()
+    output = CommandOutput(logger if stream_output else None, limits)
+    started = time.monotonic()
+    async with credentials.get_client() as client:
+        session = await client.exec.start(
+            sandbox_id,
+            argv[0],
+            args=argv[1:],
+            env=env,
+            cwd=cwd,
+            timeout=timeout,
+            max_run_after_disconnect=DETACHED_GRACE_SECONDS,
+        )
+        finished = False
+        try:
+            exit_code = await _follow(client, sandbox_id, session.session_id, output)
+            finished = True
+        except OpenComputerError as exc:
+            # The command has started: a task retry would run it twice, so this error must not look
+            # transient.
+            raise OpenComputerError(f"lost the output of {label!r} in {sandbox_id}: {exc}") from exc
+        finally:
+            if not finished:
+                await finish_despite_cancellation(
+                    _kill_session(client, sandbox_id, session.session_id), timeout=15.0
+                )
+                logger.warning(
+                    "Killed %r in %s: the task stopped before the command ended", label, sandbox_id
+                )
+    output.finish()
+    elapsed = time.monotonic() - started
+    stderr = output.text("stderr")
+    if (
+        timeout is not None
+        and exit_code == -1
+        and elapsed >= timeout - 0.5
+        and not stderr.endswith(TIMED_OUT_SUFFIX)
+    ):
+        stderr += TIMED_OUT_SUFFIX
+    result = CommandResult(exit_code=exit_code, stdout=output.text("stdout"), stderr=stderr)
+    outcome = "timed out" if result.timed_out else f"exit {exit_code}"
+    report.record("command", sandbox_id, short_command(command), f"{outcome} ({elapsed:.1f} s)")
+    logger.info("%r in %s: %s after %.1f s", label, sandbox_id, outcome, elapsed)
+    if check and result.timed_out:
+        raise CommandTimedOutError(f"command {label!r} in {sandbox_id} timed out after {timeout} s")
+    if check and not result.ok:
+        raise CommandFailedError(sandbox_id, label, result)
+    return result
+
+
+async def _follow(client: OpenComputerClient, sandbox_id: str, session_id: str, output: CommandOutput) -> int:
+    """Stream the session's output into `output` until it exits; reattach if the socket drops."""
+    seen = {"stdout": 0, "stderr": 0}
+    for attempt in range(_REATTACH_ATTEMPTS + 1):
+        replayed = {"stdout": 0, "stderr": 0}
+        live = False
+        try:
+            async for event in client.exec.attach(sandbox_id, session_id):
+                if isinstance(event, ExecOutput):
+                    data = event.data
+                    if not live:
+                        # A reattach replays the scrollback: skip what we already have.
+                        skip = seen[event.stream] - replayed[event.stream]
+                        replayed[event.stream] += len(data)
+                        if skip >= len(data):
+                            continue
+                        data = data[max(skip, 0) :]
+                    seen[event.stream] += len(data)
+                    output.feed(event.stream, data)
+                elif isinstance(event, ExecScrollbackEnd):
+                    live = True
+                elif isinstance(event, ExecExit) and event.exit_code != -1:
+                    return event.exit_code
+        except TransportError:
+            if attempt == _REATTACH_ATTEMPTS:
+                raise
+        # The socket closed without an exit code (or said -1): ask the session list what happened.
+        state = next((s for s in await client.exec.list(sandbox_id) if s.session_id == session_id), None)
+        if state is None or not state.running:
+            return -1 if state is None or state.exit_code is None else state.exit_code
+        await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+    raise OpenComputerError(f"lost the output stream of exec session {session_id} in {sandbox_id}")
+
+
+async def _kill_session(client: OpenComputerClient, sandbox_id: str, session_id: str) -> None:
+    # Already exited, or the sandbox is gone: either way nothing is left running.
+    with contextlib.suppress(OpenComputerError):
+        await client.exec.kill(sandbox_id, session_id)

@@ -1,0 +1,240 @@
+"""Deployments against a real `prefect server start`: cancelling a served run, and deploy + worker.
+
+Both need what the test harness cannot give: a standalone Prefect server that a runner (`serve`) and a
+process worker talk to from their own processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Cancelling
+
+from prefect_opencomputer.client import OpenComputerClient
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class PrefectServer:
+    api_url: str
+    env: dict[str, str]
+
+    @asynccontextmanager
+    async def client(self) -> AsyncIterator[PrefectClient]:
+        with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+            async with get_client() as client:
+                yield client
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _start(*args: str, env: dict[str, str], cwd: str | None = None) -> subprocess.Popen[bytes]:
+    """Start a process in a session of its own, so `_stop` can take its children down with it."""
+    return subprocess.Popen(
+        args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process and everything in its session (it was started in one of its own)."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(local_server: Any) -> Iterator[PrefectServer]:
+    home = tempfile.mkdtemp(prefix="prefect-server-")
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=home,
+        PREFECT_API_URL=api_url,
+        PREFECT_SERVER_API_PORT=str(port),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        DO_NOT_TRACK="1",
+        OPENCOMPUTER_API_URL=local_server.url,
+        OPENCOMPUTER_API_KEY=local_server.api_key,
+    )
+    server = _start(
+        sys.executable,
+        "-m",
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, "prefect server start exited"
+            assert time.monotonic() < deadline, "prefect server did not become healthy"
+            time.sleep(0.5)
+        yield PrefectServer(api_url, env)
+    finally:
+        _stop(server)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+async def _wait_for_state(server: PrefectServer, flow_run_id: Any, *, final: bool, timeout: float) -> FlowRun:
+    deadline = time.monotonic() + timeout
+    async with server.client() as prefect:
+        while True:
+            flow_run = await prefect.read_flow_run(flow_run_id)
+            state = flow_run.state
+            if state is not None and (state.is_final() if final else state.is_running()):
+                return flow_run
+            assert time.monotonic() < deadline, f"flow run still {state.name if state else None}"
+            await asyncio.sleep(0.5)
+
+
+async def _running_command(oc: OpenComputerClient, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        for sandbox in await oc.sandboxes.list():
+            if any(session.running for session in await oc.exec.list(sandbox.sandbox_id)):
+                return
+        assert time.monotonic() < deadline, "no command started running"
+        await asyncio.sleep(0.3)
+
+
+SERVE = """
+from prefect_opencomputer.flows import sandbox_lifecycle
+sandbox_lifecycle.serve(name="cancel-me")
+"""
+
+
+async def test_cancelling_a_served_run_mid_command_leaves_zero_sandboxes(
+    prefect_server: PrefectServer, control: Any, oc: OpenComputerClient
+) -> None:
+    runner = _start(sys.executable, "-c", SERVE, env=prefect_server.env)
+    try:
+        async with prefect_server.client() as prefect:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    deployment = await prefect.read_deployment_by_name("sandbox-lifecycle/cancel-me")
+                    break
+                except Exception:
+                    assert time.monotonic() < deadline, "the served deployment never appeared"
+                    await asyncio.sleep(0.5)
+            flow_run = await prefect.create_flow_run_from_deployment(
+                deployment.id, parameters={"parameters": {"fork_command": "echo forked; sleep 600"}}
+            )
+        await _wait_for_state(prefect_server, flow_run.id, final=False, timeout=60)
+        await _running_command(oc, timeout=60)
+        assert await control.live_sandboxes() == 2
+
+        async with prefect_server.client() as prefect:
+            await prefect.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+        ended = await _wait_for_state(prefect_server, flow_run.id, final=True, timeout=90)
+        assert ended.state is not None and ended.state.is_cancelled(), ended.state
+        deadline = time.monotonic() + 30
+        while await control.live_sandboxes():
+            assert time.monotonic() < deadline, "sandboxes outlived the cancelled run"
+            await asyncio.sleep(0.3)
+    finally:
+        _stop(runner)
+
+
+def _prefect(server: PrefectServer, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "prefect", *args],
+        env=server.env,
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+async def test_deploy_all_then_a_worker_completes_a_lifecycle_run(
+    prefect_server: PrefectServer, control: Any
+) -> None:
+    registered = _prefect(prefect_server, "block", "register", "-m", "prefect_opencomputer")
+    assert registered.returncode == 0 and "OpenComputer Credentials" in registered.stdout, registered.stdout
+    created = _prefect(prefect_server, "work-pool", "create", "opencomputer", "--type", "process")
+    assert created.returncode == 0, created.stdout + created.stderr
+    deployed = _prefect(prefect_server, "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+    async with prefect_server.client() as prefect:
+        names = {
+            "sandbox-lifecycle/lifecycle",
+            "checkpoint-fan-out/fan-out",
+            "reap-orphaned-sandboxes/reaper",
+            "rebuild-golden-checkpoint/golden-checkpoint-nightly",
+        }
+        deployments = {name: await prefect.read_deployment_by_name(name) for name in names}
+        reaper = deployments["reap-orphaned-sandboxes/reaper"]
+        assert [schedule.schedule.interval.total_seconds() for schedule in reaper.schedules] == [900]  # type: ignore[union-attr]
+        golden = deployments["rebuild-golden-checkpoint/golden-checkpoint-nightly"]
+        assert [schedule.schedule.cron for schedule in golden.schedules] == ["0 3 * * *"]  # type: ignore[union-attr]
+        lifecycle = deployments["sandbox-lifecycle/lifecycle"]
+        assert lifecycle.parameter_openapi_schema is not None
+        assert "parameters" in lifecycle.parameter_openapi_schema["properties"]
+        flow_run = await prefect.create_flow_run_from_deployment(lifecycle.id)
+
+    # Anywhere but the checkout: the entrypoints are module paths of the installed package.
+    worker = _start(
+        sys.executable,
+        "-m",
+        "prefect",
+        "worker",
+        "start",
+        "--pool",
+        "opencomputer",
+        env=prefect_server.env,
+        cwd=tempfile.gettempdir(),
+    )
+    try:
+        ended = await _wait_for_state(prefect_server, flow_run.id, final=True, timeout=180)
+    finally:
+        _stop(worker)
+    assert ended.state is not None and ended.state.is_completed(), ended.state
+    assert await control.live_sandboxes() == 0

@@ -1,0 +1,156 @@
+"""Flow processes killed from outside: SIGTERM lets the in-process layers clean up, SIGKILL needs the reaper.
+
+For SIGKILL the victim runs with no PREFECT_API_URL, so Prefect starts a temporary server for it (as it
+does for any ad-hoc run); SIGKILL takes that server down too, so the victim's flow run no longer exists
+for the Prefect API the reaper asks. A flow that is still running owns a sandbox meanwhile: the reaper
+must not touch it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect import flow
+from prefect.settings import PREFECT_API_URL
+
+from prefect_opencomputer.blocks import OpenComputerCredentials
+from prefect_opencomputer.client import OpenComputerClient
+from prefect_opencomputer.flows import reap_orphaned_sandboxes
+from prefect_opencomputer.tasks import open_sandbox
+from prefect_opencomputer.tasks.ownership import TAG_FLOW_RUN
+
+# Every cleanup layer that runs in-process is present; SIGKILL gives none of them a chance.
+VICTIM = """
+import asyncio
+import contextlib
+from prefect import flow
+from prefect.settings import PREFECT_API_URL
+from prefect_opencomputer import OpenComputerCredentials
+from prefect_opencomputer.tasks import cleanup_hooks, create_sandbox, open_sandbox, run_command
+
+@flow(**cleanup_hooks())
+async def victim() -> None:
+    credentials = OpenComputerCredentials()
+    await create_sandbox(credentials)
+    async with open_sandbox(credentials) as sandbox:
+        await run_command(credentials, sandbox, "sleep 600")
+
+asyncio.run(victim())
+"""
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, read from /proc (the temporary Prefect server is one of them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def _start_victim(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", VICTIM], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def _wait_for_running_command(
+    oc: OpenComputerClient, victim: subprocess.Popen[bytes], count: int
+) -> list[str]:
+    """Ids of the victim's sandboxes, once `count` of them exist and a command runs in one."""
+    deadline = time.monotonic() + 120
+    while True:
+        running = [sb for sb in await oc.sandboxes.list() if sb.tags.get(TAG_FLOW_RUN)]
+        sessions = [session for sb in running for session in await oc.exec.list(sb.sandbox_id)]
+        if len(running) == count and any(session.running for session in sessions):
+            return [sb.sandbox_id for sb in running]
+        assert victim.poll() is None, "the victim flow ended on its own"
+        assert time.monotonic() < deadline, "the victim never got its sandboxes running"
+        await asyncio.sleep(0.5)
+
+
+@pytest.mark.slow
+async def test_sigterm_crashes_a_local_run_and_its_hooks_and_finally_blocks_kill_everything(
+    local_server: Any, control: Any, oc: OpenComputerClient
+) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API_")}
+    env.update(
+        PREFECT_API_URL=PREFECT_API_URL.value(),
+        OPENCOMPUTER_API_URL=local_server.url,
+        OPENCOMPUTER_API_KEY=local_server.api_key,
+    )
+    victim = _start_victim(env)
+    try:
+        await _wait_for_running_command(oc, victim, 2)
+        victim.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(victim.wait, 60)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert await control.live_sandboxes() == 0
+
+
+@pytest.mark.slow
+async def test_one_reaper_run_removes_the_sandboxes_of_a_sigkilled_flow_and_spares_a_live_one(
+    local_server: Any, control: Any, credentials: OpenComputerCredentials, oc: OpenComputerClient
+) -> None:
+    home = tempfile.mkdtemp(prefix="prefect-victim-")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API_")}
+    env.update(
+        PREFECT_HOME=home,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+        OPENCOMPUTER_API_URL=local_server.url,
+        OPENCOMPUTER_API_KEY=local_server.api_key,
+    )
+    victim = _start_victim(env)
+    try:
+        victims = await _wait_for_running_command(oc, victim, 2)
+    finally:
+        # SIGKILL orphans the victim's temporary Prefect server: find it first, then kill it by pid.
+        left_behind = _descendants(victim.pid)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)
+        _kill(left_behind)
+        shutil.rmtree(home, ignore_errors=True)
+    await asyncio.sleep(1)
+    assert await control.live_sandboxes() == 2, "SIGKILL must leave the sandboxes running: nothing ran"
+
+    @flow
+    async def live_run_reaps() -> tuple[Any, str, str]:
+        async with open_sandbox(credentials) as mine:
+            report = await reap_orphaned_sandboxes()
+            status = (await oc.sandboxes.get(mine.sandbox_id)).status
+            return report, mine.sandbox_id, status
+
+    report, mine, status = await live_run_reaps()
+    assert status == "running"
+    assert sorted(report.killed) == sorted(victims)
+    assert {orphan.reason for orphan in report.orphans} == {"flow run not found"}
+    assert mine not in report.killed
+    assert await control.live_sandboxes() == 0

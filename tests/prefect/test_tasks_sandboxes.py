@@ -1,0 +1,103 @@
+"""Sandbox tasks against the local server and a real Prefect API: results, tags, run names, events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.context import get_run_context
+
+from prefect_opencomputer.blocks import OpenComputerCredentials
+from prefect_opencomputer.client import Sandbox
+from prefect_opencomputer.tasks import (
+    create_sandbox,
+    get_sandbox,
+    hibernate_sandbox,
+    kill_sandbox,
+    list_sandboxes,
+    set_sandbox_timeout,
+    wake_sandbox,
+)
+from prefect_opencomputer.tasks.ownership import (
+    CREATED_BY,
+    TAG_CREATED_BY,
+    TAG_FLOW_RUN,
+    TAG_TASK_RUN,
+)
+
+
+async def test_sandbox_tasks_take_a_sandbox_through_its_life(
+    credentials: OpenComputerCredentials, control: Any, records: Any
+) -> None:
+    @flow
+    async def sandbox_life() -> dict[str, Any]:
+        flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
+        sandbox = await create_sandbox(credentials, "base", tags={"team": "data"})
+        fetched = await get_sandbox(credentials, sandbox.sandbox_id)
+        listed = await list_sandboxes(credentials, tags={TAG_FLOW_RUN: flow_run_id})
+        await set_sandbox_timeout(credentials, sandbox, 900)
+        hibernated = await hibernate_sandbox(credentials, sandbox)
+        woken = await wake_sandbox(credentials, sandbox)
+        killed = await kill_sandbox(credentials, sandbox)
+        unknown = await kill_sandbox(credentials, "sb-00000000")
+        after = await get_sandbox(credentials, sandbox)
+        return {
+            "flow_run_id": flow_run_id,
+            "sandbox": sandbox,
+            "fetched": fetched,
+            "listed": listed,
+            "hibernated": hibernated,
+            "woken": woken,
+            "killed": killed,
+            "unknown": unknown,
+            "after": after,
+        }
+
+    state = await sandbox_life(return_state=True)
+    out = await state.aresult()
+    sandbox: Sandbox = out["sandbox"]
+
+    assert sandbox.sandbox_id.startswith("sb-") and sandbox.template == "base"
+    assert sandbox.tags[TAG_FLOW_RUN] == out["flow_run_id"]
+    assert sandbox.tags[TAG_CREATED_BY] == CREATED_BY and sandbox.tags[TAG_TASK_RUN]
+    assert sandbox.tags["team"] == "data"
+    assert out["fetched"].tags == sandbox.tags
+    assert [sb.sandbox_id for sb in out["listed"]] == [sandbox.sandbox_id]
+    assert out["hibernated"].status == "hibernated" and out["woken"].status == "running"
+    assert out["killed"] is True and out["unknown"] is False
+    assert out["after"].status == "stopped"
+    assert await control.live_sandboxes() == 0
+
+    names = await records.task_run_names(out["flow_run_id"], wait_for=10)
+    sid = sandbox.sandbox_id
+    for expected in (
+        "create-sandbox[base]",
+        f"get-sandbox[{sid}]",
+        "list-sandboxes",
+        f"set-timeout[{sid}]: 900",
+        f"hibernate[{sid}]",
+        f"wake[{sid}]",
+        f"kill[{sid}]",
+    ):
+        assert expected in names, (expected, names)
+
+
+async def test_created_and_killed_sandboxes_are_prefect_events(
+    credentials: OpenComputerCredentials, control: Any, records: Any
+) -> None:
+    @flow
+    async def create_then_kill() -> str:
+        sandbox = await create_sandbox(credentials)
+        await kill_sandbox(credentials, sandbox)
+        return sandbox.sandbox_id
+
+    sandbox_id = await create_then_kill()
+    events = await records.events(f"opencomputer.sandbox.{sandbox_id}", wait_for=2)
+    assert {event.event for event in events} == {
+        "opencomputer.sandbox.created",
+        "opencomputer.sandbox.killed",
+    }
+    created = next(event for event in events if event.event == "opencomputer.sandbox.created")
+    assert created.payload["idle_timeout"] == 600
+    # Prefect relates the event to the run that emitted it.
+    assert any(related.id.startswith("prefect.flow-run.") for related in created.related)
