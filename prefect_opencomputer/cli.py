@@ -106,6 +106,36 @@ def local_serve(
         raise typer.Exit(1) from None
 
 
+@app.command("demo")
+def demo() -> None:
+    """Run the example lifecycle flow (on the embedded local server unless OPENCOMPUTER_API_KEY is set)."""
+    from prefect_opencomputer.demo import main as run_demo
+
+    raise typer.Exit(run_demo())
+
+
+@app.command("reap")
+def reap(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report orphaned sandboxes, kill none.")] = False,
+    credentials_block: Annotated[
+        str | None,
+        typer.Option(help="Name of a saved OpenComputerCredentials block (default: OPENCOMPUTER_* env)."),
+    ] = None,
+) -> None:
+    """Kill sandboxes this integration created whose Prefect flow run has finished or no longer exists."""
+    import asyncio
+
+    from prefect_opencomputer.flows.reaper import ReaperParameters, reap_orphaned_sandboxes
+
+    report = asyncio.run(
+        reap_orphaned_sandboxes(ReaperParameters(dry_run=dry_run), credentials_block=credentials_block)
+    )
+    outcome = f"would kill {len(report.orphans)}" if dry_run else f"killed {len(report.killed)}"
+    typer.echo(f"examined {report.examined}, kept {report.kept}, {outcome}")
+    for orphan in report.orphans:
+        typer.echo(f"  {orphan.sandbox_id}  flow run {orphan.flow_run_id}: {orphan.reason}")
+
+
 def main() -> None:
     app()
 
