@@ -120,6 +120,12 @@ async def read_build_stream(
     """
     logs: deque[BuildLog] = deque(maxlen=_KEPT_LOG_LINES)
     try:
+        if response.headers.get("content-type", "").startswith("application/json"):
+            # A server that does not stream builds answers with the created object directly.
+            payload = json.loads(await response.aread())
+            if isinstance(payload, dict):
+                return payload
+            raise TransportError(f"{what}: the answer is not an object", ambiguous=True)
         async for event in iter_events(response):
             if event.event == "build_log":
                 entry = _build_log(event.data)

@@ -94,9 +94,6 @@ async def test_unknown_sandbox_is_404_sandbox_not_found(http: httpx.AsyncClient)
         ("GET", "/sandboxes/{sb}/logs"),
         ("GET", "/sandboxes/{sb}/allowed-hosts"),
         ("POST", "/sandboxes/{sb}/token/refresh"),
-        ("GET", "/images"),
-        ("GET", "/snapshots"),
-        ("POST", "/snapshots/base/patches"),
         ("GET", "/secret-stores"),
         ("PUT", "/secret-stores/abc/secrets/TOKEN"),
         ("GET", "/templates"),
@@ -113,5 +110,5 @@ async def test_unsupported_route_is_501_with_a_clear_error(
 
 async def test_unsupported_routes_still_require_the_api_key(local_server: LocalServer) -> None:
     async with httpx.AsyncClient(base_url=local_server.api_url) as client:
-        response = await client.get("/snapshots")
+        response = await client.get("/secret-stores")
     assert response.status_code == 401

@@ -128,13 +128,14 @@ async def test_preview_auth_auto_returns_a_generated_token_once(
     assert own["previewAuthToken"] == "x" * 16
 
 
-@pytest.mark.parametrize("body", [{"image": {"base": "base", "steps": []}}, {"snapshot": "mysnap"}])
-async def test_image_and_snapshot_creates_are_refused_not_faked(
-    http: httpx.AsyncClient, created: list[str], body: dict[str, object]
+async def test_create_from_an_unknown_snapshot_is_400_and_creates_nothing(
+    http: httpx.AsyncClient, created: list[str]
 ) -> None:
-    response = await _create(http, created, **body)
-    assert response.status_code == 501
-    assert response.json() == {"error": "image and snapshot builds are not supported by the local server yet"}
+    before = len((await http.get("/sandboxes")).json())
+    response = await _create(http, created, snapshot="no-such-snapshot")
+    assert response.status_code == 400
+    assert response.json()["error"].startswith('snapshot "no-such-snapshot" not found')
+    assert len((await http.get("/sandboxes")).json()) == before
 
 
 async def test_malformed_body_is_400_invalid_request_body(http: httpx.AsyncClient) -> None:
