@@ -99,3 +99,38 @@ async def test_sandboxes_run_as_an_unprivileged_user_with_their_own_process_tree
     uid, processes = str(result["stdout"]).split()
     assert uid == "1000"
     assert int(processes) < 10  # its own PID namespace, not the host's hundreds
+
+
+async def test_network_enabled_false_gives_a_sandbox_no_way_out(http: httpx.AsyncClient) -> None:
+    created = await http.post("/sandboxes", json={"networkEnabled": False})
+    assert created.status_code == 201, created.text
+    offline = created.json()["sandboxID"]
+    try:
+        connect = "import socket; socket.create_connection(('127.0.0.1', 3128))"
+        probe = f'env | grep -ci _proxy; python3 -c "{connect}"'
+        result = await run(http, offline, probe)
+        assert str(result["stdout"]).strip() == "0"
+        assert "ConnectionRefusedError" in str(result["stderr"])
+
+        checkpoint = await http.post(f"/sandboxes/{offline}/checkpoints", json={"name": "offline"})
+        checkpoint_id = checkpoint.json()["id"]
+        for _ in range(200):
+            listed = (await http.get(f"/sandboxes/{offline}/checkpoints")).json()
+            if listed[0]["status"] == "ready":
+                break
+            await asyncio.sleep(0.05)
+        assert listed[0]["sandboxConfig"]["networkEnabled"] is False
+        fork = (await http.post(f"/sandboxes/from-checkpoint/{checkpoint_id}", json={})).json()["sandboxID"]
+        try:
+            assert str((await run(http, fork, "env | grep -ci _proxy"))["stdout"]).strip() == "0"
+        finally:
+            await http.delete(f"/sandboxes/{fork}")
+    finally:
+        await http.delete(f"/sandboxes/{offline}")
+
+
+async def test_sandboxes_reach_out_through_the_egress_proxy_by_default(
+    http: httpx.AsyncClient, sandbox: str
+) -> None:
+    result = await run(http, sandbox, "echo $https_proxy")
+    assert result["stdout"] == "http://127.0.0.1:3128\n"

@@ -232,6 +232,7 @@ class Checkpoints:
             envs={**_str_map(config.get("envs")), **envs},
             metadata={**_str_map(config.get("metadata")), **metadata},
             based_on_checkpoint_id=checkpoint.id,
+            network_enabled=config.get("networkEnabled") is not False,
         )
         backend.store.save_sandbox(record)
         try:

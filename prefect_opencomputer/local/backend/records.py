@@ -72,6 +72,7 @@ class SandboxRecord:
     patch_error: str | None = None
     based_on_checkpoint_id: str | None = None
     last_patch_sequence: int = 0
+    network_enabled: bool = True
 
     def config(self) -> dict[str, object]:
         """The sandbox's creation settings as the control plane persists them (``SandboxConfig``)."""
@@ -80,7 +81,7 @@ class SandboxRecord:
             "cpuCount": self.cpu_count,
             "memoryMB": self.memory_mb,
             "diskMB": self.disk_mb,
-            "networkEnabled": True,
+            "networkEnabled": self.network_enabled,
         }
         if self.timeout:
             config["timeout"] = self.timeout

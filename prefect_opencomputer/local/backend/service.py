@@ -61,6 +61,7 @@ class SandboxRequest:
     image: Mapping[str, object] | None = None  # a declarative image manifest
     snapshot: str = ""
     webhooks: bool = False
+    network_enabled: bool = True  # outbound HTTP(S) through the egress proxy
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,7 @@ class LocalBackend:
             envs=dict(request.envs),
             metadata=dict(request.metadata),
             preview_auth_hash=token_hash,
+            network_enabled=request.network_enabled,
         )
         self.store.save_sandbox(record)
         try:
@@ -456,7 +458,7 @@ class LocalBackend:
 
     async def boot(self, record: SandboxRecord) -> None:
         """Start the sandbox's processes over its layer and mark it running (lock held)."""
-        await self.runtime.start(record.id)
+        await self.runtime.start(record.id, network=record.network_enabled)
         self._epochs[record.id] = self._epochs.get(record.id, 0) + 1
         record.status = "running"
         self.store.save_sandbox(record)

@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     tags_updated_at TEXT,
     patch_error TEXT,
     based_on_checkpoint_id TEXT,
-    last_patch_sequence INTEGER NOT NULL
+    last_patch_sequence INTEGER NOT NULL,
+    network_enabled INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     id TEXT PRIMARY KEY,
@@ -128,7 +129,7 @@ class StateStore:
         with self._transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO sandboxes VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     sandbox.id,
                     sandbox.status,
@@ -148,6 +149,7 @@ class StateStore:
                     sandbox.patch_error,
                     sandbox.based_on_checkpoint_id,
                     sandbox.last_patch_sequence,
+                    int(sandbox.network_enabled),
                 ),
             )
 
@@ -349,6 +351,7 @@ def _sandbox(row: sqlite3.Row) -> SandboxRecord:
         patch_error=row["patch_error"],
         based_on_checkpoint_id=row["based_on_checkpoint_id"],
         last_patch_sequence=row["last_patch_sequence"],
+        network_enabled=bool(row["network_enabled"]),
     )
 
 

@@ -51,6 +51,7 @@ class SandboxCreateBody(BaseModel):
     snapshot: str | None = None
     preview_auth: PreviewAuthBody | None = Field(None, alias="previewAuth")
     webhooks: list[Any] | None = None
+    network_enabled: bool | None = Field(None, alias="networkEnabled")
 
 
 class TimeoutBody(BaseModel):
@@ -114,6 +115,7 @@ async def create_sandbox(
         image=body.image,
         snapshot=body.snapshot or "",
         webhooks=bool(body.webhooks),
+        network_enabled=body.network_enabled is not False,
     )
     if request.image is not None or request.snapshot:
         return await _create_from_image(backend, request, wants_event_stream(accept))
