@@ -18,7 +18,7 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow, FlowStateHook
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials, load_credentials
-from prefect_opencomputer.client import Sandbox
+from prefect_opencomputer.client import Image, Sandbox
 from prefect_opencomputer.tasks import report
 from prefect_opencomputer.tasks.checkpoints import create_sandbox_from_checkpoint
 from prefect_opencomputer.tasks.ownership import DEFAULT_IDLE_TIMEOUT, TAG_FLOW_RUN, is_ours, is_retained
@@ -39,10 +39,22 @@ async def open_sandbox(
     envs: dict[str, str] | None = None,
     memory_mb: int | None = None,
     tags: dict[str, str] | None = None,
+    image: Image | None = None,
+    snapshot: str | None = None,
 ) -> AsyncIterator[Sandbox]:
-    """`async with open_sandbox(credentials) as sandbox:` creates a sandbox and kills it on the way out."""
+    """`async with open_sandbox(credentials) as sandbox:` creates a sandbox and kills it on the way out.
+
+    With `image` or `snapshot` the sandbox starts from that build instead of `template`.
+    """
     sandbox = await create_sandbox(
-        credentials, template, idle_timeout=idle_timeout, envs=envs, memory_mb=memory_mb, tags=tags
+        credentials,
+        template,
+        idle_timeout=idle_timeout,
+        envs=envs,
+        memory_mb=memory_mb,
+        tags=tags,
+        image=image,
+        snapshot=snapshot,
     )
     try:
         yield sandbox

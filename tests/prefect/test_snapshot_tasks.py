@@ -19,6 +19,7 @@ from prefect_opencomputer.tasks import (
     delete_snapshot,
     kill_sandbox,
     list_snapshots,
+    open_sandbox,
     run_command,
 )
 from prefect_opencomputer.tasks.ownership import TAG_FLOW_RUN
@@ -90,7 +91,10 @@ async def test_snapshot_tasks_build_list_start_and_delete(
         sandbox = await create_sandbox(credentials, snapshot=name)
         greeting = await run_command(credentials, sandbox, "cat greeting.txt")
         await kill_sandbox(credentials, sandbox)
+        async with open_sandbox(credentials, snapshot=name) as scoped:
+            scoped_greeting = await run_command(credentials, scoped, "cat greeting.txt")
         return {
+            "scoped_greeting": scoped_greeting.stdout,
             "snapshot": snapshot,
             "again": again,
             "listed": listed,
@@ -105,7 +109,7 @@ async def test_snapshot_tasks_build_list_start_and_delete(
     assert snapshot.name == name and snapshot.is_ready and snapshot.content_hash == image.cache_key()
     assert out["again"].id == snapshot.id
     assert name in {listed.name for listed in out["listed"]}
-    assert out["greeting"] == "from the snapshot"
+    assert out["greeting"] == out["scoped_greeting"] == "from the snapshot"
     assert out["deleted"] is True and out["deleted_again"] is False
     assert name not in {listed.name for listed in await oc.snapshots.list()}
     assert await control.live_sandboxes() == 0
