@@ -2,27 +2,44 @@
 
 The backstop for what no in-process cleanup can cover (SIGKILL, OOM, a lost machine): a sandbox is an
 orphan when the flow run named in its `prefect.flow_run_id` tag is in a final state, or unknown to this
-Prefect API. A sandbox whose flow run is scheduled, pending, running, paused or cancelling is never touched;
-neither is one without this integration's tags, nor one tagged `prefect.retain`.
+Prefect API. Candidates are the listed (running) sandboxes plus those this integration announced in Prefect
+events and never killed, which finds orphans that have since hibernated on their idle timeout. A sandbox
+whose flow run is scheduled, pending, running, paused or cancelling is never touched; neither is one
+without this integration's tags, nor one tagged `prefect.retain`.
 """
 
 # No `from __future__ import annotations`: Prefect builds each flow's parameter model from its
 # annotations, and must resolve them wherever the flow is loaded (a runner loads it by file path).
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.events import EventPage
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials, load_credentials
-from prefect_opencomputer.tasks import kill_sandbox, list_sandboxes
+from prefect_opencomputer.client import NotFoundError, OpenComputerClient, Sandbox
+from prefect_opencomputer.tasks import kill_sandbox
+from prefect_opencomputer.tasks.events import (
+    SANDBOX_CREATED,
+    SANDBOX_FORKED,
+    SANDBOX_KILLED,
+    SANDBOX_RESOURCE_PREFIX,
+)
 from prefect_opencomputer.tasks.naming import TASK_TAG
 from prefect_opencomputer.tasks.ownership import TAG_FLOW_RUN, is_ours, is_retained
+
+# Prefect keeps events for 7 days by default: older announcements are gone anyway.
+_EVENT_WINDOW = timedelta(days=7)
+_EVENT_PAGE = 50  # the most the events API returns at once
+_EVENT_PAGES = 200
 
 
 class ReaperParameters(BaseModel):
@@ -71,13 +88,60 @@ async def _flow_run_verdict(flow_run_id: str) -> str | None:
     return None
 
 
+async def _announced_sandboxes() -> set[str]:
+    """Sandboxes this integration announced (created or forked) within the event retention window and
+    never announced killed: the list route shows only running sandboxes, so hibernated orphans are found
+    this way."""
+    announced: set[str] = set()
+    killed: set[str] = set()
+    window = EventFilter(
+        occurred=EventOccurredFilter(since=datetime.now(UTC) - _EVENT_WINDOW),
+        event=EventNameFilter(name=[SANDBOX_CREATED, SANDBOX_FORKED, SANDBOX_KILLED]),
+    )
+    async with get_client() as prefect:
+        page: EventPage | None = await prefect.read_events(window, limit=_EVENT_PAGE)
+        for _ in range(_EVENT_PAGES):
+            if page is None:
+                break
+            for event in page.events:
+                sandbox_id = event.resource.id.removeprefix(SANDBOX_RESOURCE_PREFIX)
+                (killed if event.event == SANDBOX_KILLED else announced).add(sandbox_id)
+            page = await prefect.read_events_page(str(page.next_page)) if page.next_page else None
+    return announced - killed
+
+
+async def _with_tags(client: OpenComputerClient, sandbox: Sandbox) -> Sandbox:
+    """The sandbox with its tags (the hosted service's list and GET shapes carry none)."""
+    if sandbox.tags:
+        return sandbox
+    tags = await client.sandboxes.get_tags(sandbox.sandbox_id)
+    return sandbox.model_copy(update={"tags": tags.tags})
+
+
+async def _look_up(client: OpenComputerClient, sandbox_id: str) -> Sandbox | None:
+    """A sandbox that may still hold resources (running or hibernated), with its tags; else None."""
+    try:
+        sandbox = await client.sandboxes.get(sandbox_id)
+        if sandbox.status not in ("running", "hibernated"):
+            return None
+        return await _with_tags(client, sandbox)
+    except NotFoundError:
+        return None
+
+
 @task(name="find_orphaned_sandboxes", task_run_name="find-orphans", tags=[TASK_TAG], cache_policy=NO_CACHE)
 async def find_orphaned_sandboxes(credentials: OpenComputerCredentials) -> tuple[int, list[Orphan]]:
     """(how many reapable sandboxes of this integration exist, those among them whose flow run is over)."""
+    async with credentials.get_client() as client:
+        listed = await client.sandboxes.list()
+        unlisted = await _announced_sandboxes() - {sb.sandbox_id for sb in listed}
+        found = await asyncio.gather(
+            *(_with_tags(client, sb) for sb in listed), *(_look_up(client, sid) for sid in sorted(unlisted))
+        )
     ours = [
         sb
-        for sb in await list_sandboxes(credentials)
-        if is_ours(sb.tags) and sb.tags.get(TAG_FLOW_RUN) and not is_retained(sb.tags)
+        for sb in found
+        if sb is not None and is_ours(sb.tags) and sb.tags.get(TAG_FLOW_RUN) and not is_retained(sb.tags)
     ]
     flow_run_ids = sorted({sb.tags[TAG_FLOW_RUN] for sb in ours})
     verdicts = dict(

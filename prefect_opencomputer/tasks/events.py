@@ -10,10 +10,11 @@ SANDBOX_CREATED = "opencomputer.sandbox.created"
 SANDBOX_KILLED = "opencomputer.sandbox.killed"
 SANDBOX_FORKED = "opencomputer.sandbox.forked"
 CHECKPOINT_CREATED = "opencomputer.checkpoint.created"
+SANDBOX_RESOURCE_PREFIX = "opencomputer.sandbox."
 
 
 def sandbox_resource_id(sandbox_id: str) -> str:
-    return f"opencomputer.sandbox.{sandbox_id}"
+    return f"{SANDBOX_RESOURCE_PREFIX}{sandbox_id}"
 
 
 def emit_sandbox_event(

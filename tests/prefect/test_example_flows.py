@@ -22,7 +22,12 @@ from prefect_opencomputer.flows import (
     rebuild_golden_checkpoint,
     sandbox_lifecycle,
 )
-from prefect_opencomputer.tasks import create_checkpoint_patch, create_sandbox, open_sandbox
+from prefect_opencomputer.tasks import (
+    create_checkpoint_patch,
+    create_sandbox,
+    hibernate_sandbox,
+    open_sandbox,
+)
 from prefect_opencomputer.tasks.ownership import CREATED_BY, TAG_CREATED_BY, TAG_FLOW_RUN, TAG_RETAIN
 
 
@@ -143,6 +148,26 @@ async def test_reaper_kills_sandboxes_of_finished_or_unknown_runs_and_spares_liv
     assert report.kept == 1  # the live run's own sandbox
     assert [sb.sandbox_id for sb in await oc.sandboxes.list()] == [not_ours.sandbox_id]
     await oc.sandboxes.kill(not_ours.sandbox_id)
+
+
+async def test_reaper_finds_an_orphan_that_hibernated_after_its_flow_ended(
+    credentials: OpenComputerCredentials, control: Any, oc: OpenComputerClient, records: Any
+) -> None:
+    @flow
+    async def leaks_and_sleeps() -> str:
+        sandbox = await create_sandbox(credentials)
+        await hibernate_sandbox(credentials, sandbox)
+        return sandbox.sandbox_id
+
+    hibernated = await leaks_and_sleeps()
+    # The list shows running sandboxes only.
+    assert hibernated not in {sb.sandbox_id for sb in await oc.sandboxes.list()}
+    await records.events(f"opencomputer.sandbox.{hibernated}")  # its creation is on record in Prefect
+
+    report = await reap_orphaned_sandboxes(ReaperParameters())
+
+    assert report.killed == [hibernated]
+    assert (await oc.sandboxes.get(hibernated)).status == "stopped"
 
 
 async def test_golden_checkpoint_rebuild_carries_its_patches_and_retires_the_previous_one(
