@@ -32,7 +32,7 @@ async def test_output_of_a_long_command_is_in_the_run_log_before_it_ends(
         flow_run_ids.append(get_run_context().flow_run.id)  # type: ignore[union-attr]
         async with open_sandbox(credentials) as sandbox:
             result = await run_command(
-                credentials, sandbox, "echo first-line-marker; sleep 8; echo last-line"
+                credentials, sandbox, "echo first-line-marker; sleep 12; echo last-line"
             )
         return result.stdout
 
