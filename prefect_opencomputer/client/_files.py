@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncIterable
 
+from prefect_opencomputer.client._errors import NotFoundError, ServerError
 from prefect_opencomputer.client._models import FileEntry, SignedURL
 from prefect_opencomputer.client._transport import Transport
 
@@ -16,10 +17,21 @@ class Files:
         self._transport = transport
 
     async def read(self, sandbox_id: str, path: str) -> bytes:
-        """The file's content; a missing file is an `APIError` (a `ServerError`: the service answers 500)."""
-        response = await self._transport.request(
-            "GET", f"/sandboxes/{sandbox_id}/files", params={"path": path}
-        )
+        """The file's content; a missing file raises `NotFoundError`.
+
+        The hosted service answers a missing file with a 500 whose message says "no such file"; that is
+        mapped to `NotFoundError` (status kept) so callers handle one error whichever server they talk to.
+        """
+        try:
+            response = await self._transport.request(
+                "GET", f"/sandboxes/{sandbox_id}/files", params={"path": path}
+            )
+        except ServerError as error:
+            if "no such file" not in error.message.lower():
+                raise
+            raise NotFoundError(
+                error.status_code, error.message, code=error.code, method=error.method, path=error.path
+            ) from error
         return response.content
 
     async def read_text(self, sandbox_id: str, path: str, encoding: str = "utf-8") -> str:

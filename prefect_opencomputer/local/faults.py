@@ -41,6 +41,9 @@ class FaultSpec(BaseModel):
     drop: bool = Field(False, description="Close the connection without any response.")
     when: Literal["before", "after"] = Field("before", description="Before or after the operation.")
     times: int = Field(1, ge=0, description="How many matching requests it hits; 0 = every one.")
+    message: str = Field(
+        "injected fault", max_length=1000, description="The injected response's error message."
+    )
 
     @model_validator(mode="after")
     def _does_something(self) -> FaultSpec:
@@ -149,7 +152,7 @@ def _fault_response(spec: FaultSpec) -> ASGIApp:
         seconds = spec.retry_after
         headers["Retry-After"] = str(int(seconds)) if seconds == int(seconds) else str(seconds)
     extra = {"retryable": True} if spec.status in (429, 503) else {}
-    return error_response(spec.status, "injected fault", headers=headers, **extra)
+    return error_response(spec.status, spec.message, headers=headers, **extra)
 
 
 async def _drop_connection(scope: Scope, receive: Receive) -> None:

@@ -9,6 +9,8 @@ import pytest
 
 from prefect_opencomputer.client import NotFoundError, OpenComputerClient, ServerError
 
+from .conftest import Faults
+
 
 async def test_written_bytes_and_text_read_back(oc: OpenComputerClient, sandbox: str) -> None:
     payload = bytes(range(256)) * 64
@@ -47,11 +49,24 @@ async def test_directories_list_create_and_delete(oc: OpenComputerClient, sandbo
     assert "project" not in {entry.name for entry in await oc.files.list(sandbox, "/home/sandbox")}
 
 
-async def test_reading_a_missing_file_is_an_api_error(oc: OpenComputerClient, sandbox: str) -> None:
-    # The hosted service answers 500 for a missing file; a 404 is just as much an error.
-    with pytest.raises((ServerError, NotFoundError)) as caught:
+async def test_reading_a_missing_file_is_not_found(oc: OpenComputerClient, sandbox: str) -> None:
+    with pytest.raises(NotFoundError) as caught:
         await oc.files.read(sandbox, "/home/sandbox/no-such-file")
     assert "no-such-file" in caught.value.message
+
+
+async def test_the_hosted_500_for_a_missing_file_is_not_found_too(
+    oc: OpenComputerClient, sandbox: str, faults: Faults
+) -> None:
+    # What the hosted service sends for a missing file, word for word in its shape.
+    message = "recv first chunk: open /home/sandbox/gone: no such file or directory"
+    await faults.add("GET", f"/api/sandboxes/{sandbox}/files", status=500, message=message)
+    with pytest.raises(NotFoundError) as caught:
+        await oc.files.read(sandbox, "/home/sandbox/gone")
+    assert caught.value.status_code == 500 and caught.value.message == message
+    await faults.add("GET", f"/api/sandboxes/{sandbox}/files", status=500, message="disk on fire")
+    with pytest.raises(ServerError):
+        await oc.files.read(sandbox, "/home/sandbox/gone")
 
 
 async def test_signed_urls_move_files_without_the_api_key(oc: OpenComputerClient, sandbox: str) -> None:
