@@ -3,12 +3,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: demo test check lint typecheck bench install system-deps clean
+.PHONY: demo test check lint typecheck bench install system-deps browser clean
 
 demo: install
 	$(BIN)/prefect-opencomputer demo
 
-test: install check
+test: install browser check
 	$(BIN)/pytest
 
 check: lint typecheck
@@ -34,6 +34,13 @@ system-deps:
 		else \
 			echo "bubblewrap is missing: run 'sudo apt-get install -y bubblewrap' (or make as root)"; exit 1; \
 		fi; \
+	fi
+
+# Debian's chromium for the browser test of the Prefect UI; as root we install it, otherwise that test skips.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium (browser tests)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	fi
 
 $(BIN)/python:

@@ -1,7 +1,7 @@
-"""Deployments against a real `prefect server start`: cancelling a served run, and deploy + worker.
+"""Against a real `prefect server start`: cancelling a served run, deploy + worker, and the Prefect UI.
 
-Both need what the test harness cannot give: a standalone Prefect server that a runner (`serve`) and a
-process worker talk to from their own processes.
+These need what the test harness cannot give: a standalone Prefect server, with its UI, that a runner
+(`serve`), a process worker and a browser talk to from their own processes.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import PIPE
 from typing import Any
 
 import httpx
@@ -85,7 +86,7 @@ def prefect_server(local_server: Any) -> Iterator[PrefectServer]:
         PREFECT_API_URL=api_url,
         PREFECT_SERVER_API_PORT=str(port),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
+        PREFECT_UI_ENABLED="true",
         PREFECT_RUNNER_POLL_FREQUENCY="1",
         PREFECT_WORKER_QUERY_SECONDS="1",
         DO_NOT_TRACK="1",
@@ -238,3 +239,61 @@ async def test_deploy_all_then_a_worker_completes_a_lifecycle_run(
         _stop(worker)
     assert ended.state is not None and ended.state.is_completed(), ended.state
     assert await control.live_sandboxes() == 0
+
+
+LIFECYCLE = """
+import asyncio
+from prefect_opencomputer.flows import sandbox_lifecycle
+state = asyncio.run(sandbox_lifecycle(return_state=True))
+print(state.state_details.flow_run_id)
+"""
+# What Debian's chromium needs to run headless as root on a machine with no network of its own.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.mark.browser
+async def test_the_prefect_ui_shows_a_lifecycle_run_its_task_names_logs_and_artifact(
+    prefect_server: PrefectServer, control: Any, tmp_path: Path
+) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("no browser: `make test` installs Debian's chromium when run as root")
+    from playwright.async_api import async_playwright
+
+    flow = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", LIFECYCLE, env=prefect_server.env, stdout=PIPE, stderr=PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(flow.communicate(), 180)
+    assert flow.returncode == 0, stderr.decode()[-2000:]
+    flow_run_id = stdout.decode().strip().splitlines()[-1]
+    origin = prefect_server.api_url.removesuffix("/api")
+
+    async with async_playwright() as playwright:
+        # Playwright gives the browser a fresh, empty profile of its own.
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+            await page.goto(f"{origin}/runs/flow-run/{flow_run_id}")
+            # The run graph and the logs render the readable task run names and what the fork saw.
+            for text in (
+                "Completed",
+                "sandbox-lifecycle",
+                "create-sandbox[base]",
+                "applied by the checkpoint patch",
+            ):
+                await page.get_by_text(text).first.wait_for(timeout=60_000)
+            await page.screenshot(path=str(tmp_path / "flow-run.png"))
+            await page.get_by_text("Artifacts", exact=True).first.click()
+            # The run's table artifact: its sandboxes, commands and checkpoints.
+            await page.get_by_text("Sandboxes, commands and checkpoints").first.wait_for(timeout=30_000)
+        finally:
+            await browser.close()
