@@ -134,13 +134,15 @@ async def _wait_for_state(server: PrefectServer, flow_run_id: Any, *, final: boo
             await asyncio.sleep(0.5)
 
 
-async def _running_command(oc: OpenComputerClient, timeout: float) -> None:
+async def _running_command(oc: OpenComputerClient, marker: str, timeout: float) -> None:
+    """Wait until a command whose argv contains `marker` runs (not any earlier, short one)."""
     deadline = time.monotonic() + timeout
     while True:
         for sandbox in await oc.sandboxes.list():
-            if any(session.running for session in await oc.exec.list(sandbox.sandbox_id)):
-                return
-        assert time.monotonic() < deadline, "no command started running"
+            for session in await oc.exec.list(sandbox.sandbox_id):
+                if session.running and marker in " ".join([session.command, *session.args]):
+                    return
+        assert time.monotonic() < deadline, f"no command with {marker!r} started running"
         await asyncio.sleep(0.3)
 
 
@@ -168,7 +170,7 @@ async def test_cancelling_a_served_run_mid_command_leaves_zero_sandboxes(
                 deployment.id, parameters={"parameters": {"fork_command": "echo forked; sleep 600"}}
             )
         await _wait_for_state(prefect_server, flow_run.id, final=False, timeout=60)
-        await _running_command(oc, timeout=60)
+        await _running_command(oc, "sleep 600", timeout=60)
         assert await control.live_sandboxes() == 2
 
         async with prefect_server.client() as prefect:
