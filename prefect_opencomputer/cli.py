@@ -72,7 +72,6 @@ def local_serve(
         LocalServerError,
         bind_socket,
         build_server,
-        new_event_loop,
         prepare_data_dir,
         serve,
     )
@@ -99,7 +98,7 @@ def local_serve(
         if generated_key:
             # Printed once, here, for the person who started the server; never logged.
             typer.echo(f"  export OPENCOMPUTER_API_KEY={key}")
-        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        with asyncio.Runner() as runner:
             runner.run(serve(server, server_app, sock))
     except (LocalServerError, RuntimeUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -28,7 +28,6 @@ from prefect_opencomputer.local.serve import (
     LocalServerError,
     bind_socket,
     build_server,
-    new_event_loop,
     prepare_data_dir,
     serve,
 )
@@ -156,7 +155,7 @@ class LocalServer:
 
     def _run(self, server: uvicorn.Server, app: FastAPI, sock: socket.socket) -> None:
         try:
-            with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            with asyncio.Runner() as runner:
                 runner.run(serve(server, app, sock))
         except BaseException as exc:  # reported by start(); a thread cannot raise to its caller
             self._failure = exc

@@ -6,7 +6,6 @@ before uvicorn starts and raised as one readable sentence.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import logging
@@ -163,8 +162,3 @@ async def serve(server: uvicorn.Server, app: FastAPI, sock: socket.socket) -> No
         raise LocalServerError(f"the local server failed to start: {reason or exc}") from reason
     finally:
         sock.close()
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """The server's event loop (sandbox processes are watched through pidfds, not the loop)."""
-    return asyncio.new_event_loop()
