@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import stat
 from pathlib import Path
 
 from prefect_opencomputer.local.backend import processes
@@ -56,31 +55,3 @@ async def _run(what: str, path: Path, argv: list[str]) -> None:
     stderr = await process.stderr.read()
     if await process.wait() != 0:
         raise OSError(f"{what} {path.name} failed: {stderr.decode(errors='replace').strip()}")
-
-
-def copy_tree_sync(source: Path, target: Path) -> None:
-    """Copy a small tree in-process (no fork): directories, files, links and device nodes,
-    with owners, modes and extended attributes."""
-    _copy_entry(source, target)
-
-
-def _copy_entry(source: Path, target: Path) -> None:
-    info = os.lstat(source)
-    mode = info.st_mode
-    if stat.S_ISDIR(mode):
-        target.mkdir()
-        for child in os.scandir(source):
-            _copy_entry(Path(child.path), target / child.name)
-    elif stat.S_ISREG(mode):
-        shutil.copyfile(source, target)
-    elif stat.S_ISLNK(mode):
-        os.symlink(os.readlink(source), target)
-    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        os.mknod(target, mode, info.st_rdev)
-    else:
-        return
-    os.chown(target, info.st_uid, info.st_gid, follow_symlinks=False)
-    if not stat.S_ISLNK(mode):
-        os.chmod(target, stat.S_IMODE(mode))
-        for name in os.listxattr(source, follow_symlinks=False):
-            os.setxattr(target, name, os.getxattr(source, name, follow_symlinks=False))

@@ -94,9 +94,20 @@ class LayerStore:
         self._refill_spares()
 
     def _build_layer(self, base: Path) -> None:
-        base.mkdir()
-        host.copy_tree_sync(self.mask(), base / "upper")
-        (base / "work").mkdir()
+        """``base/upper`` as a copy of the mask and an empty ``base/work``.
+
+        A ``cp -a`` child does the copy (whiteouts, opaque-dir xattrs and owners kept), so a thread
+        building spares holds the GIL for none of it.
+        """
+        (base / "work").mkdir(parents=True)
+        copy = subprocess.run(
+            [host.command("cp"), "-a", "--", str(self.mask()), str(base / "upper")],
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+        if copy.returncode != 0:
+            reason = copy.stderr.decode(errors="replace").strip()
+            raise OSError(f"building layer {base.name} failed: {reason}")
 
     def _refill_spares(self) -> None:
         with self._spares_lock:
@@ -113,14 +124,8 @@ class LayerStore:
                         return
                 spare = self.root / "spares" / uuid.uuid4().hex
                 try:
-                    (spare / "work").mkdir(parents=True)
-                    # A child process does the copy, so this thread holds the GIL for none of it.
-                    subprocess.run(
-                        [host.command("cp"), "-a", "--", str(self.mask()), str(spare / "upper")],
-                        check=True,
-                        stderr=subprocess.DEVNULL,
-                    )
-                except (OSError, subprocess.CalledProcessError):
+                    self._build_layer(spare)
+                except OSError:
                     return  # the data dir is going away; a create builds its own layer
                 with self._spares_lock:
                     self._spares.append(spare)
