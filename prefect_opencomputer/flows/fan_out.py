@@ -123,6 +123,8 @@ async def _run_forks(
         progress=0.0, key="checkpoint-fan-out-progress", description="Forks finished."
     )
     slots = asyncio.Semaphore(parameters.max_concurrency)
+    # Updates are sent one at a time, in order: two in flight could land 100% before 80%.
+    progress_lock = asyncio.Lock()
     done = 0
 
     async def run_fork(index: int) -> ForkOutcome:
@@ -147,8 +149,9 @@ async def _run_forks(
             except Exception as exc:
                 outcome.error = str(exc)[:300]
         outcome.seconds = round(time.monotonic() - started, 2)
-        done += 1
-        await aupdate_progress_artifact(progress_id, 100.0 * done / parameters.forks)
+        async with progress_lock:
+            done += 1
+            await aupdate_progress_artifact(progress_id, 100.0 * done / parameters.forks)
         return outcome
 
     return list(await asyncio.gather(*(run_fork(index) for index in range(parameters.forks))))
