@@ -274,7 +274,7 @@ def test_v1_groups_go_beneath_the_servers_cgroup_in_each_hierarchy_including_com
     assert (root / "cpu,cpuacct/po/sb/cpu.cfs_quota_us").read_text() == "200000"
     assert (root / "cpu,cpuacct/po/sb/cpu.cfs_period_us").read_text() == "100000"
     assert (root / "pids/po/sb/pids.max").read_text() == "10"
-    assert "memory+swap" in host.describe()
+    assert "memory (no swap)" in host.describe()
 
 
 def test_v1_reports_the_missing_controller(tmp_path: Path) -> None:
@@ -298,20 +298,27 @@ def _v2_root(tmp_path: Path) -> Path:
 
 def test_v2_group_goes_beneath_a_server_cgroup_that_already_delegates(tmp_path: Path) -> None:
     root = _v2_root(tmp_path)
-    _files(root / "po", cgroup__controllers="cpu memory pids", cgroup__subtree_control="")
+    _files(
+        root / "po",
+        cgroup__controllers="cpu memory pids",
+        cgroup__subtree_control="",
+        memory__swap__max="max",
+    )
     proc = _proc_cgroup(tmp_path, "0::/\n")
 
     host = CgroupHost.discover(root=root, proc_self_cgroup=proc, group="po")
+    _files(root / "po/sb", memory__swap__max="max")  # the kernel makes it with the group
     cgroup = host.create("sb", Limits(64 * MiB, 10, 1.5))
 
     assert host.version == 2
+    assert (root / "po/sb/memory.swap.max").read_text() == "0"
     assert host.hierarchy_dirs == (root / "po",)
     assert (root / "po/cgroup.subtree_control").read_text() == "+memory +pids +cpu"
     assert cgroup.procs_files == (root / "po/sb/cgroup.procs",)
     assert (root / "po/sb/memory.max").read_text() == str(64 * MiB)
     assert (root / "po/sb/pids.max").read_text() == "10"
     assert (root / "po/sb/cpu.max").read_text() == "150000 100000"
-    assert "cgroup v2" in host.describe()
+    assert host.describe().startswith("cgroup v2: per-sandbox memory (no swap)")
 
 
 def test_v2_group_goes_beside_a_server_cgroup_that_holds_the_server(tmp_path: Path) -> None:

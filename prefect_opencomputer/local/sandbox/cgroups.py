@@ -109,11 +109,11 @@ def _beneath(base: Path, cgroup_path: str) -> Path:
 class CgroupHost:
     """Where this server's sandbox cgroups live and which limits they get; discovered once per server."""
 
-    def __init__(self, version: int, group_dirs: dict[str, Path], *, memsw: bool) -> None:
+    def __init__(self, version: int, group_dirs: dict[str, Path], *, swap_limited: bool) -> None:
         self.version = version
         # controller -> our intermediate group in that controller's hierarchy (all the same dir in v2)
         self.group_dirs = group_dirs
-        self._memsw = memsw
+        self._swap_limited = swap_limited  # sandboxes get no swap (else the kernel has no swap accounting)
 
     @classmethod
     def discover(
@@ -149,8 +149,8 @@ class CgroupHost:
                 with contextlib.suppress(OSError):
                     directory.rmdir()
             raise
-        memsw = (group_dirs["memory"] / "memory.memsw.limit_in_bytes").exists()
-        return cls(1, group_dirs, memsw=memsw)
+        swap_limited = (group_dirs["memory"] / "memory.memsw.limit_in_bytes").exists()
+        return cls(1, group_dirs, swap_limited=swap_limited)
 
     @classmethod
     def _v1_group(
@@ -232,7 +232,8 @@ class CgroupHost:
                 _write(parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in V2_CONTROLLERS))
             except CgroupError as exc:
                 raise CgroupsUnavailable(f"cgroup v2: {exc}") from exc
-        return cls(2, dict.fromkeys((*V2_CONTROLLERS, "freezer"), parent), memsw=True)
+        swap_limited = (parent / "memory.swap.max").exists()
+        return cls(2, dict.fromkeys((*V2_CONTROLLERS, "freezer"), parent), swap_limited=swap_limited)
 
     @property
     def hierarchy_dirs(self) -> tuple[Path, ...]:
@@ -241,10 +242,7 @@ class CgroupHost:
 
     def describe(self) -> str:
         """One line for `local serve`: the limits in force and where the groups are."""
-        if self.version == 1:
-            memory = "memory+swap" if self._memsw else "memory (swap not limited: no memsw)"
-        else:
-            memory = "memory (no swap)"
+        memory = "memory (no swap)" if self._swap_limited else "memory (swap not limited: no swap accounting)"
         where = ", ".join(str(d) for d in self.hierarchy_dirs)
         return f"cgroup v{self.version}: per-sandbox {memory}, pids, cpu quota, freezer under {where}"
 
