@@ -133,17 +133,19 @@ class CgroupHost:
             own = _own_cgroups(proc_self_cgroup)
         except (OSError, ValueError) as exc:
             raise CgroupsUnavailable(f"cannot read {proc_self_cgroup}: {exc}") from exc
+        # Only the real file describes this process; a fake tree (tests) cannot list our pid.
+        check_pid = os.getpid() if proc_self_cgroup == Path("/proc/self/cgroup") else None
         if (root / "cgroup.controllers").is_file():
-            return cls._discover_v2(root, own, group)
-        return cls._discover_v1(root, own, group)
+            return cls._discover_v2(root, own, group, check_pid)
+        return cls._discover_v1(root, own, group, check_pid)
 
     @classmethod
-    def _discover_v1(cls, root: Path, own: dict[str, str], group: str) -> CgroupHost:
+    def _discover_v1(cls, root: Path, own: dict[str, str], group: str, check_pid: int | None) -> CgroupHost:
         group_dirs: dict[str, Path] = {}
         created: list[Path] = []
         try:
             for controller in V1_PROBES:
-                group_dirs[controller] = cls._v1_group(root, own, controller, group, created)
+                group_dirs[controller] = cls._v1_group(root, own, controller, group, check_pid, created)
         except CgroupsUnavailable:
             for directory in created:  # leave nothing half-made behind
                 with contextlib.suppress(OSError):
@@ -154,7 +156,13 @@ class CgroupHost:
 
     @classmethod
     def _v1_group(
-        cls, root: Path, own: dict[str, str], controller: str, group: str, created: list[Path]
+        cls,
+        root: Path,
+        own: dict[str, str],
+        controller: str,
+        group: str,
+        check_pid: int | None,
+        created: list[Path],
     ) -> Path:
         """Our intermediate group in one v1 hierarchy, beneath the server's cgroup there."""
         if controller not in own:
@@ -162,7 +170,9 @@ class CgroupHost:
         mount = cls._v1_mount(root, controller)
         if mount is None:
             raise CgroupsUnavailable(f"cgroup v1: the {controller} hierarchy is not mounted under {root}")
-        group_dir = _beneath(mount, own[controller]) / group
+        server_dir = _beneath(mount, own[controller])
+        _check_server_is_in(server_dir, check_pid, f"cgroup v1 {controller}")
+        group_dir = server_dir / group
         try:
             if not group_dir.is_dir():
                 group_dir.mkdir()
@@ -188,7 +198,7 @@ class CgroupHost:
         return None
 
     @classmethod
-    def _discover_v2(cls, root: Path, own: dict[str, str], group: str) -> CgroupHost:
+    def _discover_v2(cls, root: Path, own: dict[str, str], group: str, check_pid: int | None) -> CgroupHost:
         """Place the intermediate group where the kernel lets it delegate controllers.
 
         The "no internal processes" rule: a non-root cgroup that holds processes (the server's own does)
@@ -203,6 +213,7 @@ class CgroupHost:
         server_dir = _beneath(root, own[""])
         if not server_dir.is_dir():
             raise CgroupsUnavailable(f"cgroup v2: the server's cgroup {server_dir} is not under {root}")
+        _check_server_is_in(server_dir, check_pid, "cgroup v2")
         needed = set(V2_CONTROLLERS)
         if needed <= set(_read_words(server_dir / "cgroup.subtree_control")):
             parent = server_dir / group
@@ -280,6 +291,18 @@ class CgroupHost:
         return removed
 
 
+def _check_server_is_in(server_dir: Path, pid: int | None, what: str) -> None:
+    """Refuse a computed place that does not hold the server (a cgroup namespace, another mount's view)."""
+    if pid is None:
+        return
+    try:
+        members = _read_words(server_dir / "cgroup.procs")
+    except OSError as exc:
+        raise CgroupsUnavailable(f"{what}: cannot read {server_dir}/cgroup.procs: {exc.strerror}") from exc
+    if str(pid) not in members:
+        raise CgroupsUnavailable(f"{what}: {server_dir} does not hold this process, so it is not our cgroup")
+
+
 def _read_words(path: Path) -> list[str]:
     try:
         return path.read_text().split()
@@ -351,17 +374,20 @@ class SandboxCgroup:
     def freeze(self) -> None:
         """Stop every process and wait until all are stopped; on timeout thaw again and raise."""
         if self.version == 1:
-            state = self._dir("freezer") / "freezer.state"
-            _write(state, "FROZEN")
-            done = lambda: _read(state) == "FROZEN"  # noqa: E731
+            _write(self._dir("freezer") / "freezer.state", "FROZEN")
         else:
             _write(self._dir("freezer") / "cgroup.freeze", "1")
-            done = lambda: self._event("frozen") == "1"  # noqa: E731
         try:
-            _wait(done, f"freezing {self.dirs[0]}")
+            _wait(self._completely_frozen, f"freezing {self.dirs[0]}")
         except CgroupError:
             self.thaw()
             raise
+
+    def _completely_frozen(self) -> bool:
+        """v1 reads FREEZING, v2 reports frozen 0, until every process has stopped."""
+        if self.version == 1:
+            return _read(self._dir("freezer") / "freezer.state") == "FROZEN"
+        return self._event("frozen") == "1"
 
     def thaw(self) -> None:
         """Let every process run again."""
