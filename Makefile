@@ -25,14 +25,19 @@ bench: install
 
 install: system-deps $(VENV)/.installed
 
-# bubblewrap runs the local server's sandboxes; as root we install it, otherwise we say how.
+# bubblewrap runs the local server's sandboxes, mmdebstrap builds their root filesystems, uidmap maps
+# their ids; as root we install what is missing, otherwise we say how.
+SYSTEM_DEPS := bwrap:bubblewrap mmdebstrap:mmdebstrap newuidmap:uidmap
 system-deps:
-	@if ! command -v bwrap >/dev/null 2>&1; then \
+	@missing=""; for dep in $(SYSTEM_DEPS); do \
+		command -v "$${dep%%:*}" >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			echo "installing bubblewrap"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
+			echo "installing$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 		else \
-			echo "bubblewrap is missing: run 'sudo apt-get install -y bubblewrap' (or make as root)"; exit 1; \
+			echo "missing:$$missing: run 'sudo apt-get install -y$$missing' (or make as root)"; exit 1; \
 		fi; \
 	fi
 
