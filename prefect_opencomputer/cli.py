@@ -105,6 +105,23 @@ def local_serve(
         raise typer.Exit(1) from None
 
 
+@local_app.command("build-rootfs")
+def local_build_rootfs(
+    template: Annotated[str, typer.Option(help="Template whose root filesystem to build.")] = "default",
+) -> None:
+    """Build (once) the root filesystem that a template's sandboxes start from, and print where it is."""
+    import asyncio
+
+    from prefect_opencomputer.local.sandbox.rootfs import RootfsBuildError, UnknownTemplate, ensure_rootfs
+
+    try:
+        path = asyncio.run(ensure_rootfs(template, progress=typer.echo))
+    except (RootfsBuildError, UnknownTemplate) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(str(path))
+
+
 @app.command("demo")
 def demo() -> None:
     """Run the example lifecycle flow (on the embedded local server unless OPENCOMPUTER_API_KEY is set)."""

@@ -104,8 +104,11 @@ _FULL_PACKAGES = (
     "jq",
     "keyutils",
     "less",
+    "lsof",
+    "mount",
     "nano",
     "net-tools",
+    "netcat-openbsd",
     "openssh-client",
     "pkg-config",
     "procps",
@@ -258,7 +261,8 @@ async def ensure_rootfs(name: str, *, cache: Path | None = None, progress: Progr
     if final.is_dir():
         return final
     say = progress or (lambda line: None)
-    async with _locked(root / f".{stem}.lock", lambda: say(f"waiting for another build of '{name}'…")):
+    waiting = f"waiting for another build of '{name}'…"
+    async with _locked(root / f".{stem}.lock", lambda: say(waiting)) as lock:
         if final.is_dir():
             return final
         _remove_stale_staging(root, stem)
@@ -266,7 +270,7 @@ async def ensure_rootfs(name: str, *, cache: Path | None = None, progress: Progr
         say(f"building root filesystem '{name}' (first run, about {recipe.minutes} min)…")
         started = time.monotonic()
         try:
-            await _build(recipe, host_apt_sources(), staging, root, say)
+            await _build(recipe, host_apt_sources(), staging, root, lock, say)
             staging.rename(final)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -277,10 +281,11 @@ async def ensure_rootfs(name: str, *, cache: Path | None = None, progress: Progr
 
 
 @contextlib.asynccontextmanager
-async def _locked(path: Path, on_wait: Callable[[], None]) -> AsyncIterator[None]:
-    """An exclusive flock, polled so a waiting caller can still be cancelled.
+async def _locked(path: Path, on_wait: Callable[[], None]) -> AsyncIterator[int]:
+    """An exclusive flock (its fd is yielded), polled so a waiting caller can still be cancelled.
 
-    flock locks belong to an open file, so two callers in one process exclude each other too.
+    flock locks belong to an open file, so two callers in one process exclude each other too, and a
+    child that inherits the fd holds the lock for as long as it lives.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -294,7 +299,7 @@ async def _locked(path: Path, on_wait: Callable[[], None]) -> AsyncIterator[None
                     on_wait()
                     waited = True
                 await asyncio.sleep(0.2)
-        yield
+        yield fd
     finally:
         os.close(fd)  # releases the lock
 
@@ -347,7 +352,7 @@ def _mounts_under(path: Path) -> list[str]:
 
 
 async def _build(
-    recipe: Recipe, sources: tuple[AptSource, ...], tree: Path, root: Path, say: Progress
+    recipe: Recipe, sources: tuple[AptSource, ...], tree: Path, root: Path, lock: int, say: Progress
 ) -> None:
     if os.geteuid() != 0:
         raise RootfsBuildError("building a root filesystem needs root (mmdebstrap --mode=root)")
@@ -355,14 +360,17 @@ async def _build(
         raise RootfsBuildError("mmdebstrap is missing: run `make install` as root")
     tarballs = [t for t in (recipe.node, recipe.npm) if t is not None]
     downloads = await asyncio.gather(*(_download(t, root / "downloads", say) for t in tarballs))
-    await _mmdebstrap(recipe, sources, tree, say)
+    await _mmdebstrap(recipe, sources, tree, lock, say)
     say("customising the tree: users, sudo, node, network files…")
     await asyncio.to_thread(_customise, tree, sources, dict(zip(tarballs, downloads, strict=True)))
     say("shifting ownership to the sandboxes' id range…")
     await asyncio.to_thread(shift_ownership, tree)
 
 
-async def _mmdebstrap(recipe: Recipe, sources: tuple[AptSource, ...], tree: Path, say: Progress) -> None:
+async def _mmdebstrap(
+    recipe: Recipe, sources: tuple[AptSource, ...], tree: Path, lock: int, say: Progress
+) -> None:
+    """Run mmdebstrap holding the build lock too: if we are killed, no one deletes its tree under it."""
     suite = next(source.suite for source in sources if "-" not in source.suite)
     command = [
         "mmdebstrap",
@@ -380,6 +388,7 @@ async def _mmdebstrap(recipe: Recipe, sources: tuple[AptSource, ...], tree: Path
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8"},
+        pass_fds=(lock,),
     )
     assert process.stdout is not None
     tail: list[str] = []
