@@ -167,8 +167,8 @@ def cache_dir() -> Path:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         path = Path(base) / "prefect-opencomputer"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.chmod(0o700)
+    if not path.is_dir():
+        path.mkdir(mode=0o700, parents=True)  # an existing directory someone configured is left as it is
     return path
 
 
