@@ -142,7 +142,7 @@ _FULL = Recipe(
         "10.9.9",
         "sha512-1g+6jLQvaIuB4zwvHL7yrXuXcWZwDsCtBX8bbWDqbvJSSr9nPiDDWTHNgwXR27iIcTTW7v3A57hDW9RYv2W4Yg==",
     ),
-    minutes=2,
+    minutes=1,
 )
 
 # Hosted "base" is the full image too, so every hosted template name gets the same tree.
