@@ -10,6 +10,8 @@ import json
 import os
 import re
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,6 +94,13 @@ def test_cleanup_refuses_to_delete_outside_the_cache(tmp_path: Path) -> None:
     with pytest.raises(RootfsBuildError, match="refusing"):
         _remove_tree(victim, tmp_path / "cache")
     assert victim.is_dir()
+
+
+def test_build_rootfs_command_names_the_known_templates_for_an_unknown_one() -> None:
+    command = [sys.executable, "-m", "prefect_opencomputer.cli", "local", "build-rootfs", "--template=nope"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "unknown template 'nope'" in done.stderr and "default" in done.stderr
 
 
 def test_cache_dir_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

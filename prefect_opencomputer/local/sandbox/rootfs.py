@@ -142,7 +142,7 @@ _FULL = Recipe(
         "10.9.9",
         "sha512-1g+6jLQvaIuB4zwvHL7yrXuXcWZwDsCtBX8bbWDqbvJSSr9nPiDDWTHNgwXR27iIcTTW7v3A57hDW9RYv2W4Yg==",
     ),
-    minutes=2,
+    minutes=1,
 )
 
 # Hosted "base" is the full image too, so every hosted template name gets the same tree.
@@ -167,8 +167,8 @@ def cache_dir() -> Path:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         path = Path(base) / "prefect-opencomputer"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.chmod(0o700)
+    if not path.is_dir():
+        path.mkdir(mode=0o700, parents=True)  # an existing directory someone configured is left as it is
     return path
 
 
