@@ -17,6 +17,10 @@ from bench import baselines, services
 from bench.results import BenchmarkResult, Samples
 from prefect_opencomputer.client import OpenComputerClient
 from prefect_opencomputer.local.backend.runtime import SandboxRuntime
+from prefect_opencomputer.local.backend.service import discover_cgroups, template_root
+from prefect_opencomputer.local.config import LocalServerConfig
+from prefect_opencomputer.local.sandbox import rootfs
+from prefect_opencomputer.local.sandbox.cgroups import Limits
 
 CREATES = 20
 EXECS = 100
@@ -82,9 +86,12 @@ async def _create_and_exec(result: BenchmarkResult, oc: OpenComputerClient) -> l
 
 async def _runtime_exec(result: BenchmarkResult, scratch: Path) -> None:
     """The same command through `SandboxRuntime.run`, in this process: the cost below the HTTP layer."""
-    runtime = SandboxRuntime(scratch / "runtime")
+    cgroups = discover_cgroups(LocalServerConfig(data_dir=scratch, api_key="bench"))
+    runtime = SandboxRuntime(
+        scratch / "runtime", cache=rootfs.cache_dir(), rootfs=template_root, cgroups=cgroups
+    )
     runtime.layers.create_sandbox("sb-bench")
-    await runtime.start("sb-bench")
+    await runtime.start("sb-bench", template="base", limits=Limits(1 << 30, 512, 1.0))
     try:
         samples = Samples("exec true (runtime only, no HTTP)")
         for _ in range(WARMUP):

@@ -57,6 +57,14 @@ def local_serve(
     preview_domain: Annotated[
         str, typer.Option(help="Domain of preview hostnames (default: localhost:<port>).", show_default=False)
     ] = "",
+    no_limits: Annotated[
+        bool,
+        typer.Option(
+            "--no-limits",
+            help="Run without per-sandbox cgroups: memoryMB, cpuCount and process caps are not enforced, "
+            "and hibernation stops processes instead of freezing them.",
+        ),
+    ] = False,
 ) -> None:
     """Serve the OpenComputer API on this machine until Ctrl-C or SIGTERM."""
     import asyncio
@@ -65,7 +73,7 @@ def local_serve(
     from uvicorn.config import LOGGING_CONFIG
 
     from prefect_opencomputer.local.backend.host import RuntimeUnavailable
-    from prefect_opencomputer.local.backend.runtime import SandboxRuntime
+    from prefect_opencomputer.local.backend.service import prepare_host
     from prefect_opencomputer.local.config import LocalServerConfig
     from prefect_opencomputer.local.embedded import new_api_key
     from prefect_opencomputer.local.serve import (
@@ -79,8 +87,11 @@ def local_serve(
     generated_key = not api_key
     key = api_key or new_api_key()
     try:
-        SandboxRuntime.check_available()
         resolved_dir = prepare_data_dir(data_dir or default_data_dir())
+        limits_line = prepare_host(
+            LocalServerConfig(data_dir=resolved_dir, api_key=key, limits=not no_limits),
+            progress=lambda line: typer.echo(line, err=True),
+        )
         sock = bind_socket(host, port)
         config = LocalServerConfig(
             data_dir=resolved_dir,
@@ -89,11 +100,13 @@ def local_serve(
             port=sock.getsockname()[1],
             preview_domain=preview_domain,
             enable_test_routes=enable_test_routes,
+            limits=not no_limits,
         )
         server, server_app = build_server(config, access_log=True, log_config=copy.deepcopy(LOGGING_CONFIG))
         shown_host = f"[{host}]" if ":" in host else host
         url = f"http://{shown_host}:{config.port}"
         typer.echo(f"OpenComputer local server on {url} (data: {resolved_dir})")
+        typer.echo(f"  {limits_line}")
         typer.echo(f"  export OPENCOMPUTER_API_URL={url}")
         if generated_key:
             # Printed once, here, for the person who started the server; never logged.

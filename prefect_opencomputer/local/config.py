@@ -25,6 +25,7 @@ class LocalServerConfig:
     region: str = "local"
     max_json_bytes: int = 1 * MIB
     max_file_bytes: int = 1024 * MIB
+    limits: bool = True  # per-sandbox cgroups (memory, processes, CPU, freezer); off only when told
 
     def __repr__(self) -> str:
         # The API key never shows in a repr (logs, tracebacks, test output).

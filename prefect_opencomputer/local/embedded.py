@@ -12,6 +12,7 @@ import atexit
 import secrets
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -22,7 +23,7 @@ import anyio.to_thread
 import uvicorn
 from fastapi import FastAPI
 
-from prefect_opencomputer.local.backend.runtime import SandboxRuntime
+from prefect_opencomputer.local.backend.service import prepare_host
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.serve import (
     LocalServerError,
@@ -60,8 +61,10 @@ class LocalServer:
         port: int = 0,
         enable_test_routes: bool = False,
         preview_domain: str = "",
+        limits: bool = True,
     ) -> None:
         self._requested_data_dir = data_dir
+        self._limits = limits
         self._requested_port = port
         self._host = host
         self._enable_test_routes = enable_test_routes
@@ -108,30 +111,35 @@ class LocalServer:
         with self._lock:
             if self._thread is not None:
                 raise RuntimeError("the local server is already running")
-            SandboxRuntime.check_available()
             data_dir = self._requested_data_dir
             if data_dir is None:
                 self._temporary_dir = Path(tempfile.mkdtemp(prefix="opencomputer-local-"))
                 data_dir = self._temporary_dir
             try:
-                self._launch(prepare_data_dir(data_dir))
+                data_dir = prepare_data_dir(data_dir)
+                prepare_host(self._config_for(data_dir, port=0), progress=_say)
+                self._launch(data_dir)
             except BaseException:
                 self._cleanup()
                 raise
             atexit.register(self.stop)
             return self
 
+    def _config_for(self, data_dir: Path, *, port: int) -> LocalServerConfig:
+        return LocalServerConfig(
+            data_dir=data_dir,
+            api_key=self.api_key,
+            host=self._host,
+            port=port,
+            preview_domain=self._preview_domain,
+            enable_test_routes=self._enable_test_routes,
+            limits=self._limits,
+        )
+
     def _launch(self, data_dir: Path) -> None:
         sock = bind_socket(self._host, self._requested_port)
         try:
-            config = LocalServerConfig(
-                data_dir=data_dir,
-                api_key=self.api_key,
-                host=self._host,
-                port=sock.getsockname()[1],
-                preview_domain=self._preview_domain,
-                enable_test_routes=self._enable_test_routes,
-            )
+            config = self._config_for(data_dir, port=sock.getsockname()[1])
             server, app = build_server(config, access_log=False, log_config=None)
         except BaseException:
             sock.close()
@@ -194,3 +202,8 @@ class LocalServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await anyio.to_thread.run_sync(self.stop, abandon_on_cancel=False)
+
+
+def _say(line: str) -> None:
+    """First-run progress (the root filesystem build) for whoever started the server."""
+    print(f"local server: {line}", file=sys.stderr, flush=True)

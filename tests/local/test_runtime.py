@@ -12,20 +12,30 @@ import pytest
 from prefect_opencomputer.local.backend import egress
 from prefect_opencomputer.local.backend.fileops import PathEscapeError
 from prefect_opencomputer.local.backend.runtime import SandboxRuntime
+from prefect_opencomputer.local.backend.service import template_root
+from prefect_opencomputer.local.sandbox import ids, rootfs
+from prefect_opencomputer.local.sandbox.cgroups import CgroupHost, Limits
+
+LIMITS = Limits(memory_bytes=1024 * 1024 * 1024, max_processes=512, cpu_quota_cores=1.0)
 
 
 @pytest.fixture
 async def runtime(tmp_path: Path) -> AsyncIterator[SandboxRuntime]:
-    runtime = SandboxRuntime(tmp_path / "runtime", hidden_paths=[tmp_path])
+    cgroups = CgroupHost.discover(group=f"prefect-opencomputer-test-{os.getpid()}")
+    runtime = SandboxRuntime(
+        tmp_path / "runtime", cache=rootfs.cache_dir(), rootfs=template_root, cgroups=cgroups
+    )
     yield runtime
     for sandbox_id in list(runtime.running_ids()):
         await runtime.destroy(sandbox_id)
     await runtime.shutdown()
+    for directory in cgroups.hierarchy_dirs:
+        directory.rmdir()
 
 
-async def boot(runtime: SandboxRuntime, sandbox_id: str) -> str:
+async def boot(runtime: SandboxRuntime, sandbox_id: str, *, network: bool = True) -> str:
     runtime.layers.create_sandbox(sandbox_id)
-    await runtime.start(sandbox_id)
+    await runtime.start(sandbox_id, template="base", network=network, limits=LIMITS)
     return sandbox_id
 
 
@@ -75,10 +85,12 @@ async def test_host_private_paths_are_invisible(runtime: SandboxRuntime, tmp_pat
     listing = await sh(runtime, sandbox, "ls -A /home; ls -A /tmp; ls -A /root 2>&1 || true")
     assert listing.split()[0] == "sandbox"
     assert "secret" not in listing
-    for private in (str(tmp_path), str(tmp_path / "secret.txt"), "/etc/shadow", "/root/.bashrc"):
+    for private in (str(tmp_path), str(tmp_path / "secret.txt"), str(runtime.root)):
         probe = await runtime.run(sandbox, ["/bin/sh", "-c", f"cat {private} || ls {private}"])
         assert probe.exit_code != 0, private
         assert b"host secret" not in probe.stdout
+    # The sandbox's /etc is its template's, not this host's.
+    assert await sh(runtime, sandbox, "cat /etc/hostname") == "sb-hide0001\n"
     other = await boot(runtime, "sb-hide0002")
     other_upper, _ = runtime.layers.sandbox_dirs(other)
     probe = await runtime.run(sandbox, ["ls", str(other_upper)])
@@ -134,10 +146,10 @@ async def test_timeout_kills_the_process_group_and_reports_minus_one(runtime: Sa
 
 async def test_stop_keeps_the_disk_and_start_brings_it_back(runtime: SandboxRuntime) -> None:
     sandbox = await boot(runtime, "sb-hibe0001")
-    await sh(runtime, sandbox, "echo kept > kept.txt; sleep 300 &")
+    await sh(runtime, sandbox, "echo kept > kept.txt; sleep 300 >/dev/null 2>&1 &")
     await runtime.stop(sandbox)
     assert not runtime.is_running(sandbox)
-    await runtime.start(sandbox)
+    await runtime.start(sandbox, template="base", limits=LIMITS)
     assert await sh(runtime, sandbox, "cat kept.txt") == "kept\n"
     assert "sleep 30" not in await sh(runtime, sandbox, "ps -eo args")
 
@@ -150,12 +162,12 @@ async def test_checkpoint_fork_and_restore_copy_the_layer(runtime: SandboxRuntim
     await sh(runtime, source, "echo v2 > state.txt")
 
     await runtime.layers.fork("checkpoint-1", "sb-fork0001")
-    await runtime.start("sb-fork0001")
+    await runtime.start("sb-fork0001", template="base", limits=LIMITS)
     assert await sh(runtime, "sb-fork0001", "cat state.txt") == "v1\n"
 
     await runtime.stop(source)
     await runtime.layers.restore("checkpoint-1", source)
-    await runtime.start(source)
+    await runtime.start(source, template="base", limits=LIMITS)
     assert await sh(runtime, source, "cat state.txt") == "v1\n"
 
 
@@ -200,16 +212,17 @@ async def test_files_written_in_home_belong_to_the_sandbox_user(runtime: Sandbox
     files.remove("project")  # a missing path is not an error
 
 
-async def test_sandbox_root_writes_system_files_but_cannot_mount(runtime: SandboxRuntime) -> None:
+async def test_sandbox_root_writes_system_files_and_is_nobody_on_the_host(runtime: SandboxRuntime) -> None:
     sandbox = await boot(runtime, "sb-root0001")
     result = await runtime.run(
         sandbox,
-        ["/bin/sh", "-c", "id -u; echo built > /usr/local/built.txt; mount -t tmpfs none /mnt"],
+        ["/bin/sh", "-c", "id -u; echo built > /usr/local/built.txt; cat /proc/self/uid_map"],
         as_root=True,
     )
-    assert result.stdout == b"0\n"
-    assert b"permission denied" in result.stderr.lower()
+    assert result.stdout.split() == [b"0", b"0", str(ids.HOST_ID_BASE).encode(), str(ids.ID_COUNT).encode()]
     assert not Path("/usr/local/built.txt").exists()
+    upper, _ = runtime.layers.sandbox_dirs(sandbox)
+    assert (upper / "usr/local/built.txt").stat().st_uid == ids.host_id(0)
     assert await sh(runtime, sandbox, "cat /usr/local/built.txt") == "built\n"
 
 
@@ -237,7 +250,6 @@ async def test_egress_proxy_reaches_a_package_index(runtime: SandboxRuntime) -> 
 
 
 async def test_sandbox_without_network_has_no_proxy(runtime: SandboxRuntime) -> None:
-    runtime.layers.create_sandbox("sb-nonet001")
-    await runtime.start("sb-nonet001", network=False)
+    await boot(runtime, "sb-nonet001", network=False)
     out = await sh(runtime, "sb-nonet001", "env | grep -ci proxy || true")
     assert out.strip() == "0"

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from prefect_opencomputer.local.sandbox.fscreds import as_sandbox_root
+
 _SYS_OPENAT2 = 437  # the same number on every Linux architecture
 _RESOLVE_NO_XDEV = 0x01
 _RESOLVE_NO_MAGICLINKS = 0x02
@@ -169,7 +171,8 @@ class RootedFiles:
             parent_fd = self._open(posixpath.dirname(prefix), _O_PATH | os.O_DIRECTORY)
             try:
                 try:
-                    os.mkdir(parts[depth - 1], 0o755, dir_fd=parent_fd)
+                    with as_sandbox_root():
+                        os.mkdir(parts[depth - 1], 0o755, dir_fd=parent_fd)
                 except FileExistsError:
                     # A file (or a dangling link) is in the way.
                     raise NotADirectoryError(errno.ENOTDIR, "not a directory", prefix) from None
@@ -205,7 +208,8 @@ class RootedFiles:
         resolved = self.resolve(path)
         root_fd = os.open(self.root, _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            return _openat2(root_fd, resolved.lstrip("/") or ".", flags, mode)
+            with as_sandbox_root():
+                return _openat2(root_fd, resolved.lstrip("/") or ".", flags, mode)
         except PathEscapeError:
             raise PathEscapeError(f"path escapes the sandbox root: {resolved}") from None
         except OSError as error:

@@ -21,11 +21,15 @@ from prefect_opencomputer.local.backend.runtime import (
     SandboxRuntime,
     kill_group,
 )
+from prefect_opencomputer.local.sandbox.cgroups import Limits
 
 # (step number, step type, message): step 0 is the build's own bookkeeping.
 BuildLogger = Callable[[int, str, str], Awaitable[None] | None]
 
 STEP_TIMEOUT_SECONDS = 900.0
+# Images build over the base template (every template shares its tree), in a builder of the default size.
+BUILD_TEMPLATE = "base"
+BUILD_LIMITS = Limits(memory_bytes=4096 * 1024 * 1024, max_processes=4096, cpu_quota_cores=1.0)
 _MAX_LINE_CHARS = 4000
 _TAIL_LINES = 30
 _TAIL_CHARS = 3000
@@ -83,7 +87,7 @@ async def build_image(
     snapshotted = False
     try:
         await asyncio.to_thread(runtime.layers.create_sandbox, builder_id)
-        await runtime.start(builder_id, hostname="builder")
+        await runtime.start(builder_id, template=BUILD_TEMPLATE, hostname="builder", limits=BUILD_LIMITS)
         await _emit(log, 0, "build", f"Building image with {total} steps")
         for step in manifest.steps:
             await _emit(log, step.number, step.type, f"Step {step.number}/{total}: {step.describe()}")

@@ -1,10 +1,13 @@
 """The sandbox runtime: real, isolated Linux environments on this machine.
 
-A sandbox is a private writable layer (an overlayfs upper directory over the host's system
-directories, with host-private paths masked) plus, while it runs, one long-lived bubblewrap
-process holding its mount, PID, IPC, UTS and network namespaces. Commands enter those namespaces
-with ``nsenter`` as the unprivileged ``sandbox`` user, so background processes outlive the command
-that started them. This module knows nothing of HTTP, ids or persistence: the service above it does.
+A sandbox is a template's root filesystem (read-only, shared) below the sandbox's own writable
+layer, in its own user namespace (root inside is an unprivileged id range outside), with its own
+mount, PID, IPC, UTS, cgroup and network namespaces and, where the host has them, its own cgroups
+(memory, processes, CPU, freezer). ``sandbox-helper`` (host code, compiled from ``helper.c``)
+boots it and enters it; it drops host privileges before it resolves any path the sandbox can
+write. Its pid 1 lives until the sandbox stops, so background processes outlive the command that
+started them, and hibernation freezes them rather than killing them. This module knows nothing
+of HTTP, ids or persistence: the service above it does.
 """
 
 from __future__ import annotations
@@ -14,17 +17,25 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from prefect_opencomputer.local.backend import egress, host, layers, netns, processes
 from prefect_opencomputer.local.backend.fileops import RootedFiles
 from prefect_opencomputer.local.backend.host import RuntimeUnavailable
+from prefect_opencomputer.local.sandbox import ids
+from prefect_opencomputer.local.sandbox.cgroups import CgroupHost, Limits, SandboxCgroup
+from prefect_opencomputer.local.sandbox.helper import HelperUnavailable, helper_binary
 
-SANDBOX_UID = 1000
-SANDBOX_GID = 1000
-SANDBOX_HOME = "/home/sandbox"
+SANDBOX_UID = ids.SANDBOX_UID
+SANDBOX_GID = ids.SANDBOX_GID
+SANDBOX_HOME = ids.SANDBOX_HOME
+# The sandbox user's groups: its own and Debian's static ``sudo`` group, as on the hosted image.
+SANDBOX_GROUPS = (ids.SANDBOX_GID, ids.SUDO_GID)
+SHM_BYTES = 256 * 1024 * 1024
+RootfsProvider = Callable[[str], Awaitable[Path]]
+_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 BASE_ENV: Mapping[str, str] = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": SANDBOX_HOME,
@@ -32,11 +43,14 @@ BASE_ENV: Mapping[str, str] = {
     "LOGNAME": "sandbox",
     "SHELL": "/bin/bash",
     "LANG": "C.UTF-8",
+    # The template trusts this host's CAs (see rootfs); tools with a bundle of their own are told too.
+    "SSL_CERT_FILE": _CA_BUNDLE,
+    "NODE_EXTRA_CA_CERTS": _CA_BUNDLE,
+    "REQUESTS_CA_BUNDLE": _CA_BUNDLE,
+    "PIP_CERT": _CA_BUNDLE,
 }
 TIMED_OUT_SUFFIX = b"\nProcess timed out"
-# What the sandbox's root may do to files (package installs chown, chmod and drop to service users).
-ROOT_CAPABILITIES = "+chown,+dac_override,+fowner,+fsetid,+setuid,+setgid,+kill,+net_bind_service"
-# After the command exits, how long to keep reading output that it left in the pipes.
+# After a timeout kill, how long to keep reading what a process outside the group left in the pipes.
 _PIPE_GRACE_SECONDS = 0.05
 
 
@@ -57,26 +71,48 @@ class CommandResult:
 
 @dataclass
 class _Machine:
-    process: processes.ChildProcess  # the outer unshare/bwrap process
+    process: processes.ChildProcess  # the helper's outer process, waiting for pid 1
     init_pid: int  # pid 1 of the sandbox's PID namespace, as seen from the host
+    pidfd: int  # the way in: the helper enters every namespace of pid 1 through it
     netns_fd: int
-    drains: set[asyncio.Task[None]]
     egress: asyncio.Server | None  # the outbound proxy listening inside the sandbox
+    cgroup: SandboxCgroup | None
+    frozen: bool = False
 
 
 class SandboxRuntime:
-    """Starts, stops and enters sandboxes whose layers live under ``root``."""
+    """Starts, stops, freezes and enters sandboxes whose layers live under ``root``.
 
-    def __init__(self, root: Path, *, hidden_paths: Sequence[Path] = ()) -> None:
+    ``rootfs`` gives the root filesystem of a template (building it on first use); ``cgroups``
+    is None only when the server was told to run without limits.
+    """
+
+    def __init__(
+        self, root: Path, *, cache: Path, rootfs: RootfsProvider, cgroups: CgroupHost | None
+    ) -> None:
         self.root = root
-        self.layers = layers.LayerStore(root / "layers", hidden_paths=(root, *hidden_paths))
+        self.cache = cache
+        self.layers = layers.LayerStore(root / "layers")
+        self.cgroups = cgroups
+        self._rootfs = rootfs
+        self._helper: str | None = None
         self._machines: dict[str, _Machine] = {}
         self._starting: dict[str, asyncio.Lock] = {}
 
-    @staticmethod
-    def check_available() -> None:
+    def check_available(self) -> None:
         """Raise `RuntimeUnavailable` with a readable reason when sandboxes cannot run here."""
         host.check_host()
+        try:
+            self._helper = str(helper_binary(self.cache))
+        except HelperUnavailable as error:
+            raise RuntimeUnavailable(str(error)) from error
+
+    @property
+    def helper(self) -> str:
+        if self._helper is None:
+            self.check_available()
+        assert self._helper is not None
+        return self._helper
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -84,80 +120,104 @@ class SandboxRuntime:
         machine = self._machines.get(sandbox_id)
         return machine is not None and machine.process.returncode is None
 
-    async def start(self, sandbox_id: str, *, hostname: str | None = None, network: bool = True) -> None:
-        """Boot the sandbox's process tree over its existing layer (idempotent).
+    def is_frozen(self, sandbox_id: str) -> bool:
+        machine = self._machines.get(sandbox_id)
+        return machine is not None and machine.frozen
+
+    async def start(
+        self,
+        sandbox_id: str,
+        *,
+        template: str,
+        hostname: str | None = None,
+        network: bool = True,
+        limits: Limits | None = None,
+    ) -> None:
+        """Boot the sandbox over its existing layer, or thaw it if it is frozen (idempotent).
 
         With ``network``, its processes reach the internet through the egress proxy (HTTP/HTTPS).
         """
         lock = self._starting.setdefault(sandbox_id, asyncio.Lock())
         async with lock:
             if self.is_running(sandbox_id):
+                machine = self._machines[sandbox_id]
+                if machine.frozen and machine.cgroup is not None:
+                    await asyncio.to_thread(machine.cgroup.thaw)
+                    machine.frozen = False
                 return
             upper, work = self.layers.sandbox_dirs(sandbox_id)
             if not upper.is_dir():
                 raise FileNotFoundError(f"no layer for sandbox {sandbox_id}")
+            lower = await self._rootfs(template)
             self.layers.reset_workdir(sandbox_id)
-            info_read, info_write = os.pipe()
-            ready_read, ready_write = os.pipe()
-            # bwrap reports the pid early; the init command signals once the root is in place.
-            init = f"echo ready >/proc/self/fd/{ready_write} && exec /bin/sleep infinity"
-            # The overlay is mounted inside a private mount namespace: it never exists on the host,
-            # and it goes away with the sandbox's last process, even if this server dies.
-            script = (
-                '"$6" -t overlay overlay -o "lowerdir=/,upperdir=$1,workdir=$2" "$3" '
-                '&& exec "$7" --bind "$3" / --dev /dev --proc /proc --tmpfs /run '
-                "--unshare-pid --unshare-ipc --unshare-uts --unshare-net --unshare-cgroup-try "
-                f'--hostname "$4" --chdir {SANDBOX_HOME} --die-with-parent --new-session '
-                f'--info-fd {info_write} -- /bin/sh -c "$5"'
-            )
+            cgroup = None
+            if self.cgroups is not None and limits is not None:
+                cgroup = await asyncio.to_thread(self.cgroups.create, sandbox_id, limits)
             merged = self.layers.mountpoint(sandbox_id)
             merged.mkdir(parents=True, exist_ok=True)
+            ready_read, ready_write = os.pipe()
+            argv = [
+                self.helper, "boot", "--lower", str(lower), "--upper", str(upper), "--work", str(work),
+                "--merged", str(merged), "--hostname", hostname or sandbox_id,
+                "--map", f"{ids.HOST_ID_BASE}:{ids.ID_COUNT}", "--shm-bytes", str(SHM_BYTES),
+                "--ready-fd", str(ready_write), *_cgroup_options(cgroup),
+            ]  # fmt: skip
             log_path = merged.with_name("init.log")
             try:
                 with log_path.open("wb") as log:
-                    unshare = [host.command("unshare"), "--mount", "--propagation", "private", "--"]
-                    arguments = [str(upper), str(work), str(merged), hostname or sandbox_id, init]
-                    commands = [host.command("mount"), host.command("bwrap")]
-                    process = await processes.spawn(
-                        [*unshare, "/bin/sh", "-c", script, "sandbox-init", *arguments, *commands],
-                        stdout=False,
-                        stderr=log,
-                        pass_fds=(info_write, ready_write),
-                    )
+                    process = await processes.spawn(argv, stdout=False, stderr=log, pass_fds=(ready_write,))
+            except BaseException:
+                os.close(ready_read)
+                if cgroup is not None:
+                    await asyncio.to_thread(cgroup.remove)
+                raise
             finally:
-                os.close(info_write)
                 os.close(ready_write)
             try:
-                info = await _read_until(info_read, b"}")
                 ready = await _read_until(ready_read, b"\n")
             finally:
-                os.close(info_read)
                 os.close(ready_read)
-            init_pid = _child_pid(info)
-            if init_pid is None or not ready:
+            try:
+                init_pid = int(ready)
+                pidfd = os.pidfd_open(init_pid)
+            except (ValueError, OSError):
                 process.kill()
                 await process.wait()
+                if cgroup is not None:
+                    await asyncio.to_thread(cgroup.remove)
                 reason = log_path.read_text(errors="replace").strip()
-                raise RuntimeUnavailable(f"sandbox {sandbox_id} failed to start: {reason}")
+                raise RuntimeUnavailable(f"sandbox {sandbox_id} failed to start: {reason}") from None
             netns_fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             proxy = None
             if network:
                 proxy = await egress.serve(egress.listening_socket(netns.socket_in(netns_fd)))
-            self._machines[sandbox_id] = _Machine(process, init_pid, netns_fd, set(), proxy)
+            self._machines[sandbox_id] = _Machine(process, init_pid, pidfd, netns_fd, proxy, cgroup)
+
+    async def freeze(self, sandbox_id: str) -> bool:
+        """Pause every process of the sandbox, memory kept; False when there is no freezer here."""
+        machine = self._machines.get(sandbox_id)
+        if machine is None or machine.cgroup is None:
+            return False
+        if not machine.frozen:
+            await asyncio.to_thread(machine.cgroup.freeze)
+            machine.frozen = True
+        return True
 
     async def stop(self, sandbox_id: str) -> None:
-        """Kill every process of the sandbox; its mount goes with them. The layer stays."""
+        """Kill every process of the sandbox; its mounts go with them. The layer stays."""
         machine = self._machines.pop(sandbox_id, None)
         if machine is None:
             return
-        for task in machine.drains:
-            task.cancel()
         if machine.egress is not None:
             machine.egress.close()
         os.close(machine.netns_fd)
-        # Killing pid 1 of a PID namespace kills every process in it; its parent reaps it and exits.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(machine.init_pid, signal.SIGKILL)
+        if machine.cgroup is not None:
+            await asyncio.to_thread(machine.cgroup.remove)
+        # Killing pid 1 of a PID namespace kills every process in it; the helper then exits.
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(machine.pidfd, signal.SIGKILL)
+        os.close(machine.pidfd)
+        machine.process.kill()
         await machine.process.wait()
 
     async def destroy(self, sandbox_id: str) -> None:
@@ -184,18 +244,13 @@ class SandboxRuntime:
     def _enter_argv(
         self, machine: _Machine, argv: Sequence[str], cwd: str | None, as_root: bool
     ) -> list[str]:
-        namespaces = ["-m", "-u", "-i", "-n", "-p", "-r", "-w"]
-        enter = [host.command("nsenter"), "-t", str(machine.init_pid), *namespaces]
         if as_root:
-            # Root of the sandbox's files, not of the host: no mounts, no ptrace, no setuid escalation.
-            bounding = f"--bounding-set=-all,{ROOT_CAPABILITIES}"
-            enter += ["--", host.command("setpriv"), bounding, "--no-new-privs"]
+            user = ["--uid", "0", "--gid", "0", "--groups", "0"]
         else:
-            enter += ["-S", str(SANDBOX_UID), "-G", str(SANDBOX_GID)]
-        enter.append("--")
-        if cwd and cwd != SANDBOX_HOME:
-            enter += ["/usr/bin/env", "-C", cwd, "--"]
-        return enter + list(argv)
+            groups = ",".join(str(gid) for gid in SANDBOX_GROUPS)
+            user = ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID), "--groups", groups]
+        options = [*user, "--cwd", cwd or SANDBOX_HOME, *_cgroup_options(machine.cgroup)]
+        return [self.helper, "enter", "--pidfd", str(machine.pidfd), *options, "--", *argv]
 
     async def spawn(
         self,
@@ -209,8 +264,8 @@ class SandboxRuntime:
     ) -> processes.ChildProcess:
         """Start a process inside the sandbox with piped output, in its own process group.
 
-        Commands run as the ``sandbox`` user; ``as_root`` (image builds) runs as the sandbox's root
-        with a small set of file capabilities.
+        Commands run as the ``sandbox`` user; ``as_root`` runs as the sandbox's own root, which is
+        nobody on the host.
         """
         machine = self._machine(sandbox_id)
         base = BASE_ENV if not as_root else {**BASE_ENV, "HOME": "/root", "USER": "root", "LOGNAME": "root"}
@@ -219,6 +274,7 @@ class SandboxRuntime:
             self._enter_argv(machine, argv, cwd, as_root),
             env={**base, **proxy, **(env or {})},
             stdin=stdin,
+            pass_fds=(machine.pidfd,),
         )
 
     async def run(
@@ -240,9 +296,11 @@ class SandboxRuntime:
             asyncio.ensure_future(out.consume(process.stdout)),
             asyncio.ensure_future(err.consume(process.stderr)),
         }
+        # Like the hosted agent: done when the command has exited and every holder of its output
+        # pipes has closed them (``sleep 3 & echo hi`` takes 3 s).
         timed_out = False
         try:
-            await asyncio.wait_for(process.wait(), timeout)
+            await asyncio.wait_for(asyncio.gather(process.wait(), *readers), timeout)
         except TimeoutError:
             timed_out = True
             kill_group(process.pid)
@@ -250,17 +308,10 @@ class SandboxRuntime:
         except BaseException:
             kill_group(process.pid)
             raise
-        # A background process may hold the pipes open: take what is there, then drain the rest.
-        _, pending = await asyncio.wait(readers, timeout=_PIPE_GRACE_SECONDS)
-        machine = self._machines.get(sandbox_id)
-        for task in pending:
-            if machine is not None:
-                machine.drains.add(task)
-                task.add_done_callback(machine.drains.discard)
-            else:
+        finally:
+            _, pending = await asyncio.wait(readers, timeout=_PIPE_GRACE_SECONDS)
+            for task in pending:
                 task.cancel()
-            out.stop_collecting()
-            err.stop_collecting()
         code = process.returncode if process.returncode is not None else -1
         stderr = err.value()
         if timed_out:
@@ -274,9 +325,7 @@ class SandboxRuntime:
     def files(self, sandbox_id: str) -> RootedFiles:
         """File operations on the sandbox's root as its processes see it (no escape)."""
         machine = self._machine(sandbox_id)
-        return RootedFiles(
-            Path(f"/proc/{machine.init_pid}/root"), home=SANDBOX_HOME, owner=(SANDBOX_UID, SANDBOX_GID)
-        )
+        return RootedFiles(Path(f"/proc/{machine.init_pid}/root"), home=SANDBOX_HOME, owner=ids.SANDBOX_OWNER)
 
     async def open_connection(
         self, sandbox_id: str, port: int
@@ -309,20 +358,14 @@ class _Capture:
         self.chunks: list[bytes] = []
         self.size = 0
         self.truncated = False
-        self._collecting = True
 
     async def consume(self, stream: asyncio.StreamReader) -> None:
         while chunk := await stream.read(65536):
-            if not self._collecting:
-                continue
             room = self.limit - self.size
             if len(chunk) > room:
                 chunk, self.truncated = chunk[:room], True
             self.chunks.append(chunk)
             self.size += len(chunk)
-
-    def stop_collecting(self) -> None:
-        self._collecting = False
 
     def value(self) -> bytes:
         return b"".join(self.chunks)
@@ -346,11 +389,7 @@ async def _read_until(fd: int, terminator: bytes) -> bytes:
             return b"".join(chunks)
 
 
-def _child_pid(info: bytes) -> int | None:
-    import json
-
-    try:
-        value = json.loads(info.decode())["child-pid"]
-    except (ValueError, KeyError, UnicodeDecodeError):
-        return None
-    return int(value)
+def _cgroup_options(cgroup: SandboxCgroup | None) -> list[str]:
+    if cgroup is None:
+        return []
+    return [option for path in cgroup.procs_files for option in ("--cgroup-procs", str(path))]

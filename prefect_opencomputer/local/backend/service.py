@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import signal
+import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prefect_opencomputer.local.backend import preview_auth, sizing
 from prefect_opencomputer.local.backend.checkpoints import Checkpoints
 from prefect_opencomputer.local.backend.exec_sessions import ExecSession, ExecSessionTable, Listener
+from prefect_opencomputer.local.backend.host import RuntimeUnavailable
 from prefect_opencomputer.local.backend.idle import IdleTracker
 from prefect_opencomputer.local.backend.images import BuildLogSink, Images
 from prefect_opencomputer.local.backend.previews import Previews
@@ -37,12 +41,76 @@ from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.backend.tags import parse_tags
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.sandbox import rootfs
+from prefect_opencomputer.local.sandbox.cgroups import CgroupHost, CgroupsUnavailable, Limits
 
 logger = logging.getLogger(__name__)
 
 _SIGNING_SECRET_KEY = "url_signing_secret"
 # How long `close()` lets checkpoint copies in flight finish before leaving them to recovery.
 _CLOSE_GRACE_SECONDS = 30.0
+MIB = 1024 * 1024
+# Processes per sandbox: enough for a build with parallel jobs, not enough to fork-bomb the host.
+MAX_PROCESSES = 4096
+
+
+def sandbox_limits(record: SandboxRecord) -> Limits:
+    """The cgroup limits of a sandbox's size: its memory tier, its vCPUs as a CPU quota."""
+    return Limits(record.memory_mb * MIB, MAX_PROCESSES, float(record.cpu_count))
+
+
+def cgroup_group(data_dir: Path) -> str:
+    """One cgroup per server data dir, so a server sweeps only the leftovers of its own sandboxes."""
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    return f"prefect-opencomputer-{digest}"
+
+
+def discover_cgroups(config: LocalServerConfig) -> CgroupHost | None:
+    """The host's cgroups for sandbox limits; None when the server runs with ``--no-limits``.
+
+    Raises `CgroupsUnavailable` with the reason when limits are wanted but cannot be had.
+    """
+    if not config.limits:
+        return None
+    return CgroupHost.discover(group=cgroup_group(config.data_dir))
+
+
+def prepare_host(config: LocalServerConfig, progress: rootfs.Progress) -> str:
+    """Get this machine ready to serve, before the server starts answering; returns the limits line.
+
+    Compiles the sandbox helper, checks the cgroups, and builds the default template's root
+    filesystem: minutes on the very first run (``progress`` hears about it), a cache hit after.
+    Raises `RuntimeUnavailable` with a readable reason.
+    """
+    SandboxRuntime(
+        config.data_dir, cache=rootfs.cache_dir(), rootfs=template_root, cgroups=None
+    ).check_available()
+    try:
+        cgroups = discover_cgroups(config)
+    except CgroupsUnavailable as error:
+        raise RuntimeUnavailable(f"{error} (or start with --no-limits)") from error
+    built: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            asyncio.run(rootfs.ensure_rootfs(sizing.DEFAULT_TEMPLATE, progress=progress))
+        except BaseException as error:
+            built.append(error)
+
+    # Its own thread and loop: the caller may be inside an event loop of its own.
+    worker = threading.Thread(target=build, name="rootfs-build")
+    worker.start()
+    worker.join()
+    if built:
+        raise RuntimeUnavailable(f"building the sandbox root filesystem failed: {built[0]}") from built[0]
+    if cgroups is None:
+        return "limits: none (--no-limits): memoryMB, cpuCount and process caps are not enforced"
+    return f"limits: {cgroups.describe()}"
+
+
+async def template_root(template: str) -> Path:
+    """A template's root filesystem, built on first use with its progress in the server log."""
+    return await rootfs.ensure_rootfs(template, progress=lambda line: logger.warning("%s", line))
 
 
 @dataclass(frozen=True)
@@ -76,7 +144,9 @@ class LocalBackend:
 
     def __init__(self, config: LocalServerConfig) -> None:
         self.config = config
-        self.runtime = SandboxRuntime(root=config.data_dir / "runtime", hidden_paths=[config.data_dir])
+        self.runtime = SandboxRuntime(
+            root=config.data_dir / "runtime", cache=rootfs.cache_dir(), rootfs=template_root, cgroups=None
+        )
         self.idle = IdleTracker(self._hibernate_if_idle)
         self.exec_sessions = ExecSessionTable()
         self.checkpoints = Checkpoints(self)
@@ -112,7 +182,14 @@ class LocalBackend:
 
     async def start(self) -> None:
         """Open the state and recover from the last run: what was running comes back hibernated."""
-        SandboxRuntime.check_available()
+        self.runtime.check_available()
+        try:
+            self.runtime.cgroups = discover_cgroups(self.config)
+        except CgroupsUnavailable as error:
+            raise RuntimeUnavailable(f"{error} (or start with --no-limits)") from error
+        if self.runtime.cgroups is not None:
+            # A killed server's sandboxes left their groups (and perhaps processes) behind.
+            await asyncio.to_thread(self.runtime.cgroups.sweep)
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self._store = StateStore(self.config.data_dir / "state.db")
         secret = self.store.setting(_SIGNING_SECRET_KEY)
@@ -120,8 +197,8 @@ class LocalBackend:
             secret = secrets.token_hex(32)
             self.store.set_setting(_SIGNING_SECRET_KEY, secret)
         self._signer = UrlSigner(bytes.fromhex(secret))
-        # Build the layer mask once, up front, so sandbox creation never races to build it.
-        await asyncio.to_thread(self.runtime.layers.mask)
+        # The default template up front (a cache hit after the first run), so no create waits for it.
+        await template_root(sizing.DEFAULT_TEMPLATE)
         for record in self.store.sandboxes():
             if record.status == "pending":
                 # Created but never acknowledged: nobody knows its id.
@@ -270,7 +347,7 @@ class LocalBackend:
         async with self.lifecycle_lock(sandbox_id):
             record = self.sandbox(sandbox_id)
             if record.status == "running":
-                await self.stop_processes(record, "hibernated")
+                await self.suspend(record)
             elif record.status != "hibernated":
                 raise WireError(400, "sandbox is not running")
         return record
@@ -458,7 +535,12 @@ class LocalBackend:
 
     async def boot(self, record: SandboxRecord) -> None:
         """Start the sandbox's processes over its layer and mark it running (lock held)."""
-        await self.runtime.start(record.id, network=record.network_enabled)
+        await self.runtime.start(
+            record.id,
+            template=record.template,
+            network=record.network_enabled,
+            limits=sandbox_limits(record),
+        )
         self._epochs[record.id] = self._epochs.get(record.id, 0) + 1
         record.status = "running"
         self.store.save_sandbox(record)
@@ -473,6 +555,19 @@ class LocalBackend:
         await self.runtime.stop(record.id)
         record.status = status
         self.store.save_sandbox(record)
+
+    async def suspend(self, record: SandboxRecord) -> None:
+        """Hibernate as the hosted service does: freeze the processes, memory kept (lock held).
+
+        Without a freezer (``--no-limits``) the processes stop instead, the disk kept.
+        """
+        await self.exec_sessions.close_sandbox(record.id)
+        self.idle.forget(record.id)
+        if await self.runtime.freeze(record.id):
+            record.status = "hibernated"
+            self.store.save_sandbox(record)
+        else:
+            await self.stop_processes(record, "hibernated")
 
     async def discard_sandbox(self, sandbox_id: str) -> None:
         """Remove every trace of a sandbox that was never acknowledged to a client."""
@@ -495,7 +590,11 @@ class LocalBackend:
     # -- internals ---------------------------------------------------------------------------
 
     def _is_live(self, record: SandboxRecord) -> bool:
-        return record.status == "running" and self.runtime.is_running(record.id)
+        return (
+            record.status == "running"
+            and self.runtime.is_running(record.id)
+            and not self.runtime.is_frozen(record.id)
+        )
 
     async def _awake(self, sandbox_id: str) -> SandboxRecord:
         record = self.require_live(sandbox_id)
@@ -533,7 +632,7 @@ class LocalBackend:
                 self.idle.forget(sandbox_id)
                 return
             logger.info("sandbox %s idle for %ss: hibernating", sandbox_id, record.timeout)
-            await self.stop_processes(record, "hibernated")
+            await self.suspend(record)
 
 
 def _no_build_log(step: int, step_type: str, message: str) -> None:

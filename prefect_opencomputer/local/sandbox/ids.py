@@ -14,6 +14,7 @@ SANDBOX_USER = "sandbox"
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
 SANDBOX_HOME = "/home/sandbox"
+SUDO_GID = 27  # static in Debian's base-passwd, as in the hosted Ubuntu image
 
 
 def host_id(inner: int) -> int:

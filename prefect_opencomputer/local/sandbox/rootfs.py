@@ -242,6 +242,7 @@ def recipe_key(recipe: Recipe, sources: tuple[AptSource, ...]) -> str:
         "recipe": {**asdict(recipe), "minutes": None},
         "sources": [source.line() for source in sources],
         "ids": [HOST_ID_BASE, ID_COUNT, SANDBOX_UID, SANDBOX_GID],
+        "trust": hashlib.sha256(_host_trust_bundle()).hexdigest(),
     }
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -256,7 +257,8 @@ async def ensure_rootfs(name: str, *, cache: Path | None = None, progress: Progr
     recipe = template_recipe(name)
     root = (cache or cache_dir()) / "rootfs"
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    stem = f"{name}-{recipe_key(recipe, host_apt_sources())}"
+    # Templates that share a recipe share one tree.
+    stem = f"tree-{recipe_key(recipe, host_apt_sources())}"
     final = root / stem
     if final.is_dir():
         return final
@@ -462,8 +464,35 @@ def _customise(tree: Path, sources: tuple[AptSource, ...], tarballs: Mapping[Npm
     )
     _write(tree / "etc/hostname", "", 0o644)
     _write(tree / "etc/default/locale", "LANG=C.UTF-8\n", 0o644)
+    _trust_host_cas(tree)
     for tarball, archive in tarballs.items():
         _unpack_npm_tarball(tree, tarball, archive)
+
+
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+HOST_EXTRA_CAS = Path("/usr/local/share/ca-certificates")
+
+
+def _host_trust_bundle() -> bytes:
+    """The CAs this host trusts: where its egress inspects TLS, sandboxes must trust that CA too."""
+    try:
+        return HOST_CA_BUNDLE.read_bytes()
+    except OSError:
+        return b""
+
+
+def _trust_host_cas(tree: Path) -> None:
+    """The host's CA bundle and its locally added CAs (kept by a later update-ca-certificates)."""
+    bundle = _host_trust_bundle()
+    if bundle:
+        target = tree / "etc/ssl/certs/ca-certificates.crt"
+        target.unlink(missing_ok=True)
+        _write(target, bundle.decode(), 0o644)
+    if HOST_EXTRA_CAS.is_dir():
+        for certificate in HOST_EXTRA_CAS.glob("*.crt"):
+            _write(
+                tree / "usr/local/share/ca-certificates" / certificate.name, certificate.read_text(), 0o644
+            )
 
 
 def _remove_devices(tree: Path) -> None:

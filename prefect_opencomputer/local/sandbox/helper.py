@@ -1,0 +1,57 @@
+"""The sandbox helper binary: compiled from ``helper.c`` once per source version, on first use.
+
+The server runs it with host privileges, so it lives in a root-owned directory no one else can
+write, and nothing inside a sandbox can reach it: it is looked up on the host, before it enters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("helper.c")
+_lock = threading.Lock()
+
+
+class HelperUnavailable(RuntimeError):
+    """The helper cannot be built here (no C compiler, or the compile failed)."""
+
+
+def helper_binary(cache: Path) -> Path:
+    """The compiled helper under ``cache/bin``, building it if this source version has none yet."""
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source).hexdigest()[:16]
+    directory = cache / "bin"
+    target = directory / f"sandbox-helper-{digest}"
+    if target.exists():
+        return target
+    with _lock:
+        if target.exists():
+            return target
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            raise HelperUnavailable(
+                "the sandbox helper needs a C compiler (apt-get install -y gcc libc6-dev)"
+            )
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        partial = directory / f".{target.name}.{os.getpid()}"
+        build = subprocess.run(
+            [compiler, "-O2", "-Wall", "-o", str(partial), str(SOURCE)],
+            capture_output=True,
+            check=False,
+        )
+        if build.returncode != 0:
+            partial.unlink(missing_ok=True)
+            reason = build.stderr.decode(errors="replace").strip()
+            raise HelperUnavailable(f"compiling the sandbox helper failed: {reason}")
+        os.chmod(partial, 0o755)
+        partial.rename(target)
+        for stale in directory.glob("sandbox-helper-*"):
+            if stale != target:
+                stale.unlink(missing_ok=True)
+    return target
