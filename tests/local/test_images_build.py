@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import opencomputer
 import pytest
+from booting import start
 
 from prefect_opencomputer.client import Image
 from prefect_opencomputer.local.backend.image_build import BuildFailed, BuiltImage, build_image
@@ -30,15 +28,6 @@ class BuildLogLines:
         return [message for number, _, message in self.lines if step is None or number == step]
 
 
-@pytest.fixture
-async def runtime(tmp_path: Path) -> AsyncIterator[SandboxRuntime]:
-    runtime = SandboxRuntime(tmp_path / "runtime", hidden_paths=[tmp_path])
-    yield runtime
-    for sandbox_id in list(runtime.running_ids()):
-        await runtime.destroy(sandbox_id)
-    await runtime.shutdown()
-
-
 async def build(
     runtime: SandboxRuntime, image: Image, log: BuildLogLines, *, step_timeout: float = 60
 ) -> BuiltImage:
@@ -55,29 +44,31 @@ async def build(
 async def fork_and_run(runtime: SandboxRuntime, script: str, *, cwd: str | None = None) -> str:
     """Start a sandbox from the built checkpoint and run `script` in it as the sandbox user."""
     await runtime.layers.fork(CHECKPOINT, "sb-fromimg1")
-    await runtime.start("sb-fromimg1")
+    await start(runtime, "sb-fromimg1")
     result = await runtime.run("sb-fromimg1", ["/bin/bash", "-c", script], cwd=cwd, timeout=30)
     assert result.exit_code == 0, result
     return result.stdout.decode()
 
 
 @pytest.mark.slow
-async def test_steps_run_in_order_and_their_result_is_the_checkpoint(runtime: SandboxRuntime) -> None:
+async def test_steps_run_as_the_hosted_builder_runs_them_and_their_result_is_the_checkpoint(
+    runtime: SandboxRuntime,
+) -> None:
     image = (
         Image.base()
         .env({"GREETING": "hello"})
-        .run_commands("echo step-two says $GREETING", "id -un > /etc/built-by")
+        .run_commands("echo step-two sees ${GREETING:-nothing}", "id -un > /tmp/built-by")
         .workdir("/srv/app")
-        .run_commands("pwd > where-i-ran")
+        .run_commands("pwd > /tmp/where-i-ran")
         .add_file("/srv/app/config.toml", "debug = true\n")
         .add_dir("/home/sandbox/data", {"a.txt": "A", "nested/b.txt": b"B"})
     )
     log = BuildLogLines()
 
-    built = await build(runtime, image, log)
+    await build(runtime, image, log)
 
-    assert built.envs == {"GREETING": "hello"} and built.workdir == "/srv/app"
-    assert "step-two says hello" in log.messages(step=2)
+    # env lands in /etc/environment and profile.d, as hosted: a plain later command does not see it.
+    assert "step-two sees nothing" in log.messages(step=2)
     steps = [number for number, _, _ in log.lines]
     assert steps == sorted(steps), "steps log in order"
     assert log.lines[-1] == (7, "checkpoint", "Creating checkpoint...")
@@ -85,10 +76,14 @@ async def test_steps_run_in_order_and_their_result_is_the_checkpoint(runtime: Sa
 
     out = await fork_and_run(
         runtime,
-        "cat /etc/built-by /srv/app/where-i-ran /srv/app/config.toml /home/sandbox/data/a.txt "
-        "/home/sandbox/data/nested/b.txt; echo; stat -c %U /srv/app /home/sandbox/data/a.txt",
+        "cat /tmp/built-by /tmp/where-i-ran /srv/app/config.toml /home/sandbox/data/a.txt "
+        "/home/sandbox/data/nested/b.txt; echo; stat -c %U /srv/app /home/sandbox/data/a.txt; "
+        "grep GREETING /etc/environment; bash -lc 'echo login shell sees $GREETING'",
     )
-    assert out.split() == ["root", "/srv/app", "debug", "=", "true", "AB", "sandbox", "sandbox"]
+    assert out.split() == [
+        *("sandbox", "/home/sandbox", "debug", "=", "true", "AB", "root", "root"),
+        *("GREETING=hello", "login", "shell", "sees", "hello"),
+    ]
 
 
 @pytest.mark.slow
@@ -122,7 +117,7 @@ async def test_a_step_that_runs_too_long_is_killed_and_fails_the_build(runtime: 
 
 
 @pytest.mark.slow
-async def test_apt_and_pip_packages_install_as_root_for_the_sandbox_user(
+async def test_apt_and_pip_packages_install_through_sudo_for_the_sandbox_user(
     runtime: SandboxRuntime,
 ) -> None:
     image = Image.base().apt_install(["cowsay"]).pip_install(["tomli-w"])

@@ -4,38 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from booting import start
 
 from prefect_opencomputer.local.backend import egress
 from prefect_opencomputer.local.backend.fileops import PathEscapeError
 from prefect_opencomputer.local.backend.runtime import SandboxRuntime
-from prefect_opencomputer.local.backend.service import template_root
-from prefect_opencomputer.local.sandbox import ids, rootfs
-from prefect_opencomputer.local.sandbox.cgroups import CgroupHost, Limits
-
-LIMITS = Limits(memory_bytes=1024 * 1024 * 1024, max_processes=512, cpu_quota_cores=1.0)
-
-
-@pytest.fixture
-async def runtime(tmp_path: Path) -> AsyncIterator[SandboxRuntime]:
-    cgroups = CgroupHost.discover(group=f"prefect-opencomputer-test-{os.getpid()}")
-    runtime = SandboxRuntime(
-        tmp_path / "runtime", cache=rootfs.cache_dir(), rootfs=template_root, cgroups=cgroups
-    )
-    yield runtime
-    for sandbox_id in list(runtime.running_ids()):
-        await runtime.destroy(sandbox_id)
-    await runtime.shutdown()
-    for directory in cgroups.hierarchy_dirs:
-        directory.rmdir()
+from prefect_opencomputer.local.sandbox import ids
 
 
 async def boot(runtime: SandboxRuntime, sandbox_id: str, *, network: bool = True) -> str:
     runtime.layers.create_sandbox(sandbox_id)
-    await runtime.start(sandbox_id, template="base", network=network, limits=LIMITS)
+    await start(runtime, sandbox_id, network=network)
     return sandbox_id
 
 
@@ -149,7 +131,7 @@ async def test_stop_keeps_the_disk_and_start_brings_it_back(runtime: SandboxRunt
     await sh(runtime, sandbox, "echo kept > kept.txt; sleep 300 >/dev/null 2>&1 &")
     await runtime.stop(sandbox)
     assert not runtime.is_running(sandbox)
-    await runtime.start(sandbox, template="base", limits=LIMITS)
+    await start(runtime, sandbox)
     assert await sh(runtime, sandbox, "cat kept.txt") == "kept\n"
     assert "sleep 30" not in await sh(runtime, sandbox, "ps -eo args")
 
@@ -162,12 +144,12 @@ async def test_checkpoint_fork_and_restore_copy_the_layer(runtime: SandboxRuntim
     await sh(runtime, source, "echo v2 > state.txt")
 
     await runtime.layers.fork("checkpoint-1", "sb-fork0001")
-    await runtime.start("sb-fork0001", template="base", limits=LIMITS)
+    await start(runtime, "sb-fork0001")
     assert await sh(runtime, "sb-fork0001", "cat state.txt") == "v1\n"
 
     await runtime.stop(source)
     await runtime.layers.restore("checkpoint-1", source)
-    await runtime.start(source, template="base", limits=LIMITS)
+    await start(runtime, source)
     assert await sh(runtime, source, "cat state.txt") == "v1\n"
 
 

@@ -1,8 +1,10 @@
 """Running an image manifest: its steps in order in a throwaway builder sandbox, then its layer checkpointed.
 
-Package installs and commands run as the sandbox's root (capability-limited), with the network reaching
-package registries through the runtime's egress proxy. Every line a step prints becomes a build log line while
-the step runs. A step that fails (or times out) ends the build: the builder and anything half-copied are
+Steps run as the hosted builder runs them: each is one shell command through the normal exec path, as the
+``sandbox`` user; package installs go through ``sudo``; ``env`` appends to ``/etc/environment`` and
+``/etc/profile.d/osb-image.sh`` (so later plain commands do not see it, login shells and ``sudo`` do);
+``workdir`` only creates the directory. Every line a step prints becomes a build log line while the step
+runs. A step that fails (or times out) ends the build: the builder and anything half-copied are
 removed, and `BuildFailed` names the step and its last output lines.
 """
 
@@ -10,17 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from prefect_opencomputer.local.backend.image_manifest import BuildStep, ImageManifest
-from prefect_opencomputer.local.backend.runtime import (
-    SANDBOX_GID,
-    SANDBOX_UID,
-    SandboxRuntime,
-    kill_group,
-)
+from prefect_opencomputer.local.backend.runtime import SandboxRuntime, kill_group
 from prefect_opencomputer.local.sandbox.cgroups import Limits
 
 # (step number, step type, message): step 0 is the build's own bookkeeping.
@@ -35,19 +33,6 @@ _TAIL_LINES = 30
 _TAIL_CHARS = 3000
 # After a step's process exits, how long its output may take to drain (a background child can hold the pipes).
 _PIPE_GRACE_SECONDS = 1.0
-_APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "APT_LISTCHANGES_FRONTEND": "none"}
-_PIP = (
-    "python3",
-    "-m",
-    "pip",
-    "install",
-    "--no-input",
-    "--disable-pip-version-check",
-    "--root-user-action=ignore",
-    "--break-system-packages",
-)
-# Creates the directory for the sandbox user unless it already exists (then it is left as it is).
-_MAKE_WORKDIR = f'[ -d "$1" ] || {{ mkdir -p -- "$1" && chown {SANDBOX_UID}:{SANDBOX_GID} -- "$1"; }}'
 
 
 class BuildFailed(Exception):
@@ -62,10 +47,8 @@ class BuildFailed(Exception):
 
 @dataclass(frozen=True)
 class BuiltImage:
-    """What sandboxes of the image inherit besides its files: the env and workdir its steps set."""
+    """The checkpoint a build left: everything an image gives its sandboxes is in its files."""
 
-    envs: Mapping[str, str]
-    workdir: str | None
     size_bytes: int
 
 
@@ -106,11 +89,36 @@ async def build_image(
     finally:
         with contextlib.suppress(Exception):
             await runtime.destroy(builder_id)
-    return BuiltImage(envs=dict(build.envs), workdir=build.workdir, size_bytes=size)
+    return BuiltImage(size_bytes=size)
+
+
+def step_command(step: BuildStep) -> str:
+    """The shell command the hosted builder runs for a step (``add_file`` and ``add_dir`` write files)."""
+    if step.type == "apt_install":
+        packages = " ".join(shlex.quote(name) for name in step.packages)
+        return (
+            "sudo DEBIAN_FRONTEND=noninteractive apt-get update -qq && "
+            f"sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {packages}"
+        )
+    if step.type == "pip_install":
+        return "sudo pip install -q " + " ".join(shlex.quote(name) for name in step.packages)
+    if step.type == "run":
+        return " && ".join(step.commands)
+    if step.type == "env":
+        lines = []
+        for key, value in step.variables.items():
+            assignment = shlex.quote(f"{key}={value}")
+            export = shlex.quote(f"export {key}={shlex.quote(value)}")
+            lines.append(f"echo {assignment} | sudo tee -a /etc/environment >/dev/null")
+            lines.append(f"echo {export} | sudo tee -a /etc/profile.d/osb-image.sh >/dev/null")
+        return " && ".join(lines) or "true"
+    if step.type == "workdir":
+        return f"sudo mkdir -p {shlex.quote(step.path)}"
+    raise ValueError(f"step {step.number} ({step.type}) writes files, it runs no command")
 
 
 class _Build:
-    """The state a build carries from step to step: environment and working directory."""
+    """One build's steps, each in the builder sandbox as the hosted builder runs it."""
 
     def __init__(
         self, runtime: SandboxRuntime, builder_id: str, log: BuildLogger, step_timeout: float
@@ -119,45 +127,22 @@ class _Build:
         self.builder_id = builder_id
         self.log = log
         self.step_timeout = step_timeout
-        self.envs: dict[str, str] = {}
-        self.workdir: str | None = None
 
     async def run_step(self, step: BuildStep) -> None:
-        if step.type == "apt_install":
-            await self._exec(step, ["apt-get", "update", "-q"], extra_env=_APT_ENV)
-            install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *step.packages]
-            await self._exec(step, install, extra_env=_APT_ENV)
-            await self._exec(step, ["apt-get", "clean"], extra_env=_APT_ENV)
-        elif step.type == "pip_install":
-            await self._exec(step, [*_PIP, *step.packages])
-        elif step.type == "run":
-            for command in step.commands:
-                await self._exec(step, ["/bin/bash", "-c", command])
-        elif step.type == "env":
-            self.envs.update(step.variables)
-        elif step.type == "workdir":
-            await self._exec(step, ["/bin/sh", "-c", _MAKE_WORKDIR, "workdir", step.path])
-            self.workdir = step.path
-        else:
+        if step.type in ("add_file", "add_dir"):
             await self._write_files(step)
+        else:
+            await self._exec(step, ["/bin/bash", "-c", step_command(step)])
 
-    async def _exec(
-        self, step: BuildStep, argv: Sequence[str], *, extra_env: Mapping[str, str] | None = None
-    ) -> None:
-        """Run one command of a step as the sandbox's root, logging each output line as it comes."""
+    async def _exec(self, step: BuildStep, argv: Sequence[str]) -> None:
+        """Run one step's command as the sandbox user, logging each output line as it comes."""
         tail: deque[str] = deque(maxlen=_TAIL_LINES)
 
         async def line(text: str) -> None:
             tail.append(text)
             await _emit(self.log, step.number, step.type, text)
 
-        process = await self.runtime.spawn(
-            self.builder_id,
-            argv,
-            env={**self.envs, **(extra_env or {})},
-            cwd=self.workdir,
-            as_root=True,
-        )
+        process = await self.runtime.spawn(self.builder_id, argv)
         assert process.stdout is not None and process.stderr is not None
         readers = {
             asyncio.ensure_future(_read_lines(process.stdout, line)),

@@ -96,13 +96,6 @@ class ImageCatalog:
         ).fetchall()
         return [_image(row) for row in rows]
 
-    def workdir_for_checkpoint(self, checkpoint_id: str) -> str | None:
-        row = self._db.execute(
-            "SELECT workdir FROM images WHERE checkpoint_id = ? AND workdir IS NOT NULL LIMIT 1",
-            (checkpoint_id,),
-        ).fetchone()
-        return None if row is None else str(row["workdir"])
-
     def forget_everything(self) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM images")

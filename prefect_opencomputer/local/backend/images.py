@@ -162,12 +162,6 @@ class Images:
             self._backend.store.save_sandbox(record)
         return record, token
 
-    def default_workdir(self, sandbox: SandboxRecord) -> str | None:
-        """Where commands of a sandbox started from an image run when they name no directory."""
-        if sandbox.based_on_checkpoint_id is None or self._catalog is None:
-            return None
-        return self.catalog.workdir_for_checkpoint(sandbox.based_on_checkpoint_id)
-
     # -- snapshots ---------------------------------------------------------------------------
 
     async def create_snapshot(
@@ -233,9 +227,7 @@ class Images:
             else:
                 self.catalog.delete(snapshot.id)
             raise
-        build = self.catalog.build_cache(snapshot.content_hash)
         snapshot.checkpoint_id = checkpoint_id
-        snapshot.workdir = build.workdir if build is not None else None
         snapshot.status = "ready"
         snapshot.last_used_at = utc_now()
         self.catalog.save(snapshot)
@@ -354,13 +346,10 @@ class Images:
                 logger.warning("image %s: build failed: %r", manifest.content_hash[:12], error)
                 raise ImageBuildError(f"image build failed: {error}") from error
             raise
-        if built.envs:
-            checkpoint.sandbox_config["envs"] = dict(built.envs)
         checkpoint.status = "ready"
         checkpoint.size_bytes = built.size_bytes
         store.save_checkpoint(checkpoint)
         image.status = "ready"
-        image.workdir = built.workdir
         self.catalog.save(image)
         store.delete_sandbox(builder.id)
         logger.info("image %s built (%d steps)", manifest.content_hash[:12], len(manifest.steps))

@@ -435,7 +435,7 @@ class LocalBackend:
                 sandbox_id,
                 argv,
                 env={**record.envs, **envs},
-                cwd=cwd or self.images.default_workdir(record),
+                cwd=cwd,
                 timeout=timeout,
             )
 
@@ -455,7 +455,7 @@ class LocalBackend:
                 sandbox_id,
                 [command, *args],
                 env={**record.envs, **envs},
-                cwd=cwd or self.images.default_workdir(record),
+                cwd=cwd,
                 stdin=True,
             )
             session_id = new_session_id()

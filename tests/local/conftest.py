@@ -1,0 +1,28 @@
+"""Fixtures for the local server's own tests: a sandbox runtime without HTTP."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from prefect_opencomputer.local.backend.runtime import SandboxRuntime
+from prefect_opencomputer.local.backend.service import template_root
+from prefect_opencomputer.local.sandbox import rootfs
+from prefect_opencomputer.local.sandbox.cgroups import CgroupHost
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> AsyncIterator[SandboxRuntime]:
+    """A runtime over a fresh data dir, with real cgroups in a group of the test's own."""
+    cgroups = CgroupHost.discover(group=f"prefect-opencomputer-test-{os.getpid()}")
+    cache = rootfs.cache_dir()
+    runtime = SandboxRuntime(tmp_path / "runtime", cache=cache, rootfs=template_root, cgroups=cgroups)
+    yield runtime
+    for sandbox_id in list(runtime.running_ids()):
+        await runtime.destroy(sandbox_id)
+    await runtime.shutdown()
+    for directory in cgroups.hierarchy_dirs:
+        directory.rmdir()
