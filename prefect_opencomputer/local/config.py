@@ -25,6 +25,9 @@ class LocalServerConfig:
     region: str = "local"
     max_json_bytes: int = 1 * MIB
     max_file_bytes: int = 1024 * MIB
+    # Threads dedicated to the files API, and how long one file operation may take before a 503.
+    file_workers: int = 4
+    file_operation_timeout: float = 30.0
 
     def __repr__(self) -> str:
         # The API key never shows in a repr (logs, tracebacks, test output).
