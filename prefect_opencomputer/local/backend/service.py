@@ -37,6 +37,7 @@ from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.backend.tags import parse_tags
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.private_files import make_private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class LocalBackend:
     async def start(self) -> None:
         """Open the state and recover from the last run: what was running comes back hibernated."""
         SandboxRuntime.check_available()
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.config.data_dir)
         self._store = StateStore(self.config.data_dir / "state.db")
         secret = self.store.setting(_SIGNING_SECRET_KEY)
         if secret is None:
