@@ -6,6 +6,7 @@ Every payload here only plants links, FIFOs and files inside the sandbox and rec
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import threading
 import time
@@ -120,6 +121,11 @@ def test_special_files_are_refused_at_once_for_reading_and_writing(rooted: Roote
             rooted.open_write("pipe")
     finally:
         os.close(reader)
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(rooted.root / "home/sandbox/sock"))
+        for open_it in (rooted.open_read, rooted.open_write):
+            with pytest.raises(NotRegularFileError):
+                open_it("sock")
 
 
 @pytest.mark.security
