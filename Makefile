@@ -25,9 +25,9 @@ bench: install
 
 install: system-deps $(VENV)/.installed
 
-# bubblewrap runs the local server's sandboxes, mmdebstrap builds their root filesystems, uidmap maps
-# their ids; as root we install what is missing, otherwise we say how.
-SYSTEM_DEPS := bwrap:bubblewrap mmdebstrap:mmdebstrap newuidmap:uidmap
+# The local server's sandboxes: a C compiler builds their helper, mmdebstrap their root filesystems, nft
+# and ip fence their networks. As root we install what is missing, otherwise we say how.
+SYSTEM_DEPS := cc:gcc mmdebstrap:mmdebstrap nft:nftables ip:iproute2
 system-deps:
 	@missing=""; for dep in $(SYSTEM_DEPS); do \
 		command -v "$${dep%%:*}" >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; \

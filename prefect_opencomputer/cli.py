@@ -45,7 +45,10 @@ def local_serve(
             envvar=API_KEY_ENV,
             show_default=False,
             show_envvar=True,
-            help="The key clients must send; generated and printed once when not given.",
+            help=(
+                "The key clients must send; generated and printed once when not given. Prefer the "
+                "environment variable: a command line is visible to other local users in the process list."
+            ),
         ),
     ] = None,
     enable_test_routes: Annotated[

@@ -26,6 +26,9 @@ class LocalServerConfig:
     max_json_bytes: int = 1 * MIB
     max_file_bytes: int = 1024 * MIB
     limits: bool = True  # per-sandbox cgroups (memory, processes, CPU, freezer); off only when told
+    # Threads dedicated to the files API, and how long one file operation may take before a 503.
+    file_workers: int = 4
+    file_operation_timeout: float = 30.0
 
     def __repr__(self) -> str:
         # The API key never shows in a repr (logs, tracebacks, test output).

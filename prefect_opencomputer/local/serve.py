@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import re
 import signal
 import socket
 import threading
+import time
 from collections.abc import Generator
 from pathlib import Path
 from types import FrameType
@@ -24,6 +26,8 @@ from fastapi import FastAPI
 from prefect_opencomputer.local.app import create_app
 from prefect_opencomputer.local.backend.service import LocalBackend
 from prefect_opencomputer.local.config import LocalServerConfig
+from prefect_opencomputer.local.log_limits import limit_server_logs
+from prefect_opencomputer.local.private_files import make_private_dir
 from prefect_opencomputer.local.protocols import RefusableWebSocketProtocol, TrackedH11Protocol
 
 # Let in-flight requests finish on shutdown, but never hang a test run or a Ctrl-C.
@@ -31,6 +35,10 @@ _GRACEFUL_SHUTDOWN_SECONDS = 3
 # Clients pause between calls (polling a checkpoint, a flow between tasks); a closed idle
 # connection then races their next request.
 _KEEP_ALIVE_SECONDS = 60
+# After a stop signal the process exits within this long, whatever a sandbox or a stuck system call
+# does: past the checkpoint copies' own grace (30 s), what is left is a crash that the next start
+# recovers from (state is committed with fsync; unfinished checkpoints end failed).
+STOP_DEADLINE_SECONDS = 45.0
 _API_KEY_IN_TEXT = re.compile(r"(api_key=)[^&\s\"']*", re.IGNORECASE)
 
 
@@ -39,11 +47,11 @@ class LocalServerError(RuntimeError):
 
 
 def prepare_data_dir(data_dir: Path) -> Path:
-    """Create the data directory and prove it is writable."""
+    """Create the data directory private (0700, forced on an existing one) and prove it is writable."""
     data_dir = data_dir.expanduser().resolve()
     probe = data_dir / ".write-probe"
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(data_dir)
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
@@ -105,8 +113,11 @@ class _Server(uvicorn.Server):
     """uvicorn's server, minus its habit of re-raising the stop signal once shut down.
 
     After a clean shutdown on Ctrl-C or SIGTERM, the process should exit normally, not die by the
-    signal (or print a KeyboardInterrupt traceback).
+    signal (or print a KeyboardInterrupt traceback); if the shutdown is not over within
+    `STOP_DEADLINE_SECONDS`, the process exits anyway.
     """
+
+    _deadline: threading.Thread | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -125,6 +136,17 @@ class _Server(uvicorn.Server):
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True  # a second Ctrl-C stops waiting for open connections
         self.should_exit = True
+        if self._deadline is None:
+            self._deadline = threading.Thread(target=_exit_after_deadline, name="stop-deadline", daemon=True)
+            self._deadline.start()
+
+
+def _exit_after_deadline() -> None:
+    time.sleep(STOP_DEADLINE_SECONDS)
+    logging.getLogger("prefect_opencomputer.local").error(
+        "shutdown did not finish within %.0f s; exiting now", STOP_DEADLINE_SECONDS
+    )
+    os._exit(1)
 
 
 def build_server(
@@ -149,6 +171,7 @@ def build_server(
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
     )
     scrub_api_keys_from_uvicorn_logs()
+    limit_server_logs()
     return _Server(uvicorn_config), app
 
 

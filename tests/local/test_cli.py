@@ -2,66 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from serving import COMMAND, Served, bwrap_processes, cmdline, environment, wait_until_serving
 
 pytestmark = pytest.mark.slow
-
-COMMAND = [sys.executable, "-m", "prefect_opencomputer.cli", "local", "serve"]
-
-
-def environment(**overrides: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key != "OPENCOMPUTER_LOCAL_API_KEY"}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(overrides)
-    return env
-
-
-class Served:
-    """A ``local serve`` process whose combined output goes to a file (pipes would need a reader)."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        with log.open("w") as sink:
-            self.process = subprocess.Popen([*COMMAND, *args], env=env, stdout=sink, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while (match := re.search(r"on (http://127\.0\.0\.1:\d+)", log.read_text())) is None:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"local serve did not start: {log.read_text()}")
-            time.sleep(0.02)
-        self.url = match.group(1)
-
-    def signal(self, signum: int) -> str:
-        self.process.send_signal(signum)
-        self.process.wait(timeout=60)
-        return self.log.read_text()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-def wait_until_serving(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url + "/api/sandboxes", timeout=5)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise AssertionError(f"{url} never answered")
 
 
 @pytest.fixture
@@ -140,7 +92,7 @@ def test_unwritable_data_dir_is_a_one_line_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_missing_bubblewrap_is_a_one_line_error(tmp_path: Path) -> None:
+def test_missing_host_tools_are_a_one_line_error(tmp_path: Path) -> None:
     result = subprocess.run(
         [*COMMAND, "--port", "0", "--data-dir", str(tmp_path)],
         env=environment(PATH=str(tmp_path / "empty-path")),
@@ -149,24 +101,5 @@ def test_missing_bubblewrap_is_a_one_line_error(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 1
-    assert result.stderr.startswith("error: missing commands: bwrap")
+    assert result.stderr.startswith("error: missing commands: cp, rm, setpriv, mmdebstrap")
     assert "Traceback" not in result.stderr
-
-
-def bwrap_processes() -> list[int]:
-    pids = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if Path(entry.path, "comm").read_text().strip() == "bwrap":
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""

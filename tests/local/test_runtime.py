@@ -181,13 +181,17 @@ async def test_file_paths_cannot_leave_the_sandbox(runtime: SandboxRuntime) -> N
         files.open_read("/home/sandbox/missing.txt")
 
 
-async def test_files_written_in_home_belong_to_the_sandbox_user(runtime: SandboxRuntime) -> None:
+async def test_files_written_through_the_api_belong_to_root_as_hosted(runtime: SandboxRuntime) -> None:
     sandbox = await boot(runtime, "sb-file0001")
     files = runtime.files(sandbox)
     with files.open_write("project/src/main.py") as handle:
         handle.write(b"print('hi')\n")
     assert [e.name for e in files.list("/home/sandbox/project")] == ["src"]
-    out = await sh(runtime, sandbox, "echo '# more' >> project/src/main.py && python3 project/src/main.py")
+    owners = "stat -c '%U:%G %a' project project/src/main.py"
+    assert await sh(runtime, sandbox, owners) == "root:root 755\nroot:root 644\n"
+    denied = await runtime.run(sandbox, ["/bin/sh", "-c", "echo '# more' >> project/src/main.py"])
+    assert denied.exit_code != 0 and b"Permission denied" in denied.stderr
+    out = await sh(runtime, sandbox, "sudo sh -c \"echo '# more' >> project/src/main.py\"; python3 project/src/main.py")
     assert out == "hi\n"
     files.remove("project")
     assert not files.exists("project")

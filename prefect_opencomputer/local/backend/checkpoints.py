@@ -27,6 +27,7 @@ from prefect_opencomputer.local.backend.records import (
 )
 from prefect_opencomputer.local.backend.state import DuplicateName
 from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.sandbox import copying
 
 if TYPE_CHECKING:
     from prefect_opencomputer.local.backend.service import LocalBackend
@@ -78,14 +79,23 @@ class Checkpoints:
     # -- server lifecycle --------------------------------------------------------------------
 
     async def recover(self) -> None:
-        """A copy that was in flight when the server died never finished: mark it failed."""
+        """A copy that was in flight when the server died never finished: mark it failed.
+
+        Its data goes, and so does every partial copy (checkpoint or fork) that a killed server
+        left; nothing here fails the start.
+        """
         store = self._backend.store
+        layers = self._backend.runtime.layers
+        await copying.sweep_partials(layers.checkpoint_dir("-").parent)
+        for sandbox in store.sandboxes():
+            await copying.sweep_partials(layers.sandbox_dirs(sandbox.id)[0].parent)
         for checkpoint in store.checkpoints(status="processing"):
             checkpoint.status = "failed"
             checkpoint.error_msg = "the local server stopped while the checkpoint was being taken"
             checkpoint.failed_at = utc_now()
             store.save_checkpoint(checkpoint)
-            await self._backend.runtime.layers.remove_checkpoint(checkpoint.id)
+            with contextlib.suppress(OSError):
+                await copying.remove_tree(layers.checkpoint_dir(checkpoint.id))
 
     async def finish_copies(self, timeout: float) -> None:
         """Wait (bounded) for copies in flight; what remains is failed by the next `recover`."""

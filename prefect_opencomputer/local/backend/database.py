@@ -7,15 +7,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from prefect_opencomputer.local.private_files import force_private, make_private_dir, make_private_file
+
 
 def connect(path: Path, schema: str) -> sqlite3.Connection:
-    """Open ``path`` (WAL, fsync on every commit: an acknowledged write survives a crash) with ``schema``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Open ``path`` (WAL, fsync on every commit: an acknowledged write survives a crash) with ``schema``.
+
+    The file and its ``-wal``/``-shm`` companions are 0600 (SQLite gives the companions the main
+    file's mode; existing ones are forced too): the state holds secrets.
+    """
+    make_private_dir(path.parent)
+    make_private_file(path)
     db = sqlite3.connect(path, isolation_level=None)
     db.row_factory = sqlite3.Row
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     db.executescript(schema)
+    force_private(path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
     return db
 
 

@@ -4,6 +4,11 @@ The server reaches a running sandbox's files through ``/proc/<pid>/root``. Plain
 there would follow an absolute symlink (or a ``/proc`` magic link) back onto the host, so every
 lookup goes through ``openat2`` with ``RESOLVE_IN_ROOT`` (symlinks resolve as inside the sandbox),
 ``RESOLVE_NO_MAGICLINKS`` and ``RESOLVE_NO_XDEV`` (no ``/proc``, ``/dev`` or other mounts).
+
+Only regular files are read or written: every open is ``O_NONBLOCK | O_NOCTTY`` and checked with
+``fstat`` before a byte moves, so a FIFO, socket or device the sandbox planted answers at once
+instead of holding a server thread. Ownership and modes change only on what a call created, and
+only through its own file descriptor, so no link can redirect a ``chown``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,15 @@ class PathEscapeError(ValueError):
     """The path leaves the sandbox root (``..`` above ``/``, a magic link or another mount)."""
 
 
+class NotRegularFileError(ValueError):
+    """The path names a FIFO, socket or device: the files API reads and writes regular files only."""
+
+
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+_MAX_LINK_HOPS = 40  # as the kernel's own limit
+
+
 class _OpenHow(ctypes.Structure):
     _fields_ = (
         ("flags", ctypes.c_uint64),
@@ -42,6 +56,10 @@ class _OpenHow(ctypes.Structure):
 
 
 def _openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
+    if "\0" in path:
+        raise ValueError("embedded null byte in path")
+    if not flags & _O_PATH:  # openat2 refuses any other flag beside O_PATH
+        flags |= os.O_NOCTTY
     how = _OpenHow(flags | os.O_CLOEXEC, mode, _RESOLVE)
     fd = int(
         _libc.syscall(
@@ -56,6 +74,8 @@ def _openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
         err = ctypes.get_errno()
         if err in (errno.ELOOP, errno.EXDEV):
             raise PathEscapeError(f"path escapes the sandbox root: {path}")
+        if err == errno.ENXIO:  # a socket, or a FIFO opened for writing with no reader
+            raise NotRegularFileError(f"not a regular file: /{path.lstrip('/')}")
         raise OSError(err, os.strerror(err), path)
     return fd
 
@@ -69,7 +89,13 @@ class DirEntry:
 
 
 class RootedFiles:
-    """Reads and writes below ``root`` as a process chrooted there would see them."""
+    """Reads and writes below ``root`` as a process chrooted there would see them.
+
+    ``owner`` is the host ``(uid, gid)`` that files and directories this object *creates* are given
+    (0644 files, 0755 directories). The hosted agent writes as root, so the runtime passes the
+    sandbox's root (``ids.ROOT_OWNER``), in the home as elsewhere: the user's commands need sudo to
+    change what the API wrote, as there.
+    """
 
     def __init__(self, root: Path, *, home: str, owner: tuple[int, int]) -> None:
         self.root = root
@@ -78,6 +104,8 @@ class RootedFiles:
 
     def resolve(self, path: str) -> str:
         """Absolute, normalised form of ``path``; relative paths start at the sandbox's home."""
+        if "\0" in path:  # the C side would cut the name short at the NUL
+            raise ValueError("embedded null byte in path")
         if not path.startswith("/"):
             path = f"{self.home}/{path}"
         parts: list[str] = []
@@ -98,11 +126,7 @@ class RootedFiles:
         """Open a regular file for reading."""
         fd = self._open(path, os.O_RDONLY | os.O_NONBLOCK)
         try:
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISDIR(mode):
-                raise IsADirectoryError(errno.EISDIR, "is a directory", self.resolve(path))
-            if not stat.S_ISREG(mode):
-                raise PathEscapeError(f"not a regular file: {self.resolve(path)}")
+            _require_regular(fd, self.resolve(path))
             os.set_blocking(fd, True)
             return os.fdopen(fd, "rb")
         except BaseException:
@@ -141,24 +165,39 @@ class RootedFiles:
     # -- writing ---------------------------------------------------------------------------
 
     def open_write(self, path: str) -> BinaryIO:
-        """Create or truncate a file (mode 0644), making its parent directories as needed."""
+        """Create or truncate a regular file, making its parent directories as needed.
+
+        As the hosted agent (``O_CREAT | O_TRUNC``, mode 0644, as root): a new file is given
+        ``owner`` and mode 0644 through its descriptor; an existing file is truncated and keeps its
+        owner and mode. A final symlink is followed, resolved inside the root, and its target keeps
+        its owner and mode too: ``O_CREAT | O_EXCL`` never follows a link, so only a file this call
+        made is ever chowned. Anything but a regular file (FIFO, socket, device) is refused before
+        a byte is written.
+        """
         resolved = self.resolve(path)
         if resolved == "/":
             raise IsADirectoryError(errno.EISDIR, "is a directory", resolved)
         self.mkdir(posixpath.dirname(resolved))
-        fd = self._open(resolved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            if stat.S_ISDIR(os.fstat(fd).st_mode):
-                raise IsADirectoryError(errno.EISDIR, "is a directory", resolved)
-            if self._owned_by_sandbox(resolved):
-                os.fchown(fd, *self.owner)
-            return os.fdopen(fd, "wb")
-        except BaseException:
-            os.close(fd)
-            raise
+        for _ in range(_MAX_LINK_HOPS):
+            try:
+                fd = self._open(resolved, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NONBLOCK, 0)
+            except FileExistsError:
+                try:
+                    fd = self._open(resolved, os.O_WRONLY | os.O_NONBLOCK)
+                except FileNotFoundError:
+                    # A dangling link: create its target, as a write that follows it would.
+                    resolved = self._link_target(resolved)
+                    continue
+                return _writable(fd, resolved, created=None)
+            return _writable(fd, resolved, created=self.owner)
+        raise PathEscapeError(f"too many levels of symbolic links: {self.resolve(path)}")
 
     def mkdir(self, path: str) -> None:
-        """``mkdir -p`` (mode 0755), one component at a time so no lookup leaves the root."""
+        """``mkdir -p``, one component at a time so no lookup leaves the root.
+
+        Each directory made is given ``owner`` and mode 0755 through a descriptor opened without
+        following links; directories that already exist are left as they are.
+        """
         resolved = self.resolve(path)
         parts = [p for p in resolved.split("/") if p]
         for depth in range(1, len(parts) + 1):
@@ -172,12 +211,20 @@ class RootedFiles:
             try:
                 try:
                     with as_sandbox_root():
-                        os.mkdir(parts[depth - 1], 0o755, dir_fd=parent_fd)
+                        os.mkdir(parts[depth - 1], 0o700, dir_fd=parent_fd)
                 except FileExistsError:
                     # A file (or a dangling link) is in the way.
                     raise NotADirectoryError(errno.ENOTDIR, "not a directory", prefix) from None
-                if self._owned_by_sandbox(prefix):
-                    os.chown(parts[depth - 1], *self.owner, dir_fd=parent_fd, follow_symlinks=False)
+                made = os.open(
+                    parts[depth - 1],
+                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    dir_fd=parent_fd,
+                )
+                try:
+                    os.fchown(made, *self.owner)
+                    os.fchmod(made, DIR_MODE)
+                finally:
+                    os.close(made)
             finally:
                 os.close(parent_fd)
 
@@ -204,6 +251,17 @@ class RootedFiles:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _link_target(self, resolved: str) -> str:
+        """Where the symlink at ``resolved`` points, as an absolute path inside the root."""
+        parent_fd = self._open(posixpath.dirname(resolved), _O_PATH | os.O_DIRECTORY)
+        try:
+            target = os.readlink(posixpath.basename(resolved), dir_fd=parent_fd)
+        except OSError:  # no longer a link: it went while we looked
+            raise FileNotFoundError(errno.ENOENT, "no such file or directory", resolved) from None
+        finally:
+            os.close(parent_fd)
+        return self.resolve(posixpath.join(posixpath.dirname(resolved), target))
+
     def _open(self, path: str, flags: int, mode: int = 0) -> int:
         resolved = self.resolve(path)
         root_fd = os.open(self.root, _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -217,6 +275,26 @@ class RootedFiles:
         finally:
             os.close(root_fd)
 
-    def _owned_by_sandbox(self, resolved: str) -> bool:
-        # The files API writes as the sandbox's agent; inside the home it hands files to the user.
-        return resolved == self.home or resolved.startswith(self.home + "/")
+
+def _writable(fd: int, resolved: str, *, created: tuple[int, int] | None) -> BinaryIO:
+    """A write handle on ``fd``: a file just created gets ``created`` as owner and mode 0644."""
+    try:
+        if created is not None:
+            os.fchown(fd, *created)
+            os.fchmod(fd, FILE_MODE)
+        else:
+            _require_regular(fd, resolved)
+            os.ftruncate(fd, 0)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _require_regular(fd: int, resolved: str) -> None:
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", resolved)
+    if not stat.S_ISREG(mode):
+        raise NotRegularFileError(f"not a regular file: {resolved}")

@@ -10,13 +10,11 @@ copies it back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 from pathlib import Path
 
-from prefect_opencomputer.local.backend import host
-from prefect_opencomputer.local.sandbox import ids
+from prefect_opencomputer.local.sandbox import copying, ids
 
 
 class LayerStore:
@@ -64,14 +62,14 @@ class LayerStore:
         upper, _ = self.sandbox_dirs(sandbox_id)
         target = self.checkpoint_dir(checkpoint_id)
         target.parent.mkdir(parents=True, exist_ok=True)
-        await host.copy_tree(upper, target)
-        return await asyncio.to_thread(_tree_size, target)
+        await copying.copy_tree(upper, target)
+        return await asyncio.to_thread(copying.tree_size, target)
 
     async def fork(self, checkpoint_id: str, sandbox_id: str) -> None:
         """A new sandbox layer holding what the checkpoint holds."""
         upper, work = self.sandbox_dirs(sandbox_id)
         upper.parent.mkdir(parents=True, exist_ok=True)
-        await host.copy_tree(self.checkpoint_dir(checkpoint_id), upper)
+        await copying.copy_tree(self.checkpoint_dir(checkpoint_id), upper)
         _owned_dir(work, 0o700)
 
     async def restore(self, checkpoint_id: str, sandbox_id: str) -> None:
@@ -79,19 +77,19 @@ class LayerStore:
         upper, _ = self.sandbox_dirs(sandbox_id)
         incoming = upper.with_name("upper.restoring")
         outgoing = upper.with_name("upper.old")
-        await host.remove_tree(incoming)
-        await host.copy_tree(self.checkpoint_dir(checkpoint_id), incoming)
-        await host.remove_tree(outgoing)
+        await copying.remove_tree(incoming)
+        await copying.copy_tree(self.checkpoint_dir(checkpoint_id), incoming)
+        await copying.remove_tree(outgoing)
         upper.rename(outgoing)
         incoming.rename(upper)
-        await host.remove_tree(outgoing)
+        await copying.remove_tree(outgoing)
         self.reset_workdir(sandbox_id)
 
     async def remove_sandbox(self, sandbox_id: str) -> None:
-        await host.remove_tree(self.root / "sandboxes" / sandbox_id)
+        await copying.remove_tree(self.root / "sandboxes" / sandbox_id)
 
     async def remove_checkpoint(self, checkpoint_id: str) -> None:
-        await host.remove_tree(self.checkpoint_dir(checkpoint_id))
+        await copying.remove_tree(self.checkpoint_dir(checkpoint_id))
 
 
 def _owned_dir(path: Path, mode: int) -> None:
@@ -99,12 +97,3 @@ def _owned_dir(path: Path, mode: int) -> None:
     path.mkdir(mode=mode, exist_ok=True)
     os.chown(path, *ids.ROOT_OWNER)
     os.chmod(path, mode)
-
-
-def _tree_size(path: Path) -> int:
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total

@@ -325,7 +325,7 @@ class SandboxRuntime:
     def files(self, sandbox_id: str) -> RootedFiles:
         """File operations on the sandbox's root as its processes see it (no escape)."""
         machine = self._machine(sandbox_id)
-        return RootedFiles(Path(f"/proc/{machine.init_pid}/root"), home=SANDBOX_HOME, owner=ids.SANDBOX_OWNER)
+        return RootedFiles(Path(f"/proc/{machine.init_pid}/root"), home=SANDBOX_HOME, owner=ids.ROOT_OWNER)
 
     async def open_connection(
         self, sandbox_id: str, port: int

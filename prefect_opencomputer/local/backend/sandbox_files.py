@@ -1,20 +1,26 @@
 """The files API of a sandbox: streamed reads and writes that cannot leave its root.
 
-File operations block, so they run in worker threads; errors a client caused become 4xx
-`WireError`s naming the path (a missing file is 404 here, where the service answers 500).
+File operations block, so they run in a few worker threads of their own (`FileWorkers`), each
+bounded by a timeout that answers a retryable 503: whatever a sandbox does to its files, it cannot
+hold every server thread or a request for ever, and a stuck thread never delays the server's exit.
+Errors a client caused become 4xx `WireError`s naming the path (a missing file is 404 here, where
+the service answers 500).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import errno
+import functools
 import os
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, BinaryIO
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-import anyio.to_thread
-
-from prefect_opencomputer.local.backend.fileops import DirEntry, PathEscapeError
+from prefect_opencomputer.local.backend.fileops import DirEntry, NotRegularFileError, PathEscapeError
 from prefect_opencomputer.local.errors import WireError
 
 if TYPE_CHECKING:
@@ -24,12 +30,82 @@ CHUNK_BYTES = 256 * 1024
 # Writes are gathered into blocks this size before a thread hop.
 WRITE_BLOCK_BYTES = 1024 * 1024
 
+_T = TypeVar("_T")
+_Job = tuple["concurrent.futures.Future[Any]", Callable[[], Any]]
+
+
+class FileWorkers:
+    """A bounded set of daemon threads for blocking file I/O, each call bounded by a timeout.
+
+    Daemon threads, never joined: one stuck in a system call cannot keep the process alive at
+    exit. A call that times out answers 503 (retryable); if it still finishes later, a file it
+    opened is closed rather than leaked.
+    """
+
+    def __init__(self, count: int, timeout: float) -> None:
+        self.count = count
+        self.timeout = timeout
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._start_lock = threading.Lock()
+
+    async def run(self, function: Callable[..., _T], *args: object) -> _T:
+        self._start()
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        self._jobs.put((future, functools.partial(function, *args)))
+        try:
+            # On timeout, wait_for cancels the wrapper, which cancels the job if it is still queued.
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+        except TimeoutError:
+            if not future.cancelled():  # already running: tidy up whenever it ends
+                future.add_done_callback(_close_abandoned)
+            raise WireError(
+                503,
+                "the file operation did not finish in time, retry",
+                headers={"Retry-After": "1"},
+                retryable=True,
+            ) from None
+
+    def _start(self) -> None:
+        if len(self._threads) >= self.count:
+            return
+        with self._start_lock:
+            while len(self._threads) < self.count:
+                thread = threading.Thread(
+                    target=self._work, name=f"sandbox-files-{len(self._threads)}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+
+    def _work(self) -> None:
+        while True:
+            future, call = self._jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = call()
+            except BaseException as error:  # handed to the awaiting request
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+
+def _close_abandoned(future: concurrent.futures.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        close = getattr(future.result(), "close", None)
+        if callable(close):
+            with contextlib.suppress(Exception):
+                close()
+
 
 class Download:
     """An open file of a sandbox, read in chunks while the sandbox is held awake."""
 
-    def __init__(self, backend: LocalBackend, sandbox_id: str, handle: BinaryIO, size: int) -> None:
+    def __init__(
+        self, backend: LocalBackend, workers: FileWorkers, sandbox_id: str, handle: BinaryIO, size: int
+    ) -> None:
         self._backend = backend
+        self._workers = workers
         self._sandbox_id = sandbox_id
         self._handle = handle
         self.size = size
@@ -39,7 +115,7 @@ class Download:
         try:
             with self._backend.idle.busy(self._sandbox_id):
                 while remaining > 0:
-                    chunk = await anyio.to_thread.run_sync(self._handle.read, min(CHUNK_BYTES, remaining))
+                    chunk = await self._workers.run(self._handle.read, min(CHUNK_BYTES, remaining))
                     if not chunk:
                         break
                     remaining -= len(chunk)
@@ -53,14 +129,16 @@ class SandboxFiles:
 
     def __init__(self, backend: LocalBackend) -> None:
         self._backend = backend
+        config = backend.config
+        self.workers = FileWorkers(config.file_workers, config.file_operation_timeout)
 
     async def open_download(self, sandbox_id: str, path: str) -> Download:
         async with self._backend.data_plane(sandbox_id):
             files = self._backend.runtime.files(sandbox_id)
             with _file_errors("open", path):
-                handle = await anyio.to_thread.run_sync(files.open_read, path)
+                handle = await self.workers.run(files.open_read, path)
             size = _size(handle)
-            return Download(self._backend, sandbox_id, handle, size)
+            return Download(self._backend, self.workers, sandbox_id, handle, size)
 
     async def upload(
         self, sandbox_id: str, path: str, body: AsyncIterator[bytes], declared_length: int | None
@@ -72,7 +150,7 @@ class SandboxFiles:
         async with self._backend.data_plane(sandbox_id):
             files = self._backend.runtime.files(sandbox_id)
             with _file_errors("open", path):
-                handle = await anyio.to_thread.run_sync(files.open_write, path)
+                handle = await self.workers.run(files.open_write, path)
             written = 0
             block = bytearray()
             try:
@@ -83,36 +161,36 @@ class SandboxFiles:
                             raise _too_large(limit)
                         block += chunk
                         if len(block) >= WRITE_BLOCK_BYTES:
-                            await anyio.to_thread.run_sync(handle.write, bytes(block))
+                            await self.workers.run(handle.write, bytes(block))
                             block.clear()
                             self._backend.touch(sandbox_id)
                     if block:
-                        await anyio.to_thread.run_sync(handle.write, bytes(block))
+                        await self.workers.run(handle.write, bytes(block))
             except BaseException:
-                await anyio.to_thread.run_sync(handle.close)
-                with contextlib.suppress(OSError, ValueError):
-                    await anyio.to_thread.run_sync(files.remove, path)
+                with contextlib.suppress(OSError, ValueError, WireError):
+                    await self.workers.run(handle.close)
+                    await self.workers.run(files.remove, path)
                 raise
             with _file_errors("write", path):
-                await anyio.to_thread.run_sync(handle.close)
+                await self.workers.run(handle.close)
 
     async def list_dir(self, sandbox_id: str, path: str) -> list[DirEntry]:
         async with self._backend.data_plane(sandbox_id):
             files = self._backend.runtime.files(sandbox_id)
             with _file_errors("open", path):
-                return await anyio.to_thread.run_sync(files.list, path)
+                return await self.workers.run(files.list, path)
 
     async def mkdir(self, sandbox_id: str, path: str) -> None:
         async with self._backend.data_plane(sandbox_id):
             files = self._backend.runtime.files(sandbox_id)
             with _file_errors("mkdir", path):
-                await anyio.to_thread.run_sync(files.mkdir, path)
+                await self.workers.run(files.mkdir, path)
 
     async def remove(self, sandbox_id: str, path: str) -> None:
         async with self._backend.data_plane(sandbox_id):
             files = self._backend.runtime.files(sandbox_id)
             with _file_errors("remove", path):
-                await anyio.to_thread.run_sync(files.remove, path)
+                await self.workers.run(files.remove, path)
 
 
 def _size(handle: BinaryIO) -> int:
@@ -128,7 +206,7 @@ def _file_errors(operation: str, path: str) -> Iterator[None]:
     """Translate what the file system says about a client's path into its HTTP answer."""
     try:
         yield
-    except PathEscapeError as error:
+    except (PathEscapeError, NotRegularFileError) as error:
         raise WireError(400, str(error)) from None
     except FileNotFoundError:
         raise WireError(404, f"{operation} {path}: no such file or directory") from None

@@ -41,6 +41,7 @@ from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.backend.tags import parse_tags
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.private_files import make_private_dir
 from prefect_opencomputer.local.sandbox import rootfs
 from prefect_opencomputer.local.sandbox.cgroups import CgroupHost, CgroupsUnavailable, Limits
 
@@ -190,7 +191,7 @@ class LocalBackend:
         if self.runtime.cgroups is not None:
             # A killed server's sandboxes left their groups (and perhaps processes) behind.
             await asyncio.to_thread(self.runtime.cgroups.sweep)
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.config.data_dir)
         self._store = StateStore(self.config.data_dir / "state.db")
         secret = self.store.setting(_SIGNING_SECRET_KEY)
         if secret is None:

@@ -66,6 +66,14 @@ class KillBody(BaseModel):
     signal: Int64 | None = None
 
 
+def _reject_nul_bytes(body: RunBody | SessionBody) -> None:
+    """A NUL cannot reach ``execve``: say so with a 400 rather than fail while spawning."""
+    texts = [body.cmd or "", body.cwd or "", *(body.args or [])]
+    texts += [text for pair in (body.envs or {}).items() for text in pair]
+    if any("\0" in text for text in texts):
+        raise WireError(400, "cmd, args, envs and cwd must not contain a NUL byte")
+
+
 def result_json(result: CommandResult) -> dict[str, object]:
     return {
         "exitCode": result.exit_code,
@@ -97,6 +105,7 @@ async def run_command(
     body = body or RunBody()
     if not body.cmd:
         raise WireError(400, "cmd is required")
+    _reject_nul_bytes(body)
     argv = [body.cmd, *body.args] if body.args else ["/bin/sh", "-c", body.cmd]
     timeout = body.timeout if body.timeout and body.timeout > 0 else DEFAULT_RUN_TIMEOUT
     envs = body.envs or {}
@@ -140,6 +149,7 @@ async def create_session(
     body = body or SessionBody()
     if not body.cmd:
         raise WireError(400, "cmd is required")
+    _reject_nul_bytes(body)
     session = await backend.start_session(
         sandbox_id,
         body.cmd,

@@ -34,10 +34,18 @@ class SignedUrlBody(BaseModel):
 def _require_path(path: str | None) -> str:
     if not path:
         raise WireError(400, "path query parameter is required")
+    return _valid_path(path)
+
+
+def _valid_path(path: str) -> str:
+    """No file system takes a NUL in a name: refuse it here, before any lookup."""
+    if "\0" in path:
+        raise WireError(400, "path must not contain a NUL byte")
     return path
 
 
 async def _download(backend: LocalBackend, sandbox_id: str, path: str) -> StreamingResponse:
+    _valid_path(path)
     download = await backend.files.open_download(sandbox_id, path)
     return StreamingResponse(
         download.chunks(),
@@ -49,6 +57,7 @@ async def _download(backend: LocalBackend, sandbox_id: str, path: str) -> Stream
 async def _upload(backend: LocalBackend, sandbox_id: str, path: str, request: Request) -> Response:
     declared = request.headers.get("content-length")
     length = int(declared) if declared and declared.isdigit() else None
+    _valid_path(path)
     await backend.files.upload(sandbox_id, path, request.stream(), length)
     return Response(status_code=204)
 
@@ -68,7 +77,7 @@ async def write_file(
 
 @router.get("/sandboxes/{sandbox_id}/files/list")
 async def list_dir(sandbox_id: str, backend: BackendDep, path: str | None = None) -> list[dict[str, object]]:
-    entries = await backend.files.list_dir(sandbox_id, path or "/")
+    entries = await backend.files.list_dir(sandbox_id, _valid_path(path or "/"))
     listed: list[dict[str, object]] = []
     for entry in entries:
         item: dict[str, object] = {"name": entry.name, "isDir": entry.is_dir}
