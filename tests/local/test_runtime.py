@@ -191,7 +191,8 @@ async def test_files_written_through_the_api_belong_to_root_as_hosted(runtime: S
     assert await sh(runtime, sandbox, owners) == "root:root 755\nroot:root 644\n"
     denied = await runtime.run(sandbox, ["/bin/sh", "-c", "echo '# more' >> project/src/main.py"])
     assert denied.exit_code != 0 and b"Permission denied" in denied.stderr
-    out = await sh(runtime, sandbox, "sudo sh -c \"echo '# more' >> project/src/main.py\"; python3 project/src/main.py")
+    append = "sudo sh -c \"echo '# more' >> project/src/main.py\""
+    out = await sh(runtime, sandbox, f"{append}; python3 project/src/main.py")
     assert out == "hi\n"
     files.remove("project")
     assert not files.exists("project")
