@@ -13,7 +13,7 @@ import contextlib
 import logging
 import secrets
 import signal
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prefect_opencomputer.local.backend import preview_auth, sizing
@@ -41,6 +41,8 @@ from prefect_opencomputer.local.errors import WireError
 logger = logging.getLogger(__name__)
 
 _SIGNING_SECRET_KEY = "url_signing_secret"
+# `exec/run` returns each stream whole up to this size; past it the run answers an explicit error.
+MAX_RUN_OUTPUT_BYTES = 64 * 1024 * 1024
 # How long `close()` lets checkpoint copies in flight finish before leaving them to recovery.
 _CLOSE_GRACE_SECONDS = 30.0
 
@@ -353,14 +355,27 @@ class LocalBackend:
         cwd: str | None,
         timeout: float,
     ) -> CommandResult:
-        async with self.data_plane(sandbox_id) as record:
-            return await self.runtime.run(
-                sandbox_id,
-                argv,
-                env={**record.envs, **envs},
-                cwd=cwd or self.images.default_workdir(record),
-                timeout=timeout,
+        """Run to completion; 500 when the command cannot start or its output passes the cap."""
+        # Outside the data plane, which first tells a sandbox restarted mid-call (503) from a refusal.
+        with _exec_errors(sandbox_id):
+            async with self.data_plane(sandbox_id) as record:
+                result = await self.runtime.run(
+                    sandbox_id,
+                    argv,
+                    env={**record.envs, **envs},
+                    cwd=cwd or self.images.default_workdir(record),
+                    timeout=timeout,
+                    output_limit=MAX_RUN_OUTPUT_BYTES,
+                )
+        if result.truncated:
+            limit = MAX_RUN_OUTPUT_BYTES // (1024 * 1024)
+            raise WireError(
+                500,
+                f"exec in {sandbox_id}: output exceeded {limit} MiB on stdout or stderr; "
+                "redirect it to a file and read the file instead",
+                code="output_too_large",
             )
+        return result
 
     async def start_session(
         self,
@@ -373,28 +388,38 @@ class LocalBackend:
         timeout: int,
         max_run_after_disconnect: int,
     ) -> ExecSession:
-        async with self.data_plane(sandbox_id) as record:
-            process = await self.runtime.spawn(
-                sandbox_id,
-                [command, *args],
-                env={**record.envs, **envs},
-                cwd=cwd or self.images.default_workdir(record),
-                stdin=True,
-            )
-            session_id = new_session_id()
-            while self.exec_sessions.get(sandbox_id, session_id) is not None:
+        with _exec_errors(sandbox_id):
+            async with self.data_plane(sandbox_id) as record:
+                process = await self.runtime.spawn(
+                    sandbox_id,
+                    [command, *args],
+                    env={**record.envs, **envs},
+                    cwd=cwd or self.images.default_workdir(record),
+                    stdin=True,
+                )
                 session_id = new_session_id()
-            session = ExecSession(
-                session_id,
-                sandbox_id,
-                command,
-                args,
-                process,
-                timeout=max(0, timeout),
-                max_run_after_disconnect=max(0, max_run_after_disconnect),
-            )
-            self.exec_sessions.add(session)
-            return session
+                while self.exec_sessions.get(sandbox_id, session_id) is not None:
+                    session_id = new_session_id()
+                session = ExecSession(
+                    session_id,
+                    sandbox_id,
+                    command,
+                    args,
+                    process,
+                    timeout=max(0, timeout),
+                    max_run_after_disconnect=max(0, max_run_after_disconnect),
+                )
+                self.exec_sessions.add(session)
+                return session
+
+    def exec_result(self, sandbox_id: str, exec_id: str) -> ExecSession:
+        """The session behind an async run, while its result is retained (404 after); no wake."""
+        self.require_live(sandbox_id)
+        self.touch(sandbox_id)
+        session = self.exec_sessions.retained(sandbox_id, exec_id)
+        if session is None:
+            raise WireError(404, f"exec {exec_id} not found")
+        return session
 
     async def sessions(self, sandbox_id: str) -> list[ExecSession]:
         async with self.data_plane(sandbox_id):
@@ -534,6 +559,15 @@ class LocalBackend:
                 return
             logger.info("sandbox %s idle for %ss: hibernating", sandbox_id, record.timeout)
             await self.stop_processes(record, "hibernated")
+
+
+@contextlib.contextmanager
+def _exec_errors(sandbox_id: str) -> Iterator[None]:
+    """A command the OS refuses to start (E2BIG, ENOMEM, ...) is the service's 500 ``exec in sb-...``."""
+    try:
+        yield
+    except OSError as error:
+        raise WireError(500, f"exec in {sandbox_id}: {error}") from error
 
 
 def _no_build_log(step: int, step_type: str, message: str) -> None:

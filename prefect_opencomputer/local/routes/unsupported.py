@@ -16,8 +16,6 @@ _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 _UNSUPPORTED: list[tuple[str, str]] = [
     ("/sandboxes/{sandbox_id}/pty", "PTY sessions"),
     ("/sandboxes/{sandbox_id}/pty/{rest:path}", "PTY sessions"),
-    ("/sandboxes/{sandbox_id}/exec/run-async", "async exec (exec/run-async)"),
-    ("/sandboxes/{sandbox_id}/exec/{exec_id}/result", "async exec results"),
     ("/sandboxes/{sandbox_id}/scale", "scaling"),
     ("/sandboxes/{sandbox_id}/autoscale", "autoscaling"),
     ("/sandboxes/{sandbox_id}/scaling-lock", "the scaling lock"),
