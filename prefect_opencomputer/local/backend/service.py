@@ -94,6 +94,8 @@ class LocalBackend:
         # knows the sandbox moved under it (its files vanished with the mount, not by a mistake).
         self._epochs: dict[str, int] = {}
         self._peak = 0
+        # Tests lower it through `/_test/limits`; `reset()` restores the configured value.
+        self.max_running_sandboxes = config.max_running_sandboxes
 
     def __repr__(self) -> str:
         return f"LocalBackend(data_dir={self.config.data_dir!r})"
@@ -167,6 +169,7 @@ class LocalBackend:
         for checkpoint in self.store.checkpoints():
             await self.runtime.layers.remove_checkpoint(checkpoint.id)
         self.store.forget_everything()
+        self.max_running_sandboxes = self.config.max_running_sandboxes
         self.idle.clear()
         self._peak = len(self.runtime.running_ids())
 
@@ -206,7 +209,7 @@ class LocalBackend:
         if request.preview_auth is not None:
             token, token_hash = preview_auth.issue(*request.preview_auth)
         record = SandboxRecord(
-            id=self.unused_sandbox_id(),
+            id=self.admit_sandbox(),
             status="pending",
             template=template,
             timeout=max(0, request.timeout),
@@ -474,6 +477,23 @@ class LocalBackend:
         if lock is None:
             lock = self._locks[sandbox_id] = asyncio.Lock()
         return lock
+
+    def admit_sandbox(self) -> str:
+        """The id for a sandbox about to be created; 429 at the cap of running sandboxes.
+
+        Creates still booting count too, so concurrent creates cannot pass the cap together.
+        """
+        active = len(self.store.sandboxes(status="running")) + len(self.store.sandboxes(status="pending"))
+        limit = self.max_running_sandboxes
+        if active >= limit:
+            raise WireError(
+                429,
+                f"concurrent sandbox limit reached ({active}/{limit}) — hibernate or delete one before "
+                "creating another",
+                active=active,
+                limit=limit,
+            )
+        return self.unused_sandbox_id()
 
     def unused_sandbox_id(self) -> str:
         sandbox_id = new_sandbox_id()
