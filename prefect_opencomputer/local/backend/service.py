@@ -242,8 +242,9 @@ class LocalBackend:
             raise WireError(404, "sandbox not found")
         return record
 
-    def running_sandboxes(self) -> list[SandboxRecord]:
-        return self.store.sandboxes(status="running")[:100]
+    def listed_sandboxes(self) -> list[SandboxRecord]:
+        """What the hosted list shows: every status but in-flight creates, newest first, at most 200."""
+        return [record for record in self.store.sandboxes() if record.status != "pending"][:200]
 
     async def kill_sandbox(self, sandbox_id: str) -> None:
         """Stop it for good: processes, layer and preview URLs go; its record and checkpoints stay."""
