@@ -107,7 +107,10 @@ async def test_a_1_5_mb_patch_script_is_accepted(http: httpx.AsyncClient, sandbo
 async def test_a_2_mb_image_add_file_passes_the_body_limit(http: httpx.AsyncClient) -> None:
     # An unknown base is refused by validation (400), which runs only after the whole body was read.
     content = "y" * 2_000_000
-    image = {"base": "no-such-base", "steps": [{"type": "add_file", "args": {"path": "/x", "content": content}}]}
+    image = {
+        "base": "no-such-base",
+        "steps": [{"type": "add_file", "args": {"path": "/x", "content": content}}],
+    }
     response = await http.post("/sandboxes", json={"image": image})
     assert response.status_code == 400, response.text[:200]
     assert response.json()["error"] != "request body too large"

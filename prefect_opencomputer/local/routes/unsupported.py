@@ -33,6 +33,8 @@ _UNSUPPORTED: list[tuple[str, str]] = [
     ("/sandboxes/{sandbox_id}/token/refresh", "token refresh"),
     ("/sandboxes/checkpoints/{checkpoint_id}/publish", "publishing checkpoints"),
     ("/sandboxes/checkpoints/{checkpoint_id}/unpublish", "publishing checkpoints"),
+    ("/images/{name}/patches", "image patches (use /snapshots/{name}/patches)"),
+    ("/images/{name}/patches/{rest:path}", "image patches (use /snapshots/{name}/patches)"),
     ("/secret-stores", "secret stores"),
     ("/secret-stores/{rest:path}", "secret stores"),
     ("/secrets", "secrets"),
