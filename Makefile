@@ -3,12 +3,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: demo test check lint typecheck bench install system-deps browser clean
+.PHONY: demo test check lint typecheck bench install system-deps browser sdk-ts clean
 
 demo: install
 	$(BIN)/prefect-opencomputer demo
 
-test: install browser check
+test: install browser sdk-ts check
 	$(BIN)/pytest
 
 check: lint typecheck
@@ -46,6 +46,13 @@ browser:
 	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		echo "installing chromium (browser tests)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+# The official TypeScript SDK at its locked version, for its test against the local server (skips without node).
+sdk-ts:
+	@if command -v npm >/dev/null 2>&1 && [ ! -d tests/sdk_ts/node_modules/@opencomputer/sdk ]; then \
+		echo "installing the TypeScript SDK (tests/sdk_ts)"; \
+		npm ci --prefix tests/sdk_ts --no-audit --no-fund >/dev/null; \
 	fi
 
 $(BIN)/python:

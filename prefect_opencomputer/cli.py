@@ -68,6 +68,10 @@ def local_serve(
             "and hibernation stops processes instead of freezing them.",
         ),
     ] = False,
+    max_running_sandboxes: Annotated[
+        int,
+        typer.Option(help="Running sandboxes allowed at once; creates past it get 429 (hosted: 50).", min=0),
+    ] = 50,
 ) -> None:
     """Serve the OpenComputer API on this machine until Ctrl-C or SIGTERM."""
     import asyncio
@@ -104,6 +108,7 @@ def local_serve(
             preview_domain=preview_domain,
             enable_test_routes=enable_test_routes,
             limits=not no_limits,
+            max_running_sandboxes=max_running_sandboxes,
         )
         server, server_app = build_server(config, access_log=True, log_config=copy.deepcopy(LOGGING_CONFIG))
         shown_host = f"[{host}]" if ":" in host else host

@@ -25,6 +25,7 @@ from prefect_opencomputer.client._exec import Exec
 from prefect_opencomputer.client._files import Files
 from prefect_opencomputer.client._images import Image, ImageStep
 from prefect_opencomputer.client._models import (
+    AsyncRun,
     BuildLog,
     Checkpoint,
     CheckpointPatch,
@@ -42,6 +43,7 @@ from prefect_opencomputer.client._models import (
     SandboxTags,
     SignedURL,
     Snapshot,
+    TagKey,
 )
 from prefect_opencomputer.client._patches import Patches
 from prefect_opencomputer.client._previews import Previews
@@ -52,6 +54,7 @@ from prefect_opencomputer.client._transport import RetryPolicy
 
 __all__ = [
     "APIError",
+    "AsyncRun",
     "BadRequestError",
     "BuildFailedError",
     "BuildLog",
@@ -95,6 +98,7 @@ __all__ = [
     "Snapshot",
     "SnapshotFailedError",
     "Snapshots",
+    "TagKey",
     "TransportError",
     "UnauthorizedError",
 ]

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 from prefect_opencomputer.client._attach import ExecAttachment
 from prefect_opencomputer.client._errors import ServerError
-from prefect_opencomputer.client._models import CommandResult, ExecEvent, ExecSession
+from prefect_opencomputer.client._models import AsyncRun, CommandResult, ExecEvent, ExecSession
 from prefect_opencomputer.client._transport import Transport
 
 # The HTTP deadline of a run must outlast the command's own timeout, or we would abandon a live command.
@@ -36,18 +36,8 @@ class Exec:
         A non-zero exit or a timeout (`result.timed_out`) is a result, not an error. Never retried once it
         may have reached the service: a replay would run the command twice.
         """
-        if isinstance(command, str):
-            body: dict[str, object] = {"cmd": "sh", "args": ["-c", command]}
-        else:
-            argv = list(command)
-            if not argv:
-                raise ValueError("command must not be empty")
-            body = {"cmd": argv[0], "args": argv[1:]}
+        body = _run_body(command, env, cwd)
         body["timeout"] = timeout
-        if env:
-            body["envs"] = dict(env)
-        if cwd:
-            body["cwd"] = cwd
         path = f"/sandboxes/{sandbox_id}/exec/run"
         response = await self._transport.request(
             "POST",
@@ -67,6 +57,34 @@ class Exec:
                 path=path,
             )
         return CommandResult.model_validate(payload)
+
+    async def run_async(
+        self,
+        sandbox_id: str,
+        command: str | Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: int = 60,
+    ) -> AsyncRun:
+        """Start a command without holding a request open while it runs (what the TypeScript SDK does).
+
+        A command that ends at once comes back finished (`exec_id` None); otherwise poll `result` with the
+        returned `exec_id`. Each request is short, so no proxy in between can time it out. Not replayed.
+        """
+        body = _run_body(command, env, cwd)
+        body["timeout"] = timeout
+        response = await self._transport.request(
+            "POST", f"/sandboxes/{sandbox_id}/exec/run-async", json=body, replayable=False
+        )
+        return AsyncRun.model_validate(response.json())
+
+    async def result(self, sandbox_id: str, exec_id: str) -> AsyncRun:
+        """The async run's state; the service waits briefly (about 0.5 s) for a running command to end.
+
+        Results are kept about five minutes after the command exits, then `NotFoundError`.
+        """
+        response = await self._transport.request("GET", f"/sandboxes/{sandbox_id}/exec/{exec_id}/result")
+        return AsyncRun.model_validate(response.json())
 
     async def start(
         self,
@@ -146,3 +164,21 @@ class Exec:
         async with self.attach(sandbox_id, session.session_id) as attachment:
             async for event in attachment:
                 yield event
+
+
+def _run_body(
+    command: str | Sequence[str], env: Mapping[str, str] | None, cwd: str | None
+) -> dict[str, object]:
+    """A string runs through `sh -c`, a sequence as argv (no shell)."""
+    if isinstance(command, str):
+        body: dict[str, object] = {"cmd": "sh", "args": ["-c", command]}
+    else:
+        argv = list(command)
+        if not argv:
+            raise ValueError("command must not be empty")
+        body = {"cmd": argv[0], "args": argv[1:]}
+    if env:
+        body["envs"] = dict(env)
+    if cwd:
+        body["cwd"] = cwd
+    return body

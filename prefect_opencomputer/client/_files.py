@@ -56,6 +56,23 @@ class Files:
         )
         return [FileEntry.model_validate(item) for item in response.json() or []]
 
+    async def exists(self, sandbox_id: str, path: str) -> bool:
+        """Whether a file or directory is at `path`, found by listing its parent (nothing is downloaded).
+
+        The official SDK reads the whole file instead and says False for a directory.
+        """
+        parent, _, name = path.rstrip("/").rpartition("/")
+        if not name:
+            return True  # the root
+        try:
+            entries = await self.list(sandbox_id, parent or ("/" if path.startswith("/") else "."))
+        except (NotFoundError, ServerError) as error:
+            # A missing parent is a 500 "no such file" on the service (a 404 NotFoundError elsewhere).
+            if isinstance(error, NotFoundError) or "no such file" in error.message.lower():
+                return False
+            raise
+        return any(entry.name == name for entry in entries)
+
     async def mkdir(self, sandbox_id: str, path: str) -> None:
         """Create the directory and its parents; an existing directory is fine."""
         await self._transport.request(

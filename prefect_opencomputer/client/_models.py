@@ -85,6 +85,14 @@ class SandboxTags(WireModel):
     tags_last_updated_at: Timestamp = Field(default=None, alias="tagsLastUpdatedAt")
 
 
+class TagKey(WireModel):
+    """A tag key in use: how many sandboxes carry it and how many distinct values it has."""
+
+    key: str
+    sandbox_count: int = Field(default=0, alias="sandboxCount")
+    value_count: int = Field(default=0, alias="valueCount")
+
+
 # Exec
 
 
@@ -103,6 +111,24 @@ class CommandResult(WireModel):
     def timed_out(self) -> bool:
         # The service kills the process group and reports -1 with this stderr suffix, still HTTP 200.
         return self.exit_code == -1 and self.stderr.rstrip().endswith("Process timed out")
+
+
+class AsyncRun(WireModel):
+    """An async run (`exec/run-async` and its `result` polls): running, or finished with its output.
+
+    `exec_id` is None when the service answered inline because the command ended at once. The output
+    is the session's 1 MB scrollback: `truncated` says the beginning was lost. `error` reports a run
+    that could not happen (the sandbox failed to wake), with `exit_code` -1.
+    """
+
+    exec_id: str | None = Field(default=None, alias="execId")
+    running: bool = False
+    exit_code: int | None = Field(default=None, alias="exitCode")
+    stdout: str = ""
+    stderr: str = ""
+    truncated: bool = False
+    error: str | None = None
+    started_at: Timestamp = Field(default=None, alias="startedAt")
 
 
 class ExecSession(WireModel):

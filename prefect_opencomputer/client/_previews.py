@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping
 
-from pydantic import JsonValue
+from pydantic import JsonValue, SecretStr
 
 from prefect_opencomputer.client._models import PreviewURL
 from prefect_opencomputer.client._transport import Transport
@@ -40,3 +40,13 @@ class Previews:
 
     async def delete(self, sandbox_id: str, port: int) -> None:
         await self._transport.request("DELETE", f"/sandboxes/{sandbox_id}/preview/{port}")
+
+    async def rotate_token(self, sandbox_id: str) -> SecretStr:
+        """A new preview bearer token (the gate turns on if it was off); the old one stops working now.
+
+        Not replayed: a lost answer would leave a token nobody holds (rotate again to recover).
+        """
+        response = await self._transport.request(
+            "POST", f"/sandboxes/{sandbox_id}/preview/rotate", replayable=False
+        )
+        return SecretStr(str(response.json()["previewAuthToken"]))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 from collections.abc import Mapping
 
-from prefect_opencomputer.client._errors import TransportError
+from prefect_opencomputer.client._errors import NotFoundError, TransportError
 from prefect_opencomputer.client._images import Image
-from prefect_opencomputer.client._models import Sandbox, SandboxTags
+from prefect_opencomputer.client._models import Sandbox, SandboxTags, TagKey
 from prefect_opencomputer.client._sse import (
     BUILD_STREAM_READ_TIMEOUT,
     EVENT_STREAM,
@@ -18,6 +19,8 @@ from prefect_opencomputer.client._transport import Transport
 
 # The service polls up to 30 s for worker capacity before it answers a create.
 _CREATE_TIMEOUT = 90.0
+# Tag look-ups in flight at once when a list arrives without tags (the hosted front door's shape).
+_TAG_LOOKUPS = 8
 
 
 class Sandboxes:
@@ -37,6 +40,8 @@ class Sandboxes:
         image: Image | None = None,
         snapshot: str | None = None,
         on_build_log: BuildLogHandler | None = None,
+        cpu_count: int | None = None,
+        disk_mb: int | None = None,
     ) -> Sandbox:
         """Start a sandbox; `timeout` is the rolling idle timeout in seconds (0 = never hibernate).
 
@@ -46,7 +51,9 @@ class Sandboxes:
         patches run before this returns.
 
         `preview_auth={"token": "auto"}` gates preview URLs behind a bearer token, returned once as
-        `Sandbox.preview_auth_token`. Never retried after it may have reached the service: a replay could
+        `Sandbox.preview_auth_token`. `cpu_count` must match a tier of `memory_mb` (1024/4096 -> 1,
+        8192 -> 2, 16384 -> 4); send `memory_mb` too, since the hosted path derives the CPUs from it.
+        `disk_mb` is at least 20480. Never retried after it may have reached the service: a replay could
         start a second sandbox.
         """
         body: dict[str, object] = {"templateID": template, "timeout": timeout}
@@ -56,6 +63,10 @@ class Sandboxes:
             body["metadata"] = dict(metadata)
         if memory_mb is not None:
             body["memoryMB"] = memory_mb
+        if cpu_count is not None:
+            body["cpuCount"] = cpu_count
+        if disk_mb is not None:
+            body["diskMB"] = disk_mb
         if preview_auth is not None:
             body["previewAuth"] = {
                 "scheme": preview_auth.get("scheme", "bearer"),
@@ -86,6 +97,8 @@ class Sandboxes:
             filled["template"] = template if image is None else image.base_image
         if sandbox.memory_mb is None and memory_mb is not None:
             filled["memory_mb"] = memory_mb
+        if sandbox.cpu_count is None and cpu_count is not None:
+            filled["cpu_count"] = cpu_count
         return sandbox.model_copy(update=filled) if filled else sandbox
 
     async def _create_streamed(
@@ -105,10 +118,40 @@ class Sandboxes:
         response = await self._transport.request("GET", f"/sandboxes/{sandbox_id}")
         return Sandbox.model_validate(response.json())
 
-    async def list(self) -> builtins.list[Sandbox]:
-        """The organisation's sandboxes (the control plane lists running ones only)."""
+    async def list(self, status: str | None = "running") -> builtins.list[Sandbox]:
+        """The organisation's sandboxes with `status` (None: all that the service lists), with tags.
+
+        The control plane lists running sandboxes only; the hosted front door lists every status (up to
+        200, newest first) without tags. Filtering here and fetching missing tags makes both the same.
+        """
         response = await self._transport.request("GET", "/sandboxes")
-        return [Sandbox.model_validate(item) for item in response.json() or []]
+        items = [item for item in response.json() or [] if isinstance(item, dict)]
+        listed = [Sandbox.model_validate(item) for item in items]
+        untagged = {sb.sandbox_id for sb, item in zip(listed, items, strict=True) if "tags" not in item}
+        chosen = [sb for sb in listed if status is None or sb.status == status]
+        limit = asyncio.Semaphore(_TAG_LOOKUPS)
+
+        async def with_tags(sandbox: Sandbox) -> Sandbox | None:
+            if sandbox.sandbox_id not in untagged or sandbox.status not in ("running", "hibernated"):
+                return sandbox
+            async with limit:
+                try:
+                    tags = await self.get_tags(sandbox.sandbox_id)
+                except NotFoundError:
+                    return None  # gone between the list and the look-up
+            return sandbox.model_copy(
+                update={"tags": tags.tags, "tags_last_updated_at": tags.tags_last_updated_at}
+            )
+
+        found = await asyncio.gather(*(with_tags(sb) for sb in chosen))
+        return [sb for sb in found if sb is not None]
+
+    async def is_running(self, sandbox_id: str) -> bool:
+        """Whether the sandbox is running now (hibernated, stopped or unknown: False)."""
+        try:
+            return (await self.get(sandbox_id)).is_running
+        except NotFoundError:
+            return False
 
     async def kill(self, sandbox_id: str) -> None:
         """Stop the sandbox and delete its preview URLs; killing a stopped sandbox succeeds."""
@@ -143,6 +186,12 @@ class Sandboxes:
         """Replace all tags of the sandbox (`{}` clears them)."""
         response = await self._transport.request("PUT", f"/sandboxes/{sandbox_id}/tags", json=dict(tags))
         return SandboxTags.model_validate(response.json())
+
+    async def tag_keys(self) -> builtins.list[TagKey]:
+        """Every tag key in use in the organisation, with how many sandboxes and values it has."""
+        response = await self._transport.request("GET", "/tags")
+        payload = response.json() or {}
+        return [TagKey.model_validate(item) for item in payload.get("keys") or []]
 
 
 def sandbox_may_exist(exc: TransportError, action: str) -> TransportError:

@@ -16,7 +16,7 @@ from prefect_opencomputer.local.wire_errors import error_response
 TOO_LARGE = "request body too large"
 # Routes whose body is file content, not JSON: `PUT .../files` and the signed `PUT .../files/upload`.
 _FILE_UPLOAD = re.compile(r"^/api/sandboxes/[^/]+/files(/upload)?/?$")
-# After the limit, read this much more so the client can finish sending and read the 413.
+# Past the limit, read (and drop) this much more so the client can finish sending and read the 413.
 _DRAIN_BYTES = 16 * 1024 * 1024
 
 
@@ -36,7 +36,9 @@ class BodyLimitMiddleware:
         limit = self.max_file_bytes if is_upload else self.max_json_bytes
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            budget = declared if declared <= _DRAIN_BYTES else 0
+            # A JSON body a little over its (large) cap is read and dropped so its sender sees the 413.
+            drainable = _DRAIN_BYTES if is_upload else limit + _DRAIN_BYTES
+            budget = declared if declared <= drainable else 0
             await _refuse(scope, receive, send, more_body=declared > 0, budget=budget)
             return
         if is_upload:

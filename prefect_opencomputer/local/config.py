@@ -23,19 +23,23 @@ class LocalServerConfig:
     preview_domain: str = ""
     enable_test_routes: bool = False
     region: str = "local"
-    max_json_bytes: int = 1 * MIB
+    # Far above any hosted use (a 1.5 MB patch script, an image with inline files), still bounded.
+    max_json_bytes: int = 64 * MIB
     max_file_bytes: int = 1024 * MIB
     limits: bool = True  # per-sandbox cgroups (memory, processes, CPU, freezer); off only when told
     # Threads dedicated to the files API, and how long one file operation may take before a 503.
     file_workers: int = 4
     file_operation_timeout: float = 30.0
+    # The hosted service's default cap on running sandboxes per organisation (429 past it).
+    max_running_sandboxes: int = 50
 
     def __repr__(self) -> str:
         # The API key never shows in a repr (logs, tracebacks, test output).
         return (
             f"LocalServerConfig(data_dir={self.data_dir!r}, api_key='***', host={self.host!r}, "
             f"port={self.port!r}, preview_domain={self.preview_domain!r}, "
-            f"enable_test_routes={self.enable_test_routes!r}, region={self.region!r})"
+            f"enable_test_routes={self.enable_test_routes!r}, region={self.region!r}, "
+            f"max_running_sandboxes={self.max_running_sandboxes!r})"
         )
 
     @property

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prefect_opencomputer.local.errors import WireError
 
@@ -32,7 +33,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(WireError, _wire_error)
     app.add_exception_handler(HTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    # Not an `Exception` handler: Starlette re-raises after those answer, and uvicorn then drops the
+    # keep-alive connection. Innermost user middleware, so it sees a route's failure first.
+    app.add_middleware(UnexpectedErrorMiddleware)
 
 
 async def _wire_error(request: Request, exc: Exception) -> Response:
@@ -55,10 +58,34 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return error_response(400, describe_validation_errors(exc.errors()))
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    # A bug, not a client mistake: the server's own log carries the traceback, the client a plain 500.
-    logger.error("unexpected error on %s %s: %r", request.method, request.url.path, exc)
-    return error_response(500, "internal error")
+class UnexpectedErrorMiddleware:
+    """A bug, not a client mistake: logged with its traceback, answered 500, and not raised further.
+
+    Once a response has started nothing can be answered; the request just ends (uvicorn closes the
+    connection of an incomplete response, as it must).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception:
+            logger.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await error_response(500, "internal error")(scope, receive, send)
 
 
 def describe_validation_errors(errors: Sequence[Any]) -> str:

@@ -121,3 +121,23 @@ async def test_long_run_survives_the_keepalive_spaces_before_its_result(
     result = await oc.exec.run(sandbox, "sleep 16; echo finished", timeout=60)
 
     assert result.ok and result.stdout == "finished\n"
+
+
+async def test_run_async_returns_a_fast_result_inline_and_a_slow_one_by_exec_id(
+    oc: OpenComputerClient, sandbox: str
+) -> None:
+    quick = await oc.exec.run_async(sandbox, "echo now")
+    assert quick.exec_id is None and not quick.running
+    assert (quick.exit_code, quick.stdout) == (0, "now\n")
+
+    slow = await oc.exec.run_async(sandbox, ["sh", "-c", "sleep 1; echo later; exit 4"])
+    assert slow.running and slow.exec_id is not None and slow.started_at is not None
+    result = await oc.exec.result(sandbox, slow.exec_id)
+    while result.running:
+        result = await oc.exec.result(sandbox, slow.exec_id)
+    assert (result.exit_code, result.stdout, result.truncated, result.error) == (4, "later\n", False, None)
+
+
+async def test_result_of_an_unknown_exec_is_not_found(oc: OpenComputerClient, sandbox: str) -> None:
+    with pytest.raises(NotFoundError):
+        await oc.exec.result(sandbox, "00000000")

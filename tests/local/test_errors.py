@@ -79,8 +79,6 @@ async def test_unknown_sandbox_is_404_sandbox_not_found(http: httpx.AsyncClient)
     [
         ("POST", "/sandboxes/{sb}/pty"),
         ("POST", "/sandboxes/{sb}/pty/abc/resize"),
-        ("POST", "/sandboxes/{sb}/exec/run-async"),
-        ("GET", "/sandboxes/{sb}/exec/abcd1234/result"),
         ("POST", "/sandboxes/{sb}/scale"),
         ("PUT", "/sandboxes/{sb}/autoscale"),
         ("GET", "/sandboxes/{sb}/scaling-lock"),
@@ -98,6 +96,7 @@ async def test_unknown_sandbox_is_404_sandbox_not_found(http: httpx.AsyncClient)
         ("PUT", "/secret-stores/abc/secrets/TOKEN"),
         ("GET", "/templates"),
         ("GET", "/usage"),
+        ("POST", "/images/python/patches"),
     ],
 )
 async def test_unsupported_route_is_501_with_a_clear_error(

@@ -5,9 +5,16 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
+
+from prefect_opencomputer.local.backend.records import SandboxRecord, SandboxStatus
+from prefect_opencomputer.local.backend.service import LocalBackend
+from prefect_opencomputer.local.backend.state import StateStore
+from prefect_opencomputer.local.config import LocalServerConfig
 
 SANDBOX_ID = re.compile(r"^sb-[0-9a-f]{8}$")
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -153,25 +160,52 @@ async def test_negative_timeout_is_normalised_not_refused(
     assert (await _create(http, created, timeout=-5)).status_code == 201
 
 
-async def test_list_shows_running_sandboxes_only(http: httpx.AsyncClient, created: list[str]) -> None:
+async def test_list_shows_every_status_newest_first_in_the_hosted_edge_shape(
+    http: httpx.AsyncClient, created: list[str]
+) -> None:
     running = (await _create(http, created)).json()["sandboxID"]
     sleeping = (await _create(http, created)).json()["sandboxID"]
+    killed = (await _create(http, created)).json()["sandboxID"]
     assert (await http.post(f"/sandboxes/{sleeping}/hibernate")).status_code == 200
+    assert (await http.delete(f"/sandboxes/{killed}")).status_code == 204
     listed = (await http.get("/sandboxes")).json()
+    statuses = {item["sandboxID"]: item["status"] for item in listed}
+    assert statuses[running] == "running"
+    assert statuses[sleeping] == "hibernated"
+    assert statuses[killed] == "stopped"
     ids = [item["sandboxID"] for item in listed]
-    assert running in ids
-    assert sleeping not in ids
-    item = next(item for item in listed if item["sandboxID"] == running)
-    assert {
+    assert ids.index(killed) < ids.index(sleeping) < ids.index(running)  # newest first
+    by_id = {item["sandboxID"]: item for item in listed}
+    assert set(by_id[running]) == {
         "sandboxID",
-        "status",
-        "region",
+        "templateID",
+        "cellID",
         "workerID",
-        "template",
+        "status",
+        "cpuCount",
+        "memoryMB",
         "startedAt",
-        "tags",
-        "tagsLastUpdatedAt",
-    } <= set(item)
+        "endAt",
+    }
+    assert by_id[running]["endAt"] == "0001-01-01T00:00:00Z"
+    assert by_id[killed]["endAt"] != "0001-01-01T00:00:00Z"
+    assert by_id[running]["templateID"] == "base"
+    assert (by_id[running]["cpuCount"], by_id[running]["memoryMB"]) == (1, 4096)
+
+
+def test_list_holds_the_newest_200_and_never_an_unacknowledged_create(tmp_path: Path) -> None:
+    backend = LocalBackend(LocalServerConfig(data_dir=tmp_path, api_key="k"))
+    store = backend._store = StateStore(tmp_path / "state.db")
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for n in range(205):
+        status: SandboxStatus = "pending" if n == 204 else "stopped"
+        store.save_sandbox(
+            SandboxRecord(f"sb-{n:08x}", status, "base", 0, 1, 4096, 20480, "t", start + timedelta(seconds=n))
+        )
+    listed = [record.id for record in backend.listed_sandboxes()]
+    assert len(listed) == 200
+    assert listed[0] == f"sb-{203:08x}" and listed[-1] == f"sb-{4:08x}"
+    store.close()
 
 
 async def test_kill_is_204_repeatable_and_get_then_reports_stopped(
@@ -182,7 +216,8 @@ async def test_kill_is_204_repeatable_and_get_then_reports_stopped(
     response = await http.get(f"/sandboxes/{sandbox}")
     assert response.status_code == 200
     assert response.json()["status"] == "stopped"
-    assert sandbox not in [item["sandboxID"] for item in (await http.get("/sandboxes")).json()]
+    listed = {item["sandboxID"]: item["status"] for item in (await http.get("/sandboxes")).json()}
+    assert listed[sandbox] == "stopped"  # the hosted list keeps killed sandboxes
 
 
 async def test_unknown_sandbox_is_404_everywhere(http: httpx.AsyncClient) -> None:

@@ -230,7 +230,7 @@ class Checkpoints:
         config = checkpoint.sandbox_config
         base_memory = _int(config.get("memoryMB"), sizing.DEFAULT_MEMORY_MB)
         record = SandboxRecord(
-            id=backend.unused_sandbox_id(),
+            id=backend.admit_sandbox(),
             status="pending",
             template=str(config.get("templateID") or sizing.DEFAULT_TEMPLATE),
             timeout=0,

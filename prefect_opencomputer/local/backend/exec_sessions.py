@@ -82,6 +82,9 @@ class ExecSession:
         self._scrollback_size = 0
         self._listeners: set[Listener] = set()
         self._finished_at: float | None = None
+        self._exited = asyncio.Event()
+        # Set once output fell out of the scrollback ring: a replay or a result is no longer whole.
+        self.truncated = False
         self._disconnect_timer: asyncio.TimerHandle | None = None
         self._supervisor = asyncio.create_task(self._supervise(), name=f"exec-session-{session_id}")
 
@@ -91,6 +94,19 @@ class ExecSession:
 
     def finished_longer_than(self, seconds: float) -> bool:
         return self._finished_at is not None and time.monotonic() - self._finished_at > seconds
+
+    async def wait_exit(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the command to exit; whether it has."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._exited.wait(), seconds)
+        return not self.running
+
+    def output(self) -> tuple[bytes, bytes]:
+        """(stdout, stderr) as far as the scrollback still holds them."""
+        streams: dict[int, list[bytes]] = {STDOUT: [], STDERR: []}
+        for frame in self._scrollback:
+            streams[frame[0]].append(frame[1:])
+        return b"".join(streams[STDOUT]), b"".join(streams[STDERR])
 
     # -- clients -----------------------------------------------------------------------------
 
@@ -187,7 +203,9 @@ class ExecSession:
         while self._scrollback_size > SCROLLBACK_BYTES and len(self._scrollback) > 1:
             dropped = self._scrollback.popleft()
             self._scrollback_size -= len(dropped) - 1
+            self.truncated = True
         if self._scrollback_size > SCROLLBACK_BYTES:
+            self.truncated = True
             only = self._scrollback.pop()
             only = only[:1] + only[-SCROLLBACK_BYTES:]
             self._scrollback.append(only)
@@ -204,6 +222,7 @@ class ExecSession:
             return
         self.exit_code = code
         self._finished_at = time.monotonic()
+        self._exited.set()
         if self._disconnect_timer is not None:
             self._disconnect_timer.cancel()
             self._disconnect_timer = None
@@ -229,6 +248,13 @@ class ExecSessionTable:
 
     def get(self, sandbox_id: str, session_id: str) -> ExecSession | None:
         return self._by_sandbox.get(sandbox_id, {}).get(session_id)
+
+    def retained(self, sandbox_id: str, session_id: str) -> ExecSession | None:
+        """The session while its result is kept: running, or exited within the retention time."""
+        session = self.get(sandbox_id, session_id)
+        if session is None or session.finished_longer_than(FINISHED_RETENTION_SECONDS):
+            return None
+        return session
 
     def for_sandbox(self, sandbox_id: str) -> list[ExecSession]:
         return sorted(self._by_sandbox.get(sandbox_id, {}).values(), key=lambda s: s.started_at)

@@ -293,7 +293,7 @@ class Images:
         store = backend.store
         now = utc_now()
         builder = SandboxRecord(
-            id=backend.unused_sandbox_id(),
+            id=backend.admit_sandbox(),
             # Never handed out: a builder left by a crash is removed with the next start's recovery.
             status="pending",
             template=manifest.base,

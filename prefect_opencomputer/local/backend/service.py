@@ -15,7 +15,7 @@ import logging
 import secrets
 import signal
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,8 @@ from prefect_opencomputer.local.sandbox.cgroups import CgroupHost, CgroupsUnavai
 logger = logging.getLogger(__name__)
 
 _SIGNING_SECRET_KEY = "url_signing_secret"
+# `exec/run` returns each stream whole up to this size; past it the run answers an explicit error.
+MAX_RUN_OUTPUT_BYTES = 64 * 1024 * 1024
 # How long `close()` lets checkpoint copies in flight finish before leaving them to recovery.
 _CLOSE_GRACE_SECONDS = 30.0
 MIB = 1024 * 1024
@@ -163,6 +165,8 @@ class LocalBackend:
         # knows the sandbox moved under it (its files vanished with the mount, not by a mistake).
         self._epochs: dict[str, int] = {}
         self._peak = 0
+        # Tests lower it through `/_test/limits`; `reset()` restores the configured value.
+        self.max_running_sandboxes = config.max_running_sandboxes
 
     def __repr__(self) -> str:
         return f"LocalBackend(data_dir={self.config.data_dir!r})"
@@ -243,6 +247,7 @@ class LocalBackend:
         for checkpoint in self.store.checkpoints():
             await self.runtime.layers.remove_checkpoint(checkpoint.id)
         self.store.forget_everything()
+        self.max_running_sandboxes = self.config.max_running_sandboxes
         self.idle.clear()
         self._peak = len(self.runtime.running_ids())
 
@@ -282,7 +287,7 @@ class LocalBackend:
         if request.preview_auth is not None:
             token, token_hash = preview_auth.issue(*request.preview_auth)
         record = SandboxRecord(
-            id=self.unused_sandbox_id(),
+            id=self.admit_sandbox(),
             status="pending",
             template=template,
             timeout=max(0, request.timeout),
@@ -315,8 +320,9 @@ class LocalBackend:
             raise WireError(404, "sandbox not found")
         return record
 
-    def running_sandboxes(self) -> list[SandboxRecord]:
-        return self.store.sandboxes(status="running")[:100]
+    def listed_sandboxes(self) -> list[SandboxRecord]:
+        """What the hosted list shows: every status but in-flight creates, newest first, at most 200."""
+        return [record for record in self.store.sandboxes() if record.status != "pending"][:200]
 
     async def kill_sandbox(self, sandbox_id: str) -> None:
         """Stop it for good: processes, layer and preview URLs go; its record and checkpoints stay."""
@@ -431,14 +437,27 @@ class LocalBackend:
         cwd: str | None,
         timeout: float,
     ) -> CommandResult:
-        async with self.data_plane(sandbox_id) as record:
-            return await self.runtime.run(
-                sandbox_id,
-                argv,
-                env={**record.envs, **envs},
-                cwd=cwd,
-                timeout=timeout,
+        """Run to completion; 500 when the command cannot start or its output passes the cap."""
+        # Outside the data plane, which first tells a sandbox restarted mid-call (503) from a refusal.
+        with _exec_errors(sandbox_id):
+            async with self.data_plane(sandbox_id) as record:
+                result = await self.runtime.run(
+                    sandbox_id,
+                    argv,
+                    env={**record.envs, **envs},
+                    cwd=cwd,
+                    timeout=timeout,
+                    output_limit=MAX_RUN_OUTPUT_BYTES,
+                )
+        if result.truncated:
+            limit = MAX_RUN_OUTPUT_BYTES // (1024 * 1024)
+            raise WireError(
+                500,
+                f"exec in {sandbox_id}: output exceeded {limit} MiB on stdout or stderr; "
+                "redirect it to a file and read the file instead",
+                code="output_too_large",
             )
+        return result
 
     async def start_session(
         self,
@@ -451,28 +470,38 @@ class LocalBackend:
         timeout: int,
         max_run_after_disconnect: int,
     ) -> ExecSession:
-        async with self.data_plane(sandbox_id) as record:
-            process = await self.runtime.spawn(
-                sandbox_id,
-                [command, *args],
-                env={**record.envs, **envs},
-                cwd=cwd,
-                stdin=True,
-            )
-            session_id = new_session_id()
-            while self.exec_sessions.get(sandbox_id, session_id) is not None:
+        with _exec_errors(sandbox_id):
+            async with self.data_plane(sandbox_id) as record:
+                process = await self.runtime.spawn(
+                    sandbox_id,
+                    [command, *args],
+                    env={**record.envs, **envs},
+                    cwd=cwd,
+                    stdin=True,
+                )
                 session_id = new_session_id()
-            session = ExecSession(
-                session_id,
-                sandbox_id,
-                command,
-                args,
-                process,
-                timeout=max(0, timeout),
-                max_run_after_disconnect=max(0, max_run_after_disconnect),
-            )
-            self.exec_sessions.add(session)
-            return session
+                while self.exec_sessions.get(sandbox_id, session_id) is not None:
+                    session_id = new_session_id()
+                session = ExecSession(
+                    session_id,
+                    sandbox_id,
+                    command,
+                    args,
+                    process,
+                    timeout=max(0, timeout),
+                    max_run_after_disconnect=max(0, max_run_after_disconnect),
+                )
+                self.exec_sessions.add(session)
+                return session
+
+    def exec_result(self, sandbox_id: str, exec_id: str) -> ExecSession:
+        """The session behind an async run, while its result is retained (404 after); no wake."""
+        self.require_live(sandbox_id)
+        self.touch(sandbox_id)
+        session = self.exec_sessions.retained(sandbox_id, exec_id)
+        if session is None:
+            raise WireError(404, f"exec {exec_id} not found")
+        return session
 
     async def sessions(self, sandbox_id: str) -> list[ExecSession]:
         async with self.data_plane(sandbox_id):
@@ -527,6 +556,23 @@ class LocalBackend:
         if lock is None:
             lock = self._locks[sandbox_id] = asyncio.Lock()
         return lock
+
+    def admit_sandbox(self) -> str:
+        """The id for a sandbox about to be created; 429 at the cap of running sandboxes.
+
+        Creates still booting count too, so concurrent creates cannot pass the cap together.
+        """
+        active = len(self.store.sandboxes(status="running")) + len(self.store.sandboxes(status="pending"))
+        limit = self.max_running_sandboxes
+        if active >= limit:
+            raise WireError(
+                429,
+                f"concurrent sandbox limit reached ({active}/{limit}) — hibernate or delete one before "
+                "creating another",
+                active=active,
+                limit=limit,
+            )
+        return self.unused_sandbox_id()
 
     def unused_sandbox_id(self) -> str:
         sandbox_id = new_sandbox_id()
@@ -634,6 +680,15 @@ class LocalBackend:
                 return
             logger.info("sandbox %s idle for %ss: hibernating", sandbox_id, record.timeout)
             await self.suspend(record)
+
+
+@contextlib.contextmanager
+def _exec_errors(sandbox_id: str) -> Iterator[None]:
+    """A command the OS refuses to start (E2BIG, ENOMEM, ...) is the service's 500 ``exec in sb-...``."""
+    try:
+        yield
+    except OSError as error:
+        raise WireError(500, f"exec in {sandbox_id}: {error}") from error
 
 
 def _no_build_log(step: int, step_type: str, message: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_opencomputer.local.faults import TEST_ROUTES_PREFIX, FaultRegistry, FaultSpec
 from prefect_opencomputer.local.request_stats import RequestStats
@@ -50,3 +51,16 @@ async def list_faults(request: Request) -> list[dict[str, object]]:
 async def clear_faults(request: Request) -> Response:
     _faults(request).clear()
     return Response(status_code=204)
+
+
+class LimitsBody(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    max_running_sandboxes: int = Field(alias="maxRunningSandboxes", ge=0)
+
+
+@router.put("/limits")
+async def set_limits(body: LimitsBody, backend: BackendDep) -> dict[str, int]:
+    """Lower (or raise) the running-sandbox cap until the next reset, so tests can reach it cheaply."""
+    backend.max_running_sandboxes = body.max_running_sandboxes
+    return {"maxRunningSandboxes": backend.max_running_sandboxes}

@@ -31,6 +31,10 @@ DEFAULT_RUN_TIMEOUT = 60
 # Above this, the service answers 200 at once and keeps the connection alive with spaces.
 STREAMED_RUN_THRESHOLD = 30
 KEEPALIVE_SECONDS = 15.0
+# An async run that finishes within this answers inline (200), like the service's inline hold.
+INLINE_HOLD_SECONDS = 0.4
+# How long a result poll waits for a running command to exit before it answers `running: true`.
+RESULT_LONG_POLL_SECONDS = 0.5
 # Empty binary frames keep idle attach connections open through proxies, as the service does.
 WS_KEEPALIVE_SECONDS = 30.0
 
@@ -139,6 +143,47 @@ async def _keepalive_then_result(run: asyncio.Future[CommandResult]) -> AsyncIte
         if not run.done():
             # The client went away: the command goes with it.
             run.cancel()
+
+
+@router.post("/sandboxes/{sandbox_id}/exec/run-async", response_model=None)
+async def run_async(sandbox_id: str, backend: BackendDep, body: RunBody | None = None) -> JSONResponse:
+    """Start an argv command (no shell, as an exec session); 200 with its result if it ends at once.
+
+    Otherwise 202 ``{"execId", "running", "startedAt"}``: poll ``exec/{execId}/result``.
+    """
+    body = body or RunBody()
+    if not body.cmd:
+        raise WireError(400, "cmd is required")
+    session = await backend.start_session(
+        sandbox_id,
+        body.cmd,
+        body.args or [],
+        envs=body.envs or {},
+        cwd=body.cwd,
+        timeout=body.timeout if body.timeout and body.timeout > 0 else DEFAULT_RUN_TIMEOUT,
+        max_run_after_disconnect=0,
+    )
+    if await session.wait_exit(INLINE_HOLD_SECONDS) and not session.truncated:
+        stdout, stderr = session.output()
+        return JSONResponse(result_json(CommandResult(session.exit_code or 0, stdout, stderr)))
+    started = {"execId": session.id, "running": True, "startedAt": rfc3339(session.started_at)}
+    return JSONResponse(started, status_code=202)
+
+
+@router.get("/sandboxes/{sandbox_id}/exec/{exec_id}/result")
+async def async_result(sandbox_id: str, exec_id: str, backend: BackendDep) -> dict[str, object]:
+    """The run's state, long-polled briefly while it runs; output is the session's scrollback."""
+    session = backend.exec_result(sandbox_id, exec_id)
+    running = not await session.wait_exit(RESULT_LONG_POLL_SECONDS)
+    stdout, stderr = session.output()
+    body: dict[str, object] = {"running": running}
+    if session.exit_code is not None:
+        body["exitCode"] = session.exit_code
+    body["stdout"] = stdout.decode(errors="replace")
+    body["stderr"] = stderr.decode(errors="replace")
+    if session.truncated:
+        body["truncated"] = True
+    return body
 
 
 @router.post("/sandboxes/{sandbox_id}/exec", status_code=201)

@@ -23,6 +23,7 @@ from prefect_opencomputer.local.routes.images import build_event_stream, wants_e
 
 router = APIRouter()
 
+GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 # JSON integers as the service's Go handlers read them: anything past 64 bits is a bad body.
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
@@ -169,22 +170,22 @@ def fork_json(record: SandboxRecord, preview_token: str | None, backend: LocalBa
 
 @router.get("/sandboxes")
 async def list_sandboxes(backend: BackendDep) -> list[dict[str, object]]:
-    """Running sandboxes only, newest first, like the control plane."""
-    listed = []
-    for record in backend.running_sandboxes():
-        listed.append(
-            {
-                "sandboxID": record.id,
-                "status": record.status,
-                "region": backend.config.region,
-                "workerID": WORKER_ID,
-                "template": record.template,
-                "startedAt": rfc3339(record.started_at),
-                "token": record.token,
-                **tags_json(record),
-            }
-        )
-    return listed
+    """As the hosted front door lists them: every status, newest first, at most 200, no tags or token."""
+    return [
+        {
+            "sandboxID": record.id,
+            "templateID": record.template,
+            "cellID": backend.config.region,
+            "workerID": WORKER_ID,
+            "status": record.status,
+            "cpuCount": record.cpu_count,
+            "memoryMB": record.memory_mb,
+            "startedAt": rfc3339(record.started_at),
+            # The edge's Go zero time while the sandbox lives.
+            "endAt": rfc3339(record.stopped_at) if record.stopped_at is not None else GO_ZERO_TIME,
+        }
+        for record in backend.listed_sandboxes()
+    ]
 
 
 @router.get("/tags")

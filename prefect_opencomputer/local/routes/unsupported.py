@@ -16,8 +16,6 @@ _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 _UNSUPPORTED: list[tuple[str, str]] = [
     ("/sandboxes/{sandbox_id}/pty", "PTY sessions"),
     ("/sandboxes/{sandbox_id}/pty/{rest:path}", "PTY sessions"),
-    ("/sandboxes/{sandbox_id}/exec/run-async", "async exec (exec/run-async)"),
-    ("/sandboxes/{sandbox_id}/exec/{exec_id}/result", "async exec results"),
     ("/sandboxes/{sandbox_id}/scale", "scaling"),
     ("/sandboxes/{sandbox_id}/autoscale", "autoscaling"),
     ("/sandboxes/{sandbox_id}/scaling-lock", "the scaling lock"),
@@ -35,6 +33,8 @@ _UNSUPPORTED: list[tuple[str, str]] = [
     ("/sandboxes/{sandbox_id}/token/refresh", "token refresh"),
     ("/sandboxes/checkpoints/{checkpoint_id}/publish", "publishing checkpoints"),
     ("/sandboxes/checkpoints/{checkpoint_id}/unpublish", "publishing checkpoints"),
+    ("/images/{name}/patches", "image patches (use /snapshots/{name}/patches)"),
+    ("/images/{name}/patches/{rest:path}", "image patches (use /snapshots/{name}/patches)"),
     ("/secret-stores", "secret stores"),
     ("/secret-stores/{rest:path}", "secret stores"),
     ("/secrets", "secrets"),
