@@ -50,8 +50,6 @@ def helper_binary(cache: Path) -> Path:
             reason = build.stderr.decode(errors="replace").strip()
             raise HelperUnavailable(f"compiling the sandbox helper failed: {reason}")
         os.chmod(partial, 0o755)
+        # Other versions stay: a server still running one keeps entering its sandboxes with it.
         partial.rename(target)
-        for stale in directory.glob("sandbox-helper-*"):
-            if stale != target:
-                stale.unlink(missing_ok=True)
     return target
