@@ -63,7 +63,7 @@ async def test_create_from_an_image_streams_the_build_log_then_caches_it(
     assert BuildLog(step=3, type="run", message="compiled") in first_log
     assert [line.type for line in second_log] == ["cache_hit", "create"]
     assert second.from_checkpoint_id == first.from_checkpoint_id
-    result = await oc.exec.run(second.sandbox_id, "echo $FROM_IMAGE")
+    result = await oc.exec.run(second.sandbox_id, "bash -lc 'echo $FROM_IMAGE'")
     assert result.stdout == "yes\n"
 
 

@@ -120,8 +120,16 @@ async def test_an_image_create_streams_each_steps_output_then_the_fork(
     assert stream.logs[-1] == {"step": 0, "type": "create", "message": "Creating sandbox from image..."}
 
     sandbox = result["sandboxID"]
-    output = await run(http, sandbox, "echo $IMAGE_GREETING $CALLER; pwd; cat settings.ini; id -un")
-    assert output["stdout"].split("\n") == ["hello from the image wins", "/srv/app", "[app]", "sandbox", ""]
+    # As hosted: the image's env is in /etc/environment (login shells and sudo see it, a plain
+    # command does not) and its workdir only exists; commands still start in the home.
+    script = (
+        "echo ${IMAGE_GREETING:-unset} $CALLER; pwd; cat /srv/app/settings.ini; id -un; "
+        "grep GREETING /etc/environment"
+    )
+    output = await run(http, sandbox, script)
+    assert output["stdout"].split("\n") == [
+        *("unset wins", "/home/sandbox", "[app]", "sandbox", "IMAGE_GREETING=hello from the image", "")
+    ]
     assert (await http.get(f"/sandboxes/{sandbox}")).json()["status"] == "running"
 
 

@@ -65,7 +65,7 @@ async def test_sdk_checkpoint_patch_fork_and_restore(sdk_sandbox: Sandbox) -> No
     await wait_until_ready(sdk_sandbox, checkpoint_id)
 
     created = await Sandbox.create_checkpoint_patch(
-        checkpoint_id, "echo patched > /home/sandbox/project/patched.txt", description="mark forks"
+        checkpoint_id, "echo patched > /home/sandbox/patched.txt", description="mark forks"
     )
     patch = created["patch"]
     assert (patch["sequence"], patch["description"]) == (1, "mark forks")
@@ -74,7 +74,7 @@ async def test_sdk_checkpoint_patch_fork_and_restore(sdk_sandbox: Sandbox) -> No
     try:
         assert fork.sandbox_id != sdk_sandbox.sandbox_id
         assert await fork.files.read("/home/sandbox/project/state.txt") == "v1"
-        assert await fork.files.read("/home/sandbox/project/patched.txt") == "patched\n"
+        assert await fork.files.read("/home/sandbox/patched.txt") == "patched\n"
         assert (await fork.exec.run("echo $GREETING")).stdout == "hello from envs\n"
     finally:
         await fork.kill()

@@ -34,14 +34,14 @@ try {
   const checkpoint = await sandbox.createCheckpoint("ts-proof");
   out.checkpointStatus = (await readyCheckpoint(sandbox, checkpoint.id)).status;
   const patch = await Sandbox.createCheckpointPatch(checkpoint.id, {
-    script: "echo patched > /home/sandbox/project/patched.txt",
+    script: "echo patched > /home/sandbox/patched.txt",
     description: "from the TypeScript SDK",
   });
   out.patchSequence = patch.patch.sequence;
 
   fork = await Sandbox.createFromCheckpoint(checkpoint.id, { timeout: 0 });
   out.forkState = await fork.files.read("/home/sandbox/project/state.txt");
-  out.forkPatched = (await fork.exec.run("cat /home/sandbox/project/patched.txt")).stdout;
+  out.forkPatched = (await fork.exec.run("cat /home/sandbox/patched.txt")).stdout;
 
   const preview = await sandbox.createPreviewURL({ port: 8080 });
   out.previewHostname = preview.hostname;

@@ -299,7 +299,8 @@ class Checkpoints:
     async def _copy(self, checkpoint: CheckpointRecord, lock: asyncio.Lock, resumed: asyncio.Event) -> None:
         backend = self._backend
         try:
-            size = await backend.runtime.layers.snapshot(checkpoint.sandbox_id, checkpoint.id)
+            async with backend.runtime.quiesced(checkpoint.sandbox_id):
+                size = await backend.runtime.layers.snapshot(checkpoint.sandbox_id, checkpoint.id)
         except Exception as error:
             logger.warning("checkpoint %s failed: %s", checkpoint.id, error)
             current = backend.store.checkpoint(checkpoint.id)

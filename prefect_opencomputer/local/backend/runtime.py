@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from prefect_opencomputer.local.backend import egress, host, layers, netns, proc
 from prefect_opencomputer.local.backend.fileops import RootedFiles
 from prefect_opencomputer.local.backend.host import RuntimeUnavailable
 from prefect_opencomputer.local.sandbox import ids
-from prefect_opencomputer.local.sandbox.cgroups import CgroupHost, Limits, SandboxCgroup
+from prefect_opencomputer.local.sandbox.cgroups import CgroupError, CgroupHost, Limits, SandboxCgroup
 from prefect_opencomputer.local.sandbox.helper import HelperUnavailable, helper_binary
 
 SANDBOX_UID = ids.SANDBOX_UID
@@ -50,6 +51,7 @@ BASE_ENV: Mapping[str, str] = {
     "PIP_CERT": _CA_BUNDLE,
 }
 TIMED_OUT_SUFFIX = b"\nProcess timed out"
+logger = logging.getLogger(__name__)
 # After a timeout kill, how long to keep reading what a process outside the group left in the pipes.
 _PIPE_GRACE_SECONDS = 0.05
 
@@ -202,6 +204,29 @@ class SandboxRuntime:
             await asyncio.to_thread(machine.cgroup.freeze)
             machine.frozen = True
         return True
+
+    @contextlib.asynccontextmanager
+    async def quiesced(self, sandbox_id: str) -> AsyncIterator[None]:
+        """Its processes frozen for the block, so a copy of its layer is consistent; thawed after.
+
+        A sandbox that is already frozen (hibernated) stays so; one that cannot be frozen in time
+        is copied while it runs, as before cgroups.
+        """
+        machine = self._machines.get(sandbox_id)
+        froze = False
+        if machine is not None and machine.cgroup is not None and not machine.frozen:
+            try:
+                await asyncio.to_thread(machine.cgroup.freeze)
+                machine.frozen = froze = True
+            except CgroupError as error:
+                logger.warning("sandbox %s: copying its layer unfrozen: %s", sandbox_id, error)
+        try:
+            yield
+        finally:
+            if froze and machine is not None and self._machines.get(sandbox_id) is machine:
+                assert machine.cgroup is not None
+                await asyncio.to_thread(machine.cgroup.thaw)
+                machine.frozen = False
 
     async def stop(self, sandbox_id: str) -> None:
         """Kill every process of the sandbox; its mounts go with them. The layer stays."""
