@@ -21,14 +21,15 @@ def _setns(fd: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def socket_in(netns_fd: int) -> socket.socket:
-    """A non-blocking IPv4 TCP socket created inside the network namespace ``netns_fd``."""
+def socket_in(netns_fd: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> socket.socket:
+    """A non-blocking IPv4 TCP (or, with ``SOCK_DGRAM``, UDP) socket created inside ``netns_fd``."""
+    protocol = socket.IPPROTO_UDP if kind == socket.SOCK_DGRAM else socket.IPPROTO_TCP
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         _setns(netns_fd)
         try:
             # IPPROTO_TCP spelled out, so asyncio turns Nagle off on it and on what it accepts.
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            sock = socket.socket(socket.AF_INET, kind, protocol)
         finally:
             # Never leave this thread in the sandbox's namespace.
             _setns(own)
