@@ -66,6 +66,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _CONNECT_TIMEOUT = 10.0
 _DNS_TIMEOUT = 5.0
+_DNS_STREAM_IDLE = 30.0
 _DNS_IN_FLIGHT = 64
 _DNS_MAX_MESSAGE = 65535
 _LISTEN_BACKLOG = 128
@@ -329,7 +330,24 @@ class SandboxNetwork:
         await _pipe_to(client, address, port)
 
     async def _relay_dns_stream(self, client: socket.socket) -> None:
-        await _pipe_to(client, *self._resolver)
+        """DNS over TCP, each length-prefixed query relayed over UDP: only DNS reaches the resolver."""
+        reader, writer = await asyncio.open_connection(sock=client)
+        try:
+            while True:
+                async with asyncio.timeout(_DNS_STREAM_IDLE):
+                    try:
+                        size = int.from_bytes(await reader.readexactly(2), "big")
+                        query = await reader.readexactly(size)
+                    except asyncio.IncompleteReadError:
+                        break
+                answer = await self._ask_resolver(query)
+                writer.write(len(answer).to_bytes(2, "big") + answer)
+                await writer.drain()
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        finally:
+            writer.transport.abort()
 
     async def _receive_dns(self, datagrams: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -345,23 +363,28 @@ class SandboxNetwork:
     async def _relay_dns_datagram(
         self, datagrams: socket.socket, query: bytes, client: tuple[str, int]
     ) -> None:
-        if len(query) < 12:  # shorter than a DNS header
-            return
-        loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in self._resolver[0] else socket.AF_INET
         try:
-            with socket.socket(family, socket.SOCK_DGRAM) as upstream:
-                upstream.setblocking(False)
-                # Connected, so the kernel drops datagrams from anyone but the resolver.
-                await loop.sock_connect(upstream, self._resolver)
-                await loop.sock_sendall(upstream, query)
-                async with asyncio.timeout(_DNS_TIMEOUT):
-                    answer = await loop.sock_recv(upstream, _DNS_MAX_MESSAGE)
-                    while answer[:2] != query[:2]:
-                        answer = await loop.sock_recv(upstream, _DNS_MAX_MESSAGE)
-            await loop.sock_sendto(datagrams, answer, client)
+            answer = await self._ask_resolver(query)
+            await asyncio.get_running_loop().sock_sendto(datagrams, answer, client)
         except (OSError, TimeoutError) as error:
             self._log.warning(f"DNS relay failed: {_describe(error)}")
+
+    async def _ask_resolver(self, query: bytes) -> bytes:
+        """The host resolver's answer to one DNS message, over UDP from a fresh port."""
+        if len(query) < 12:  # shorter than a DNS header
+            raise OSError(0, "not a DNS message")
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in self._resolver[0] else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as upstream:
+            upstream.setblocking(False)
+            # Connected, so the kernel drops datagrams from anyone but the resolver.
+            await loop.sock_connect(upstream, self._resolver)
+            await loop.sock_sendall(upstream, query)
+            async with asyncio.timeout(_DNS_TIMEOUT):
+                answer = await loop.sock_recv(upstream, _DNS_MAX_MESSAGE)
+                while answer[:2] != query[:2]:  # not the answer to this query's id
+                    answer = await loop.sock_recv(upstream, _DNS_MAX_MESSAGE)
+        return answer
 
 
 def _bring_up_loopback(sock: socket.socket) -> None:
