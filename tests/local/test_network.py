@@ -23,6 +23,7 @@ import pytest
 
 from prefect_opencomputer.local.sandbox.network import (
     RESOLV_CONF,
+    NetworkSetupError,
     SandboxNetwork,
     destination_allowed,
     host_addresses,
@@ -331,6 +332,18 @@ async def test_attaching_again_replaces_the_rules(namespace: Namespace) -> None:
         assert rules.stdout.count("table inet prefect_sandbox") == 1
     finally:
         await second.close()
+
+
+async def test_attach_refuses_the_servers_own_namespace() -> None:
+    _needs_root_and_tools()
+    before = _own_socket_count()
+    own = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with pytest.raises(NetworkSetupError, match="own network namespace"):
+            await SandboxNetwork.attach(own)
+    finally:
+        os.close(own)
+    assert _own_socket_count() == before
 
 
 # --- through to the package registry -------------------------------------------------------------

@@ -34,6 +34,7 @@ import fcntl
 import functools
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import time
@@ -249,6 +250,7 @@ class SandboxNetwork:
         """
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        _refuse_own_namespace(netns_fd)
         resolver = resolver or host_resolver()
         opened: list[socket.socket] = []
         try:
@@ -387,6 +389,12 @@ class SandboxNetwork:
         return answer
 
 
+def _refuse_own_namespace(netns_fd: int) -> None:
+    """A wrong descriptor must never turn into rules or routes in the host's own namespace."""
+    if os.fstat(netns_fd).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
+        raise NetworkSetupError("refusing to configure the server's own network namespace")
+
+
 def _bring_up_loopback(sock: socket.socket) -> None:
     """Set ``lo`` up in the namespace ``sock`` belongs to, with two ioctls instead of a spawn."""
     name = b"lo"
@@ -477,13 +485,18 @@ def ruleset(
     dns_datagram_port: int,
     host: Collection[ipaddress.IPv4Address] = (),
     also_public: Collection[IPNetwork] = (),
+    replace: bool = False,
 ) -> str:
-    """The nftables ruleset for ``nft -f -``; replaces any earlier one atomically."""
+    """The nftables ruleset for ``nft -f -``, applied atomically.
+
+    By default it only creates (and fails with "File exists" if the table is there): anything that
+    removes makes nft fetch the kernel's whole state first, 10 ms more here. ``replace`` declares,
+    flushes and refills the table instead, for attaching again to a namespace.
+    """
     also_public_v4 = [network for network in also_public if network.version == 4]
+    start = _NFT_REPLACE if replace else "create table inet prefect_sandbox\n"
     return f"""\
-table inet prefect_sandbox
-delete table inet prefect_sandbox
-table inet prefect_sandbox {{
+{start}table inet prefect_sandbox {{
 {_nft_set("host", host)}
 {_nft_set("also_public", also_public_v4)}
 {_nft_set("refused", _REFUSED_IPV4)}
@@ -512,6 +525,22 @@ table inet prefect_sandbox {{
 """
 
 
+_NFT_REPLACE = """\
+table inet prefect_sandbox {
+    set host { type ipv4_addr; flags interval; }
+    set also_public { type ipv4_addr; flags interval; }
+    set refused { type ipv4_addr; flags interval; }
+    chain refuse_fenced { type filter hook output priority mangle; policy accept; }
+    chain to_forwarders { type nat hook output priority -100; policy accept; }
+    chain loopback_only { type filter hook output priority filter; policy drop; }
+}
+flush table inet prefect_sandbox
+flush set inet prefect_sandbox host
+flush set inet prefect_sandbox also_public
+flush set inet prefect_sandbox refused
+"""
+
+
 def _nft_set(name: str, members: Iterable[ipaddress.IPv4Address | IPNetwork]) -> str:
     elements = ", ".join(dict.fromkeys(str(member) for member in members))
     lines = [f"    set {name} {{", "        type ipv4_addr", "        flags interval", "        auto-merge"]
@@ -529,17 +558,29 @@ async def configure(
     also_public: Collection[IPNetwork] = (),
 ) -> None:
     """Apply the ip batch and the nftables ruleset inside ``netns_fd``, with the host's binaries."""
-    rules = ruleset(
+    _refuse_own_namespace(netns_fd)
+    host = sorted(address for address in host_addresses() if isinstance(address, ipaddress.IPv4Address))
+    rules = functools.partial(
+        ruleset,
         forward_port=forward_port,
         dns_stream_port=dns_stream_port,
         dns_datagram_port=dns_datagram_port,
-        host=sorted(address for address in host_addresses() if isinstance(address, ipaddress.IPv4Address)),
+        host=host,
         also_public=also_public,
     )
+
+    async def load_rules() -> None:
+        try:
+            await _run_in(netns_fd, ["nft", "-f", "-"], rules())
+        except NetworkSetupError as error:
+            if "File exists" not in str(error):
+                raise
+            await _run_in(netns_fd, ["nft", "-f", "-"], rules(replace=True))
+
     # Both at once: the ruleset names no device but lo, so it does not need eth0 to exist yet.
     await asyncio.gather(
         _run_in(netns_fd, ["ip", "-force", "-batch", "-"], ip_batch(), tolerated="File exists"),
-        _run_in(netns_fd, ["nft", "-f", "-"], rules),
+        load_rules(),
     )
 
 
