@@ -313,6 +313,12 @@ async def test_the_sandboxes_root_cannot_change_the_rules_or_routes(
     assert "via 10.0.2.2" in routes.stdout
 
 
+async def test_the_sandboxes_root_can_serve_on_port_80(namespace: Namespace, network: SandboxNetwork) -> None:
+    code = "import socket; socket.create_server(('0.0.0.0', 80)); print('bound')"
+    result = await namespace.run("unshare", "--user", "--map-root-user", "--", "python3", "-c", code)
+    assert result.stdout.strip() == "bound", result
+
+
 async def test_close_leaves_no_listener_and_no_socket(namespace: Namespace) -> None:
     before = _own_socket_count()
     attached = await SandboxNetwork.attach(namespace.fd, name="test")

@@ -50,6 +50,7 @@ __all__ = [
     "SANDBOX_ADDRESS",
     "NetworkSetupError",
     "SandboxNetwork",
+    "allow_low_ports",
     "destination_allowed",
     "host_addresses",
     "host_resolver",
@@ -260,6 +261,7 @@ class SandboxNetwork:
             # address, and the relayed DNS replies would not match the queries.
             _bring_up_loopback(dns_datagrams)
             dns_datagrams.bind(("127.0.0.1", 0))
+            allow_low_ports(netns_fd)
             forward_listener = _listener(netns.socket_in(netns_fd), opened)
             dns_listener = _listener(netns.socket_in(netns_fd), opened)
             await configure(
@@ -387,6 +389,15 @@ class SandboxNetwork:
                 while answer[:2] != query[:2]:  # not the answer to this query's id
                     answer = await loop.sock_recv(upstream, _DNS_MAX_MESSAGE)
         return answer
+
+
+def allow_low_ports(netns_fd: int) -> None:
+    """Let the sandbox's root bind ports below 1024 (a web server on port 80), as in a VM.
+
+    The namespace belongs to the host's user namespace, so without this the sandbox's root lacks
+    ``CAP_NET_BIND_SERVICE`` there. ``attach`` does it; call it yourself for sandboxes without network.
+    """
+    netns.set_sysctl(netns_fd, "net.ipv4.ip_unprivileged_port_start", "0")
 
 
 def _refuse_own_namespace(netns_fd: int) -> None:
