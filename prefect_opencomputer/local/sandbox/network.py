@@ -12,11 +12,12 @@ the host's resolver the same way. Programs need no proxy settings: node's ``fetc
 
 What is enforced, and where:
 
-- In the server: only global unicast IPv4 destinations (``ipaddress.is_global`` plus an explicit
-  list of special ranges that Python 3.11 misses), never an address of this host's interfaces, port
-  1-65535; at most ``max_connections`` forwarded connections per sandbox at once (past it new ones
-  are reset, so the server's descriptors stay bounded: two per connection); DNS only to the host's
-  resolver, with a timeout and a bound on queries in flight.
+- In the server: only global unicast destinations (``ipaddress.is_global`` plus an explicit list
+  of special ranges that Python 3.11 misses, or networks the operator declares public), never an
+  address of this host's interfaces nor loopback, link-local or multicast, port 1-65535; at most
+  ``max_connections`` forwarded connections per sandbox at once (past it new ones are reset, so the
+  server's descriptors stay bounded: two per connection); DNS only to the host's resolver, with a
+  timeout and a bound on queries in flight.
 - In the namespace (nftables, host-owned): TCP to the refused IPv4 ranges and this host's
   addresses is reset before it is redirected; everything else that does not leave through ``lo`` is
   dropped, so nothing reaches a device.
@@ -323,6 +324,8 @@ class SandboxNetwork:
             await handle(client)
         except (OSError, TimeoutError) as error:
             self._log.warning(f"forwarding failed: {_describe(error)}")
+        except Exception as error:  # a bug here must not become a traceback per connection
+            self._log.warning(f"forwarding failed unexpectedly: {type(error).__name__}: {error}")
         finally:
             _reset(client)
 
