@@ -227,26 +227,16 @@ except OSError as e:
 """
 
 
-async def test_this_hosts_own_address_is_unreachable_from_inside(
-    namespace: Namespace, network: SandboxNetwork
+@pytest.mark.parametrize("bind", ["0.0.0.0", "127.0.0.1"])
+async def test_the_hosts_own_addresses_and_loopback_are_unreachable_from_inside(
+    namespace: Namespace, network: SandboxNetwork, bind: str
 ) -> None:
-    address = _host_ipv4_address()
-    with socket.create_server(("0.0.0.0", 0)) as listener:
+    # Inside, 127.0.0.1 is the namespace's own loopback: the host's listener there must stay unseen.
+    target = _host_ipv4_address() if bind == "0.0.0.0" else "127.0.0.1"
+    with socket.create_server((bind, 0)) as listener:
         listener.setblocking(False)
         port = listener.getsockname()[1]
-        result = await namespace.run("python3", "-c", _CONNECT, address, str(port))
-        assert result.stdout.split()[0] == "ECONNREFUSED", result
-        with pytest.raises(BlockingIOError):
-            listener.accept()
-
-
-async def test_the_hosts_loopback_is_unreachable_from_inside(
-    namespace: Namespace, network: SandboxNetwork
-) -> None:
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        listener.setblocking(False)
-        port = listener.getsockname()[1]
-        result = await namespace.run("python3", "-c", _CONNECT, "127.0.0.1", str(port))
+        result = await namespace.run("python3", "-c", _CONNECT, target, str(port))
         assert result.stdout.split()[0] == "ECONNREFUSED", result
         with pytest.raises(BlockingIOError):
             listener.accept()

@@ -52,6 +52,7 @@ __all__ = [
     "NetworkSetupError",
     "SandboxNetwork",
     "allow_low_ports",
+    "copy_stream",
     "destination_allowed",
     "host_addresses",
     "host_resolver",
@@ -440,7 +441,7 @@ async def _pipe_to(client: socket.socket, address: str, port: int) -> None:
     try:
         reader, writer = await asyncio.open_connection(sock=client)
         writers.append(writer)
-        await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer))
+        await asyncio.gather(copy_stream(reader, up_writer), copy_stream(up_reader, writer))
         for each in writers:
             each.close()
         for each in writers:
@@ -452,7 +453,8 @@ async def _pipe_to(client: socket.socket, address: str, port: int) -> None:
             each.transport.abort()
 
 
-async def _copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+async def copy_stream(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    """Copy until ``source`` ends, then half-close ``sink``; if either breaks, abort ``sink``."""
     try:
         while chunk := await source.read(65536):
             sink.write(chunk)
