@@ -158,11 +158,11 @@ def _needs_root_and_tools() -> None:
             pytest.skip(f"{tool} is not installed (make system-deps)")
 
 
-@pytest.fixture
-def namespace(tmp_path: Path) -> Iterator[Namespace]:
-    """A fresh network namespace with only lo up, like the one the boot helper makes."""
+@contextlib.contextmanager
+def _held_namespace(*unshare: str) -> Iterator[tuple[int, int]]:
+    """(pid, descriptor) of a new network namespace held open by a sleeping process."""
     _needs_root_and_tools()
-    holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "1000"])
+    holder = subprocess.Popen(["unshare", *unshare, "--net", "--", "sleep", "1000"])
     fd = -1
     try:
         own = os.stat("/proc/self/ns/net").st_ino
@@ -171,17 +171,31 @@ def namespace(tmp_path: Path) -> Iterator[Namespace]:
             assert time.monotonic() < deadline, "unshare did not make a network namespace"
             time.sleep(0.01)
         fd = os.open(f"/proc/{holder.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        subprocess.run(
-            ["nsenter", f"--net=/proc/{holder.pid}/ns/net", "--", "ip", "link", "set", "lo", "up"], check=True
-        )
-        resolv_conf = tmp_path / "resolv.conf"
-        resolv_conf.write_text(RESOLV_CONF)
-        yield Namespace(holder.pid, fd, resolv_conf)
+        yield holder.pid, fd
     finally:
         if fd >= 0:
             os.close(fd)
         holder.kill()
         holder.wait(timeout=10)
+
+
+@pytest.fixture
+def namespace(tmp_path: Path) -> Iterator[Namespace]:
+    """A fresh network namespace with only lo up, like the one the boot helper makes."""
+    with _held_namespace() as (pid, fd):
+        subprocess.run(
+            ["nsenter", f"--net=/proc/{pid}/ns/net", "--", "ip", "link", "set", "lo", "up"], check=True
+        )
+        resolv_conf = tmp_path / "resolv.conf"
+        resolv_conf.write_text(RESOLV_CONF)
+        yield Namespace(pid, fd, resolv_conf)
+
+
+@pytest.fixture
+def self_owned_namespace() -> Iterator[int]:
+    """A network namespace owned by a user namespace of its own: its root could rewrite any rule."""
+    with _held_namespace("--user", "--map-root-user") as (_, fd):
+        yield fd
 
 
 def _registry_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -340,6 +354,38 @@ async def test_attach_refuses_the_servers_own_namespace() -> None:
     finally:
         os.close(own)
     assert _own_socket_count() == before
+
+
+async def test_attach_refuses_a_namespace_its_sandbox_could_reconfigure(self_owned_namespace: int) -> None:
+    with pytest.raises(NetworkSetupError, match="server's user namespace"):
+        await SandboxNetwork.attach(self_owned_namespace)
+
+
+@pytest.mark.slow
+async def test_close_drops_forwarded_connections_in_flight(
+    namespace: Namespace, network: SandboxNetwork
+) -> None:
+    code = f"""
+import socket
+s = socket.create_connection(({REGISTRY!r}, 443), timeout=20)
+try:
+    print("ended", s.recv(1))
+except ConnectionResetError:
+    print("ended reset")
+"""
+    before = _own_socket_count()
+    client = asyncio.create_task(namespace.python(code, timeout=30))
+    deadline = time.monotonic() + 20
+    while network.active_connections < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert network.active_connections == 1
+    started = time.monotonic()
+    await network.close()
+    result = await client
+    assert result.stdout.startswith("ended"), result
+    assert time.monotonic() - started < 5
+    assert network.active_connections == 0
+    assert _own_socket_count() <= before - 3  # the three listeners, and both ends of the connection
 
 
 # --- through to the package registry -------------------------------------------------------------

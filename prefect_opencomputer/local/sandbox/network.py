@@ -76,6 +76,7 @@ _DNS_MAX_MESSAGE = 65535
 _LISTEN_BACKLOG = 128
 _SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1  # linux/sockios.h, linux/if.h
+_NS_GET_USERNS = 0xB701  # linux/nsfs.h: a descriptor of the namespace's owning user namespace
 _LOG_INTERVAL = 60.0
 _HOST_ADDRESSES_TTL = 5.0
 
@@ -254,6 +255,7 @@ class SandboxNetwork:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         _refuse_own_namespace(netns_fd)
+        _require_host_owned(netns_fd)
         resolver = resolver or host_resolver()
         opened: list[socket.socket] = []
         try:
@@ -408,6 +410,17 @@ def _refuse_own_namespace(netns_fd: int) -> None:
     """A wrong descriptor must never turn into rules or routes in the host's own namespace."""
     if os.fstat(netns_fd).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
         raise NetworkSetupError("refusing to configure the server's own network namespace")
+
+
+def _require_host_owned(netns_fd: int) -> None:
+    """The fence holds only if the sandbox's root lacks CAP_NET_ADMIN over the namespace."""
+    owner = fcntl.ioctl(netns_fd, _NS_GET_USERNS)
+    try:
+        owned_by_us = os.fstat(owner).st_ino == os.stat("/proc/self/ns/user").st_ino
+    finally:
+        os.close(owner)
+    if not owned_by_us:
+        raise NetworkSetupError("the sandbox's network namespace must belong to the server's user namespace")
 
 
 def _bring_up_loopback(sock: socket.socket) -> None:
