@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 
 from prefect_opencomputer.local.sandbox.network import (
+    GATEWAY_ADDRESS,
     RESOLV_CONF,
+    SANDBOX_ADDRESS,
     NetworkSetupError,
     SandboxNetwork,
     destination_allowed,
@@ -315,6 +317,13 @@ async def test_the_sandboxes_root_cannot_change_the_rules_or_routes(
     assert "redirect to" in rules.stdout
     routes = await namespace.run("ip", "route", "show", "default")
     assert "via 10.0.2.2" in routes.stdout
+
+
+async def test_the_namespace_looks_like_a_vm_network(namespace: Namespace, network: SandboxNetwork) -> None:
+    addresses = await namespace.run("ip", "-br", "-4", "addr", "show", "dev", "eth0")
+    assert f"{SANDBOX_ADDRESS}/24" in addresses.stdout, addresses
+    routes = await namespace.run("ip", "-4", "route", "show", "default")
+    assert routes.stdout.split()[:5] == ["default", "via", GATEWAY_ADDRESS, "dev", "eth0"], routes
 
 
 async def test_the_sandboxes_root_can_serve_on_port_80(namespace: Namespace, network: SandboxNetwork) -> None:

@@ -58,3 +58,9 @@ def set_sysctl(netns_fd: int, key: str, value: str) -> None:
         os.write(fd, value.encode())
     finally:
         os.close(fd)
+
+
+def rtnetlink_in(netns_fd: int) -> socket.socket:
+    """A blocking rtnetlink socket of ``netns_fd``: what it adds (links, addresses, routes) lands there."""
+    with _inside(netns_fd):
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import functools
 import ipaddress
@@ -77,6 +78,15 @@ _LISTEN_BACKLOG = 128
 _SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1  # linux/sockios.h, linux/if.h
 _NS_GET_USERNS = 0xB701  # linux/nsfs.h: a descriptor of the namespace's owning user namespace
+_SIOCGIFINDEX = 0x8933
+# rtnetlink (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h, linux/if_addr.h)
+_NLMSG_ERROR = 2
+_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_REPLACE, _NLM_F_EXCL, _NLM_F_CREATE = 0x1, 0x4, 0x100, 0x200, 0x400
+_RTM_NEWLINK, _RTM_NEWADDR, _RTM_NEWROUTE = 16, 20, 24
+_IFLA_IFNAME, _IFLA_LINKINFO, _IFLA_INFO_KIND = 3, 18, 1
+_IFA_ADDRESS, _IFA_LOCAL = 1, 2
+_RTA_OIF, _RTA_GATEWAY = 4, 5
+_RT_TABLE_MAIN, _RTPROT_BOOT, _RTN_UNICAST = 254, 3, 1
 _LOG_INTERVAL = 60.0
 _HOST_ADDRESSES_TTL = 5.0
 
@@ -497,14 +507,47 @@ def _describe(error: BaseException) -> str:
 # --- the namespace's configuration ---------------------------------------------------------------
 
 
-def ip_batch() -> str:
-    """Commands for ``ip -batch -``: an inert ``eth0`` with the usual VM address and default route."""
-    return (
-        "link add eth0 type ifb\n"  # ifb: an inert device built into this kernel (dummy is not)
-        f"addr replace {SANDBOX_ADDRESS}/24 dev eth0\n"
-        "link set eth0 up\n"
-        f"route replace default via {GATEWAY_ADDRESS} dev eth0\n"
-    )
+def add_eth0(netns_fd: int) -> None:
+    """Give the namespace an inert, up ``eth0`` at SANDBOX_ADDRESS/24, default route via GATEWAY_ADDRESS.
+
+    What ``ip link add eth0 up type ifb; ip addr replace 10.0.2.15/24 dev eth0; ip route replace
+    default via 10.0.2.2 dev eth0`` does, over rtnetlink instead of a spawn (4 ms here). ifb: an
+    inert device built into this kernel (dummy is not); nothing sent to it goes anywhere.
+    """
+    with netns.rtnetlink_in(netns_fd) as rtnl, netns.socket_in(netns_fd, socket.SOCK_DGRAM) as probe:
+        kind = _rtattr(_IFLA_INFO_KIND, b"ifb\0")
+        link = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, _IFF_UP, _IFF_UP)
+        link += _rtattr(_IFLA_IFNAME, b"eth0\0") + _rtattr(_IFLA_LINKINFO, kind)
+        _rtnl_request(rtnl, _RTM_NEWLINK, _NLM_F_EXCL, link, tolerate=errno.EEXIST)
+        request = fcntl.ioctl(probe, _SIOCGIFINDEX, struct.pack("16si20x", b"eth0", 0))
+        (index,) = struct.unpack_from("i", request, 16)
+        address = socket.inet_aton(SANDBOX_ADDRESS)
+        message = struct.pack("=BBBBI", socket.AF_INET, 24, 0, 0, index)
+        message += _rtattr(_IFA_LOCAL, address) + _rtattr(_IFA_ADDRESS, address)
+        _rtnl_request(rtnl, _RTM_NEWADDR, _NLM_F_REPLACE, message)
+        route = struct.pack(
+            "=BBBBBBBBI", socket.AF_INET, 0, 0, 0, _RT_TABLE_MAIN, _RTPROT_BOOT, 0, _RTN_UNICAST, 0
+        )
+        route += _rtattr(_RTA_GATEWAY, socket.inet_aton(GATEWAY_ADDRESS)) + _rtattr(
+            _RTA_OIF, struct.pack("=i", index)
+        )
+        _rtnl_request(rtnl, _RTM_NEWROUTE, _NLM_F_REPLACE, route)
+
+
+def _rtattr(kind: int, payload: bytes) -> bytes:
+    size = 4 + len(payload)
+    return struct.pack("=HH", size, kind) + payload + b"\0" * (-size % 4)
+
+
+def _rtnl_request(rtnl: socket.socket, kind: int, flags: int, body: bytes, *, tolerate: int = 0) -> None:
+    """Send one creating request and wait for its acknowledgement; a kernel error is raised."""
+    flags |= _NLM_F_REQUEST | _NLM_F_ACK | _NLM_F_CREATE
+    rtnl.send(struct.pack("=LHHLL", 16 + len(body), kind, flags, 1, 0) + body)
+    answer = rtnl.recv(65536)
+    _, answer_kind, _, _, _ = struct.unpack_from("=LHHLL", answer)
+    (error,) = struct.unpack_from("=i", answer, 16) if answer_kind == _NLMSG_ERROR else (-errno.EPROTO,)
+    if error and -error != tolerate:
+        raise NetworkSetupError(f"rtnetlink request {kind} in the sandbox's namespace: {os.strerror(-error)}")
 
 
 def ruleset(
@@ -586,7 +629,7 @@ async def configure(
     dns_datagram_port: int,
     also_public: Collection[IPNetwork] = (),
 ) -> None:
-    """Apply the ip batch and the nftables ruleset inside ``netns_fd``, with the host's binaries."""
+    """Add ``eth0`` and load the nftables ruleset (the host's ``nft``) inside ``netns_fd``."""
     _refuse_own_namespace(netns_fd)
     host = sorted(address for address in host_addresses() if isinstance(address, ipaddress.IPv4Address))
     rules = functools.partial(
@@ -606,14 +649,11 @@ async def configure(
                 raise
             await _run_in(netns_fd, ["nft", "-f", "-"], rules(replace=True))
 
-    # Both at once: the ruleset names no device but lo, so it does not need eth0 to exist yet.
-    await asyncio.gather(
-        _run_in(netns_fd, ["ip", "-force", "-batch", "-"], ip_batch(), tolerated="File exists"),
-        load_rules(),
-    )
+    add_eth0(netns_fd)
+    await load_rules()
 
 
-async def _run_in(netns_fd: int, argv: list[str], script: str, *, tolerated: str | None = None) -> None:
+async def _run_in(netns_fd: int, argv: list[str], script: str) -> None:
     # nsenter enters only the network namespace, through the descriptor it inherits; the binaries are
     # the host's, looked up in the host's mount namespace.
     process = await asyncio.create_subprocess_exec(
@@ -627,12 +667,8 @@ async def _run_in(netns_fd: int, argv: list[str], script: str, *, tolerated: str
         pass_fds=(netns_fd,),
     )
     _, stderr = await process.communicate(script.encode())
-    complaints = [
-        line
-        for line in stderr.decode(errors="replace").splitlines()
-        if line.strip() and not (tolerated and tolerated in line) and not line.startswith("Command failed")
-    ]
-    if process.returncode != 0 and (complaints or tolerated is None):
+    complaints = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
+    if process.returncode != 0:
         raise NetworkSetupError(
             f"{argv[0]} in the sandbox's network namespace failed: {'; '.join(complaints)}"
         )
