@@ -7,7 +7,7 @@ programs see an ordinary network, and nftables rules that turn every outgoing TC
 connection to the server's own listener inside the namespace. The server reads the original
 destination (``SO_ORIGINAL_DST``), refuses it unless it is a public address that is not this host's,
 and otherwise connects from the host and pipes bytes both ways. DNS sent to 10.0.2.3 is relayed to
-the host's resolver the same way. Programs need no proxy settings: node's ``fetch``, raw sockets,
+the host's resolver the same way. Programs need no proxy settings: node's ``fetch``, plain sockets,
 ``curl`` and ``getent hosts`` all work.
 
 What is enforced, and where:
