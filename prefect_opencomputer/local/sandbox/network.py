@@ -90,8 +90,8 @@ _RT_TABLE_MAIN, _RTPROT_BOOT, _RTN_UNICAST = 254, 3, 1
 _LOG_INTERVAL = 60.0
 _HOST_ADDRESSES_TTL = 5.0
 
-# Special-purpose ranges (IANA registries), refused whatever ``is_global`` says: Python 3.11 calls
-# some of them global (100.64/10 is neither private nor global, 192.0.0/24 and 64:ff9b::/96 pass).
+# Special-purpose ranges (IANA registries), refused whatever ``is_global`` says: Python 3.11.7 calls
+# 192.0.0.0/24, 192.88.99.0/24, 64:ff9b::/96, 2002::/16, fec0::/10 and 5f00::/16 global.
 _REFUSED_NETWORKS = tuple(
     ipaddress.ip_network(network)
     for network in (
