@@ -525,12 +525,11 @@ def add_eth0(netns_fd: int) -> None:
         message = struct.pack("=BBBBI", socket.AF_INET, 24, 0, 0, index)
         message += _rtattr(_IFA_LOCAL, address) + _rtattr(_IFA_ADDRESS, address)
         _rtnl_request(rtnl, _RTM_NEWADDR, _NLM_F_REPLACE, message)
-        route = struct.pack(
-            "=BBBBBBBBI", socket.AF_INET, 0, 0, 0, _RT_TABLE_MAIN, _RTPROT_BOOT, 0, _RTN_UNICAST, 0
-        )
-        route += _rtattr(_RTA_GATEWAY, socket.inet_aton(GATEWAY_ADDRESS)) + _rtattr(
-            _RTA_OIF, struct.pack("=i", index)
-        )
+        # rtmsg: family, destination and source prefix lengths (0: default), tos, table, protocol,
+        # scope (universe), type, flags.
+        route = struct.pack("=8BI", socket.AF_INET, 0, 0, 0, _RT_TABLE_MAIN, _RTPROT_BOOT, 0, _RTN_UNICAST, 0)
+        route += _rtattr(_RTA_GATEWAY, socket.inet_aton(GATEWAY_ADDRESS))
+        route += _rtattr(_RTA_OIF, struct.pack("=i", index))
         _rtnl_request(rtnl, _RTM_NEWROUTE, _NLM_F_REPLACE, route)
 
 
