@@ -26,8 +26,8 @@ bench: install
 install: system-deps $(VENV)/.installed
 
 # The local server's sandboxes: a C compiler builds their helper, mmdebstrap their root filesystems, nft
-# and ip fence their networks. As root we install what is missing, otherwise we say how.
-SYSTEM_DEPS := cc:gcc mmdebstrap:mmdebstrap nft:nftables ip:iproute2
+# fences their networks. As root we install what is missing, otherwise we say how.
+SYSTEM_DEPS := cc:gcc mmdebstrap:mmdebstrap nft:nftables
 system-deps:
 	@missing=""; for dep in $(SYSTEM_DEPS); do \
 		command -v "$${dep%%:*}" >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; \

@@ -19,6 +19,8 @@ import socket
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from prefect_opencomputer.local.sandbox.network import copy_stream
+
 PROXY_PORT = 3128
 PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
 PROXY_ENV: Mapping[str, str] = {
@@ -89,7 +91,7 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                     "latin-1"
                 )
             )
-        await asyncio.gather(_pipe(reader, upstream), _pipe(up_reader, writer))
+        await asyncio.gather(copy_stream(reader, upstream), copy_stream(up_reader, writer))
     except EgressRefused as refused:
         _answer(writer, refused.status, str(refused))
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
@@ -125,17 +127,6 @@ def _reachable(address: str) -> bool:
     if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
         return False
     return not any(ip in network for network in _REFUSED_NETWORKS)
-
-
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    try:
-        while chunk := await source.read(65536):
-            sink.write(chunk)
-            await sink.drain()
-        if sink.can_write_eof():
-            sink.write_eof()
-    except OSError:
-        sink.close()
 
 
 def _host_port(target: str, default_port: int) -> tuple[str, int]:
