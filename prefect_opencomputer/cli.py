@@ -60,6 +60,14 @@ def local_serve(
     preview_domain: Annotated[
         str, typer.Option(help="Domain of preview hostnames (default: localhost:<port>).", show_default=False)
     ] = "",
+    egress_allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--egress-allow",
+            help="A network (CIDR) in a special range that sandboxes may reach all the same; repeatable.",
+            show_default=False,
+        ),
+    ] = None,
     no_limits: Annotated[
         bool,
         typer.Option(
@@ -109,6 +117,7 @@ def local_serve(
             enable_test_routes=enable_test_routes,
             limits=not no_limits,
             max_running_sandboxes=max_running_sandboxes,
+            egress_allow=tuple(egress_allow or ()),
         )
         server, server_app = build_server(config, access_log=True, log_config=copy.deepcopy(LOGGING_CONFIG))
         shown_host = f"[{host}]" if ":" in host else host

@@ -27,6 +27,8 @@ class LocalServerConfig:
     max_json_bytes: int = 64 * MIB
     max_file_bytes: int = 1024 * MIB
     limits: bool = True  # per-sandbox cgroups (memory, processes, CPU, freezer); off only when told
+    # Networks in special ranges that sandboxes may reach all the same (a lab's "internet").
+    egress_allow: tuple[str, ...] = ()
     # Threads dedicated to the files API, and how long one file operation may take before a 503.
     file_workers: int = 4
     file_operation_timeout: float = 30.0

@@ -12,6 +12,7 @@ from prefect_opencomputer.local.backend.runtime import SandboxRuntime
 from prefect_opencomputer.local.backend.service import template_root
 from prefect_opencomputer.local.sandbox import rootfs
 from prefect_opencomputer.local.sandbox.cgroups import CgroupHost
+from prefect_opencomputer.local.sandbox.network import registry_exceptions
 
 
 @pytest.fixture
@@ -19,7 +20,13 @@ async def runtime(tmp_path: Path) -> AsyncIterator[SandboxRuntime]:
     """A runtime over a fresh data dir, with real cgroups in a group of the test's own."""
     cgroups = CgroupHost.discover(group=f"prefect-opencomputer-test-{os.getpid()}")
     cache = rootfs.cache_dir()
-    runtime = SandboxRuntime(tmp_path / "runtime", cache=cache, rootfs=template_root, cgroups=cgroups)
+    runtime = SandboxRuntime(
+        tmp_path / "runtime",
+        cache=cache,
+        rootfs=template_root,
+        cgroups=cgroups,
+        egress_allow=registry_exceptions(),
+    )
     yield runtime
     for sandbox_id in list(runtime.running_ids()):
         await runtime.destroy(sandbox_id)

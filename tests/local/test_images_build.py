@@ -126,7 +126,6 @@ async def test_apt_and_pip_packages_install_through_sudo_for_the_sandbox_user(
     await build(runtime, image, log)
 
     assert any("Setting up cowsay" in message for message in log.messages(step=1))
-    assert any("Successfully installed tomli-w" in message for message in log.messages(step=2))
     out = await fork_and_run(
         runtime, "/usr/games/cowsay moo; python3 -c 'import tomli_w; print(tomli_w.dumps({\"ok\": 1}))'"
     )

@@ -18,16 +18,17 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect_opencomputer.local.backend import egress, host, layers, netns, processes
+from prefect_opencomputer.local.backend import host, layers, netns, processes
 from prefect_opencomputer.local.backend.fileops import RootedFiles
 from prefect_opencomputer.local.backend.host import RuntimeUnavailable
 from prefect_opencomputer.local.sandbox import ids
 from prefect_opencomputer.local.sandbox.cgroups import CgroupError, CgroupHost, Limits, SandboxCgroup
 from prefect_opencomputer.local.sandbox.helper import HelperUnavailable, helper_binary
+from prefect_opencomputer.local.sandbox.network import IPNetwork, SandboxNetwork
 
 SANDBOX_UID = ids.SANDBOX_UID
 SANDBOX_GID = ids.SANDBOX_GID
@@ -77,7 +78,7 @@ class _Machine:
     init_pid: int  # pid 1 of the sandbox's PID namespace, as seen from the host
     pidfd: int  # the way in: the helper enters every namespace of pid 1 through it
     netns_fd: int
-    egress: asyncio.Server | None  # the outbound proxy listening inside the sandbox
+    network: SandboxNetwork | None  # DNS and TCP forwarders, behind the namespace's rules
     cgroup: SandboxCgroup | None
     frozen: bool = False
 
@@ -90,9 +91,16 @@ class SandboxRuntime:
     """
 
     def __init__(
-        self, root: Path, *, cache: Path, rootfs: RootfsProvider, cgroups: CgroupHost | None
+        self,
+        root: Path,
+        *,
+        cache: Path,
+        rootfs: RootfsProvider,
+        cgroups: CgroupHost | None,
+        egress_allow: Collection[IPNetwork] = (),
     ) -> None:
         self.root = root
+        self.egress_allow = frozenset(egress_allow)
         self.cache = cache
         self.layers = layers.LayerStore(root / "layers")
         self.cgroups = cgroups
@@ -137,7 +145,7 @@ class SandboxRuntime:
     ) -> None:
         """Boot the sandbox over its existing layer, or thaw it if it is frozen (idempotent).
 
-        With ``network``, its processes reach the internet through the egress proxy (HTTP/HTTPS).
+        With ``network``, its processes get DNS and direct TCP to public addresses, like a VM.
         """
         lock = self._starting.setdefault(sandbox_id, asyncio.Lock())
         async with lock:
@@ -190,10 +198,16 @@ class SandboxRuntime:
                 reason = log_path.read_text(errors="replace").strip()
                 raise RuntimeUnavailable(f"sandbox {sandbox_id} failed to start: {reason}") from None
             netns_fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            proxy = None
+            machine = _Machine(process, init_pid, pidfd, netns_fd, None, cgroup)
+            self._machines[sandbox_id] = machine
             if network:
-                proxy = await egress.serve(egress.listening_socket(netns.socket_in(netns_fd)))
-            self._machines[sandbox_id] = _Machine(process, init_pid, pidfd, netns_fd, proxy, cgroup)
+                try:
+                    machine.network = await SandboxNetwork.attach(
+                        netns_fd, name=sandbox_id, also_public=self.egress_allow
+                    )
+                except BaseException:
+                    await self.stop(sandbox_id)
+                    raise
 
     async def freeze(self, sandbox_id: str) -> bool:
         """Pause every process of the sandbox, memory kept; False when there is no freezer here."""
@@ -233,8 +247,8 @@ class SandboxRuntime:
         machine = self._machines.pop(sandbox_id, None)
         if machine is None:
             return
-        if machine.egress is not None:
-            machine.egress.close()
+        if machine.network is not None:
+            await machine.network.close()
         os.close(machine.netns_fd)
         if machine.cgroup is not None:
             await asyncio.to_thread(machine.cgroup.remove)
@@ -294,10 +308,9 @@ class SandboxRuntime:
         """
         machine = self._machine(sandbox_id)
         base = BASE_ENV if not as_root else {**BASE_ENV, "HOME": "/root", "USER": "root", "LOGNAME": "root"}
-        proxy = egress.PROXY_ENV if machine.egress is not None else {}
         return await processes.spawn(
             self._enter_argv(machine, argv, cwd, as_root),
-            env={**base, **proxy, **(env or {})},
+            env={**base, **(env or {})},
             stdin=stdin,
             pass_fds=(machine.pidfd,),
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import secrets
 import signal
@@ -44,6 +45,7 @@ from prefect_opencomputer.local.errors import WireError
 from prefect_opencomputer.local.private_files import make_private_dir
 from prefect_opencomputer.local.sandbox import rootfs
 from prefect_opencomputer.local.sandbox.cgroups import CgroupHost, CgroupsUnavailable, Limits
+from prefect_opencomputer.local.sandbox.network import IPNetwork, registry_exceptions
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +113,13 @@ def prepare_host(config: LocalServerConfig, progress: rootfs.Progress) -> str:
     return f"limits: {cgroups.describe()}"
 
 
+def egress_allowed(config: LocalServerConfig) -> frozenset[IPNetwork]:
+    """Special-range networks sandboxes may reach: the registries as this host resolves them, and
+    whatever the server was told (``--egress-allow``)."""
+    declared = {ipaddress.ip_network(network, strict=False) for network in config.egress_allow}
+    return registry_exceptions() | declared
+
+
 async def template_root(template: str) -> Path:
     """A template's root filesystem, built on first use with its progress in the server log."""
     return await rootfs.ensure_rootfs(template, progress=lambda line: logger.warning("%s", line))
@@ -132,7 +141,7 @@ class SandboxRequest:
     image: Mapping[str, object] | None = None  # a declarative image manifest
     snapshot: str = ""
     webhooks: bool = False
-    network_enabled: bool = True  # outbound HTTP(S) through the egress proxy
+    network_enabled: bool = True  # DNS and direct TCP to public addresses, like a VM
 
 
 @dataclass(frozen=True)
@@ -192,6 +201,7 @@ class LocalBackend:
             self.runtime.cgroups = discover_cgroups(self.config)
         except CgroupsUnavailable as error:
             raise RuntimeUnavailable(f"{error} (or start with --no-limits)") from error
+        self.runtime.egress_allow = await asyncio.to_thread(egress_allowed, self.config)
         if self.runtime.cgroups is not None:
             # A killed server's sandboxes left their groups (and perhaps processes) behind.
             await asyncio.to_thread(self.runtime.cgroups.sweep)

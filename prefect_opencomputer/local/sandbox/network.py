@@ -50,6 +50,7 @@ __all__ = [
     "GATEWAY_ADDRESS",
     "RESOLV_CONF",
     "SANDBOX_ADDRESS",
+    "IPNetwork",
     "NetworkSetupError",
     "SandboxNetwork",
     "allow_low_ports",
@@ -57,6 +58,7 @@ __all__ = [
     "destination_allowed",
     "host_addresses",
     "host_resolver",
+    "registry_exceptions",
 ]
 
 SANDBOX_ADDRESS = "10.0.2.15"
@@ -129,6 +131,40 @@ _REFUSED_NETWORKS = tuple(
 _REFUSED_IPV4 = tuple(network for network in _REFUSED_NETWORKS if network.version == 4)
 
 logger = logging.getLogger(__name__)
+
+
+# The package registries sandboxes install from: public by definition, whatever range they resolve to.
+REGISTRY_HOSTS = ("pypi.org", "files.pythonhosted.org", "deb.debian.org", "registry.npmjs.org")
+# Never made reachable by an exception: this host's own networks in every usual sense.
+_NEVER_PUBLIC = tuple(
+    ipaddress.ip_network(network)
+    for network in ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+)
+
+
+def registry_exceptions(hosts: Iterable[str] = REGISTRY_HOSTS) -> frozenset[IPNetwork]:
+    """The registries' addresses, as this host resolves them, that the policy would refuse.
+
+    Where this host's egress maps the registries into a documentation range (a TLS-inspecting
+    gateway, as on some CI machines), sandboxes need those exact addresses: each one as a /32 or
+    /128, never a loopback, link-local, multicast, private or host address.
+    """
+    found: set[IPNetwork] = set()
+    for host in hosts:
+        try:
+            infos = socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
+        except OSError:
+            continue
+        for info in infos:
+            ip = ipaddress.ip_address(info[4][0])
+            if destination_allowed(str(ip), 443) or ip in host_addresses():
+                continue
+            if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+                continue
+            if any(ip in network for network in _NEVER_PUBLIC):
+                continue
+            found.add(ipaddress.ip_network(ip))
+    return frozenset(found)
 
 
 class NetworkSetupError(RuntimeError):
