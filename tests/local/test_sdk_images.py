@@ -53,7 +53,7 @@ async def test_sdk_image_build_logs_every_step_and_caches_the_image(sandboxes: l
 
     joined = "\n".join(first_log)
     assert "Step 1/3: apt-get install cowsay" in joined and "Setting up cowsay" in joined
-    assert "Step 2/3: pip install tomli-w" in joined and "Successfully installed tomli-w" in joined
+    assert "Step 2/3: pip install tomli-w" in joined  # quiet, as the hosted `sudo pip install -q`
     assert "< image ready >" in joined
     assert second_log == [
         f"Image found in cache (hash={image.cache_key()[:12]})",
