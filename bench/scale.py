@@ -25,7 +25,7 @@ _SETTLE_SECONDS = 1.0
 
 
 def run(result: BenchmarkResult) -> None:
-    with services.local_server() as server:
+    with services.local_server(max_running=max(SIZES)) as server:
         asyncio.run(_measure(result, services.our_client(server)))
 
 

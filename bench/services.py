@@ -12,13 +12,14 @@ from prefect_opencomputer.local import LocalServer
 
 
 @contextmanager
-def local_server(*, test_routes: bool = False) -> Iterator[LocalServer]:
+def local_server(*, test_routes: bool = False, max_running: int = 50) -> Iterator[LocalServer]:
     """The embedded OpenComputer-compatible server, as a user runs it.
 
     `test_routes` adds `/_test/stats` (live and peak sandbox counts), and with it the fault-injection and
     request-counting middleware that every request then passes through: only the fan-out needs it.
+    `max_running` lifts the hosted cap of 50 running sandboxes, for the scale benchmark.
     """
-    with LocalServer(enable_test_routes=test_routes) as server:
+    with LocalServer(enable_test_routes=test_routes, max_running_sandboxes=max_running) as server:
         yield server
 
 

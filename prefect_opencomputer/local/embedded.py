@@ -62,9 +62,11 @@ class LocalServer:
         enable_test_routes: bool = False,
         preview_domain: str = "",
         limits: bool = True,
+        max_running_sandboxes: int = 50,
     ) -> None:
         self._requested_data_dir = data_dir
         self._limits = limits
+        self._max_running_sandboxes = max_running_sandboxes
         self._requested_port = port
         self._host = host
         self._enable_test_routes = enable_test_routes
@@ -134,6 +136,7 @@ class LocalServer:
             preview_domain=self._preview_domain,
             enable_test_routes=self._enable_test_routes,
             limits=self._limits,
+            max_running_sandboxes=self._max_running_sandboxes,
         )
 
     def _launch(self, data_dir: Path) -> None:
