@@ -20,8 +20,15 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-bench: install
+bench: install bench-deps
 	$(BIN)/python -m bench
+
+# The benchmarks compare an exec with a bare bubblewrap spawn, so they need Debian's bubblewrap.
+bench-deps:
+	@if ! command -v bwrap >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing bubblewrap (benchmark baseline)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
+	fi
 
 install: system-deps $(VENV)/.installed
 
