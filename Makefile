@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: demo test check lint typecheck bench install system-deps browser sdk-ts clean
+.PHONY: demo test check lint typecheck bench bench-deps install system-deps browser sdk-ts clean
 
 demo: install
 	$(BIN)/prefect-opencomputer demo
