@@ -239,7 +239,7 @@ class Checkpoints:
             async with self._readers.reading(checkpoint.id):
                 if backend.store.checkpoint(checkpoint.id) is None:
                     raise WireError(404, "checkpoint not found")
-                await backend.runtime.layers.fork(checkpoint.id, record.id)
+                await backend.runtime.layers.fork(checkpoint.id, record.id, record.disk_mb)
             async with backend.lifecycle_lock(record.id):
                 await backend.boot(record)
         except BaseException as error:

@@ -297,7 +297,7 @@ class LocalBackend:
         )
         self.store.save_sandbox(record)
         try:
-            await asyncio.to_thread(self.runtime.layers.create_sandbox, record.id)
+            await asyncio.to_thread(self.runtime.layers.create_sandbox, record.id, record.disk_mb)
             async with self.lifecycle_lock(record.id):
                 await self.boot(record)
         except BaseException as error:
