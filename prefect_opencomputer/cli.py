@@ -65,6 +65,14 @@ def local_serve(
             "and hibernation stops processes instead of freezing them.",
         ),
     ] = False,
+    max_disk_mb: Annotated[
+        int | None,
+        typer.Option(
+            min=16,
+            help="Cap every sandbox's disk at this many MB, whatever its diskMB (tests fill one quickly).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the OpenComputer API on this machine until Ctrl-C or SIGTERM."""
     import asyncio
@@ -101,6 +109,7 @@ def local_serve(
             preview_domain=preview_domain,
             enable_test_routes=enable_test_routes,
             limits=not no_limits,
+            max_disk_mb=max_disk_mb,
         )
         server, server_app = build_server(config, access_log=True, log_config=copy.deepcopy(LOGGING_CONFIG))
         shown_host = f"[{host}]" if ":" in host else host

@@ -26,6 +26,8 @@ class LocalServerConfig:
     max_json_bytes: int = 1 * MIB
     max_file_bytes: int = 1024 * MIB
     limits: bool = True  # per-sandbox cgroups (memory, processes, CPU, freezer); off only when told
+    # Every sandbox's disk is at most this big, whatever its diskMB (tests fill a small one quickly).
+    max_disk_mb: int | None = None
 
     def __repr__(self) -> str:
         # The API key never shows in a repr (logs, tracebacks, test output).

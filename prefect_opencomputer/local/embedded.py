@@ -62,9 +62,11 @@ class LocalServer:
         enable_test_routes: bool = False,
         preview_domain: str = "",
         limits: bool = True,
+        max_disk_mb: int | None = None,
     ) -> None:
         self._requested_data_dir = data_dir
         self._limits = limits
+        self._max_disk_mb = max_disk_mb
         self._requested_port = port
         self._host = host
         self._enable_test_routes = enable_test_routes
@@ -134,6 +136,7 @@ class LocalServer:
             preview_domain=self._preview_domain,
             enable_test_routes=self._enable_test_routes,
             limits=self._limits,
+            max_disk_mb=self._max_disk_mb,
         )
 
     def _launch(self, data_dir: Path) -> None:

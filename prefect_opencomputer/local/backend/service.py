@@ -145,7 +145,11 @@ class LocalBackend:
     def __init__(self, config: LocalServerConfig) -> None:
         self.config = config
         self.runtime = SandboxRuntime(
-            root=config.data_dir / "runtime", cache=rootfs.cache_dir(), rootfs=template_root, cgroups=None
+            root=config.data_dir / "runtime",
+            cache=rootfs.cache_dir(),
+            rootfs=template_root,
+            cgroups=None,
+            max_disk_mb=config.max_disk_mb,
         )
         self.idle = IdleTracker(self._hibernate_if_idle)
         self.exec_sessions = ExecSessionTable()
