@@ -268,6 +268,9 @@ static void boot_child(struct boot *b, int go_fd, int ready_fd) {
     if (setgroups(0, NULL) < 0) die("setgroups");
     if (setresgid(0, 0, 0) < 0) die("setresgid");
     if (setresuid(0, 0, 0) < 0) die("setresuid");
+    /* The id change cleared the parent-death signal: armed again, or a killed server would leave
+     * the sandbox running. A parent that died before this line is seen at the ready write. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("pdeathsig");
     /* /proc/self/fd/N must stay ours to resolve after the id change; nothing else runs yet. */
     if (prctl(PR_SET_DUMPABLE, 1) < 0) die("dumpable");
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("private mounts");
