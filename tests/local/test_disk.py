@@ -244,3 +244,31 @@ def test_a_sigkilled_server_leaves_no_loop_device_or_mount_and_the_disk_survives
         assert out(api, sandbox, "cat kept.txt") == "survived\n"
         assert api.delete(f"/sandboxes/{sandbox}").status_code == 204
     wait_for_no_traces(data_dir)
+
+
+async def test_a_layer_from_before_disks_gets_one_when_it_boots(tmp_path: Path) -> None:
+    runtime = SandboxRuntime(
+        tmp_path / "runtime", cache=rootfs.cache_dir(), rootfs=template_root, cgroups=None
+    )
+    runtime.layers.create_sandbox("sb-old00001")
+    await runtime.start("sb-old00001", template="base", network=False)
+    script = "echo old > old.txt; ln -s old.txt link; sudo rm /etc/motd; sudo mkdir -p /opt/x"
+    made = await runtime.run("sb-old00001", ["/bin/sh", "-c", script])
+    assert made.exit_code == 0, made
+    await runtime.stop("sb-old00001")
+    await runtime.layers.snapshot("sb-old00001", "old-upper")
+    # The layout of a layer made before this change: upper and work as plain host directories.
+    layer = runtime.layers.layer_dir("sb-old00001")
+    runtime.layers.disk_image("sb-old00001").unlink()
+    runtime.layers.checkpoint_dir("old-upper").rename(layer / "upper")
+    (layer / "work").mkdir()
+    assert runtime.layers.sandbox_exists("sb-old00001")
+
+    await runtime.start("sb-old00001", template="base", network=False)
+    try:
+        check = "cat old.txt; readlink link; ls /etc/motd 2>/dev/null || echo whiteout kept; ls -d /opt/x"
+        read = await runtime.run("sb-old00001", ["/bin/sh", "-c", check])
+        assert read.stdout == b"old\nold.txt\nwhiteout kept\n/opt/x\n", read
+        assert sorted(path.name for path in layer.iterdir()) == ["disk", "disk.img", "init.log", "merged"]
+    finally:
+        await runtime.destroy("sb-old00001")

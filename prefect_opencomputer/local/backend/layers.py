@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from prefect_opencomputer.local.backend import host, processes
 from prefect_opencomputer.local.backend.sizing import MIN_DISK_MB
-from prefect_opencomputer.local.sandbox import disk
+from prefect_opencomputer.local.sandbox import disk, ids
 
 LiveRoot = Callable[[str], Path | None]
 
@@ -77,7 +78,10 @@ class LayerStore:
         return self.root / "skeleton"
 
     def sandbox_exists(self, sandbox_id: str) -> bool:
-        return self.disk_image(sandbox_id).is_file()
+        return self.disk_image(sandbox_id).is_file() or self._legacy_upper(sandbox_id).is_dir()
+
+    def _legacy_upper(self, sandbox_id: str) -> Path:
+        return self.layer_dir(sandbox_id) / "upper"  # a layer made before sandboxes had disks
 
     def checkpoint_exists(self, checkpoint_id: str) -> bool:
         return self.checkpoint_dir(checkpoint_id).is_dir()
@@ -109,6 +113,34 @@ class LayerStore:
         self._new_image(self.disk_image(sandbox_id), self.disk_size_mb(disk_mb))
         self.disk_mount(sandbox_id).mkdir(mode=0o700)
         self.mountpoint(sandbox_id).mkdir()
+
+    def ensure_disk(self, sandbox_id: str) -> bool:
+        """Whether the sandbox has a layer, giving one from before disks existed a disk first.
+
+        mkfs.ext4 -d copies the old upper (owners, modes, xattrs, whiteouts, links) into a new
+        image of the default size; the old directory goes only once the image is complete.
+        """
+        if self.disk_image(sandbox_id).is_file():
+            return True
+        legacy = self._legacy_upper(sandbox_id)
+        if not legacy.is_dir():
+            return False
+        staging = self.layer_dir(sandbox_id) / "legacy"
+        staging.mkdir(exist_ok=True)
+        os.chmod(staging, 0o755)
+        legacy.rename(staging / "upper")
+        try:
+            work = staging / "work"
+            work.mkdir(mode=0o700, exist_ok=True)
+            os.chown(work, *ids.ROOT_OWNER)
+            disk.make_image(self.disk_image(sandbox_id), self.disk_size_mb(MIN_DISK_MB), staging)
+        except BaseException:
+            (staging / "upper").rename(legacy)
+            raise
+        shutil.rmtree(staging)
+        shutil.rmtree(self.layer_dir(sandbox_id) / "work", ignore_errors=True)
+        self.disk_mount(sandbox_id).mkdir(mode=0o700, exist_ok=True)
+        return True
 
     def _new_image(self, path: Path, size_mb: int) -> None:
         """An empty formatted image at ``path``: a spare one when one of this size is ready."""

@@ -155,7 +155,7 @@ class SandboxRuntime:
                     await asyncio.to_thread(machine.cgroup.thaw)
                     machine.frozen = False
                 return
-            if not self.layers.sandbox_exists(sandbox_id):
+            if not await asyncio.to_thread(self.layers.ensure_disk, sandbox_id):
                 raise FileNotFoundError(f"no layer for sandbox {sandbox_id}")
             lower = await self._rootfs(template)
             cgroup = None
