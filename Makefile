@@ -26,8 +26,8 @@ bench: install
 install: system-deps $(VENV)/.installed
 
 # bubblewrap runs the local server's sandboxes, mmdebstrap builds their root filesystems, uidmap maps
-# their ids; as root we install what is missing, otherwise we say how.
-SYSTEM_DEPS := bwrap:bubblewrap mmdebstrap:mmdebstrap newuidmap:uidmap
+# their ids, e2fsprogs formats their disks; as root we install what is missing, otherwise we say how.
+SYSTEM_DEPS := bwrap:bubblewrap mmdebstrap:mmdebstrap newuidmap:uidmap mkfs.ext4:e2fsprogs
 system-deps:
 	@missing=""; for dep in $(SYSTEM_DEPS); do \
 		command -v "$${dep%%:*}" >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; \
