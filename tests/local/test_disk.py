@@ -272,3 +272,16 @@ async def test_a_layer_from_before_disks_gets_one_when_it_boots(tmp_path: Path) 
         assert sorted(path.name for path in layer.iterdir()) == ["disk", "disk.img", "init.log", "merged"]
     finally:
         await runtime.destroy("sb-old00001")
+
+
+def test_a_disk_larger_than_the_host_has_free_is_refused(tmp_path: Path) -> None:
+    runtime = SandboxRuntime(
+        tmp_path / "runtime", cache=rootfs.cache_dir(), rootfs=template_root, cgroups=None
+    )
+    stats = os.statvfs(tmp_path)
+    free_mb = stats.f_bavail * stats.f_frsize // disk.MIB
+    if free_mb >= 262144:
+        pytest.skip("this host has room for the largest disk")
+    with pytest.raises(OSError, match="does not fit"):
+        runtime.layers.create_sandbox("sb-huge0001", disk_mb=262144)
+    assert not runtime.layers.layer_dir("sb-huge0001").exists()

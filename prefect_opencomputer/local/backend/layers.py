@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import threading
@@ -108,9 +109,12 @@ class LayerStore:
 
     def create_sandbox(self, sandbox_id: str, disk_mb: int = MIN_DISK_MB) -> None:
         """A fresh, empty layer on a disk of its own: the sandbox sees its template as it was built."""
+        size_mb = self.disk_size_mb(disk_mb)
         base = self.layer_dir(sandbox_id)
-        base.mkdir(parents=True)
-        self._new_image(self.disk_image(sandbox_id), self.disk_size_mb(disk_mb))
+        base.parent.mkdir(parents=True, exist_ok=True)
+        _check_room(base.parent, size_mb)
+        base.mkdir()
+        self._new_image(self.disk_image(sandbox_id), size_mb)
         self.disk_mount(sandbox_id).mkdir(mode=0o700)
         self.mountpoint(sandbox_id).mkdir()
 
@@ -216,6 +220,22 @@ class LayerStore:
 
     async def remove_checkpoint(self, checkpoint_id: str) -> None:
         await host.remove_tree(self.checkpoint_dir(checkpoint_id))
+
+
+def _check_room(directory: Path, size_mb: int) -> None:
+    """Refuse a disk the host could not hold: a sandbox filling its own must never fill the host's.
+
+    Images are sparse, so this cannot promise room for all of them together; it keeps any one
+    from outgrowing what is free now.
+    """
+    stats = os.statvfs(directory)
+    free_mb = stats.f_bavail * stats.f_frsize // disk.MIB
+    if size_mb > free_mb:
+        raise OSError(
+            errno.ENOSPC,
+            f"a {size_mb} MB sandbox disk does not fit in the {free_mb} MB free on this host "
+            "(ask for a smaller diskMB, or start the server with --max-disk-mb)",
+        )
 
 
 def _tree_size(path: Path) -> int:
