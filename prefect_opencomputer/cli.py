@@ -80,6 +80,14 @@ def local_serve(
         int,
         typer.Option(help="Running sandboxes allowed at once; creates past it get 429 (hosted: 50).", min=0),
     ] = 50,
+    max_disk_mb: Annotated[
+        int | None,
+        typer.Option(
+            min=16,
+            help="Cap every sandbox's disk at this many MB, whatever its diskMB (tests fill one quickly).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the OpenComputer API on this machine until Ctrl-C or SIGTERM."""
     import asyncio
@@ -118,6 +126,7 @@ def local_serve(
             limits=not no_limits,
             max_running_sandboxes=max_running_sandboxes,
             egress_allow=tuple(egress_allow or ()),
+            max_disk_mb=max_disk_mb,
         )
         server, server_app = build_server(config, access_log=True, log_config=copy.deepcopy(LOGGING_CONFIG))
         shown_host = f"[{host}]" if ":" in host else host

@@ -34,6 +34,8 @@ class LocalServerConfig:
     file_operation_timeout: float = 30.0
     # The hosted service's default cap on running sandboxes per organisation (429 past it).
     max_running_sandboxes: int = 50
+    # Every sandbox's disk is at most this big, whatever its diskMB (tests fill a small one quickly).
+    max_disk_mb: int | None = None
 
     def __repr__(self) -> str:
         # The API key never shows in a repr (logs, tracebacks, test output).

@@ -63,10 +63,12 @@ class LocalServer:
         preview_domain: str = "",
         limits: bool = True,
         max_running_sandboxes: int = 50,
+        max_disk_mb: int | None = None,
     ) -> None:
         self._requested_data_dir = data_dir
         self._limits = limits
         self._max_running_sandboxes = max_running_sandboxes
+        self._max_disk_mb = max_disk_mb
         self._requested_port = port
         self._host = host
         self._enable_test_routes = enable_test_routes
@@ -137,6 +139,7 @@ class LocalServer:
             enable_test_routes=self._enable_test_routes,
             limits=self._limits,
             max_running_sandboxes=self._max_running_sandboxes,
+            max_disk_mb=self._max_disk_mb,
         )
 
     def _launch(self, data_dir: Path) -> None:

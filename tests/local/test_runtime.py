@@ -56,7 +56,8 @@ async def test_write_to_etc_stays_in_the_sandbox_layer(runtime: SandboxRuntime, 
     assert not Path("/etc", marker).exists()
     missing = await runtime.run(b, ["cat", f"/etc/{marker}"])
     assert missing.exit_code != 0
-    upper, _ = runtime.layers.sandbox_dirs(a)
+    upper = runtime.layers.upper_view(a)
+    assert upper is not None
     assert (upper / "etc" / marker).read_bytes() == b"only in a"
 
 
@@ -73,8 +74,7 @@ async def test_host_private_paths_are_invisible(runtime: SandboxRuntime, tmp_pat
     # The sandbox's /etc is its template's, not this host's.
     assert await sh(runtime, sandbox, "cat /etc/hostname") == "sb-hide0001\n"
     other = await boot(runtime, "sb-hide0002")
-    other_upper, _ = runtime.layers.sandbox_dirs(other)
-    probe = await runtime.run(sandbox, ["ls", str(other_upper)])
+    probe = await runtime.run(sandbox, ["ls", str(runtime.layers.layer_dir(other))])
     assert probe.exit_code != 0
 
 
@@ -207,7 +207,8 @@ async def test_sandbox_root_writes_system_files_and_is_nobody_on_the_host(runtim
     )
     assert result.stdout.split() == [b"0", b"0", str(ids.HOST_ID_BASE).encode(), str(ids.ID_COUNT).encode()]
     assert not Path("/usr/local/built.txt").exists()
-    upper, _ = runtime.layers.sandbox_dirs(sandbox)
+    upper = runtime.layers.upper_view(sandbox)
+    assert upper is not None
     assert (upper / "usr/local/built.txt").stat().st_uid == ids.host_id(0)
     assert await sh(runtime, sandbox, "cat /usr/local/built.txt") == "built\n"
 

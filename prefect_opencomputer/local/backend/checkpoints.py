@@ -88,7 +88,7 @@ class Checkpoints:
         layers = self._backend.runtime.layers
         await copying.sweep_partials(layers.checkpoint_dir("-").parent)
         for sandbox in store.sandboxes():
-            await copying.sweep_partials(layers.sandbox_dirs(sandbox.id)[0].parent)
+            await copying.sweep_partials(layers.layer_dir(sandbox.id))
         for checkpoint in store.checkpoints(status="processing"):
             checkpoint.status = "failed"
             checkpoint.error_msg = "the local server stopped while the checkpoint was being taken"
@@ -249,7 +249,7 @@ class Checkpoints:
             async with self._readers.reading(checkpoint.id):
                 if backend.store.checkpoint(checkpoint.id) is None:
                     raise WireError(404, "checkpoint not found")
-                await backend.runtime.layers.fork(checkpoint.id, record.id)
+                await backend.runtime.layers.fork(checkpoint.id, record.id, record.disk_mb)
             async with backend.lifecycle_lock(record.id):
                 await backend.boot(record)
         except BaseException as error:

@@ -1,99 +1,244 @@
 """Sandbox and checkpoint layers on disk.
 
 A sandbox's root is an overlay: its template's root filesystem read-only below, the sandbox's own
-``upper`` directory above, where every write lands. A layer belongs to the sandbox's root (an
-unprivileged host id), so the overlay is mounted from inside the sandbox's user namespace. A
-checkpoint is a copy of an upper directory (owners, whiteouts and overlay xattrs kept); a fork
-copies it back.
+``upper`` directory above, where every write lands. Upper and work live on the sandbox's own
+disk, ``disk.img``: an ext4 image of its ``diskMB`` (see `sandbox.disk`), so a full disk is the
+sandbox's ENOSPC and never the host's. The image is mounted only inside private mount namespaces:
+the helper's while the sandbox runs (reachable from the host through ``/proc/<helper>/root``), or a
+short-lived one of ``helper disk`` for a copy in or out of a stopped sandbox. A checkpoint is a
+plain copy of an upper directory (owners, whiteouts and overlay xattrs kept); a fork or a restore
+copies it into a fresh image.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
-from prefect_opencomputer.local.sandbox import copying, ids
+from prefect_opencomputer.local.backend import processes
+from prefect_opencomputer.local.backend.sizing import MIN_DISK_MB
+from prefect_opencomputer.local.sandbox import copying, disk, ids
+
+LiveRoot = Callable[[str], Path | None]
+
+
+def _never_live(sandbox_id: str) -> Path | None:
+    return None
 
 
 class LayerStore:
-    """Where the layers live: ``sandboxes/<id>/{upper,work,merged}`` and ``checkpoints/<id>``."""
+    """Where the layers live: ``sandboxes/<id>/{disk.img,disk,merged}``, ``checkpoints/<id>``, ``spares``.
 
-    def __init__(self, root: Path) -> None:
+    ``helper`` gives the sandbox helper's path; ``live_root`` the directory through which the host
+    sees a running sandbox's mounts (None when it is not running). ``max_disk_mb`` caps every
+    sandbox's disk (a server flag, so tests can fill one quickly).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        helper: Callable[[], str],
+        live_root: LiveRoot = _never_live,
+        max_disk_mb: int | None = None,
+    ) -> None:
         self.root = root
+        self.max_disk_mb = max_disk_mb
+        self._helper = helper
+        self._live_root = live_root
+        self._skeleton_ready = False
+        self._skeleton_lock = threading.Lock()
+        self.spares = disk.SpareImages(self.root / "spares", self.disk_size_mb(MIN_DISK_MB), self.skeleton)
 
     # -- paths -----------------------------------------------------------------------------
 
-    def sandbox_dirs(self, sandbox_id: str) -> tuple[Path, Path]:
-        base = self.root / "sandboxes" / sandbox_id
-        return base / "upper", base / "work"
+    def layer_dir(self, sandbox_id: str) -> Path:
+        return self.root / "sandboxes" / sandbox_id
+
+    def disk_image(self, sandbox_id: str) -> Path:
+        return self.layer_dir(sandbox_id) / "disk.img"
+
+    def disk_mount(self, sandbox_id: str) -> Path:
+        """Where the disk is mounted in private namespaces; an empty directory on the host."""
+        return self.layer_dir(sandbox_id) / "disk"
 
     def mountpoint(self, sandbox_id: str) -> Path:
-        return self.root / "sandboxes" / sandbox_id / "merged"
+        return self.layer_dir(sandbox_id) / "merged"
 
     def checkpoint_dir(self, checkpoint_id: str) -> Path:
         return self.root / "checkpoints" / checkpoint_id
 
+    @property
+    def skeleton(self) -> Path:
+        return self.root / "skeleton"
+
     def sandbox_exists(self, sandbox_id: str) -> bool:
-        return self.sandbox_dirs(sandbox_id)[0].is_dir()
+        return self.disk_image(sandbox_id).is_file() or self._legacy_upper(sandbox_id).is_dir()
+
+    def _legacy_upper(self, sandbox_id: str) -> Path:
+        return self.layer_dir(sandbox_id) / "upper"  # a layer made before sandboxes had disks
 
     def checkpoint_exists(self, checkpoint_id: str) -> bool:
         return self.checkpoint_dir(checkpoint_id).is_dir()
 
+    def boot_options(self, sandbox_id: str) -> list[str]:
+        """The helper's ``boot`` options that give the sandbox its disk."""
+        image, mount = self.disk_image(sandbox_id), self.disk_mount(sandbox_id)
+        return ["--disk-image", str(image), "--disk-mount", str(mount)]
+
+    def upper_view(self, sandbox_id: str) -> Path | None:
+        """A running sandbox's upper directory as the host can read it; None when it is not running."""
+        live = self._live_root(sandbox_id)
+        if live is None:
+            return None
+        return live / self.disk_mount(sandbox_id).relative_to("/") / "upper"
+
+    def disk_size_mb(self, requested_mb: int) -> int:
+        """The size a sandbox asking for ``requested_mb`` gets: the server's cap, if lower."""
+        if self.max_disk_mb is None:
+            return requested_mb
+        return min(requested_mb, self.max_disk_mb)
+
     # -- lifecycle -------------------------------------------------------------------------
 
-    def create_sandbox(self, sandbox_id: str) -> None:
-        """A fresh, empty layer: the sandbox sees its template as it was built."""
-        base = self.root / "sandboxes" / sandbox_id
-        base.mkdir(parents=True)
-        _owned_dir(base / "upper", 0o755)
-        _owned_dir(base / "work", 0o700)
+    def create_sandbox(self, sandbox_id: str, disk_mb: int = MIN_DISK_MB) -> None:
+        """A fresh, empty layer on a disk of its own: the sandbox sees its template as it was built."""
+        size_mb = self.disk_size_mb(disk_mb)
+        base = self.layer_dir(sandbox_id)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        _check_room(base.parent, size_mb)
+        base.mkdir()
+        self._new_image(self.disk_image(sandbox_id), size_mb)
+        self.disk_mount(sandbox_id).mkdir(mode=0o700)
+        self.mountpoint(sandbox_id).mkdir()
 
-    def reset_workdir(self, sandbox_id: str) -> None:
-        """Overlayfs needs an empty work directory on the same filesystem as the upper one."""
-        _, work = self.sandbox_dirs(sandbox_id)
-        if work.exists():
-            shutil.rmtree(work)
-        _owned_dir(work, 0o700)
+    def ensure_disk(self, sandbox_id: str) -> bool:
+        """Whether the sandbox has a layer, giving one from before disks existed a disk first.
+
+        mkfs.ext4 -d copies the old upper (owners, modes, xattrs, whiteouts, links) into a new
+        image of the default size; the old directory goes only once the image is complete.
+        """
+        if self.disk_image(sandbox_id).is_file():
+            return True
+        legacy = self._legacy_upper(sandbox_id)
+        if not legacy.is_dir():
+            return False
+        staging = self.layer_dir(sandbox_id) / "legacy"
+        staging.mkdir(exist_ok=True)
+        os.chmod(staging, 0o755)
+        legacy.rename(staging / "upper")
+        try:
+            work = staging / "work"
+            work.mkdir(mode=0o700, exist_ok=True)
+            os.chown(work, *ids.ROOT_OWNER)
+            disk.make_image(self.disk_image(sandbox_id), self.disk_size_mb(MIN_DISK_MB), staging)
+        except BaseException:
+            (staging / "upper").rename(legacy)
+            raise
+        shutil.rmtree(staging)
+        shutil.rmtree(self.layer_dir(sandbox_id) / "work", ignore_errors=True)
+        self.disk_mount(sandbox_id).mkdir(mode=0o700, exist_ok=True)
+        return True
+
+    def _new_image(self, path: Path, size_mb: int) -> None:
+        """An empty formatted image at ``path``: a spare one when one of this size is ready."""
+        self._ensure_skeleton()
+        spare = self.spares.take() if size_mb == self.spares.size_mb else None
+        if spare is not None:
+            try:
+                spare.rename(path)
+                return
+            except FileNotFoundError:
+                pass  # the spare went away with an earlier data dir; format one
+        disk.make_image(path, size_mb, self.skeleton)
+
+    def _ensure_skeleton(self) -> None:
+        with self._skeleton_lock:
+            if not self._skeleton_ready:
+                disk.build_skeleton(self.skeleton)
+                self._skeleton_ready = True
 
     async def snapshot(self, sandbox_id: str, checkpoint_id: str) -> int:
         """Copy the sandbox's layer into a checkpoint; returns its size in bytes."""
-        upper, _ = self.sandbox_dirs(sandbox_id)
         target = self.checkpoint_dir(checkpoint_id)
         target.parent.mkdir(parents=True, exist_ok=True)
-        await copying.copy_tree(upper, target)
+        live = self.upper_view(sandbox_id)
+        if live is not None:
+            # Through the helper's mount namespace: host cp reads the sandbox's files as data.
+            await copying.copy_tree(live, target)
+        else:
+            # Into a partial name, renamed once whole: a killed copy never looks like a checkpoint.
+            mount = self.disk_mount(sandbox_id)
+            partial = copying.partial_path(target)
+            argv = [copying.host_command("cp"), "-a", "--", str(mount / "upper"), str(partial)]
+            try:
+                await self._with_disk(self.disk_image(sandbox_id), mount, argv)
+                partial.rename(target)
+            except BaseException:
+                await copying.remove_tree(partial)
+                raise
         return await asyncio.to_thread(copying.tree_size, target)
 
-    async def fork(self, checkpoint_id: str, sandbox_id: str) -> None:
+    async def fork(self, checkpoint_id: str, sandbox_id: str, disk_mb: int = MIN_DISK_MB) -> None:
         """A new sandbox layer holding what the checkpoint holds."""
-        upper, work = self.sandbox_dirs(sandbox_id)
-        upper.parent.mkdir(parents=True, exist_ok=True)
-        await copying.copy_tree(self.checkpoint_dir(checkpoint_id), upper)
-        _owned_dir(work, 0o700)
+        await asyncio.to_thread(self.create_sandbox, sandbox_id, disk_mb)
+        await self._copy_in(checkpoint_id, self.disk_image(sandbox_id), self.disk_mount(sandbox_id))
 
     async def restore(self, checkpoint_id: str, sandbox_id: str) -> None:
-        """Replace a stopped sandbox's layer with the checkpoint's (swap, then drop the old one)."""
-        upper, _ = self.sandbox_dirs(sandbox_id)
-        incoming = upper.with_name("upper.restoring")
-        outgoing = upper.with_name("upper.old")
-        await copying.remove_tree(incoming)
-        await copying.copy_tree(self.checkpoint_dir(checkpoint_id), incoming)
-        await copying.remove_tree(outgoing)
-        upper.rename(outgoing)
-        incoming.rename(upper)
-        await copying.remove_tree(outgoing)
-        self.reset_workdir(sandbox_id)
+        """Replace a stopped sandbox's disk with a fresh one holding the checkpoint (one rename)."""
+        current = self.disk_image(sandbox_id)
+        incoming = current.with_name("disk.img.restoring")
+        incoming.unlink(missing_ok=True)
+        size_mb = disk.image_size_mb(current)
+        await asyncio.to_thread(self._new_image, incoming, size_mb)
+        try:
+            await self._copy_in(checkpoint_id, incoming, self.disk_mount(sandbox_id))
+        except BaseException:
+            incoming.unlink(missing_ok=True)
+            raise
+        incoming.rename(current)
+
+    async def _copy_in(self, checkpoint_id: str, image: Path, mount: Path) -> None:
+        # -T: the checkpoint's own root becomes upper (its owner, mode and xattrs with it).
+        source = self.checkpoint_dir(checkpoint_id)
+        argv = [copying.host_command("cp"), "-a", "-T", "--", str(source), str(mount / "upper")]
+        await self._with_disk(image, mount, argv)
+
+    async def _with_disk(self, image: Path, mount: Path, argv: list[str]) -> None:
+        """Run a host command with the image mounted on ``mount`` in a private mount namespace."""
+        helper = self._helper()
+        process = await processes.spawn(
+            [helper, "disk", "--image", str(image), "--mount", str(mount), "--", *argv], stdout=False
+        )
+        assert process.stderr is not None
+        stderr = await process.stderr.read()
+        if await process.wait() != 0:
+            reason = stderr.decode(errors="replace").strip()
+            raise OSError(f"{Path(argv[0]).name} on the disk of {image.parent.name} failed: {reason}")
 
     async def remove_sandbox(self, sandbox_id: str) -> None:
-        await copying.remove_tree(self.root / "sandboxes" / sandbox_id)
+        await copying.remove_tree(self.layer_dir(sandbox_id))
 
     async def remove_checkpoint(self, checkpoint_id: str) -> None:
         await copying.remove_tree(self.checkpoint_dir(checkpoint_id))
 
 
-def _owned_dir(path: Path, mode: int) -> None:
-    """A directory of the sandbox's root (it mounts the overlay, so it must own upper and work)."""
-    path.mkdir(mode=mode, exist_ok=True)
-    os.chown(path, *ids.ROOT_OWNER)
-    os.chmod(path, mode)
+def _check_room(directory: Path, size_mb: int) -> None:
+    """Refuse a disk the host could not hold: a sandbox filling its own must never fill the host's.
+
+    Images are sparse, so this cannot promise room for all of them together; it keeps any one
+    from outgrowing what is free now.
+    """
+    stats = os.statvfs(directory)
+    free_mb = stats.f_bavail * stats.f_frsize // disk.MIB
+    if size_mb > free_mb:
+        raise OSError(
+            errno.ENOSPC,
+            f"a {size_mb} MB sandbox disk does not fit in the {free_mb} MB free on this host "
+            "(ask for a smaller diskMB, or start the server with --max-disk-mb)",
+        )

@@ -25,7 +25,7 @@ from pathlib import Path
 from prefect_opencomputer.local.backend import host, layers, netns, processes
 from prefect_opencomputer.local.backend.fileops import RootedFiles
 from prefect_opencomputer.local.backend.host import RuntimeUnavailable
-from prefect_opencomputer.local.sandbox import ids
+from prefect_opencomputer.local.sandbox import disk, ids
 from prefect_opencomputer.local.sandbox.cgroups import CgroupError, CgroupHost, Limits, SandboxCgroup
 from prefect_opencomputer.local.sandbox.helper import HelperUnavailable, helper_binary
 from prefect_opencomputer.local.sandbox.network import IPNetwork, SandboxNetwork
@@ -87,7 +87,8 @@ class SandboxRuntime:
     """Starts, stops, freezes and enters sandboxes whose layers live under ``root``.
 
     ``rootfs`` gives the root filesystem of a template (building it on first use); ``cgroups``
-    is None only when the server was told to run without limits.
+    is None only when the server was told to run without limits; ``max_disk_mb`` caps every
+    sandbox's disk.
     """
 
     def __init__(
@@ -98,11 +99,14 @@ class SandboxRuntime:
         rootfs: RootfsProvider,
         cgroups: CgroupHost | None,
         egress_allow: Collection[IPNetwork] = (),
+        max_disk_mb: int | None = None,
     ) -> None:
         self.root = root
         self.egress_allow = frozenset(egress_allow)
         self.cache = cache
-        self.layers = layers.LayerStore(root / "layers")
+        self.layers = layers.LayerStore(
+            root / "layers", helper=lambda: self.helper, live_root=self._disk_root, max_disk_mb=max_disk_mb
+        )
         self.cgroups = cgroups
         self._rootfs = rootfs
         self._helper: str | None = None
@@ -113,8 +117,9 @@ class SandboxRuntime:
         """Raise `RuntimeUnavailable` with a readable reason when sandboxes cannot run here."""
         host.check_host()
         try:
+            disk.check_host()
             self._helper = str(helper_binary(self.cache))
-        except HelperUnavailable as error:
+        except (HelperUnavailable, disk.DiskUnavailable) as error:
             raise RuntimeUnavailable(str(error)) from error
 
     @property
@@ -155,11 +160,9 @@ class SandboxRuntime:
                     await asyncio.to_thread(machine.cgroup.thaw)
                     machine.frozen = False
                 return
-            upper, work = self.layers.sandbox_dirs(sandbox_id)
-            if not upper.is_dir():
+            if not await asyncio.to_thread(self.layers.ensure_disk, sandbox_id):
                 raise FileNotFoundError(f"no layer for sandbox {sandbox_id}")
             lower = await self._rootfs(template)
-            self.layers.reset_workdir(sandbox_id)
             cgroup = None
             if self.cgroups is not None and limits is not None:
                 cgroup = await asyncio.to_thread(self.cgroups.create, sandbox_id, limits)
@@ -167,7 +170,7 @@ class SandboxRuntime:
             merged.mkdir(parents=True, exist_ok=True)
             ready_read, ready_write = os.pipe()
             argv = [
-                self.helper, "boot", "--lower", str(lower), "--upper", str(upper), "--work", str(work),
+                self.helper, "boot", "--lower", str(lower), *self.layers.boot_options(sandbox_id),
                 "--merged", str(merged), "--hostname", hostname or sandbox_id,
                 "--map", f"{ids.HOST_ID_BASE}:{ids.ID_COUNT}", "--shm-bytes", str(SHM_BYTES),
                 "--ready-fd", str(ready_write), *_cgroup_options(cgroup),
@@ -268,6 +271,13 @@ class SandboxRuntime:
     async def shutdown(self) -> None:
         """Stop every sandbox (layers stay: the server may start again)."""
         await asyncio.gather(*(self.stop(sid) for sid in list(self._machines)))
+
+    def _disk_root(self, sandbox_id: str) -> Path | None:
+        """The helper's root while the sandbox runs: its mount namespace holds the mounted disk."""
+        machine = self._machines.get(sandbox_id)
+        if machine is None or machine.process.returncode is not None:
+            return None
+        return Path(f"/proc/{machine.process.pid}/root")
 
     def running_ids(self) -> list[str]:
         return [sid for sid in self._machines if self.is_running(sid)]

@@ -157,7 +157,11 @@ class LocalBackend:
     def __init__(self, config: LocalServerConfig) -> None:
         self.config = config
         self.runtime = SandboxRuntime(
-            root=config.data_dir / "runtime", cache=rootfs.cache_dir(), rootfs=template_root, cgroups=None
+            root=config.data_dir / "runtime",
+            cache=rootfs.cache_dir(),
+            rootfs=template_root,
+            cgroups=None,
+            max_disk_mb=config.max_disk_mb,
         )
         self.idle = IdleTracker(self._hibernate_if_idle)
         self.exec_sessions = ExecSessionTable()
@@ -313,7 +317,7 @@ class LocalBackend:
         )
         self.store.save_sandbox(record)
         try:
-            await asyncio.to_thread(self.runtime.layers.create_sandbox, record.id)
+            await asyncio.to_thread(self.runtime.layers.create_sandbox, record.id, record.disk_mb)
             async with self.lifecycle_lock(record.id):
                 await self.boot(record)
         except BaseException as error:

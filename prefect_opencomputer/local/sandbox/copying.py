@@ -27,7 +27,8 @@ class CopyFailed(OSError):
 
 
 @functools.cache
-def _host_command(name: str) -> str:
+def host_command(name: str) -> str:
+    """A host binary from the system directories only, whatever PATH says."""
     found = shutil.which(name, path=_HOST_PATH)
     if found is None:
         raise FileNotFoundError(f"host command not found: {name}")
@@ -49,7 +50,7 @@ async def copy_tree(source: Path, target: Path) -> None:
         raise FileExistsError(f"copy target exists: {target}")
     partial = partial_path(target)
     try:
-        await _run([_host_command("cp"), "-a", "--reflink=auto", "--", str(source), str(partial)])
+        await _run([host_command("cp"), "-a", "--reflink=auto", "--", str(source), str(partial)])
         os.rename(partial, target)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -61,7 +62,7 @@ async def remove_tree(path: Path) -> None:
     """``rm -rf --one-file-system`` in a child that dies with the server; a missing path is fine."""
     if not path.exists() and not path.is_symlink():
         return
-    await _run([_host_command("rm"), "-rf", "--one-file-system", "--", str(path)])
+    await _run([host_command("rm"), "-rf", "--one-file-system", "--", str(path)])
 
 
 async def sweep_partials(directory: Path) -> list[Path]:
@@ -86,7 +87,7 @@ async def _run(argv: list[str]) -> None:
     # Not start_new_session: the child stays in the server's session and process group, and
     # the kernel kills it when the server's thread that started it dies.
     process = await asyncio.create_subprocess_exec(
-        _host_command("setpriv"),
+        host_command("setpriv"),
         "--pdeathsig",
         "KILL",
         "--",

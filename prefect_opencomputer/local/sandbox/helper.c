@@ -8,14 +8,23 @@
  * sandbox, nsenter exec'd setpriv from the sandbox's /usr/bin); this program can, in a few
  * hundred lines, and enters a sandbox in about a millisecond.
  *
- *   helper boot  --lower D --upper D --work D --merged D --hostname H --map BASE:COUNT
+ *   helper boot  --lower D --disk-image F --disk-mount D --merged D --hostname H --map BASE:COUNT
  *                [--cgroup-procs F]... [--shm-bytes N] [--ready-fd N]
  *     A new network namespace owned by the host (the sandbox's root cannot change its routes or
- *     firewall), then a child in new user (ids 0..COUNT-1 inside are BASE.. outside), mount, PID,
- *     IPC, UTS and cgroup namespaces. The child mounts an overlay (lower read-only, upper
- *     writable) with the ids of the sandbox's root, pivots into it, mounts /proc, /dev, /dev/shm,
- *     /run and writes /etc/hosts, then becomes the sandbox's pid 1 (a reaper running host code).
- *     The parent prints the child's pid on the ready fd once the root is in place and waits.
+ *     firewall) and a private mount namespace where the sandbox's disk (an ext4 image holding
+ *     its upper and work directories) is mounted on the disk mount dir: the host's own mount
+ *     table never sees it, so nothing leaks when this process dies. Then a child in new user (ids
+ *     0..COUNT-1 inside are BASE.. outside), mount, PID, IPC, UTS and cgroup namespaces. The child
+ *     mounts an overlay (lower read-only, the disk's upper writable) with the ids of the
+ *     sandbox's root, pivots into it, mounts /proc, /dev, /dev/shm, /run and writes /etc/hosts,
+ *     then becomes the sandbox's pid 1 (a reaper running host code). The parent prints the
+ *     child's pid on the ready fd once the root is in place and waits; the disk stays reachable
+ *     from the host as /proc/<parent>/root/<disk mount> while it lives.
+ *
+ *   helper disk --image F --mount D -- /ABSOLUTE/HOST/COMMAND ARGS...
+ *     Mounts the disk image on D in a private mount namespace of its own and executes the host
+ *     command there (a copy in or out of a stopped sandbox's disk); the mount and its loop device
+ *     go when the command exits.
  *
  *   helper enter --pidfd N --uid U --gid G [--groups G1,G2] [--cwd DIR] [--cgroup-procs F]...
  *                -- ARGV...
@@ -27,6 +36,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/loop.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -112,10 +122,84 @@ static int clone_host_tree(const char *path) {
     return fd;
 }
 
+/* -- the sandbox's disk: an ext4 image on a loop device, mounted in a private namespace ------ */
+
+/* A free loop device backed by the image; it detaches itself once its last user (the mount) goes. */
+static int attach_loop(const char *image, char *device, size_t size) {
+    int file = open(image, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (file < 0) die(image);
+    int control = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+    if (control < 0) die("/dev/loop-control");
+    for (int attempt = 0; attempt < 32; attempt++) {
+        int n = ioctl(control, LOOP_CTL_GET_FREE);
+        if (n < 0) die("free loop device");
+        snprintf(device, size, "/dev/loop%d", n);
+        int loop = open(device, O_RDWR | O_CLOEXEC);
+        if (loop < 0) die(device);
+        struct loop_config config;
+        memset(&config, 0, sizeof config);
+        config.fd = (unsigned int)file;
+        /* Direct I/O: the image's pages are not cached a second time below the disk's own, and
+         * a stop has no dirty backing pages to flush (a kill went from ~100 ms to ~10 ms). */
+        config.info.lo_flags = LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO;
+        strncpy((char *)config.info.lo_file_name, image, LO_NAME_SIZE - 1);
+        int configured = ioctl(loop, LOOP_CONFIGURE, &config);
+        if (configured < 0 && errno == EINVAL) { /* a host filesystem without O_DIRECT */
+            config.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+            configured = ioctl(loop, LOOP_CONFIGURE, &config);
+        }
+        if (configured == 0) {
+            close(control);
+            close(file);
+            return loop;
+        }
+        if (errno != EBUSY) die("attach loop device");
+        close(loop); /* another process took it between GET_FREE and CONFIGURE: ask again */
+    }
+    fail("no free loop device");
+    return -1;
+}
+
+/*
+ * Only in this process's own mount namespace, made private first (else a shared / would
+ * propagate the mount to the host's). ext4 cannot be mounted from inside a user namespace, so
+ * host root does it here, before the sandbox exists. nodev: the files are the sandbox's; setuid
+ * stays (sudo inside). errors=remount-ro: a damaged disk stops taking writes, nothing more.
+ * noinit_itable: no background zeroing of inode tables the image never wrote (it is sparse).
+ */
+static void mount_disk(const char *image, const char *target) {
+    if (unshare(CLONE_NEWNS) < 0) die("mount namespace");
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("private mounts");
+    char device[32];
+    int loop = attach_loop(image, device, sizeof device);
+    int fs = fs_open("ext4");
+    fs_set(fs, "source", device);
+    fs_set(fs, "errors", "remount-ro");
+    fs_set(fs, "noinit_itable", NULL);
+    attach(fs_mount(fs, MOUNT_ATTR_NODEV), target);
+    close(loop); /* the mount holds the device now; autoclear frees it with the mount */
+}
+
+/* One name directly below a trusted directory, never a link: host root resolves nothing inside the disk. */
+static int open_below(int dir, const char *name) {
+    int fd = openat(dir, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) die(name);
+    return fd;
+}
+
+static int disk(const char *image, const char *target, char **argv) {
+    if (argv[0][0] != '/') fail("disk runs a host command given by its absolute path");
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("pdeathsig");
+    mount_disk(image, target);
+    execv(argv[0], argv);
+    die(argv[0]);
+    return 125;
+}
+
 /* -- boot ---------------------------------------------------------------------------------- */
 
 struct boot {
-    const char *lower, *upper, *work, *merged, *hostname;
+    const char *lower, *disk_image, *disk_mount, *merged, *hostname;
     unsigned long base, count, shm_bytes;
     char *cgroups[MAX_CGROUPS];
     int ncgroups, ready_fd;
@@ -179,8 +263,9 @@ static void boot_child(struct boot *b, int go_fd, int ready_fd) {
     close(go_fd);
 
     /* Host paths are opened while we are still host root, then we become the sandbox's root. */
-    int lower = open_dir(b->lower), upper = open_dir(b->upper), work = open_dir(b->work);
-    int merged = open_dir(b->merged);
+    int lower = open_dir(b->lower), disk_root = open_dir(b->disk_mount), merged = open_dir(b->merged);
+    int upper = open_below(disk_root, "upper"), work = open_below(disk_root, "work");
+    close(disk_root);
     int devices[NDEVICES];
     for (size_t i = 0; i < NDEVICES; i++) {
         char path[64];
@@ -190,6 +275,9 @@ static void boot_child(struct boot *b, int go_fd, int ready_fd) {
     if (setgroups(0, NULL) < 0) die("setgroups");
     if (setresgid(0, 0, 0) < 0) die("setresgid");
     if (setresuid(0, 0, 0) < 0) die("setresuid");
+    /* The id change cleared the parent-death signal: armed again, or a killed server would leave
+     * the sandbox running. A parent that died before this line is seen at the ready write. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("pdeathsig");
     /* /proc/self/fd/N must stay ours to resolve after the id change; nothing else runs yet. */
     if (prctl(PR_SET_DUMPABLE, 1) < 0) die("dumpable");
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("private mounts");
@@ -272,6 +360,8 @@ static int boot(struct boot *b) {
     loopback_up();
     write_file("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0\n");
     write_file("/proc/sys/net/ipv4/ping_group_range", "0 2147483647\n");
+    /* The child's mount namespace starts as a copy of this one: it finds the disk mounted. */
+    mount_disk(b->disk_image, b->disk_mount);
 
     int go[2], ready[2];
     if (pipe2(go, O_CLOEXEC) < 0 || pipe2(ready, O_CLOEXEC) < 0) die("pipe");
@@ -403,7 +493,7 @@ static const char *value(int argc, char **argv, int *i) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) fail("usage: sandbox-helper boot|enter ...");
+    if (argc < 2) fail("usage: sandbox-helper boot|enter|disk ...");
     char *cgroups[MAX_CGROUPS];
     int ncgroups = 0;
     if (strcmp(argv[1], "boot") == 0) {
@@ -411,8 +501,8 @@ int main(int argc, char **argv) {
         for (int i = 2; i < argc; i++) {
             const char *arg = argv[i];
             if (strcmp(arg, "--lower") == 0) b.lower = value(argc, argv, &i);
-            else if (strcmp(arg, "--upper") == 0) b.upper = value(argc, argv, &i);
-            else if (strcmp(arg, "--work") == 0) b.work = value(argc, argv, &i);
+            else if (strcmp(arg, "--disk-image") == 0) b.disk_image = value(argc, argv, &i);
+            else if (strcmp(arg, "--disk-mount") == 0) b.disk_mount = value(argc, argv, &i);
             else if (strcmp(arg, "--merged") == 0) b.merged = value(argc, argv, &i);
             else if (strcmp(arg, "--hostname") == 0) b.hostname = value(argc, argv, &i);
             else if (strcmp(arg, "--shm-bytes") == 0) b.shm_bytes = strtoul(value(argc, argv, &i), NULL, 10);
@@ -424,8 +514,9 @@ int main(int argc, char **argv) {
                 b.cgroups[b.ncgroups++] = (char *)value(argc, argv, &i);
             } else fail("unknown boot option");
         }
-        if (!b.lower || !b.upper || !b.work || !b.merged || b.ready_fd < 0 || b.base == 0 || b.count == 0)
-            fail("boot needs --lower --upper --work --merged --map and --ready-fd");
+        if (!b.lower || !b.disk_image || !b.disk_mount || !b.merged || b.ready_fd < 0 || b.base == 0 ||
+            b.count == 0)
+            fail("boot needs --lower --disk-image --disk-mount --merged --map and --ready-fd");
         return boot(&b);
     }
     if (strcmp(argv[1], "enter") == 0) {
@@ -448,6 +539,17 @@ int main(int argc, char **argv) {
         if (pidfd < 0 || uid < 0 || gid < 0 || i + 1 >= argc) fail("enter needs --pidfd --uid --gid -- ARGV");
         return enter(pidfd, (uid_t)uid, (gid_t)gid, groups, cwd, cgroups, ncgroups, argv + i + 1);
     }
-    fail("usage: sandbox-helper boot|enter ...");
+    if (strcmp(argv[1], "disk") == 0) {
+        const char *image = NULL, *target = NULL;
+        int i = 2;
+        for (; i < argc && strcmp(argv[i], "--") != 0; i++) {
+            if (strcmp(argv[i], "--image") == 0) image = value(argc, argv, &i);
+            else if (strcmp(argv[i], "--mount") == 0) target = value(argc, argv, &i);
+            else fail("unknown disk option");
+        }
+        if (!image || !target || i + 1 >= argc) fail("disk needs --image --mount -- COMMAND");
+        return disk(image, target, argv + i + 1);
+    }
+    fail("usage: sandbox-helper boot|enter|disk ...");
     return 125;
 }

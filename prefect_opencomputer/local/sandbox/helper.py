@@ -6,15 +6,18 @@ write, and nothing inside a sandbox can reach it: it is looked up on the host, b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("helper.c")
 _lock = threading.Lock()
+_STALE_SECONDS = 24 * 3600
 
 
 class HelperUnavailable(RuntimeError):
@@ -52,4 +55,11 @@ def helper_binary(cache: Path) -> Path:
         os.chmod(partial, 0o755)
         # Other versions stay: a server still running one keeps entering its sandboxes with it.
         partial.rename(target)
+        # Another version may still serve a running server (an upgrade, a second checkout): only
+        # helpers no one has built for a day go.
+        cutoff = time.time() - _STALE_SECONDS
+        for stale in directory.glob("sandbox-helper-*"):
+            with contextlib.suppress(FileNotFoundError):
+                if stale != target and stale.stat().st_mtime < cutoff:
+                    stale.unlink()
     return target
