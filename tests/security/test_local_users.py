@@ -8,6 +8,8 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -43,13 +45,21 @@ def _wait_for_line(process: subprocess.Popen[str], needle: str, seconds: float) 
     raise AssertionError(f"no {needle!r} line; saw: {''.join(seen)}")
 
 
-def test_local_serve_takes_the_key_from_the_environment_and_keeps_it_off_its_command_line(
-    tmp_path: Path,
-) -> None:
+@dataclass
+class Served:
+    process: subprocess.Popen[str]
+    data_dir: Path
+    key: str
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    """``prefect-opencomputer local serve`` on a fresh data dir, the key given through the environment."""
     key = "oc-test-" + os.urandom(12).hex()
+    data_dir = tmp_path / "data"
     cli = Path(sys.executable).with_name("prefect-opencomputer")
     process = subprocess.Popen(
-        [str(cli), "local", "serve", "--port", "0", "--data-dir", str(tmp_path / "data")],
+        [str(cli), "local", "serve", "--port", "0", "--data-dir", str(data_dir)],
         env={**os.environ, KEY_ENV: key},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -57,9 +67,7 @@ def test_local_serve_takes_the_key_from_the_environment_and_keeps_it_off_its_com
     )
     try:
         _wait_for_line(process, "OpenComputer local server on", 240)
-        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
-        assert key.encode() not in cmdline
-        assert b"--api-key" not in cmdline
+        yield Served(process, data_dir, key)
     finally:
         process.terminate()
         try:
@@ -67,3 +75,18 @@ def test_local_serve_takes_the_key_from_the_environment_and_keeps_it_off_its_com
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def test_local_serve_takes_the_key_from_the_environment_and_keeps_it_off_its_command_line(
+    served: Served,
+) -> None:
+    cmdline = Path(f"/proc/{served.process.pid}/cmdline").read_bytes()
+    assert served.key.encode() not in cmdline
+    assert b"--api-key" not in cmdline
+
+
+def test_local_serve_makes_a_new_data_dir_0700_and_its_database_0600(served: Served) -> None:
+    assert stat.S_IMODE(served.data_dir.stat().st_mode) == 0o700
+    database = served.data_dir / "state.db"
+    assert database.exists()
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
