@@ -63,9 +63,13 @@ async def test_a_fork_storm_hits_the_process_cap_and_kill_leaves_no_process(
 ) -> None:
     storm = await new_sandbox()
     other = await new_sandbox()
-    # dash gives up on the first failed fork (bash would retry with back-off).
+    # dash gives up on the first failed fork (bash would retry with back-off); the sleeps keep no
+    # pipe of the command's open, so it ends when the loop does.
     result = await run(
-        http, storm, f"for i in $(seq 6000); do sleep {SLEEP_SECONDS} & done; echo all started", timeout=120
+        http,
+        storm,
+        f"for i in $(seq 6000); do sleep {SLEEP_SECONDS} >/dev/null 2>&1 & done; echo all started",
+        timeout=60,
     )
     assert "all started" not in result["stdout"]
     assert "Cannot fork" in result["stderr"] or "Resource temporarily unavailable" in result["stderr"]
