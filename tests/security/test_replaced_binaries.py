@@ -112,7 +112,7 @@ def host_dir(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("planter", sorted(PLANTERS))
-async def test_replaced_binaries_never_run_as_host_root_on_command_wake_fork_or_kill(
+async def test_replaced_binaries_never_run_as_host_root_on_command_wake_fork_restore_or_kill(
     http: httpx.AsyncClient, new_sandbox: NewSandbox, host_dir: Path, planter: str
 ) -> None:
     sandbox = await new_sandbox()
@@ -130,16 +130,26 @@ async def test_replaced_binaries_never_run_as_host_root_on_command_wake_fork_or_
     assert (await http.post(f"/sandboxes/{sandbox}/hibernate")).status_code == 200
     assert (await http.post(f"/sandboxes/{sandbox}/wake", json={})).status_code == 200
     await run_ok(http, sandbox, "true")
-    # A checkpoint (the payloads travel in it), a fork of it, a command in the fork.
+    # A checkpoint (the payloads travel in it), a fork of it, a command in the fork, a patch run in it.
     checkpoint = await checkpoint_ready(http, sandbox, f"payload-{uuid.uuid4().hex[:8]}")
+    patch = await http.post(
+        f"/sandboxes/checkpoints/{checkpoint}/patches", json={"script": "/bin/sh -c true; /usr/bin/env true"}
+    )
+    assert patch.status_code == 201, patch.text
     forked = await http.post(f"/sandboxes/from-checkpoint/{checkpoint}", json={})
     assert forked.status_code == 201, forked.text
     fork = forked.json()["sandboxID"]
     try:
         await run_ok(http, fork, "true")
         fork_records = await records_in(http, fork)
+        assert len(fork_records) > len(exercised)  # the fork's own command and patch ran them too
     finally:
         await http.delete(f"/sandboxes/{fork}")
+
+    # Restoring the checkpoint reboots the sandbox over a copy of its layer, payloads included.
+    restored = await http.post(f"/sandboxes/{sandbox}/checkpoints/{checkpoint}/restore")
+    assert restored.status_code == 200, restored.text
+    await run_ok(http, sandbox, "true")
 
     records = await records_in(http, sandbox)
     assert len(records) > len(exercised)
