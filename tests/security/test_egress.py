@@ -1,0 +1,135 @@
+"""Class 5: from inside a sandbox, this host's own services stay out of reach.
+
+Only loopback and this host's own interface address are ever contacted; other ranges are
+checked against the egress policy function alone, without sending them traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from prefect_opencomputer.local import LocalServer
+from prefect_opencomputer.local.backend import egress
+from tests.security.conftest import run
+
+pytestmark = pytest.mark.security
+
+CONNECT = (
+    'python3 -c "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5); '
+    "print('connected')\""
+)
+
+
+def host_interface_address() -> str | None:
+    """This host's first global IPv4 address, from ``ip -j addr``."""
+    try:
+        out = subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    for link in json.loads(out):
+        for address in link.get("addr_info", []):
+            if address.get("family") == "inet" and address.get("scope") == "global":
+                return str(address["local"])
+    return None
+
+
+@dataclass
+class Listener:
+    port: int
+    reached: list[bytes] = field(default_factory=list)
+
+
+@pytest.fixture
+async def listener() -> AsyncIterator[Listener]:
+    """A TCP listener on every host address; it notes every connection that reaches it."""
+    state = Listener(port=0)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.reached.append(await reader.read(100))
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 7\r\n\r\nreached")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "0.0.0.0", 0)
+    state.port = server.sockets[0].getsockname()[1]
+    yield state
+    server.close()
+    await server.wait_closed()
+
+
+async def test_the_hosts_own_interface_address_is_out_of_reach(
+    http: httpx.AsyncClient, sandbox: str, listener: Listener
+) -> None:
+    address = host_interface_address()
+    if address is None:
+        pytest.skip("this host has no global IPv4 address")
+    direct = await run(http, sandbox, f"{CONNECT} {address} {listener.port}")
+    assert "connected" not in direct["stdout"]
+    proxied = await run(http, sandbox, f"curl -sS --max-time 10 http://{address}:{listener.port}/")
+    assert "reached" not in proxied["stdout"]
+    tunnel = await run(
+        http, sandbox, f"curl -sS --max-time 10 -p -x http://127.0.0.1:3128 http://{address}:{listener.port}/"
+    )
+    assert "reached" not in tunnel["stdout"]
+    assert listener.reached == [], "a sandbox reached a service listening on this host"
+
+
+async def test_the_api_servers_loopback_port_is_not_the_sandboxs_loopback(
+    http: httpx.AsyncClient, sandbox: str, local_server: LocalServer
+) -> None:
+    port = urlsplit(local_server.url).port
+    direct = await run(http, sandbox, f"{CONNECT} 127.0.0.1 {port}")
+    assert direct["exitCode"] != 0
+    assert "ConnectionRefusedError" in direct["stderr"]
+    for proxy_flag in ("-x http://127.0.0.1:3128", "-p -x http://127.0.0.1:3128"):
+        proxied = await run(
+            http, sandbox, f"curl -sS --max-time 10 {proxy_flag} http://127.0.0.1:{port}/health"
+        )
+        assert proxied["stdout"] == "" or "403" in proxied["stdout"] + proxied["stderr"]
+        assert "ok" not in proxied["stdout"].lower()
+
+
+def reachable(address: str) -> bool:
+    """The egress policy's verdict on one address (skips when the policy function is not there)."""
+    policy: Callable[[str], bool] | None = getattr(egress, "_reachable", None)
+    if policy is None:
+        pytest.skip("no egress policy function to test in isolation")
+    return policy(address)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "100.64.0.1",
+        "169.254.169.254",
+        "198.18.0.1",
+        "198.19.255.1",
+        "192.0.2.1",
+        "0.0.0.0",
+        "::1",
+        "fd00::1",
+        "fe80::1",
+        "::ffff:10.0.0.1",
+    ],
+)
+def test_the_egress_policy_refuses_non_public_ranges(address: str) -> None:
+    assert not reachable(address)
+
+
+def test_the_egress_policy_refuses_this_hosts_own_address() -> None:
+    address = host_interface_address()
+    if address is None:
+        pytest.skip("this host has no global IPv4 address")
+    assert not reachable(address)

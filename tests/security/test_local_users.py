@@ -1,0 +1,92 @@
+"""Class 3: other users of this machine are untrusted: the server's state and key stay private."""
+
+from __future__ import annotations
+
+import os
+import select
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from prefect_opencomputer.local import LocalServer
+
+pytestmark = pytest.mark.security
+
+KEY_ENV = "OPENCOMPUTER_LOCAL_API_KEY"
+
+
+def test_the_data_dir_is_0700(local_server: LocalServer) -> None:
+    assert stat.S_IMODE(local_server.data_dir.stat().st_mode) == 0o700
+
+
+def test_the_state_database_is_0600(local_server: LocalServer) -> None:
+    assert stat.S_IMODE((local_server.data_dir / "state.db").stat().st_mode) == 0o600
+
+
+def _wait_for_line(process: subprocess.Popen[str], needle: str, seconds: float) -> str:
+    assert process.stdout is not None
+    seen = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 1.0)
+        if ready:
+            line = process.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if needle in line:
+                return line
+    raise AssertionError(f"no {needle!r} line; saw: {''.join(seen)}")
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[str]
+    data_dir: Path
+    key: str
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    """``prefect-opencomputer local serve`` on a fresh data dir, the key given through the environment."""
+    key = "oc-test-" + os.urandom(12).hex()
+    data_dir = tmp_path / "data"
+    cli = Path(sys.executable).with_name("prefect-opencomputer")
+    process = subprocess.Popen(
+        [str(cli), "local", "serve", "--port", "0", "--data-dir", str(data_dir)],
+        env={**os.environ, KEY_ENV: key},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_for_line(process, "OpenComputer local server on", 240)
+        yield Served(process, data_dir, key)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_local_serve_takes_the_key_from_the_environment_and_keeps_it_off_its_command_line(
+    served: Served,
+) -> None:
+    cmdline = Path(f"/proc/{served.process.pid}/cmdline").read_bytes()
+    assert served.key.encode() not in cmdline
+    assert b"--api-key" not in cmdline
+
+
+def test_local_serve_makes_a_new_data_dir_0700_and_its_database_0600(served: Served) -> None:
+    assert stat.S_IMODE(served.data_dir.stat().st_mode) == 0o700
+    database = served.data_dir / "state.db"
+    assert database.exists()
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
