@@ -88,5 +88,9 @@ def test_local_serve_takes_the_key_from_the_environment_and_keeps_it_off_its_com
 def test_local_serve_makes_a_new_data_dir_0700_and_its_database_0600(served: Served) -> None:
     assert stat.S_IMODE(served.data_dir.stat().st_mode) == 0o700
     database = served.data_dir / "state.db"
+    # The address line comes as the server binds; the database opens as the app starts, just after.
+    deadline = time.monotonic() + 60
+    while not database.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert database.exists()
     assert stat.S_IMODE(database.stat().st_mode) == 0o600

@@ -83,15 +83,19 @@ async def test_a_fork_storm_hits_the_process_cap_and_kill_leaves_no_process(
     assert host_processes_with(SLEEP_SECONDS) == []
 
 
-@pytest.mark.xfail(reason="running-sandbox cap lands with the API parity branch", strict=False)
 async def test_creating_past_the_running_sandbox_cap_answers_429(
     http: httpx.AsyncClient, local_server: LocalServer
 ) -> None:
-    cap = local_server.config.max_running_sandboxes  # type: ignore[attr-defined]
+    # The hosted cap (50) lowered to two more than run now, so the test stays quick.
+    listed = (await http.get("/sandboxes")).json()  # every status, as the hosted front door lists them
+    running = sum(1 for sandbox in listed if sandbox["status"] == "running")
+    cap = running + 2
+    control = {"X-API-Key": local_server.api_key}
+    async with httpx.AsyncClient(base_url=local_server.url, headers=control, timeout=60) as admin:
+        assert (await admin.put("/_test/limits", json={"maxRunningSandboxes": cap})).status_code == 200
     made: list[str] = []
     try:
-        running = len((await http.get("/sandboxes")).json())
-        for _ in range(max(0, cap - running)):
+        for _ in range(cap - running):
             created = await http.post("/sandboxes", json={"timeout": 0})
             assert created.status_code == 201, created.text
             made.append(created.json()["sandboxID"])
@@ -102,18 +106,24 @@ async def test_creating_past_the_running_sandbox_cap_answers_429(
     finally:
         for sandbox_id in made:
             await http.delete(f"/sandboxes/{sandbox_id}")
+        async with httpx.AsyncClient(base_url=local_server.url, headers=control, timeout=60) as admin:
+            limit = local_server.config.max_running_sandboxes
+            await admin.put("/_test/limits", json={"maxRunningSandboxes": limit})
 
 
-# Opens up to COUNT connections to the egress proxy and holds them a while (then exits, freeing them).
+# Opens up to COUNT connections out through the server's forwarder (to a package registry, the only
+# outside address a test may use; past the per-sandbox cap the server resets them before connecting)
+# and holds them a while, then exits, freeing them.
 HOLDER = """
 import resource, socket, sys, time
 count = int(sys.argv[1])
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+address = socket.getaddrinfo("pypi.org", 443, socket.AF_INET, socket.SOCK_STREAM)[0][4]
 held, failures = [], 0
 while len(held) < count and failures < 3 and len(held) < hard - 16:
     try:
-        held.append(socket.create_connection(("127.0.0.1", 3128), timeout=2))
+        held.append(socket.create_connection(address, timeout=2))
     except OSError:
         failures += 1
 time.sleep(20)
@@ -140,7 +150,7 @@ def common_descriptor_limit() -> Iterator[int]:
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-async def test_a_burst_of_proxy_connections_does_not_exhaust_the_server_descriptors(
+async def test_a_burst_of_outbound_connections_does_not_exhaust_the_server_descriptors(
     http: httpx.AsyncClient, new_sandbox: NewSandbox, local_server: LocalServer, common_descriptor_limit: int
 ) -> None:
     limit = common_descriptor_limit
