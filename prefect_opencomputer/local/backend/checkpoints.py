@@ -199,10 +199,10 @@ class Checkpoints:
             await backend.stop_processes(record, "running")
             try:
                 await backend.runtime.layers.restore(checkpoint_id, sandbox_id)
+                await backend.boot(record)  # copies the checkpoint onto the new disk
             except Exception as error:
-                await backend.boot(record)
+                await backend.boot(record)  # on the old disk, which a failed restore leaves in place
                 raise WireError(500, f"restore failed: {error}") from error
-            await backend.boot(record)
 
     async def delete(self, sandbox_id: str, checkpoint_id: str) -> None:
         _require_uuid(checkpoint_id, "checkpoint")
@@ -250,8 +250,9 @@ class Checkpoints:
                 if backend.store.checkpoint(checkpoint.id) is None:
                     raise WireError(404, "checkpoint not found")
                 await backend.runtime.layers.fork(checkpoint.id, record.id, record.disk_mb)
-            async with backend.lifecycle_lock(record.id):
-                await backend.boot(record)
+                # The boot copies the checkpoint in: it must not be deleted until then.
+                async with backend.lifecycle_lock(record.id):
+                    await backend.boot(record)
         except BaseException as error:
             await backend.discard_sandbox(record.id)
             if isinstance(error, WireError) or not isinstance(error, Exception):

@@ -53,6 +53,8 @@ class LayerStore:
         self._live_root = live_root
         self._skeleton_ready = False
         self._skeleton_lock = threading.Lock()
+        # Checkpoints to copy onto a disk by the next boot: (checkpoint dir, the image to boot).
+        self._copy_ins: dict[str, tuple[Path, Path]] = {}
         self.spares = disk.SpareImages(self.root / "spares", self.disk_size_mb(MIN_DISK_MB), self.skeleton)
 
     # -- paths -----------------------------------------------------------------------------
@@ -87,9 +89,26 @@ class LayerStore:
         return self.checkpoint_dir(checkpoint_id).is_dir()
 
     def boot_options(self, sandbox_id: str) -> list[str]:
-        """The helper's ``boot`` options that give the sandbox its disk."""
+        """The helper's ``boot`` options that give the sandbox its disk (and a fork's checkpoint)."""
         image, mount = self.disk_image(sandbox_id), self.disk_mount(sandbox_id)
-        return ["--disk-image", str(image), "--disk-mount", str(mount)]
+        pending = self._copy_ins.get(sandbox_id)
+        if pending is None:
+            return ["--disk-image", str(image), "--disk-mount", str(mount)]
+        source, image = pending
+        copy = ["--copy-in", str(source), "--copy-with", copying.host_command("cp")]
+        return ["--disk-image", str(image), "--disk-mount", str(mount), *copy]
+
+    def boot_finished(self, sandbox_id: str, *, booted: bool) -> None:
+        """After a boot: a restore's new disk replaces the old one, or goes if the boot failed."""
+        pending = self._copy_ins.pop(sandbox_id, None)
+        if pending is None:
+            return
+        _, image = pending
+        if image != self.disk_image(sandbox_id):
+            if booted:
+                image.rename(self.disk_image(sandbox_id))
+            else:
+                image.unlink(missing_ok=True)
 
     def upper_view(self, sandbox_id: str) -> Path | None:
         """A running sandbox's upper directory as the host can read it; None when it is not running."""
@@ -185,29 +204,25 @@ class LayerStore:
         return await asyncio.to_thread(copying.tree_size, target)
 
     async def fork(self, checkpoint_id: str, sandbox_id: str, disk_mb: int = MIN_DISK_MB) -> None:
-        """A new sandbox layer holding what the checkpoint holds."""
+        """A new sandbox layer that its first boot fills with what the checkpoint holds.
+
+        The copy runs through that boot's own mount of the disk, so its pages are still cached
+        when the sandbox (or its next checkpoint) reads them; a failed copy is a failed boot.
+        """
         await asyncio.to_thread(self.create_sandbox, sandbox_id, disk_mb)
-        await self._copy_in(checkpoint_id, self.disk_image(sandbox_id), self.disk_mount(sandbox_id))
+        self._copy_ins[sandbox_id] = (self.checkpoint_dir(checkpoint_id), self.disk_image(sandbox_id))
 
     async def restore(self, checkpoint_id: str, sandbox_id: str) -> None:
-        """Replace a stopped sandbox's disk with a fresh one holding the checkpoint (one rename)."""
+        """Give a stopped sandbox a fresh disk that its next boot fills from the checkpoint.
+
+        The old disk stays until that boot succeeds (one rename); if it fails, the new one goes.
+        """
         current = self.disk_image(sandbox_id)
         incoming = current.with_name("disk.img.restoring")
         incoming.unlink(missing_ok=True)
         size_mb = disk.image_size_mb(current)
         await asyncio.to_thread(self._new_image, incoming, size_mb)
-        try:
-            await self._copy_in(checkpoint_id, incoming, self.disk_mount(sandbox_id))
-        except BaseException:
-            incoming.unlink(missing_ok=True)
-            raise
-        incoming.rename(current)
-
-    async def _copy_in(self, checkpoint_id: str, image: Path, mount: Path) -> None:
-        # -T: the checkpoint's own root becomes upper (its owner, mode and xattrs with it).
-        source = self.checkpoint_dir(checkpoint_id)
-        argv = [copying.host_command("cp"), "-a", "-T", "--", str(source), str(mount / "upper")]
-        await self._with_disk(image, mount, argv)
+        self._copy_ins[sandbox_id] = (self.checkpoint_dir(checkpoint_id), incoming)
 
     async def _with_disk(self, image: Path, mount: Path, argv: list[str]) -> None:
         """Run a host command with the image mounted on ``mount`` in a private mount namespace."""

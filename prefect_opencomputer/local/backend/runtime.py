@@ -162,55 +162,73 @@ class SandboxRuntime:
                 return
             if not await asyncio.to_thread(self.layers.ensure_disk, sandbox_id):
                 raise FileNotFoundError(f"no layer for sandbox {sandbox_id}")
-            lower = await self._rootfs(template)
-            cgroup = None
-            if self.cgroups is not None and limits is not None:
-                cgroup = await asyncio.to_thread(self.cgroups.create, sandbox_id, limits)
-            merged = self.layers.mountpoint(sandbox_id)
-            merged.mkdir(parents=True, exist_ok=True)
-            ready_read, ready_write = os.pipe()
-            argv = [
-                self.helper, "boot", "--lower", str(lower), *self.layers.boot_options(sandbox_id),
-                "--merged", str(merged), "--hostname", hostname or sandbox_id,
-                "--map", f"{ids.HOST_ID_BASE}:{ids.ID_COUNT}", "--shm-bytes", str(SHM_BYTES),
-                "--ready-fd", str(ready_write), *_cgroup_options(cgroup),
-            ]  # fmt: skip
-            log_path = merged.with_name("init.log")
             try:
-                with log_path.open("wb") as log:
-                    process = await processes.spawn(argv, stdout=False, stderr=log, pass_fds=(ready_write,))
+                await self._boot(
+                    sandbox_id, template=template, hostname=hostname, network=network, limits=limits
+                )
             except BaseException:
-                os.close(ready_read)
-                if cgroup is not None:
-                    await asyncio.to_thread(cgroup.remove)
+                self.layers.boot_finished(sandbox_id, booted=False)
                 raise
-            finally:
-                os.close(ready_write)
+            self.layers.boot_finished(sandbox_id, booted=True)
+
+    async def _boot(
+        self,
+        sandbox_id: str,
+        *,
+        template: str,
+        hostname: str | None,
+        network: bool,
+        limits: Limits | None,
+    ) -> None:
+        lower = await self._rootfs(template)
+        cgroup = None
+        if self.cgroups is not None and limits is not None:
+            cgroup = await asyncio.to_thread(self.cgroups.create, sandbox_id, limits)
+        merged = self.layers.mountpoint(sandbox_id)
+        merged.mkdir(parents=True, exist_ok=True)
+        ready_read, ready_write = os.pipe()
+        argv = [
+            self.helper, "boot", "--lower", str(lower), *self.layers.boot_options(sandbox_id),
+            "--merged", str(merged), "--hostname", hostname or sandbox_id,
+            "--map", f"{ids.HOST_ID_BASE}:{ids.ID_COUNT}", "--shm-bytes", str(SHM_BYTES),
+            "--ready-fd", str(ready_write), *_cgroup_options(cgroup),
+        ]  # fmt: skip
+        log_path = merged.with_name("init.log")
+        try:
+            with log_path.open("wb") as log:
+                process = await processes.spawn(argv, stdout=False, stderr=log, pass_fds=(ready_write,))
+        except BaseException:
+            os.close(ready_read)
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.remove)
+            raise
+        finally:
+            os.close(ready_write)
+        try:
+            ready = await _read_until(ready_read, b"\n")
+        finally:
+            os.close(ready_read)
+        try:
+            init_pid = int(ready)
+            pidfd = os.pidfd_open(init_pid)
+        except (ValueError, OSError):
+            process.kill()
+            await process.wait()
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.remove)
+            reason = log_path.read_text(errors="replace").strip()
+            raise RuntimeUnavailable(f"sandbox {sandbox_id} failed to start: {reason}") from None
+        netns_fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        machine = _Machine(process, init_pid, pidfd, netns_fd, None, cgroup)
+        self._machines[sandbox_id] = machine
+        if network:
             try:
-                ready = await _read_until(ready_read, b"\n")
-            finally:
-                os.close(ready_read)
-            try:
-                init_pid = int(ready)
-                pidfd = os.pidfd_open(init_pid)
-            except (ValueError, OSError):
-                process.kill()
-                await process.wait()
-                if cgroup is not None:
-                    await asyncio.to_thread(cgroup.remove)
-                reason = log_path.read_text(errors="replace").strip()
-                raise RuntimeUnavailable(f"sandbox {sandbox_id} failed to start: {reason}") from None
-            netns_fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            machine = _Machine(process, init_pid, pidfd, netns_fd, None, cgroup)
-            self._machines[sandbox_id] = machine
-            if network:
-                try:
-                    machine.network = await SandboxNetwork.attach(
-                        netns_fd, name=sandbox_id, also_public=self.egress_allow
-                    )
-                except BaseException:
-                    await self.stop(sandbox_id)
-                    raise
+                machine.network = await SandboxNetwork.attach(
+                    netns_fd, name=sandbox_id, also_public=self.egress_allow
+                )
+            except BaseException:
+                await self.stop(sandbox_id)
+                raise
 
     async def freeze(self, sandbox_id: str) -> bool:
         """Pause every process of the sandbox, memory kept; False when there is no freezer here."""

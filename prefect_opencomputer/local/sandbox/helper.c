@@ -196,10 +196,33 @@ static int disk(const char *image, const char *target, char **argv) {
     return 125;
 }
 
+/*
+ * A fork's or restore's checkpoint copied onto the fresh disk through the boot's own mount, so
+ * its pages stay cached for the sandbox that reads them next. Host root runs the host's cp here,
+ * reading the server's checkpoint and writing into a disk nothing of the sandbox has touched yet.
+ */
+static void copy_in(const char *cp, const char *source, const char *disk_mount) {
+    if (cp[0] != '/') fail("--copy-with takes the host cp by its absolute path");
+    char upper[4096];
+    if ((size_t)snprintf(upper, sizeof upper, "%s/upper", disk_mount) >= sizeof upper) fail("disk mount path too long");
+    pid_t copier = fork();
+    if (copier < 0) die("fork");
+    if (copier == 0) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("pdeathsig");
+        execl(cp, "cp", "-a", "-T", "--", source, upper, (char *)NULL);
+        die(cp);
+    }
+    int status;
+    while (waitpid(copier, &status, 0) < 0) {
+        if (errno != EINTR) die("wait");
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) fail("copying the checkpoint onto the disk failed");
+}
+
 /* -- boot ---------------------------------------------------------------------------------- */
 
 struct boot {
-    const char *lower, *disk_image, *disk_mount, *merged, *hostname;
+    const char *lower, *disk_image, *disk_mount, *merged, *hostname, *copy_source, *copy_with;
     unsigned long base, count, shm_bytes;
     char *cgroups[MAX_CGROUPS];
     int ncgroups, ready_fd;
@@ -362,6 +385,7 @@ static int boot(struct boot *b) {
     write_file("/proc/sys/net/ipv4/ping_group_range", "0 2147483647\n");
     /* The child's mount namespace starts as a copy of this one: it finds the disk mounted. */
     mount_disk(b->disk_image, b->disk_mount);
+    if (b->copy_source) copy_in(b->copy_with, b->copy_source, b->disk_mount);
 
     int go[2], ready[2];
     if (pipe2(go, O_CLOEXEC) < 0 || pipe2(ready, O_CLOEXEC) < 0) die("pipe");
@@ -504,6 +528,8 @@ int main(int argc, char **argv) {
             else if (strcmp(arg, "--disk-image") == 0) b.disk_image = value(argc, argv, &i);
             else if (strcmp(arg, "--disk-mount") == 0) b.disk_mount = value(argc, argv, &i);
             else if (strcmp(arg, "--merged") == 0) b.merged = value(argc, argv, &i);
+            else if (strcmp(arg, "--copy-in") == 0) b.copy_source = value(argc, argv, &i);
+            else if (strcmp(arg, "--copy-with") == 0) b.copy_with = value(argc, argv, &i);
             else if (strcmp(arg, "--hostname") == 0) b.hostname = value(argc, argv, &i);
             else if (strcmp(arg, "--shm-bytes") == 0) b.shm_bytes = strtoul(value(argc, argv, &i), NULL, 10);
             else if (strcmp(arg, "--ready-fd") == 0) b.ready_fd = atoi(value(argc, argv, &i));
@@ -515,8 +541,8 @@ int main(int argc, char **argv) {
             } else fail("unknown boot option");
         }
         if (!b.lower || !b.disk_image || !b.disk_mount || !b.merged || b.ready_fd < 0 || b.base == 0 ||
-            b.count == 0)
-            fail("boot needs --lower --disk-image --disk-mount --merged --map and --ready-fd");
+            b.count == 0 || (b.copy_source && !b.copy_with))
+            fail("boot needs --lower --disk-image --disk-mount --merged --map --ready-fd (and --copy-with with --copy-in)");
         return boot(&b);
     }
     if (strcmp(argv[1], "enter") == 0) {
