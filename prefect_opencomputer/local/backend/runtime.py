@@ -109,6 +109,7 @@ class SandboxRuntime:
         )
         self.cgroups = cgroups
         self._rootfs = rootfs
+        self._lowers: dict[str, Path] = {}  # a template's tree never changes under a running server
         self._helper: str | None = None
         self._machines: dict[str, _Machine] = {}
         self._starting: dict[str, asyncio.Lock] = {}
@@ -180,7 +181,9 @@ class SandboxRuntime:
         network: bool,
         limits: Limits | None,
     ) -> None:
-        lower = await self._rootfs(template)
+        lower = self._lowers.get(template)
+        if lower is None:
+            lower = self._lowers[template] = await self._rootfs(template)
         cgroup = None
         if self.cgroups is not None and limits is not None:
             cgroup = await asyncio.to_thread(self.cgroups.create, sandbox_id, limits)
@@ -204,28 +207,39 @@ class SandboxRuntime:
             raise
         finally:
             os.close(ready_write)
+        pipe = _ReadyPipe(ready_read)
+        attaching: asyncio.Future[SandboxNetwork] | None = None
+        netns_fd = -1
         try:
-            ready = await _read_until(ready_read, b"\n")
-        finally:
-            os.close(ready_read)
-        try:
+            if await pipe.line() == b"net":
+                # The namespace exists (the helper holds it): fence it while the rest boots.
+                netns_fd = os.open(f"/proc/{process.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                if network:
+                    attaching = asyncio.ensure_future(
+                        SandboxNetwork.attach(netns_fd, name=sandbox_id, also_public=self.egress_allow)
+                    )
+            ready = await pipe.line()
             init_pid = int(ready)
             pidfd = os.pidfd_open(init_pid)
         except (ValueError, OSError):
             process.kill()
             await process.wait()
+            await _discard(attaching, netns_fd)
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.remove)
             reason = log_path.read_text(errors="replace").strip()
             raise RuntimeUnavailable(f"sandbox {sandbox_id} failed to start: {reason}") from None
-        netns_fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            process.kill()
+            await _discard(attaching, netns_fd)
+            raise
+        finally:
+            os.close(ready_read)
         machine = _Machine(process, init_pid, pidfd, netns_fd, None, cgroup)
         self._machines[sandbox_id] = machine
-        if network:
+        if attaching is not None:
             try:
-                machine.network = await SandboxNetwork.attach(
-                    netns_fd, name=sandbox_id, also_public=self.egress_allow
-                )
+                machine.network = await attaching
             except BaseException:
                 await self.stop(sandbox_id)
                 raise
@@ -453,6 +467,33 @@ async def _read_until(fd: int, terminator: bytes) -> bytes:
         chunks.append(chunk)
         if not chunk or terminator in chunk:
             return b"".join(chunks)
+
+
+class _ReadyPipe:
+    """The helper's ready fd, a line at a time: ``net`` once the network exists, then pid 1's pid."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+
+    async def line(self) -> bytes:
+        while b"\n" not in self.buffer:
+            chunk = await _read_until(self.fd, b"\n")
+            if not chunk:
+                break
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.strip()
+
+
+async def _discard(attaching: asyncio.Future[SandboxNetwork] | None, netns_fd: int) -> None:
+    """Undo a network half set up for a sandbox that did not boot."""
+    if attaching is not None:
+        attaching.cancel()
+        with contextlib.suppress(BaseException):
+            await (await attaching).close()
+    if netns_fd >= 0:
+        os.close(netns_fd)
 
 
 def _cgroup_options(cgroup: SandboxCgroup | None) -> list[str]:

@@ -383,6 +383,8 @@ static int boot(struct boot *b) {
     loopback_up();
     write_file("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0\n");
     write_file("/proc/sys/net/ipv4/ping_group_range", "0 2147483647\n");
+    /* The server fences the network while the rest boots: it reads this namespace through our pid. */
+    dprintf(b->ready_fd, "net\n");
     /* The child's mount namespace starts as a copy of this one: it finds the disk mounted. */
     mount_disk(b->disk_image, b->disk_mount);
     if (b->copy_source) copy_in(b->copy_with, b->copy_source, b->disk_mount);
