@@ -16,11 +16,11 @@ from pathlib import Path
 from bench import baselines, services
 from bench.results import BenchmarkResult, Samples
 from prefect_opencomputer.client import OpenComputerClient
-from prefect_opencomputer.local.backend.runtime import SandboxRuntime
 from prefect_opencomputer.local.backend.service import discover_cgroups, template_root
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.sandbox import rootfs
 from prefect_opencomputer.local.sandbox.cgroups import Limits
+from prefect_opencomputer.local.sandbox.runtime import SandboxRuntime
 
 CREATES = 20
 EXECS = 100

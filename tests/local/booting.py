@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from prefect_opencomputer.local.backend.runtime import SandboxRuntime
 from prefect_opencomputer.local.sandbox.cgroups import Limits
+from prefect_opencomputer.local.sandbox.runtime import SandboxRuntime
 
 LIMITS = Limits(memory_bytes=1024 * 1024 * 1024, max_processes=512, cpu_quota_cores=1.0)
 

@@ -21,9 +21,9 @@ import httpx
 import pytest
 
 from prefect_opencomputer.local import LocalServer
-from prefect_opencomputer.local.backend.runtime import SandboxRuntime
 from prefect_opencomputer.local.backend.service import template_root
 from prefect_opencomputer.local.sandbox import disk, rootfs
+from prefect_opencomputer.local.sandbox.runtime import SandboxRuntime
 
 API_KEY = "osb_" + "e" * 64
 DISK_MB = 64

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from prefect_opencomputer.local.backend.fileops import NotRegularFileError, RootedFiles
 from prefect_opencomputer.local.backend.sandbox_files import FileWorkers
 from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.sandbox.fileops import NotRegularFileError, RootedFiles
 
 OWNER = (54321, 54322)  # ids no one on this machine uses: proof the chown came from RootedFiles
 

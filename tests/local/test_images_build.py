@@ -9,8 +9,8 @@ from booting import start
 from prefect_opencomputer.client import Image
 from prefect_opencomputer.local.backend.image_build import BuildFailed, BuiltImage, build_image
 from prefect_opencomputer.local.backend.image_manifest import parse_manifest
-from prefect_opencomputer.local.backend.runtime import SandboxRuntime
 from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.sandbox.runtime import SandboxRuntime
 
 CHECKPOINT = "00000000-0000-4000-8000-00000000cafe"
 

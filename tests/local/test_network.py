@@ -265,7 +265,7 @@ async def test_the_hosts_own_addresses_and_loopback_are_unreachable_from_inside(
 async def test_loopback_inside_still_works_and_the_server_reaches_it(
     namespace: Namespace, network: SandboxNetwork
 ) -> None:
-    from prefect_opencomputer.local.backend import netns
+    from prefect_opencomputer.local.sandbox import netns
 
     serve = "import socket; s = socket.create_server(('127.0.0.1', 8123)); print('up', flush=True); "
     serve += "c, _ = s.accept(); c.sendall(c.recv(5)); c.close()"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from booting import start
 
-from prefect_opencomputer.local.backend.fileops import PathEscapeError
-from prefect_opencomputer.local.backend.runtime import SandboxRuntime
 from prefect_opencomputer.local.sandbox import ids
+from prefect_opencomputer.local.sandbox.fileops import PathEscapeError
+from prefect_opencomputer.local.sandbox.runtime import SandboxRuntime
 
 
 async def boot(runtime: SandboxRuntime, sandbox_id: str, *, network: bool = True) -> str:

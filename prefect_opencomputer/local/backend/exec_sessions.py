@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from prefect_opencomputer.local.backend.processes import ChildProcess
 from prefect_opencomputer.local.backend.records import utc_now
-from prefect_opencomputer.local.backend.runtime import kill_group
+from prefect_opencomputer.local.sandbox.processes import ChildProcess
+from prefect_opencomputer.local.sandbox.runtime import kill_group
 
 STDIN, STDOUT, STDERR, EXIT, REPLAY_END = 0x00, 0x01, 0x02, 0x03, 0x04
 SCROLLBACK_BYTES = 1024 * 1024

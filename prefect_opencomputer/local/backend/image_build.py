@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from prefect_opencomputer.local.backend.image_manifest import BuildStep, ImageManifest
-from prefect_opencomputer.local.backend.runtime import SandboxRuntime, kill_group
 from prefect_opencomputer.local.sandbox.cgroups import Limits
+from prefect_opencomputer.local.sandbox.runtime import SandboxRuntime, kill_group
 
 # (step number, step type, message): step 0 is the build's own bookkeeping.
 BuildLogger = Callable[[int, str, str], Awaitable[None] | None]

@@ -20,8 +20,8 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from prefect_opencomputer.local.backend.fileops import DirEntry, NotRegularFileError, PathEscapeError
 from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.sandbox.fileops import DirEntry, NotRegularFileError, PathEscapeError
 
 if TYPE_CHECKING:
     from prefect_opencomputer.local.backend.service import LocalBackend

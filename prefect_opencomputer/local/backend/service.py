@@ -23,7 +23,6 @@ from pathlib import Path
 from prefect_opencomputer.local.backend import preview_auth, sizing
 from prefect_opencomputer.local.backend.checkpoints import Checkpoints
 from prefect_opencomputer.local.backend.exec_sessions import ExecSession, ExecSessionTable, Listener
-from prefect_opencomputer.local.backend.host import RuntimeUnavailable
 from prefect_opencomputer.local.backend.idle import IdleTracker
 from prefect_opencomputer.local.backend.images import BuildLogSink, Images
 from prefect_opencomputer.local.backend.previews import Previews
@@ -35,7 +34,6 @@ from prefect_opencomputer.local.backend.records import (
     new_token,
     utc_now,
 )
-from prefect_opencomputer.local.backend.runtime import CommandResult, SandboxNotRunning, SandboxRuntime
 from prefect_opencomputer.local.backend.sandbox_files import SandboxFiles
 from prefect_opencomputer.local.backend.signed_urls import UrlSigner
 from prefect_opencomputer.local.backend.state import StateStore
@@ -45,7 +43,9 @@ from prefect_opencomputer.local.errors import WireError
 from prefect_opencomputer.local.private_files import make_private_dir
 from prefect_opencomputer.local.sandbox import rootfs
 from prefect_opencomputer.local.sandbox.cgroups import CgroupHost, CgroupsUnavailable, Limits
+from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
 from prefect_opencomputer.local.sandbox.network import IPNetwork, registry_exceptions
+from prefect_opencomputer.local.sandbox.runtime import CommandResult, SandboxNotRunning, SandboxRuntime
 
 logger = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from prefect_opencomputer.local.backend.exec_sessions import (
     Listener,
 )
 from prefect_opencomputer.local.backend.records import rfc3339
-from prefect_opencomputer.local.backend.runtime import CommandResult
 from prefect_opencomputer.local.backend.service import LocalBackend
 from prefect_opencomputer.local.errors import WireError
 from prefect_opencomputer.local.routes.deps import BackendDep
 from prefect_opencomputer.local.routes.sandboxes import Int64
+from prefect_opencomputer.local.sandbox.runtime import CommandResult
 
 router = APIRouter()
 

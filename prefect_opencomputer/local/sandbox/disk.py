@@ -21,6 +21,8 @@ from pathlib import Path
 from prefect_opencomputer.local.sandbox import ids
 
 MIB = 1024 * 1024
+# A disk's size when nobody asks for one: the hosted service's smallest (and default) disk.
+DEFAULT_SIZE_MB = 20480
 # No journal (nothing to replay after a server kill: the kernel unmounts the disk cleanly), no
 # room kept for online resizing, nothing reserved for the host's root, and no zeroing of inode
 # tables up front: a sparse 20 GB image formats in 3-16 ms and takes ~330 KB of the host's disk.

@@ -43,7 +43,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 
-from prefect_opencomputer.local.backend import netns
+from prefect_opencomputer.local.sandbox import netns
 
 __all__ = [
     "DNS_ADDRESS",

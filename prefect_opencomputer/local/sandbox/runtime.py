@@ -22,12 +22,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapp
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect_opencomputer.local.backend import host, layers, netns, processes
-from prefect_opencomputer.local.backend.fileops import RootedFiles
-from prefect_opencomputer.local.backend.host import RuntimeUnavailable
-from prefect_opencomputer.local.sandbox import disk, ids
+from prefect_opencomputer.local.sandbox import disk, host, ids, layers, netns, processes
 from prefect_opencomputer.local.sandbox.cgroups import CgroupError, CgroupHost, Limits, SandboxCgroup
+from prefect_opencomputer.local.sandbox.fileops import RootedFiles
 from prefect_opencomputer.local.sandbox.helper import HelperUnavailable, helper_binary
+from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
 from prefect_opencomputer.local.sandbox.network import IPNetwork, SandboxNetwork
 
 SANDBOX_UID = ids.SANDBOX_UID

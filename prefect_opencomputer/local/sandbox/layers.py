@@ -20,9 +20,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from prefect_opencomputer.local.backend import processes
-from prefect_opencomputer.local.backend.sizing import MIN_DISK_MB
-from prefect_opencomputer.local.sandbox import copying, disk, ids
+from prefect_opencomputer.local.sandbox import copying, disk, ids, processes
 
 LiveRoot = Callable[[str], Path | None]
 
@@ -55,7 +53,9 @@ class LayerStore:
         self._skeleton_lock = threading.Lock()
         # Checkpoints to copy onto a disk by the next boot: (checkpoint dir, the image to boot).
         self._copy_ins: dict[str, tuple[Path, Path]] = {}
-        self.spares = disk.SpareImages(self.root / "spares", self.disk_size_mb(MIN_DISK_MB), self.skeleton)
+        self.spares = disk.SpareImages(
+            self.root / "spares", self.disk_size_mb(disk.DEFAULT_SIZE_MB), self.skeleton
+        )
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -125,7 +125,7 @@ class LayerStore:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def create_sandbox(self, sandbox_id: str, disk_mb: int = MIN_DISK_MB) -> None:
+    def create_sandbox(self, sandbox_id: str, disk_mb: int = disk.DEFAULT_SIZE_MB) -> None:
         """A fresh, empty layer on a disk of its own: the sandbox sees its template as it was built."""
         size_mb = self.disk_size_mb(disk_mb)
         base = self.layer_dir(sandbox_id)
@@ -155,7 +155,7 @@ class LayerStore:
             work = staging / "work"
             work.mkdir(mode=0o700, exist_ok=True)
             os.chown(work, *ids.ROOT_OWNER)
-            disk.make_image(self.disk_image(sandbox_id), self.disk_size_mb(MIN_DISK_MB), staging)
+            disk.make_image(self.disk_image(sandbox_id), self.disk_size_mb(disk.DEFAULT_SIZE_MB), staging)
         except BaseException:
             (staging / "upper").rename(legacy)
             raise
@@ -203,7 +203,7 @@ class LayerStore:
                 raise
         return await asyncio.to_thread(copying.tree_size, target)
 
-    async def fork(self, checkpoint_id: str, sandbox_id: str, disk_mb: int = MIN_DISK_MB) -> None:
+    async def fork(self, checkpoint_id: str, sandbox_id: str, disk_mb: int = disk.DEFAULT_SIZE_MB) -> None:
         """A new sandbox layer that its first boot fills with what the checkpoint holds.
 
         The copy runs through that boot's own mount of the disk, so its pages are still cached
