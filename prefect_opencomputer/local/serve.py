@@ -1,6 +1,6 @@
 """Running the local server under uvicorn: shared by ``prefect-opencomputer local serve`` and `LocalServer`.
 
-Everything a person can get wrong (a busy port, a read-only data dir, no bubblewrap) is checked
+Everything a person can get wrong (a busy port, a read-only data dir, a missing host tool) is checked
 before uvicorn starts and raised as one readable sentence.
 """
 

@@ -142,7 +142,7 @@ class ExecSession:
             await stdin.drain()
 
     def kill(self, signum: int = signal.SIGKILL) -> None:
-        """Signal the command and everything it started (not the ``nsenter`` that carries it)."""
+        """Signal the command and everything it started (not the helper process that carries it)."""
         if not self.running:
             return
         if signum == signal.SIGKILL:
@@ -271,7 +271,7 @@ class ExecSessionTable:
 def _signal_group_members(pgid: int, signum: int) -> int:
     """Send ``signum`` to every process of group ``pgid`` except its leader.
 
-    The leader is ``nsenter``, which would die of the signal at once and report the command gone
+    The leader is the sandbox helper, which would die of the signal at once and report the command gone
     while the command itself may still be handling it. Returns how many were signalled.
     """
     signalled = 0
