@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import pytest
 from prefect import flow
 from prefect.context import get_run_context
@@ -27,15 +26,7 @@ from prefect_opencomputer.tasks import (
 )
 
 
-def live_sandboxes(local_server: Any) -> int:
-    """From sync tests: how many sandboxes the local server runs."""
-    response = httpx.get(f"{local_server.url}/_test/stats", headers={"X-API-Key": local_server.api_key})
-    response.raise_for_status()
-    count: int = response.json()["liveSandboxes"]
-    return count
-
-
-def test_a_def_flow_gets_values_from_every_step(control: Any, local_server: Any) -> None:
+def test_a_def_flow_gets_values_from_every_step(control: Any, sync_live_sandboxes: Any) -> None:
     @flow
     def sync_lifecycle() -> dict[str, Any]:
         sandbox = create_sandbox()
@@ -67,7 +58,7 @@ def test_a_def_flow_gets_values_from_every_step(control: Any, local_server: Any)
     assert out["killed"] == [True, True]
     assert out["scoped_result"].stdout == "scoped\n"
     assert out["scoped"].sandbox_id not in {out["sandbox"].sandbox_id, out["fork"].sandbox_id}
-    assert live_sandboxes(local_server) == 0
+    assert sync_live_sandboxes() == 0
 
 
 async def test_sync_flow_task_runs_are_recorded(control: Any, records: Any) -> None:
@@ -150,13 +141,13 @@ async def test_async_map_over_forks(control: Any) -> None:
     assert await control.live_sandboxes() == 0
 
 
-def test_open_sandbox_kills_in_a_def_flow_on_error(control: Any, local_server: Any) -> None:
+def test_open_sandbox_kills_in_a_def_flow_on_error(control: Any, sync_live_sandboxes: Any) -> None:
     @flow
     def fails() -> None:
         with open_sandbox():
-            assert live_sandboxes(local_server) == 1
+            assert sync_live_sandboxes() == 1
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
         fails()
-    assert live_sandboxes(local_server) == 0
+    assert sync_live_sandboxes() == 0

@@ -170,3 +170,56 @@ async def test_a_failing_command_fails_the_flow_with_its_exit_code_and_leaves_no
     state = await failing_in_block(return_state=True)
     assert state.is_failed() and "exited with code 1" in (state.message or "")
     assert await control.live_sandboxes() == 0
+
+
+# Fails on its first run, succeeds on the second: a retry is visible in its result.
+FAILS_ONCE = "if [ -f ~/ran-once ]; then echo second; else touch ~/ran-once; echo first >&2; exit 1; fi"
+
+
+async def test_preset_retries_never_run_a_failing_command_twice(control: Any) -> None:
+    @flow
+    async def once() -> str:
+        async with open_sandbox() as sandbox:
+            with pytest.raises(CommandFailedError):
+                await run_command(sandbox, FAILS_ONCE)
+            return (await run_command(sandbox, "ls ~/ran-once && echo still-there")).stdout
+
+    assert "still-there" in await once()
+
+
+@pytest.mark.parametrize(
+    "options", [{"retries": 2}, {"retries": 1, "retry_condition_fn": None}], ids=["retries", "no-condition"]
+)
+async def test_with_options_retries_rerun_a_failing_command(control: Any, options: dict[str, Any]) -> None:
+    @flow
+    async def retried() -> str:
+        async with open_sandbox() as sandbox:
+            result = await run_command.with_options(retry_delay_seconds=0, **options)(sandbox, FAILS_ONCE)
+            return result.stdout
+
+    assert await retried() == "second\n"
+
+
+def test_with_options_retries_rerun_a_failing_command_in_a_def_flow(control: Any) -> None:
+    @flow
+    def retried() -> str:
+        with open_sandbox() as sandbox:
+            return run_command.with_options(retries=1, retry_delay_seconds=0)(sandbox, FAILS_ONCE).stdout
+
+    assert retried() == "second\n"
+
+
+async def test_a_loud_commands_last_lines_reach_the_log(control: Any, records: Any) -> None:
+    limits = OutputLimits(burst_lines=5, lines_per_second=1.0, tail_lines=3)
+
+    @flow
+    async def loud() -> Any:
+        async with open_sandbox() as sandbox:
+            await run_command(sandbox, "seq 1 500; echo the-real-failure >&2", limits=limits, check=False)
+        return get_run_context().flow_run.id  # type: ignore[union-attr]
+
+    flow_run_id = await loud()
+
+    logs = await records.wait_for_log(flow_run_id, "the-real-failure")
+    assert "[stderr] the-real-failure" in logs
+    assert "500" in logs and "250" not in logs
