@@ -221,6 +221,10 @@ async def test_deploy_all_then_a_worker_completes_a_lifecycle_run(
         lifecycle = deployments["sandbox-lifecycle/lifecycle"]
         assert lifecycle.parameter_openapi_schema is not None
         assert "parameters" in lifecycle.parameter_openapi_schema["properties"]
+        # No values of its own: the run form shows the flow's defaults, lists included.
+        assert lifecycle.parameters == {}
+        setup = lifecycle.parameter_openapi_schema["definitions"]["LifecycleParameters"]["properties"]
+        assert setup["setup_commands"]["default"]
         flow_run = await prefect.create_flow_run_from_deployment(lifecycle.id)
 
     # Anywhere but the checkout: the entrypoints are module paths of the installed package.
