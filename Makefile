@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: demo test check lint typecheck bench install system-deps browser clean
+.PHONY: demo test check lint typecheck bench docs screenshots install system-deps browser clean
 
 demo: install
 	$(BIN)/prefect-opencomputer demo
@@ -22,6 +22,10 @@ typecheck: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# docs/reference.md from the docstrings (a test fails while the committed page is out of date).
+docs: install
+	$(BIN)/python docs/build_reference.py
 
 install: system-deps $(VENV)/.installed
 

@@ -219,6 +219,9 @@ async def set_sandbox_timeout(
         idle_timeout: Seconds; `0` = persistent (the sandbox never hibernates on its own).
         credentials: The OpenComputer block; default: the environment.
 
+    Returns:
+        Nothing; the service applies the timeout from now on (a hibernated sandbox wakes for it).
+
     Example:
         ```python
         set_sandbox_timeout(sandbox, 3600)
