@@ -23,6 +23,10 @@ typecheck: install
 bench: install
 	$(BIN)/python -m bench
 
+# docs/images/*.png: the Prefect UI pictures of the README, taken again by the browser test's own run.
+screenshots: install browser
+	PREFECT_OPENCOMPUTER_SCREENSHOTS=docs/images $(BIN)/pytest -m browser -k prefect_ui tests/prefect/test_real_prefect_server.py
+
 # docs/reference.md from the docstrings (a test fails while the committed page is out of date).
 docs: install
 	$(BIN)/python docs/build_reference.py
