@@ -22,6 +22,7 @@ from prefect_opencomputer.tasks import (
     kill_sandbox,
     open_fork,
     open_sandbox,
+    publish_run_report,
     run_command,
 )
 
@@ -151,3 +152,38 @@ def test_open_sandbox_kills_in_a_def_flow_on_error(control: Any, sync_live_sandb
     with pytest.raises(RuntimeError, match="boom"):
         fails()
     assert sync_live_sandboxes() == 0
+
+
+async def test_forks_of_one_checkpoint_have_distinct_task_run_names(control: Any, records: Any) -> None:
+    @flow
+    async def three_forks() -> Any:
+        async with open_sandbox() as sandbox:
+            checkpoint = await acreate_checkpoint(sandbox, "named")
+            for _ in range(3):
+                async with open_fork(checkpoint):
+                    pass
+        return get_run_context().flow_run.id  # type: ignore[union-attr]
+
+    flow_run_id = await three_forks()
+
+    names = await records.task_run_names(flow_run_id, wait_for=5)
+    forks = sorted(name for name in names if name.startswith("fork["))
+    assert len(forks) == 3 and len(set(forks)) == 3
+    assert [name.rsplit(" ", 1)[-1] for name in forks] == ["#1", "#2", "#3"]
+
+
+async def test_a_kill_at_the_end_of_a_with_block_is_an_event_of_the_run(control: Any, records: Any) -> None:
+    @flow
+    def scoped() -> tuple[Any, str]:
+        with open_sandbox() as sandbox:
+            pass
+        publish_run_report(key="scoped-run")  # the sync spelling, in a def flow
+        return get_run_context().flow_run.id, sandbox.sandbox_id  # type: ignore[union-attr]
+
+    flow_run_id, sandbox_id = scoped()
+
+    events = await records.events(f"opencomputer.sandbox.{sandbox_id}", wait_for=2)
+    killed = next(event for event in events if event.event == "opencomputer.sandbox.killed")
+    assert f"prefect.flow-run.{flow_run_id}" in {related.id for related in killed.related}
+    (artifact,) = [a for a in await records.artifacts(flow_run_id) if a.key == "scoped-run"]
+    assert "kill" in str(artifact.data)
