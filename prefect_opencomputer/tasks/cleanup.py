@@ -269,33 +269,29 @@ def cleanup_hooks(credentials_block: str | None = None) -> CleanupHooks:
         ```
     """
 
+    hook = _cleanup_hook(credentials_block, on_retry=False)
+    retry_hook = _cleanup_hook(credentials_block, on_retry=True)
+    return CleanupHooks(on_running=[retry_hook], on_failure=[hook], on_cancellation=[hook], on_crashed=[hook])
+
+
+def _cleanup_hook(credentials_block: str | None, *, on_retry: bool) -> FlowStateHook[..., Any]:
+    """A hook that cleans up after the run; `on_retry`: only when the run enters a new attempt."""
+
     async def kill_flow_run_sandboxes_hook(
         flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]
     ) -> None:
-        credentials = await credentials_of_run(flow_run, credentials_block)
-        killed = await kill_flow_run_sandboxes(credentials, str(flow_run.id))
-        if killed:
-            tracking.run_logger().warning(
-                "Flow run %s ended %s: killed %d sandbox(es): %s",
-                flow_run.name,
-                state.name,
-                len(killed),
-                ", ".join(killed),
-            )
-
-    async def kill_earlier_attempts_hook(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
-        if not tracking.is_new_attempt(str(flow_run.id), flow_run.run_count):
+        if on_retry and not tracking.is_new_attempt(str(flow_run.id), flow_run.run_count):
             return
         credentials = await credentials_of_run(flow_run, credentials_block)
         killed = await kill_flow_run_sandboxes(credentials, str(flow_run.id))
         if killed:
+            why = "is retrying: its failed attempt left" if on_retry else f"ended {state.name}: it left"
             tracking.run_logger().warning(
-                "Retry of flow run %s: killed %d sandbox(es) the failed attempt left: %s",
+                "Flow run %s %s %d sandbox(es), killed: %s",
                 flow_run.name,
+                why,
                 len(killed),
                 ", ".join(killed),
             )
 
-    hook = cast("FlowStateHook[..., Any]", kill_flow_run_sandboxes_hook)
-    retry_hook = cast("FlowStateHook[..., Any]", kill_earlier_attempts_hook)
-    return CleanupHooks(on_running=[retry_hook], on_failure=[hook], on_cancellation=[hook], on_crashed=[hook])
+    return cast("FlowStateHook[..., Any]", kill_flow_run_sandboxes_hook)
