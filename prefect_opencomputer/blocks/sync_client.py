@@ -18,7 +18,7 @@ from prefect_opencomputer.client import OpenComputerClient
 T = TypeVar("T")
 
 
-class _LoopThread:
+class EventLoopThread:
     """An event loop running forever on a daemon thread, until `stop()`."""
 
     def __init__(self) -> None:
@@ -38,7 +38,7 @@ class _LoopThread:
 class _SyncNamespace:
     """One resource namespace (`sandboxes`, `exec`, ...) whose coroutine methods block instead."""
 
-    def __init__(self, namespace: object, loop: _LoopThread) -> None:
+    def __init__(self, namespace: object, loop: EventLoopThread) -> None:
         self._namespace = namespace
         self._loop = loop
 
@@ -67,7 +67,7 @@ class SyncOpenComputerClient:
     blocking. Streaming calls (exec attach, build logs) are for the async client."""
 
     def __init__(self, make_client: Callable[[], OpenComputerClient]) -> None:
-        self._loop = _LoopThread()
+        self._loop = EventLoopThread()
         self._client = self._loop.run(_build(make_client))
         self._closed = False
 

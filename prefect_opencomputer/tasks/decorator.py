@@ -9,6 +9,8 @@ coroutine in `async def` flows (Prefect 3's sync/async dispatch, at the level of
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import itertools
 import threading
@@ -21,7 +23,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.tasks import TaskRunNameCallbackWithParameters
 from prefect.utilities.annotations import unmapped
-from prefect.utilities.asyncutils import run_coro_as_sync
 from typing_extensions import ParamSpec
 
 from prefect_opencomputer.blocks.credentials import (
@@ -30,6 +31,7 @@ from prefect_opencomputer.blocks.credentials import (
     OpenComputerCredentials,
     load_credentials,
 )
+from prefect_opencomputer.blocks.sync_client import EventLoopThread
 from prefect_opencomputer.client import (
     APIError,
     Checkpoint,
@@ -182,6 +184,47 @@ def _with_key_hint(error: APIError) -> APIError:
     )
 
 
+# -- Sync task bodies ------------------------------------------------------------------------------------
+
+_task_loop: EventLoopThread | None = None
+_task_loop_lock = threading.Lock()
+# How long a sync task waits at a time: a task timeout or cancellation raised into its thread lands
+# between two waits (it cannot interrupt one).
+_WAIT_SLICE = 0.2
+_CLEANUP_TIMEOUT = 30.0
+
+
+def run_on_task_loop(coroutine: Coroutine[Any, Any, R]) -> R:
+    """Run a task's async body from its sync task, on one private loop that all sync tasks share.
+
+    The caller's context (the task run, its logger, its transaction) goes with the coroutine. If the sync
+    task is interrupted (its timeout, a cancellation), the coroutine is cancelled and given time to clean
+    up (kill the remote command, tag or kill a new sandbox) before the interruption goes on.
+    """
+    global _task_loop
+    with _task_loop_lock:
+        if _task_loop is None:
+            _task_loop = EventLoopThread()
+        loop = _task_loop
+    finished = threading.Event()
+
+    async def supervised() -> R:
+        try:
+            return await coroutine
+        finally:
+            finished.set()
+
+    future = asyncio.run_coroutine_threadsafe(supervised(), loop.loop)
+    try:
+        while not future.done():
+            concurrent.futures.wait([future], timeout=_WAIT_SLICE)
+        return future.result()
+    except BaseException:
+        future.cancel()
+        finished.wait(_CLEANUP_TIMEOUT)
+        raise
+
+
 # -- The task class and its factory --------------------------------------------------------------------
 
 _UNSET: Any = object()
@@ -266,7 +309,7 @@ def opencomputer_task(
 
         @functools.wraps(fn)
         def run_sync(*args: P.args, **kwargs: P.kwargs) -> R:
-            return run_coro_as_sync(run_async(*args, **kwargs))
+            return run_on_task_loop(run_async(*args, **kwargs))
 
         options: dict[str, Any] = {
             "name": name,

@@ -223,3 +223,24 @@ async def test_a_loud_commands_last_lines_reach_the_log(control: Any, records: A
     logs = await records.wait_for_log(flow_run_id, "the-real-failure")
     assert "[stderr] the-real-failure" in logs
     assert "500" in logs and "250" not in logs
+
+
+def test_task_timeout_kills_the_remote_process_in_a_def_flow(control: Any) -> None:
+    @flow
+    def task_times_out() -> list[Any]:
+        with open_sandbox() as sandbox:
+            with contextlib.suppress(TimeoutError):
+                run_command.with_options(timeout_seconds=2)(sandbox, "sleep 60")
+            return [s for s in list_sessions(sandbox) if "sleep 60" in " ".join([s.command, *s.args])]
+
+    (session,) = task_times_out()
+    # Killed, not run to its end (which would have exited 0).
+    assert not session.running and session.exit_code != 0
+
+
+def list_sessions(sandbox: Any) -> list[Any]:
+    from prefect_opencomputer.blocks import OpenComputerCredentials
+
+    with OpenComputerCredentials().get_sync_client() as client:
+        sessions: list[Any] = client.exec.list(sandbox.sandbox_id)
+        return sessions
