@@ -10,7 +10,6 @@ environment holds that value; a sandbox without it (anyone else's) is never adop
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar, cast
@@ -243,6 +242,8 @@ async def delete_checkpoint_now(
 
 
 def record_checkpoint_deleted(sandbox_id: str, checkpoint_id: str, reason: str, deleted: bool) -> None:
+    """A deletion (or a checkpoint found already gone) leaves the run's cleanup list, shows in its report,
+    and is announced, so the reaper stops counting the checkpoint."""
     tracking.forget_checkpoint(sandbox_id, checkpoint_id)
     tracking.record(
         "delete-checkpoint",
@@ -250,10 +251,9 @@ def record_checkpoint_deleted(sandbox_id: str, checkpoint_id: str, reason: str, 
         f"{checkpoint_id[:8]} ({reason})",
         "deleted" if deleted else "already gone",
     )
-    with contextlib.suppress(Exception):
-        tracking.emit_sandbox_event(
-            tracking.CHECKPOINT_DELETED,
-            sandbox_id,
-            checkpoint_id=checkpoint_id,
-            payload={"checkpoint_id": checkpoint_id, "reason": reason},
-        )
+    tracking.emit_sandbox_event(
+        tracking.CHECKPOINT_DELETED,
+        sandbox_id,
+        checkpoint_id=checkpoint_id,
+        payload={"checkpoint_id": checkpoint_id, "reason": reason},
+    )
