@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import itertools
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
@@ -90,21 +89,12 @@ def on_sandbox(verb: str, detail: str | None = None) -> RunName:
     return cast(RunName, name)
 
 
-_numbers_lock = threading.Lock()
-_numbers: dict[tuple[str | None, str, str], itertools.count[int]] = {}
-
-
 def on_checkpoint(verb: str, *, numbered: bool = False) -> RunName:
     """`verb[cp-…]`; `numbered` adds ` #n`, counted per flow run, so N forks of one checkpoint differ."""
 
     def name(parameters: dict[str, Any]) -> str:
         label = f"{verb}[{short_checkpoint_id(parameters['checkpoint'])}]"
-        if not numbered:
-            return label
-        key = (tracking.current_flow_run_id(), verb, label)
-        with _numbers_lock:
-            number = next(_numbers.setdefault(key, itertools.count(1)))
-        return f"{label} #{number}"
+        return f"{label} #{tracking.next_number(label)}" if numbered else label
 
     return cast(RunName, name)
 

@@ -181,6 +181,8 @@ class _RunRecord:
     checkpoints: set[tuple[str, str]] = field(default_factory=set)
     # The flow run's `run_count` when it last entered Running in this process: a change is a new attempt.
     attempt: int | None = None
+    # How many task runs of each label (`fork[cp-…]`) the run has named.
+    numbers: dict[str, int] = field(default_factory=dict)
     credentials: OpenComputerCredentials | None = None
 
 
@@ -211,6 +213,16 @@ def record(kind: str, sandbox_id: str, subject: str, outcome: str, *, cleanup: b
             run.sandboxes.add(sandbox_id)
         elif kind == "kill":
             run.sandboxes.discard(sandbox_id)
+
+
+def next_number(label: str) -> int:
+    """1, 2, 3, ... for successive task runs of the current flow run named `label`."""
+    with _lock:
+        run = _current_record()
+        if run is None:
+            return 1
+        run.numbers[label] = run.numbers.get(label, 0) + 1
+        return run.numbers[label]
 
 
 def remember_checkpoint(sandbox_id: str, checkpoint_id: str) -> None:

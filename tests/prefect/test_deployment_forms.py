@@ -44,3 +44,12 @@ def test_credentials_parameter_is_a_block_picker_besides_the_name(deployment: di
     assert {"$ref": "#/definitions/OpenComputerCredentials"} in credentials["anyOf"]
     assert schema["definitions"]["OpenComputerCredentials"]["block_type_slug"] == "opencomputer-credentials"
     assert "credentials_block" in schema["properties"]
+
+
+@pytest.mark.parametrize("deployment", _deployments(), ids=lambda deployment: deployment["name"])
+def test_a_runner_can_hand_the_flow_to_its_subprocess(deployment: dict[str, Any]) -> None:
+    import cloudpickle
+
+    # `serve` and workers pickle the flow (its function by value, with what it refers to) for the run's
+    # process: nothing it reaches may hold a lock or a loop.
+    cloudpickle.dumps(_flow(deployment["entrypoint"]))

@@ -130,7 +130,9 @@ async def _wait_for_state(server: PrefectServer, flow_run_id: Any, *, final: boo
             state = flow_run.state
             if state is not None and (state.is_final() if final else state.is_running()):
                 return flow_run
-            assert time.monotonic() < deadline, f"flow run still {state.name if state else None}"
+            assert time.monotonic() < deadline, (
+                f"flow run still {state.name if state else None}: {state.message if state else None}"
+            )
             await asyncio.sleep(0.5)
 
 
