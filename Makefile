@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: demo test check lint typecheck bench bench-deps install system-deps browser sdk-ts clean
+.PHONY: demo test check lint typecheck bench bench-deps docs screenshots install system-deps browser sdk-ts clean
 
 demo: install
 	$(BIN)/prefect-opencomputer demo
@@ -29,6 +29,14 @@ bench-deps:
 		echo "installing bubblewrap (benchmark baseline)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
 	fi
+
+# docs/images/*.png: the Prefect UI pictures of the README, taken again by the browser test's own run.
+screenshots: install browser
+	PREFECT_OPENCOMPUTER_SCREENSHOTS=docs/images $(BIN)/pytest -m browser -k prefect_ui tests/prefect/test_real_prefect_server.py
+
+# docs/reference.md from the docstrings (a test fails while the committed page is out of date).
+docs: install
+	$(BIN)/python docs/build_reference.py
 
 install: system-deps $(VENV)/.installed
 

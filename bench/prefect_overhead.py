@@ -21,7 +21,7 @@ from bench.results import BenchmarkResult, Samples
 from prefect_opencomputer.blocks import OpenComputerCredentials
 from prefect_opencomputer.client import ExecExit
 from prefect_opencomputer.local import LocalServer
-from prefect_opencomputer.tasks.commands import run_command
+from prefect_opencomputer.tasks import arun_command
 
 ROUNDS = 40
 WARMUP = 3
@@ -40,7 +40,7 @@ async def overhead_flow(sandbox_id: str, rounds: int, warmup: int) -> Timings:
     async with credentials.get_client() as oc:
 
         async def as_task() -> None:
-            outcome = await run_command(credentials, sandbox_id, "true")
+            outcome = await arun_command(sandbox_id, "true", credentials=credentials)
             assert outcome.exit_code == 0
 
         async def direct() -> None:

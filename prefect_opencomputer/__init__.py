@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from prefect_opencomputer.blocks import OpenComputerCredentials
 
-__all__ = ["OpenComputerCredentials"]
+__version__ = "0.1.0"
+
+__all__ = ["OpenComputerCredentials", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -177,7 +177,8 @@ def reap(
         typer.Option(help="Name of a saved OpenComputerCredentials block (default: OPENCOMPUTER_* env)."),
     ] = None,
 ) -> None:
-    """Kill sandboxes this integration created whose Prefect flow run has finished or no longer exists."""
+    """Kill sandboxes this integration created whose Prefect flow run has finished or no longer exists, and
+    delete the checkpoints of runs that did not complete."""
     import asyncio
 
     from prefect_opencomputer.flows.reaper import ReaperParameters, reap_orphaned_sandboxes
@@ -185,10 +186,18 @@ def reap(
     report = asyncio.run(
         reap_orphaned_sandboxes(ReaperParameters(dry_run=dry_run), credentials_block=credentials_block)
     )
-    outcome = f"would kill {len(report.orphans)}" if dry_run else f"killed {len(report.killed)}"
+    if dry_run:
+        outcome = f"would kill {len(report.orphans)}, would delete {len(report.checkpoints)} checkpoint(s)"
+    else:
+        outcome = f"killed {len(report.killed)}, deleted {len(report.deleted_checkpoints)} checkpoint(s)"
     typer.echo(f"examined {report.examined}, kept {report.kept}, {outcome}")
     for orphan in report.orphans:
         typer.echo(f"  {orphan.sandbox_id}  flow run {orphan.flow_run_id}: {orphan.reason}")
+    for checkpoint in report.checkpoints:
+        typer.echo(
+            f"  checkpoint {checkpoint.checkpoint_id} of {checkpoint.sandbox_id}  flow run "
+            f"{checkpoint.flow_run_id}: {checkpoint.reason}"
+        )
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from uuid import UUID
 
 API_KEY_ENV = "OPENCOMPUTER_API_KEY"
 API_URL_ENV = "OPENCOMPUTER_API_URL"
@@ -51,25 +52,45 @@ def _prepare_prefect() -> str:
     )
 
 
+async def _flow_run_seconds(flow_run_id: UUID) -> float | None:
+    """The flow run's own duration as Prefect recorded it (from Running to its final state)."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as prefect:
+        flow_run = await prefect.read_flow_run(flow_run_id)
+    if flow_run.start_time is None or flow_run.end_time is None:
+        return None
+    elapsed: float = (flow_run.end_time - flow_run.start_time).total_seconds()
+    return elapsed
+
+
 async def _run() -> int:
     from prefect_opencomputer.blocks import OpenComputerCredentials
     from prefect_opencomputer.flows import sandbox_lifecycle
-    from prefect_opencomputer.tasks.ownership import TAG_FLOW_RUN
+    from prefect_opencomputer.tasks import TAG_FLOW_RUN
 
     started = time.monotonic()
     state = await sandbox_lifecycle(return_state=True)
     seconds = time.monotonic() - started
-    flow_run_id = str(state.state_details.flow_run_id)
+    flow_run_id = state.state_details.flow_run_id
+    assert flow_run_id is not None
+    flow_seconds = await _flow_run_seconds(flow_run_id)
     async with OpenComputerCredentials().get_client() as client:
         left = [
-            sb.sandbox_id for sb in await client.sandboxes.list() if sb.tags.get(TAG_FLOW_RUN) == flow_run_id
+            sb.sandbox_id
+            for sb in await client.sandboxes.list()
+            if sb.tags.get(TAG_FLOW_RUN) == str(flow_run_id)
         ]
+    # The flow's own time, apart from starting Prefect (a temporary server when PREFECT_API_URL is unset).
+    timing = f"{seconds:.1f} s in all"
+    if flow_seconds is not None:
+        timing = f"{flow_seconds:.1f} s (flow run), {seconds:.1f} s in all with Prefect's start-up"
     if not state.is_completed():
-        print(f"\nsandbox_lifecycle ended {state.name} after {seconds:.1f} s: {state.message}")
+        print(f"\nsandbox_lifecycle ended {state.name} after {timing}: {state.message}")
         print(f"  sandboxes left running: {len(left)} {' '.join(left)}")
         return 1
     report = await state.aresult()
-    print(f"\nsandbox_lifecycle completed in {seconds:.1f} s (flow run {flow_run_id})")
+    print(f"\nsandbox_lifecycle completed in {timing} (flow run {flow_run_id})")
     print(f"  sandbox      {report.sandbox_id}   set up, then checkpointed")
     print(f"  checkpoint   {report.checkpoint_id}   + patch {report.patch_id}")
     print(f"  fork         {report.fork_id}   saw:")

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr
 
+from prefect_opencomputer.blocks.sync_client import SyncOpenComputerClient
 from prefect_opencomputer.client import OpenComputerClient
+
+API_KEY_ENV = "OPENCOMPUTER_API_KEY"
+API_URL_ENV = "OPENCOMPUTER_API_URL"
+# Names the saved block that tasks, flows and hooks use when they are given none.
+CREDENTIALS_BLOCK_ENV = "OPENCOMPUTER_CREDENTIALS_BLOCK"
+
+# The logo ships in the package; the UI loads it from the published copy of the same file.
+LOGO_PATH = Path(__file__).resolve().parent.parent / "assets" / "logo.png"
+LOGO_URL = (
+    "https://raw.githubusercontent.com/prefect-opencomputer/prefect-opencomputer/main/"
+    "prefect_opencomputer/assets/logo.png"
+)
 
 
 class OpenComputerCredentials(CredentialsBlock):
@@ -17,18 +32,27 @@ class OpenComputerCredentials(CredentialsBlock):
     (`OPENCOMPUTER_API_KEY`, `OPENCOMPUTER_API_URL`), so a saved block need not hold the key.
 
     Example:
-        Load stored credentials and list sandboxes:
+        Load stored credentials and list the running sandboxes:
         ```python
         from prefect_opencomputer import OpenComputerCredentials
 
         credentials = OpenComputerCredentials.load("BLOCK_NAME")
+        with credentials.get_sync_client() as client:
+            sandboxes = client.sandboxes.list()
+        ```
+
+        In async code, load with `aload` and use the async client:
+        ```python
+        from prefect_opencomputer import OpenComputerCredentials
+
+        credentials = await OpenComputerCredentials.aload("BLOCK_NAME")
         async with credentials.get_client() as client:
             sandboxes = await client.sandboxes.list()
         ```
     """
 
     _block_type_name = "OpenComputer Credentials"
-    _logo_url = "https://raw.githubusercontent.com/diggerhq/opencomputer/main/docs/images/favicon.svg"  # type: ignore[assignment]
+    _logo_url = LOGO_URL  # type: ignore[assignment]
     _documentation_url = "https://docs.opencomputer.dev/introduction"  # type: ignore[assignment]
 
     api_key: SecretStr | None = Field(
@@ -51,19 +75,24 @@ class OpenComputerCredentials(CredentialsBlock):
     )
 
     def get_client(self, *args: Any, **kwargs: Any) -> OpenComputerClient:
-        """A new client; use it as `async with credentials.get_client() as client:`."""
+        """A new async client; use it as `async with credentials.get_client() as client:`."""
         api_key = self.api_key.get_secret_value() if self.api_key is not None else None
         return OpenComputerClient(api_key=api_key, api_url=self.api_url, timeout=self.request_timeout)
 
+    def get_sync_client(self) -> SyncOpenComputerClient:
+        """A new blocking client for `def` code; use it as `with credentials.get_sync_client() as client:`."""
+        return SyncOpenComputerClient(self.get_client)
+
 
 async def load_credentials(block_name: str | None = None) -> OpenComputerCredentials:
-    """The saved block called `block_name`, or (None) credentials read from the environment.
+    """The saved block `block_name`, else the one named by `OPENCOMPUTER_CREDENTIALS_BLOCK`, else credentials
+    read from the environment (`OPENCOMPUTER_API_KEY`, `OPENCOMPUTER_API_URL`).
 
-    Flows and cleanup hooks take a block *name*, not the block, so the key never becomes a run parameter
-    and a hook running in another process can find the same credentials.
+    Cleanup hooks take a block *name*, so a hook running in another process finds the same credentials.
     """
-    if block_name:
-        block = await OpenComputerCredentials.aload(block_name)
+    name = block_name or os.environ.get(CREDENTIALS_BLOCK_ENV)
+    if name:
+        block = await OpenComputerCredentials.aload(name)
         assert isinstance(block, OpenComputerCredentials)
         return block
     return OpenComputerCredentials()

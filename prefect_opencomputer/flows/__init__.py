@@ -13,7 +13,7 @@ from prefect_opencomputer.flows.golden import (
     rebuild_golden_checkpoint,
 )
 from prefect_opencomputer.flows.lifecycle import LifecycleParameters, LifecycleReport, sandbox_lifecycle
-from prefect_opencomputer.flows.reaper import Orphan, ReaperParameters, ReapReport, reap_orphaned_sandboxes
+from prefect_opencomputer.flows.reaper import ReaperParameters, ReapReport, reap_orphaned_sandboxes
 
 __all__ = [
     "FanOutParameters",
@@ -24,7 +24,6 @@ __all__ = [
     "GoldenCheckpointParameters",
     "LifecycleParameters",
     "LifecycleReport",
-    "Orphan",
     "ReapReport",
     "ReaperParameters",
     "checkpoint_fan_out",

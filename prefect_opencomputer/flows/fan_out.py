@@ -10,16 +10,16 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
-from prefect_opencomputer.blocks.credentials import OpenComputerCredentials, load_credentials
+from prefect_opencomputer.blocks import OpenComputerCredentials
 from prefect_opencomputer.client import Checkpoint, OpenComputerError
-from prefect_opencomputer.flows.accounting import publish_report, sandboxes_left_by_this_run
+from prefect_opencomputer.flows.accounting import credentials_for, publish_report, sandboxes_left_by_this_run
 from prefect_opencomputer.tasks import (
+    acreate_checkpoint,
+    adelete_checkpoint,
+    arun_command,
     cleanup_hooks,
-    create_checkpoint,
-    delete_checkpoint,
     open_fork,
     open_sandbox,
-    run_command,
 )
 
 
@@ -29,8 +29,9 @@ class FanOutParameters(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     template: str = Field(default="base", description="Template of the base sandbox.")
+    # A plain default, not a factory: the deployment form shows only defaults that are in the schema.
     prepare_commands: list[str] = Field(
-        default_factory=lambda: [
+        default=[
             "mkdir -p /home/sandbox/job",
             """echo 'echo "fork $FORK_INDEX of $FORK_COUNT ran in $(hostname)"' > /home/sandbox/job/run.sh""",
         ],
@@ -78,7 +79,9 @@ DEFAULT_PARAMETERS = FanOutParameters()
 
 @flow(name="checkpoint-fan-out", **cleanup_hooks())
 async def checkpoint_fan_out(
-    parameters: FanOutParameters = DEFAULT_PARAMETERS, credentials_block: str | None = None
+    parameters: FanOutParameters = DEFAULT_PARAMETERS,
+    credentials: OpenComputerCredentials | None = None,
+    credentials_block: str | None = None,
 ) -> FanOutReport:
     """Prepare once, checkpoint, fork N sandboxes (at most `max_concurrency` at a time), run, clean up.
 
@@ -86,20 +89,24 @@ async def checkpoint_fan_out(
 
     Args:
         parameters: How to prepare the base sandbox, how many forks, and what each runs.
-        credentials_block: Name of a saved OpenComputerCredentials block; empty reads
-            OPENCOMPUTER_API_KEY and OPENCOMPUTER_API_URL from the environment.
+        credentials: A saved OpenComputerCredentials block (a picker in the UI).
+        credentials_block: Or the name of one; with neither, OPENCOMPUTER_API_KEY and OPENCOMPUTER_API_URL
+            are read from the environment.
     """
-    credentials = await load_credentials(credentials_block)
+    credentials = await credentials_for(credentials, credentials_block)
     logger = get_run_logger()
     try:
         async with open_sandbox(
-            credentials, parameters.template, idle_timeout=parameters.idle_timeout
+            parameters.template, credentials=credentials, idle_timeout=parameters.idle_timeout
         ) as base:
             for command in parameters.prepare_commands:
-                await run_command(credentials, base, command, timeout=parameters.command_timeout)
-            checkpoint = await create_checkpoint(credentials, base, "fan-out")
-            outcomes = await _run_forks(credentials, checkpoint, parameters)
-            await delete_checkpoint(credentials, base, checkpoint)
+                await arun_command(base, command, credentials=credentials, timeout=parameters.command_timeout)
+            checkpoint = await acreate_checkpoint(base, "fan-out", credentials=credentials)
+            try:
+                outcomes = await _run_forks(credentials, checkpoint, parameters)
+            finally:
+                # Whatever failed, the checkpoint goes too: nothing of this run outlives it.
+                await adelete_checkpoint(base, checkpoint, credentials=credentials)
     finally:
         await publish_report(key="checkpoint-fan-out")
     await acreate_table_artifact(
@@ -134,12 +141,14 @@ async def _run_forks(
         async with slots:
             try:
                 env = {"FORK_INDEX": str(index), "FORK_COUNT": str(parameters.forks)}
-                async with open_fork(credentials, checkpoint, idle_timeout=parameters.idle_timeout) as fork:
+                async with open_fork(
+                    checkpoint, credentials=credentials, idle_timeout=parameters.idle_timeout
+                ) as fork:
                     outcome.sandbox_id = fork.sandbox_id
-                    result = await run_command(
-                        credentials,
+                    result = await arun_command(
                         fork,
                         parameters.command,
+                        credentials=credentials,
                         env=env,
                         timeout=parameters.command_timeout,
                         check=False,

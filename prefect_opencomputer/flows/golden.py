@@ -18,24 +18,22 @@ from prefect import flow, get_run_logger
 from prefect.variables import Variable
 from pydantic import BaseModel, ConfigDict, Field
 
-from prefect_opencomputer.blocks.credentials import OpenComputerCredentials, load_credentials
-from prefect_opencomputer.client import OpenComputerError, Sandbox
-from prefect_opencomputer.flows.accounting import publish_report
+from prefect_opencomputer.blocks import OpenComputerCredentials
+from prefect_opencomputer.client import OpenComputerError
+from prefect_opencomputer.flows.accounting import credentials_for, publish_report
 from prefect_opencomputer.tasks import (
+    acreate_checkpoint,
+    acreate_checkpoint_patch,
+    adelete_checkpoint,
+    ahibernate_sandbox,
+    akill_sandbox,
+    alist_checkpoint_patches,
+    aretain_sandbox,
+    arun_command,
     cleanup_hooks,
-    create_checkpoint,
-    create_checkpoint_patch,
-    create_sandbox,
-    delete_checkpoint,
-    hibernate_sandbox,
-    kill_sandbox,
-    list_checkpoint_patches,
     open_fork,
-    report,
-    run_command,
+    open_sandbox,
 )
-from prefect_opencomputer.tasks.ownership import TAG_RETAIN
-from prefect_opencomputer.tasks.sandboxes import kill_sandbox_now
 
 
 class GoldenCheckpointParameters(BaseModel):
@@ -47,8 +45,9 @@ class GoldenCheckpointParameters(BaseModel):
     snapshot: str | None = Field(
         default=None, description="Snapshot the golden sandbox starts from instead of the template."
     )
+    # A plain default, not a factory: the deployment form shows only defaults that are in the schema.
     setup_commands: list[str] = Field(
-        default_factory=lambda: [
+        default=[
             "mkdir -p /home/sandbox/golden",
             "date -u +%Y-%m-%dT%H:%M:%SZ > /home/sandbox/golden/built-at",
         ],
@@ -83,49 +82,65 @@ DEFAULT_PARAMETERS = GoldenCheckpointParameters()
 
 @flow(name="rebuild-golden-checkpoint", **cleanup_hooks())
 async def rebuild_golden_checkpoint(
-    parameters: GoldenCheckpointParameters = DEFAULT_PARAMETERS, credentials_block: str | None = None
+    parameters: GoldenCheckpointParameters = DEFAULT_PARAMETERS,
+    credentials: OpenComputerCredentials | None = None,
+    credentials_block: str | None = None,
 ) -> GoldenCheckpoint:
     """Build a new golden checkpoint with the previous one's patches, verify it, then publish it.
 
     Args:
         parameters: How to build and verify the golden sandbox, and where to publish its checkpoint.
-        credentials_block: Name of a saved OpenComputerCredentials block; empty reads
-            OPENCOMPUTER_API_KEY and OPENCOMPUTER_API_URL from the environment.
+        credentials: A saved OpenComputerCredentials block (a picker in the UI).
+        credentials_block: Or the name of one; with neither, OPENCOMPUTER_API_KEY and OPENCOMPUTER_API_URL
+            are read from the environment.
     """
-    credentials = await load_credentials(credentials_block)
+    credentials = await credentials_for(credentials, credentials_block)
     logger = get_run_logger()
     stored = await Variable.aget(parameters.variable_name)
     previous = GoldenCheckpoint.model_validate(stored) if isinstance(stored, dict) else None
     built_at = datetime.now(UTC)
     name = f"{parameters.name_prefix}-{built_at:%Y%m%d-%H%M%S}"
     try:
-        builder = await create_sandbox(
-            credentials,
+        # Until it is verified and retained, the builder is killed on the way out like any sandbox.
+        builder_scope = open_sandbox(
             parameters.template,
+            credentials=credentials,
             snapshot=parameters.snapshot,
             idle_timeout=parameters.idle_timeout,
         )
-        try:
+        async with builder_scope as builder:
             for command in parameters.setup_commands:
-                await run_command(credentials, builder, command, timeout=parameters.command_timeout)
-            checkpoint = await create_checkpoint(credentials, builder, name)
-            patch_ids: list[str] = []
-            if previous is not None:
-                for patch in await list_checkpoint_patches(credentials, previous.checkpoint_id):
-                    copied = await create_checkpoint_patch(
-                        credentials, checkpoint, patch.script, description=patch.description
-                    )
-                    patch_ids.append(copied.id)
-            async with open_fork(credentials, checkpoint, idle_timeout=parameters.idle_timeout) as fork:
-                await run_command(
-                    credentials, fork, parameters.verify_command, timeout=parameters.command_timeout
+                await arun_command(
+                    builder, command, credentials=credentials, timeout=parameters.command_timeout
                 )
-            await _retain(credentials, builder)
-            await hibernate_sandbox(credentials, builder)
-        except BaseException:
-            # Not published: the half-built golden sandbox (and its checkpoint) must not linger.
-            await kill_sandbox_now(credentials, builder.sandbox_id, reason="golden rebuild failed")
-            raise
+            checkpoint = await acreate_checkpoint(builder, name, credentials=credentials)
+            try:
+                patch_ids: list[str] = []
+                if previous is not None:
+                    for patch in await alist_checkpoint_patches(
+                        previous.checkpoint_id, credentials=credentials
+                    ):
+                        copied = await acreate_checkpoint_patch(
+                            checkpoint, patch.script, patch.description, credentials=credentials
+                        )
+                        patch_ids.append(copied.id)
+                async with open_fork(
+                    checkpoint, credentials=credentials, idle_timeout=parameters.idle_timeout
+                ) as fork:
+                    await arun_command(
+                        fork,
+                        parameters.verify_command,
+                        credentials=credentials,
+                        timeout=parameters.command_timeout,
+                    )
+            except BaseException:
+                # Not published: the half-built golden checkpoint must not linger.
+                await adelete_checkpoint(builder, checkpoint, credentials=credentials)
+                raise
+            # From here on cleanup hooks and the reaper leave the builder alone: it holds the checkpoint.
+            await aretain_sandbox(builder, "golden", credentials=credentials)
+            await ahibernate_sandbox(builder, credentials=credentials)
+            builder_scope.keep()
     finally:
         await publish_report(key="rebuild-golden-checkpoint")
     golden = GoldenCheckpoint(
@@ -142,17 +157,10 @@ async def rebuild_golden_checkpoint(
     return golden
 
 
-async def _retain(credentials: OpenComputerCredentials, builder: Sandbox) -> None:
-    """From now on cleanup hooks and the reaper leave the builder alone: it holds the golden checkpoint."""
-    async with credentials.get_client() as client:
-        await client.sandboxes.set_tags(builder.sandbox_id, {**builder.tags, TAG_RETAIN: "golden"})
-    report.release(builder.sandbox_id)
-
-
 async def _retire(credentials: OpenComputerCredentials, golden: GoldenCheckpoint) -> None:
     """Delete a superseded golden checkpoint, then the sandbox that held it."""
     try:
-        await delete_checkpoint(credentials, golden.sandbox_id, golden.checkpoint_id)
+        await adelete_checkpoint(golden.sandbox_id, golden.checkpoint_id, credentials=credentials)
     except OpenComputerError as exc:
         get_run_logger().warning("Could not delete the previous golden checkpoint %s: %s", golden.name, exc)
-    await kill_sandbox(credentials, golden.sandbox_id)
+    await akill_sandbox(golden.sandbox_id, credentials=credentials)

@@ -6,16 +6,16 @@
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from prefect_opencomputer.blocks.credentials import load_credentials
-from prefect_opencomputer.flows.accounting import publish_report, sandboxes_left_by_this_run
+from prefect_opencomputer.blocks import OpenComputerCredentials
+from prefect_opencomputer.flows.accounting import credentials_for, publish_report, sandboxes_left_by_this_run
 from prefect_opencomputer.tasks import (
+    acreate_checkpoint,
+    acreate_checkpoint_patch,
+    adelete_checkpoint,
+    arun_command,
     cleanup_hooks,
-    create_checkpoint,
-    create_checkpoint_patch,
-    delete_checkpoint,
     open_fork,
     open_sandbox,
-    run_command,
 )
 
 
@@ -25,8 +25,9 @@ class LifecycleParameters(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     template: str = Field(default="base", description="Template of the first sandbox.")
+    # A plain default, not a factory: the deployment form shows only defaults that are in the schema.
     setup_commands: list[str] = Field(
-        default_factory=lambda: [
+        default=[
             "mkdir -p /home/sandbox/app",
             "echo 'prepared before the checkpoint' > /home/sandbox/app/setup.txt",
         ],
@@ -61,32 +62,47 @@ DEFAULT_PARAMETERS = LifecycleParameters()
 
 @flow(name="sandbox-lifecycle", **cleanup_hooks())
 async def sandbox_lifecycle(
-    parameters: LifecycleParameters = DEFAULT_PARAMETERS, credentials_block: str | None = None
+    parameters: LifecycleParameters = DEFAULT_PARAMETERS,
+    credentials: OpenComputerCredentials | None = None,
+    credentials_block: str | None = None,
 ) -> LifecycleReport:
-    """Walk one sandbox through its whole life, and leave nothing running whatever step fails.
+    """Walk one sandbox through its whole life, and leave nothing behind whatever step fails.
 
     Args:
         parameters: What to set up, how to patch the checkpoint, and what to run in the fork.
-        credentials_block: Name of a saved OpenComputerCredentials block; empty reads
-            OPENCOMPUTER_API_KEY and OPENCOMPUTER_API_URL from the environment.
+        credentials: A saved OpenComputerCredentials block (a picker in the UI).
+        credentials_block: Or the name of one; with neither, OPENCOMPUTER_API_KEY and OPENCOMPUTER_API_URL
+            are read from the environment.
     """
-    credentials = await load_credentials(credentials_block)
+    credentials = await credentials_for(credentials, credentials_block)
     logger = get_run_logger()
     try:
         async with open_sandbox(
-            credentials, parameters.template, idle_timeout=parameters.idle_timeout
+            parameters.template, credentials=credentials, idle_timeout=parameters.idle_timeout
         ) as sandbox:
             for command in parameters.setup_commands:
-                await run_command(credentials, sandbox, command, timeout=parameters.command_timeout)
-            checkpoint = await create_checkpoint(credentials, sandbox, parameters.checkpoint_name)
-            patch = await create_checkpoint_patch(
-                credentials, checkpoint, parameters.patch_script, description="sandbox_lifecycle patch"
-            )
-            async with open_fork(credentials, checkpoint, idle_timeout=parameters.idle_timeout) as fork:
-                result = await run_command(
-                    credentials, fork, parameters.fork_command, timeout=parameters.command_timeout
+                await arun_command(
+                    sandbox, command, credentials=credentials, timeout=parameters.command_timeout
                 )
-            await delete_checkpoint(credentials, sandbox, checkpoint)
+            checkpoint = await acreate_checkpoint(
+                sandbox, parameters.checkpoint_name, credentials=credentials
+            )
+            try:
+                patch = await acreate_checkpoint_patch(
+                    checkpoint, parameters.patch_script, "sandbox_lifecycle patch", credentials=credentials
+                )
+                async with open_fork(
+                    checkpoint, credentials=credentials, idle_timeout=parameters.idle_timeout
+                ) as fork:
+                    result = await arun_command(
+                        fork,
+                        parameters.fork_command,
+                        credentials=credentials,
+                        timeout=parameters.command_timeout,
+                    )
+            finally:
+                # Whatever failed, the checkpoint goes too: nothing of this run outlives it.
+                await adelete_checkpoint(sandbox, checkpoint, credentials=credentials)
     finally:
         await publish_report(key="sandbox-lifecycle")
     left = await sandboxes_left_by_this_run(credentials)

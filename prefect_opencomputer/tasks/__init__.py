@@ -1,11 +1,18 @@
 """Prefect tasks, one per OpenComputer operation, and the cleanup layers around them.
 
-Every task is async, takes an `OpenComputerCredentials` block first and a sandbox as its id or model,
-uses `NO_CACHE` (they all have side effects), carries the tag `opencomputer`, and retries only failures
-that cannot duplicate work.
+Every task comes twice: `create_sandbox` works in `def` flows (and hands back a coroutine in `async def`
+code, Prefect 3's sync/async dispatch) and `acreate_sandbox` is its async twin. Each takes a sandbox as its
+id or its model, credentials as the keyword `credentials=` (default: the environment, or the block named by
+`OPENCOMPUTER_CREDENTIALS_BLOCK`), uses `NO_CACHE` (they all have side effects), carries the tag
+`opencomputer`, and retries only failures that cannot duplicate work.
 """
 
 from prefect_opencomputer.tasks.checkpoints import (
+    acreate_checkpoint,
+    acreate_sandbox_from_checkpoint,
+    adelete_checkpoint,
+    alist_checkpoints,
+    arestore_checkpoint,
     create_checkpoint,
     create_sandbox_from_checkpoint,
     delete_checkpoint,
@@ -13,37 +20,116 @@ from prefect_opencomputer.tasks.checkpoints import (
     restore_checkpoint,
 )
 from prefect_opencomputer.tasks.cleanup import (
+    SandboxScope,
     cleanup_hooks,
     kill_flow_run_sandboxes,
     open_fork,
     open_sandbox,
 )
-from prefect_opencomputer.tasks.commands import run_command
+from prefect_opencomputer.tasks.commands import arun_command, retry_failed_commands, run_command
+from prefect_opencomputer.tasks.decorator import TASK_TAG, CheckpointRef, SandboxRef
 from prefect_opencomputer.tasks.errors import CommandFailedError, PatchFailedError
-from prefect_opencomputer.tasks.files import read_file, write_file
+from prefect_opencomputer.tasks.files import aread_file, awrite_file, read_file, write_file
+from prefect_opencomputer.tasks.orphans import Orphan, OrphanedCheckpoint, afind_orphans, find_orphans
 from prefect_opencomputer.tasks.output import OutputLimits
 from prefect_opencomputer.tasks.patches import (
+    acreate_checkpoint_patch,
+    adelete_checkpoint_patch,
+    alist_checkpoint_patches,
     create_checkpoint_patch,
     delete_checkpoint_patch,
     list_checkpoint_patches,
 )
-from prefect_opencomputer.tasks.previews import create_preview_url, delete_preview_url, list_preview_urls
-from prefect_opencomputer.tasks.report import publish_run_report
+from prefect_opencomputer.tasks.previews import (
+    acreate_preview_url,
+    adelete_preview_url,
+    alist_preview_urls,
+    create_preview_url,
+    delete_preview_url,
+    list_preview_urls,
+)
 from prefect_opencomputer.tasks.sandboxes import (
+    acreate_sandbox,
+    aget_sandbox,
+    ahibernate_sandbox,
+    akill_sandbox,
+    alist_sandboxes,
+    aretain_sandbox,
+    aset_sandbox_timeout,
+    awake_sandbox,
     create_sandbox,
     get_sandbox,
     hibernate_sandbox,
     kill_sandbox,
     list_sandboxes,
+    retain_sandbox,
     set_sandbox_timeout,
     wake_sandbox,
 )
-from prefect_opencomputer.tasks.snapshots import create_snapshot, delete_snapshot, list_snapshots
+from prefect_opencomputer.tasks.snapshots import (
+    acreate_snapshot,
+    adelete_snapshot,
+    alist_snapshots,
+    create_snapshot,
+    delete_snapshot,
+    list_snapshots,
+)
+from prefect_opencomputer.tasks.tracking import (
+    CREATED_BY,
+    DEFAULT_IDLE_TIMEOUT,
+    TAG_CREATED_BY,
+    TAG_DEPLOYMENT,
+    TAG_FLOW_RUN,
+    TAG_RETAIN,
+    TAG_TASK_RUN,
+    apublish_run_report,
+    publish_run_report,
+)
 
 __all__ = [
+    "CREATED_BY",
+    "DEFAULT_IDLE_TIMEOUT",
+    "TAG_CREATED_BY",
+    "TAG_DEPLOYMENT",
+    "TAG_FLOW_RUN",
+    "TAG_RETAIN",
+    "TAG_TASK_RUN",
+    "TASK_TAG",
+    "CheckpointRef",
     "CommandFailedError",
+    "Orphan",
+    "OrphanedCheckpoint",
     "OutputLimits",
     "PatchFailedError",
+    "SandboxRef",
+    "SandboxScope",
+    "acreate_checkpoint",
+    "acreate_checkpoint_patch",
+    "acreate_preview_url",
+    "acreate_sandbox",
+    "acreate_sandbox_from_checkpoint",
+    "acreate_snapshot",
+    "adelete_checkpoint",
+    "adelete_checkpoint_patch",
+    "adelete_preview_url",
+    "adelete_snapshot",
+    "afind_orphans",
+    "aget_sandbox",
+    "ahibernate_sandbox",
+    "akill_sandbox",
+    "alist_checkpoint_patches",
+    "alist_checkpoints",
+    "alist_preview_urls",
+    "alist_sandboxes",
+    "alist_snapshots",
+    "apublish_run_report",
+    "aread_file",
+    "arestore_checkpoint",
+    "aretain_sandbox",
+    "arun_command",
+    "aset_sandbox_timeout",
+    "awake_sandbox",
+    "awrite_file",
     "cleanup_hooks",
     "create_checkpoint",
     "create_checkpoint_patch",
@@ -55,6 +141,7 @@ __all__ = [
     "delete_checkpoint_patch",
     "delete_preview_url",
     "delete_snapshot",
+    "find_orphans",
     "get_sandbox",
     "hibernate_sandbox",
     "kill_flow_run_sandboxes",
@@ -69,6 +156,8 @@ __all__ = [
     "publish_run_report",
     "read_file",
     "restore_checkpoint",
+    "retain_sandbox",
+    "retry_failed_commands",
     "run_command",
     "set_sandbox_timeout",
     "wake_sandbox",

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.context import TaskRunContext
+from prefect import get_run_logger
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import (
@@ -14,150 +12,229 @@ from prefect_opencomputer.client import (
     CheckpointRestore,
     ConflictError,
     NotFoundError,
+    OpenComputerClient,
+    OpenComputerError,
     RetentionPolicy,
     Sandbox,
 )
-from prefect_opencomputer.tasks import events, report
-from prefect_opencomputer.tasks.errors import PatchFailedError
-from prefect_opencomputer.tasks.lost_creates import create_or_find
-from prefect_opencomputer.tasks.naming import TASK_TAG, on_checkpoint, on_sandbox
-from prefect_opencomputer.tasks.ownership import DEFAULT_IDLE_TIMEOUT, is_retained, ownership_tags
-from prefect_opencomputer.tasks.references import (
+from prefect_opencomputer.tasks import tracking
+from prefect_opencomputer.tasks.decorator import (
     CheckpointRef,
     SandboxRef,
     checkpoint_id_of,
+    on_checkpoint,
+    on_sandbox,
+    opencomputer_task,
+    resolve_credentials,
+    retry_if_replayable,
+    retry_if_transient,
     sandbox_id_of,
 )
-from prefect_opencomputer.tasks.retries import RETRY_DELAYS, retry_if_replayable, retry_if_transient
-from prefect_opencomputer.tasks.sandboxes import (
+from prefect_opencomputer.tasks.errors import PatchFailedError
+from prefect_opencomputer.tasks.lifecycle import (
     KILL_TIMEOUT,
     adopt_new_sandbox,
+    create_or_find,
+    finish_despite_cancellation,
     kill_ignoring_missing,
+    may_have_taken_effect,
+    record_checkpoint_deleted,
     rollback_hook,
 )
-from prefect_opencomputer.tasks.shielding import finish_despite_cancellation
+from prefect_opencomputer.tasks.tracking import DEFAULT_IDLE_TIMEOUT
 
 
-def _is_retry() -> bool:
-    context = TaskRunContext.get()
-    return context is not None and context.task_run.run_count > 1
+async def _find_by_name(client: OpenComputerClient, sandbox_id: str, name: str) -> Checkpoint | None:
+    return next((cp for cp in await client.checkpoints.list(sandbox_id) if cp.name == name), None)
 
 
-@task(
-    name="create_checkpoint",
-    task_run_name=on_sandbox("checkpoint", "name"),
-    tags=[TASK_TAG],
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_if_transient,
+async def _create_or_find_checkpoint(
+    client: OpenComputerClient,
+    sandbox_id: str,
+    name: str,
+    kind: Literal["full", "disk_only"],
+    retention: RetentionPolicy | None,
+) -> Checkpoint:
+    """Create the checkpoint; if the answer leaves it unclear whether it was made, look it up by name.
+
+    Names are unique per sandbox, so the one found is the one this request (or an earlier attempt of this
+    task run) made: a 502 after the work, or a retry whose first attempt landed, ends with one checkpoint.
+    """
+    try:
+        return await client.checkpoints.create(sandbox_id, name, kind=kind, retention=retention)
+    except ConflictError:
+        existing = await _find_by_name(client, sandbox_id, name)
+        if existing is None or not tracking.is_retry_attempt():
+            raise
+        return existing
+    except OpenComputerError as error:
+        if not may_have_taken_effect(error):
+            raise
+        existing = await _find_by_name(client, sandbox_id, name)
+        if existing is None:
+            raise
+        tracking.run_logger().warning(
+            "Lost the answer to creating checkpoint %r (%s); it was made: %s", name, error, existing.id
+        )
+        return existing
+
+
+@opencomputer_task(
+    "create_checkpoint", run_name=on_sandbox("checkpoint", "name"), retry_condition=retry_if_transient
 )
 async def create_checkpoint(
-    credentials: OpenComputerCredentials,
     sandbox: SandboxRef,
     name: str,
     *,
+    credentials: OpenComputerCredentials | None = None,
     kind: Literal["full", "disk_only"] = "full",
     retention: RetentionPolicy | None = None,
     wait_timeout: float = 300.0,
 ) -> Checkpoint:
-    """Checkpoint a running sandbox under `name` (unique per sandbox) and return it once it is ready.
+    """Checkpoint a running sandbox under `name` and return it once it is ready.
 
-    Raises `CheckpointFailedError` when the service reports the checkpoint failed.
+    A flow run that fails deletes the checkpoints it made (with `cleanup_hooks()`); the reaper deletes those
+    of runs that died.
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        name: Unique per sandbox.
+        credentials: The OpenComputer block; default: the environment.
+        kind: `full` (memory and disk) or `disk_only`.
+        retention: What the service deletes when the sandbox has too many checkpoints.
+        wait_timeout: Seconds to wait for the checkpoint to be ready.
+
+    Returns:
+        The ready checkpoint.
+
+    Raises:
+        CheckpointFailedError: The service reports the checkpoint failed.
+
+    Example:
+        ```python
+        checkpoint = create_checkpoint(sandbox, "prepared")
+        ```
     """
+    credentials = await resolve_credentials(credentials)
     sandbox_id = sandbox_id_of(sandbox)
     async with credentials.get_client() as client:
-        try:
-            checkpoint = await client.checkpoints.create(sandbox_id, name, kind=kind, retention=retention)
-        except ConflictError:
-            # On a retry, a name conflict means an earlier attempt created it: carry on with that one.
-            existing = next((cp for cp in await client.checkpoints.list(sandbox_id) if cp.name == name), None)
-            if existing is None or not _is_retry():
-                raise
-            checkpoint = existing
+        checkpoint = await _create_or_find_checkpoint(client, sandbox_id, name, kind, retention)
+        tracking.remember_checkpoint(sandbox_id, checkpoint.id)
+        # Announced before the wait: a checkpoint that never gets ready still exists, and the reaper finds
+        # what a dead run left through this event.
+        tracking.emit_sandbox_event(
+            tracking.CHECKPOINT_CREATED,
+            sandbox_id,
+            checkpoint_id=checkpoint.id,
+            payload={
+                "name": name,
+                "kind": checkpoint.kind,
+                "checkpoint_id": checkpoint.id,
+                "flow_run_id": tracking.current_flow_run_id(),
+            },
+        )
         checkpoint = await client.checkpoints.wait_ready(sandbox_id, checkpoint.id, timeout=wait_timeout)
     get_run_logger().info("Checkpoint %r (%s) of %s is ready", name, checkpoint.id, sandbox_id)
-    report.record("checkpoint", sandbox_id, f"{name} ({checkpoint.id[:8]})", checkpoint.status)
-    events.emit_sandbox_event(
-        events.CHECKPOINT_CREATED,
-        sandbox_id,
-        checkpoint_id=checkpoint.id,
-        payload={"name": name, "kind": checkpoint.kind, "checkpoint_id": checkpoint.id},
-    )
+    tracking.record("checkpoint", sandbox_id, f"{name} ({checkpoint.id[:8]})", checkpoint.status)
     return checkpoint
 
 
-@task(
-    name="list_checkpoints",
-    task_run_name=on_sandbox("list-checkpoints"),
-    tags=[TASK_TAG],
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_if_replayable,
+@opencomputer_task(
+    "list_checkpoints", run_name=on_sandbox("list-checkpoints"), retry_condition=retry_if_replayable
 )
-async def list_checkpoints(credentials: OpenComputerCredentials, sandbox: SandboxRef) -> list[Checkpoint]:
-    """The sandbox's checkpoints, newest first, whatever their status."""
+async def list_checkpoints(
+    sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
+) -> list[Checkpoint]:
+    """The sandbox's checkpoints.
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        Its checkpoints, newest first, whatever their status.
+
+    Example:
+        ```python
+        names = [checkpoint.name for checkpoint in list_checkpoints(sandbox)]
+        ```
+    """
+    credentials = await resolve_credentials(credentials)
     async with credentials.get_client() as client:
         return await client.checkpoints.list(sandbox_id_of(sandbox))
 
 
-@task(
-    name="restore_checkpoint",
-    task_run_name=on_sandbox("restore"),
-    tags=[TASK_TAG],
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_if_transient,
-)
+@opencomputer_task("restore_checkpoint", run_name=on_sandbox("restore"), retry_condition=retry_if_transient)
 async def restore_checkpoint(
-    credentials: OpenComputerCredentials, sandbox: SandboxRef, checkpoint: CheckpointRef
+    sandbox: SandboxRef, checkpoint: CheckpointRef, *, credentials: OpenComputerCredentials | None = None
 ) -> CheckpointRestore:
-    """Revert the sandbox in place to a ready checkpoint of its own; later calls wait for the restore."""
+    """Revert the sandbox in place to a ready checkpoint of its own; later calls wait for the restore.
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        checkpoint: One of its ready checkpoints, as its id or its model.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        The restore, as the service acknowledged it.
+
+    Example:
+        ```python
+        restore_checkpoint(sandbox, checkpoint)
+        ```
+    """
+    credentials = await resolve_credentials(credentials)
     sandbox_id = sandbox_id_of(sandbox)
     async with credentials.get_client() as client:
         restore = await client.checkpoints.restore(sandbox_id, checkpoint_id_of(checkpoint))
-    report.record("restore", sandbox_id, checkpoint_id_of(checkpoint)[:8], restore.status)
+    tracking.record("restore", sandbox_id, checkpoint_id_of(checkpoint)[:8], restore.status)
     return restore
 
 
-@task(
-    name="delete_checkpoint",
-    task_run_name=on_sandbox("delete-checkpoint"),
-    tags=[TASK_TAG],
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_if_replayable,
+@opencomputer_task(
+    "delete_checkpoint", run_name=on_sandbox("delete-checkpoint"), retry_condition=retry_if_replayable
 )
 async def delete_checkpoint(
-    credentials: OpenComputerCredentials, sandbox: SandboxRef, checkpoint: CheckpointRef
+    sandbox: SandboxRef, checkpoint: CheckpointRef, *, credentials: OpenComputerCredentials | None = None
 ) -> bool:
-    """Delete a checkpoint and its patches; False when it was already gone."""
+    """Delete a checkpoint and its patches (idempotent).
+
+    Args:
+        sandbox: The sandbox it belongs to, as its id or its model.
+        checkpoint: The checkpoint, as its id or its model.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        True when this call deleted it, False when it was already gone.
+
+    Example:
+        ```python
+        delete_checkpoint(sandbox, checkpoint)
+        ```
+    """
+    credentials = await resolve_credentials(credentials)
     sandbox_id = sandbox_id_of(sandbox)
+    checkpoint_id = checkpoint_id_of(checkpoint)
     async with credentials.get_client() as client:
         try:
-            await client.checkpoints.delete(sandbox_id, checkpoint_id_of(checkpoint))
+            await client.checkpoints.delete(sandbox_id, checkpoint_id)
+            deleted = True
         except NotFoundError:
-            return False
-    report.record("delete-checkpoint", sandbox_id, checkpoint_id_of(checkpoint)[:8], "deleted")
-    return True
+            deleted = False
+    record_checkpoint_deleted(sandbox_id, checkpoint_id, "delete_checkpoint task", deleted)
+    return deleted
 
 
-@task(
-    name="create_sandbox_from_checkpoint",
-    task_run_name=on_checkpoint("fork"),
-    tags=[TASK_TAG],
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_if_transient,
+@opencomputer_task(
+    "create_sandbox_from_checkpoint",
+    run_name=on_checkpoint("fork", numbered=True),
+    retry_condition=retry_if_transient,
+    on_rollback=rollback_hook,
 )
 async def create_sandbox_from_checkpoint(
-    credentials: OpenComputerCredentials,
     checkpoint: CheckpointRef,
     *,
+    credentials: OpenComputerCredentials | None = None,
     idle_timeout: int = DEFAULT_IDLE_TIMEOUT,
     envs: dict[str, str] | None = None,
     metadata: dict[str, str] | None = None,
@@ -167,20 +244,43 @@ async def create_sandbox_from_checkpoint(
 ) -> Sandbox:
     """Fork a new sandbox from a ready checkpoint; its patches run before this returns.
 
-    The service starts forks persistent, so `idle_timeout` is set right after. With `check_patches`, a
-    patch that failed in the fork kills the fork and raises `PatchFailedError`; without it, see
-    `Sandbox.patch_error`. Inside `with transaction():` the fork is killed when the transaction rolls back.
+    The service starts forks persistent, so `idle_timeout` is set right after. Inside `with transaction():`
+    the fork is killed when the transaction rolls back. Task runs are numbered (`fork[cp-…] #2`) so the
+    forks of one checkpoint are told apart in the UI.
+
+    Args:
+        checkpoint: A ready checkpoint, as its id or its model.
+        credentials: The OpenComputer block; default: the environment.
+        idle_timeout: Seconds of inactivity after which the service hibernates the fork.
+        envs: Environment variables over the checkpoint's (these win).
+        metadata: Stored with the fork.
+        memory_mb: Memory tier (at least the checkpoint's).
+        tags: Tags of your own, besides the ownership tags this task adds.
+        check_patches: A patch that failed in the fork kills the fork and raises `PatchFailedError`;
+            without it, see `Sandbox.patch_error`.
+
+    Returns:
+        The running fork.
+
+    Raises:
+        PatchFailedError: A patch failed in the fork (with `check_patches`).
+
+    Example:
+        ```python
+        fork = create_sandbox_from_checkpoint(checkpoint)
+        ```
     """
+    credentials = await resolve_credentials(credentials)
     checkpoint_id = checkpoint_id_of(checkpoint)
     source_sandbox_id = checkpoint.sandbox_id if isinstance(checkpoint, Checkpoint) else None
     async with credentials.get_client() as client:
         fork = await finish_despite_cancellation(
             create_or_find(
                 client,
-                lambda: client.checkpoints.fork(
+                lambda marker: client.checkpoints.fork(
                     checkpoint_id,
-                    envs=envs,
-                    metadata={**(metadata or {}), **ownership_tags()},
+                    envs={**(envs or {}), **marker},
+                    metadata={**(metadata or {}), **tracking.ownership_tags()},
                     memory_mb=memory_mb,
                 ),
             ),
@@ -200,15 +300,19 @@ async def create_sandbox_from_checkpoint(
             await finish_despite_cancellation(
                 kill_ignoring_missing(client, fork.sandbox_id), timeout=KILL_TIMEOUT
             )
-            report.record("fork", fork.sandbox_id, f"from {checkpoint_id[:8]}", "patch failed")
-            report.record("kill", fork.sandbox_id, "patch failed", "killed")
+            tracking.record("fork", fork.sandbox_id, f"from {checkpoint_id[:8]}", "patch failed")
+            tracking.record("kill", fork.sandbox_id, "patch failed", "killed")
             raise PatchFailedError(fork.sandbox_id, checkpoint_id, fork.patch_error)
     get_run_logger().info("Forked %s from checkpoint %s", fork.sandbox_id, checkpoint_id)
-    report.record(
-        "fork", fork.sandbox_id, f"from {checkpoint_id[:8]}", fork.status, cleanup=not is_retained(fork.tags)
+    tracking.record(
+        "fork",
+        fork.sandbox_id,
+        f"from {checkpoint_id[:8]}",
+        fork.status,
+        cleanup=not tracking.is_retained(fork.tags),
     )
-    events.emit_sandbox_event(
-        events.SANDBOX_FORKED,
+    tracking.emit_sandbox_event(
+        tracking.SANDBOX_FORKED,
         fork.sandbox_id,
         checkpoint_id=checkpoint_id,
         source_sandbox_id=source_sandbox_id,
@@ -217,4 +321,8 @@ async def create_sandbox_from_checkpoint(
     return fork
 
 
-create_sandbox_from_checkpoint.on_rollback(rollback_hook)
+acreate_checkpoint = create_checkpoint.aio
+alist_checkpoints = list_checkpoints.aio
+arestore_checkpoint = restore_checkpoint.aio
+adelete_checkpoint = delete_checkpoint.aio
+acreate_sandbox_from_checkpoint = create_sandbox_from_checkpoint.aio

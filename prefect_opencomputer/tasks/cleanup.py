@@ -1,93 +1,203 @@
 """Cleanup that does not depend on the flow's code reaching its end.
 
-- `open_sandbox` / `open_fork`: async context managers that kill on exit, also when cancelled.
-- `kill_flow_run_sandboxes`: kills every sandbox a flow run created (found by tag, and by this process's
-  own record for sandboxes the service does not list).
-- `cleanup_hooks()`: `on_failure`, `on_cancellation` and `on_crashed` hooks doing the above; they may run
-  in another process (the runner, for cancellation), so they load credentials by block name or from env.
+- `open_sandbox` / `open_fork`: context managers (`with` and `async with`) that kill on exit, also when
+  cancelled.
+- `kill_flow_run_sandboxes`: kills every sandbox a flow run created and deletes the checkpoints it made
+  (found by tag, and by this process's own record for what the service does not list).
+- `cleanup_hooks()`: flow hooks doing the above when a run fails, is cancelled or crashes, and when a retry
+  begins (so the new attempt starts with nothing of the failed one alive). They may run in another process
+  (the runner, for cancellation), so they find credentials by block name, block reference or environment.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import Any, TypedDict, cast
 
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow, FlowStateHook
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials, load_credentials
 from prefect_opencomputer.client import Image, Sandbox
-from prefect_opencomputer.tasks import report
+from prefect_opencomputer.tasks import tracking
 from prefect_opencomputer.tasks.checkpoints import create_sandbox_from_checkpoint
-from prefect_opencomputer.tasks.ownership import DEFAULT_IDLE_TIMEOUT, TAG_FLOW_RUN, is_ours, is_retained
-from prefect_opencomputer.tasks.references import CheckpointRef
-from prefect_opencomputer.tasks.run_logger import run_logger
-from prefect_opencomputer.tasks.sandboxes import create_sandbox, kill_sandbox_now
+from prefect_opencomputer.tasks.decorator import CheckpointRef
+from prefect_opencomputer.tasks.lifecycle import delete_checkpoint_now, kill_sandbox_now
+from prefect_opencomputer.tasks.sandboxes import create_sandbox
+from prefect_opencomputer.tasks.tracking import DEFAULT_IDLE_TIMEOUT, TAG_FLOW_RUN, is_ours, is_retained
 
-# The flow parameter a hook reads to find the credentials block of the run it cleans up after.
+# The flow parameters a hook reads to find the credentials of the run it cleans up after.
 CREDENTIALS_BLOCK_PARAMETER = "credentials_block"
+CREDENTIALS_PARAMETER = "credentials"
 
 
-@asynccontextmanager
-async def open_sandbox(
-    credentials: OpenComputerCredentials,
+class SandboxScope:
+    """A sandbox for the length of a `with` or `async with` block: created on entry, killed on exit.
+
+    The kill finishes even while the block is being cancelled, and shows in the run as an
+    `opencomputer.sandbox.killed` event and a row of the run report.
+    """
+
+    def __init__(
+        self,
+        options: dict[str, Any],
+        credentials: OpenComputerCredentials | None,
+        *,
+        create_sync: Callable[..., Sandbox],
+        create_async: Callable[..., Awaitable[Sandbox]],
+        reason: str,
+    ) -> None:
+        self._options = options
+        self._credentials = credentials
+        self._create_sync = create_sync
+        self._create_async = create_async
+        self._reason = reason
+        self._kept = False
+        self.sandbox: Sandbox | None = None
+
+    def keep(self) -> None:
+        """Do not kill the sandbox on exit (it is meant to outlive the block, e.g. after `retain_sandbox`)."""
+        self._kept = True
+
+    async def __aenter__(self) -> Sandbox:
+        self.sandbox = await self._create_async(credentials=self._credentials, **self._options)
+        return self.sandbox
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self._kill()
+
+    def __enter__(self) -> Sandbox:
+        self.sandbox = self._create_sync(credentials=self._credentials, **self._options)
+        return self.sandbox
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        run_coro_as_sync(self._kill())
+
+    async def _kill(self) -> None:
+        if self.sandbox is None or self._kept:
+            return
+        credentials = self._credentials or await load_credentials()
+        await kill_sandbox_now(credentials, self.sandbox.sandbox_id, reason=self._reason)
+
+
+def open_sandbox(
     template: str = "base",
     *,
+    credentials: OpenComputerCredentials | None = None,
     idle_timeout: int = DEFAULT_IDLE_TIMEOUT,
     envs: dict[str, str] | None = None,
     memory_mb: int | None = None,
     tags: dict[str, str] | None = None,
     image: Image | None = None,
     snapshot: str | None = None,
-) -> AsyncIterator[Sandbox]:
-    """`async with open_sandbox(credentials) as sandbox:` creates a sandbox and kills it on the way out.
+) -> SandboxScope:
+    """A sandbox that is killed when the block ends, however it ends.
 
-    With `image` or `snapshot` the sandbox starts from that build instead of `template`.
+    `with open_sandbox() as sandbox:` in `def` code, `async with open_sandbox() as sandbox:` in `async def`
+    code. The arguments are those of `create_sandbox`.
+
+    Args:
+        template: Template to start from.
+        credentials: The OpenComputer block; default: the environment.
+        idle_timeout: Seconds of inactivity after which the service hibernates the sandbox.
+        envs: Environment variables for every command in the sandbox.
+        memory_mb: Memory tier.
+        tags: Tags of your own.
+        image: A declarative image to start from.
+        snapshot: A ready snapshot to start from.
+
+    Returns:
+        A context manager whose value is the running sandbox.
+
+    Example:
+        ```python
+        with open_sandbox("python") as sandbox:
+            run_command(sandbox, "python --version")
+        ```
     """
-    sandbox = await create_sandbox(
+    options: dict[str, Any] = {
+        "template": template,
+        "idle_timeout": idle_timeout,
+        "envs": envs,
+        "memory_mb": memory_mb,
+        "tags": tags,
+        "image": image,
+        "snapshot": snapshot,
+    }
+    return SandboxScope(
+        options,
         credentials,
-        template,
-        idle_timeout=idle_timeout,
-        envs=envs,
-        memory_mb=memory_mb,
-        tags=tags,
-        image=image,
-        snapshot=snapshot,
+        create_sync=create_sandbox,
+        create_async=create_sandbox.aio,
+        reason="end of its `open_sandbox` block",
     )
-    try:
-        yield sandbox
-    finally:
-        await kill_sandbox_now(credentials, sandbox.sandbox_id, reason="end of its `open_sandbox` block")
 
 
-@asynccontextmanager
-async def open_fork(
-    credentials: OpenComputerCredentials,
+def open_fork(
     checkpoint: CheckpointRef,
     *,
+    credentials: OpenComputerCredentials | None = None,
     idle_timeout: int = DEFAULT_IDLE_TIMEOUT,
     envs: dict[str, str] | None = None,
     tags: dict[str, str] | None = None,
     check_patches: bool = True,
-) -> AsyncIterator[Sandbox]:
-    """`async with open_fork(credentials, checkpoint) as fork:` forks a sandbox, kills it on the way out."""
-    fork = await create_sandbox_from_checkpoint(
-        credentials, checkpoint, idle_timeout=idle_timeout, envs=envs, tags=tags, check_patches=check_patches
+) -> SandboxScope:
+    """A fork of a checkpoint that is killed when the block ends (`with` or `async with`).
+
+    Args:
+        checkpoint: A ready checkpoint, as its id or its model.
+        credentials: The OpenComputer block; default: the environment.
+        idle_timeout: Seconds of inactivity after which the service hibernates the fork.
+        envs: Environment variables over the checkpoint's.
+        tags: Tags of your own.
+        check_patches: Raise `PatchFailedError` (and kill the fork) if a patch failed in it.
+
+    Returns:
+        A context manager whose value is the running fork.
+
+    Example:
+        ```python
+        with open_fork(checkpoint) as fork:
+            run_command(fork, "cat ~/patched.txt")
+        ```
+    """
+    options: dict[str, Any] = {
+        "checkpoint": checkpoint,
+        "idle_timeout": idle_timeout,
+        "envs": envs,
+        "tags": tags,
+        "check_patches": check_patches,
+    }
+    return SandboxScope(
+        options,
+        credentials,
+        create_sync=create_sandbox_from_checkpoint,
+        create_async=create_sandbox_from_checkpoint.aio,
+        reason="end of its `open_fork` block",
     )
-    try:
-        yield fork
-    finally:
-        await kill_sandbox_now(credentials, fork.sandbox_id, reason="end of its `open_fork` block")
 
 
 async def kill_flow_run_sandboxes(credentials: OpenComputerCredentials, flow_run_id: str) -> list[str]:
-    """Kill every sandbox the flow run created that is still alive; returns the ids it killed.
+    """Delete the checkpoints the flow run made, then kill every sandbox it created that is still alive.
 
-    Sandboxes tagged `prefect.retain` are left alone.
+    Sandboxes tagged `prefect.retain` are left alone. Returns the ids of the sandboxes it killed.
     """
-    suspects = report.live_sandboxes(flow_run_id)
+    logger = tracking.run_logger()
+    for sandbox_id, checkpoint_id in sorted(tracking.live_checkpoints(flow_run_id)):
+        try:
+            await delete_checkpoint_now(
+                credentials, sandbox_id, checkpoint_id, reason=f"cleanup of flow run {flow_run_id}"
+            )
+        except Exception as exc:
+            logger.warning("Could not delete checkpoint %s of %s: %s", checkpoint_id, sandbox_id, exc)
+    suspects = tracking.live_sandboxes(flow_run_id)
     async with credentials.get_client() as client:
         for sandbox in await client.sandboxes.list():
             if not is_ours(sandbox.tags) or sandbox.tags.get(TAG_FLOW_RUN) != flow_run_id:
@@ -98,48 +208,90 @@ async def kill_flow_run_sandboxes(credentials: OpenComputerCredentials, flow_run
                 suspects.add(sandbox.sandbox_id)
     reason = f"cleanup of flow run {flow_run_id}"
     outcomes = await asyncio.gather(
-        *(kill_sandbox_now(credentials, sandbox_id, reason=reason) for sandbox_id in sorted(suspects)),
+        *(
+            kill_sandbox_now(credentials, sandbox_id, reason=reason, flow_run_id=flow_run_id)
+            for sandbox_id in sorted(suspects)
+        ),
         return_exceptions=True,
     )
     killed: list[str] = []
     for sandbox_id, outcome in zip(sorted(suspects), outcomes, strict=True):
         if isinstance(outcome, BaseException):
-            run_logger().warning("Could not kill sandbox %s: %s", sandbox_id, outcome)
+            logger.warning("Could not kill sandbox %s: %s", sandbox_id, outcome)
         elif outcome:
             killed.append(sandbox_id)
     return killed
 
 
+async def credentials_of_run(flow_run: FlowRun, block_name: str | None = None) -> OpenComputerCredentials:
+    """The credentials a flow run's tasks used: this process's record of the run, else the saved block
+    `block_name`, else the run's `credentials_block` (a name) or `credentials` (a block) parameter, else
+    the environment."""
+    if block_name is None and (used := tracking.run_credentials(str(flow_run.id))) is not None:
+        return used
+    name = block_name or flow_run.parameters.get(CREDENTIALS_BLOCK_PARAMETER)
+    if isinstance(name, str) and name:
+        return await load_credentials(name)
+    given = flow_run.parameters.get(CREDENTIALS_PARAMETER)
+    if isinstance(given, OpenComputerCredentials):
+        return given
+    if isinstance(given, dict) and isinstance(reference := given.get("$ref"), dict | str):
+        return await OpenComputerCredentials.aload_from_ref(reference)
+    return await load_credentials()
+
+
 class CleanupHooks(TypedDict):
     """Keyword arguments of `@flow` that install the cleanup hooks."""
 
+    on_running: list[FlowStateHook[..., Any]]
     on_failure: list[FlowStateHook[..., Any]]
     on_cancellation: list[FlowStateHook[..., Any]]
     on_crashed: list[FlowStateHook[..., Any]]
 
 
 def cleanup_hooks(credentials_block: str | None = None) -> CleanupHooks:
-    """Flow hooks that kill the run's sandboxes when it fails, is cancelled or crashes.
+    """Flow hooks that kill the run's sandboxes (and delete its checkpoints) when it fails, is cancelled or
+    crashes, and when a retry of the run begins.
 
-    Use as `@flow(**cleanup_hooks())`. Credentials come from the saved block `credentials_block`, else
-    the run's `credentials_block` parameter, else the environment of the process running the hook.
+    Use as `@flow(**cleanup_hooks())`. Credentials come from the saved block `credentials_block`, else what
+    the run's tasks used, else the run's `credentials_block` / `credentials` parameter, else the environment.
+
+    Args:
+        credentials_block: Name of a saved OpenComputerCredentials block.
+
+    Returns:
+        `on_running`, `on_failure`, `on_cancellation` and `on_crashed` hook lists for `@flow(...)`.
+
+    Example:
+        ```python
+        @flow(retries=1, **cleanup_hooks())
+        def nightly() -> None: ...
+        ```
     """
+
+    hook = _cleanup_hook(credentials_block, on_retry=False)
+    retry_hook = _cleanup_hook(credentials_block, on_retry=True)
+    return CleanupHooks(on_running=[retry_hook], on_failure=[hook], on_cancellation=[hook], on_crashed=[hook])
+
+
+def _cleanup_hook(credentials_block: str | None, *, on_retry: bool) -> FlowStateHook[..., Any]:
+    """A hook that cleans up after the run; `on_retry`: only when the run enters a new attempt."""
 
     async def kill_flow_run_sandboxes_hook(
         flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]
     ) -> None:
-        parameter = flow_run.parameters.get(CREDENTIALS_BLOCK_PARAMETER)
-        block_name = credentials_block or (parameter if isinstance(parameter, str) else None)
-        credentials = await load_credentials(block_name)
+        if on_retry and not tracking.is_new_attempt(str(flow_run.id), flow_run.run_count):
+            return
+        credentials = await credentials_of_run(flow_run, credentials_block)
         killed = await kill_flow_run_sandboxes(credentials, str(flow_run.id))
         if killed:
-            run_logger().warning(
-                "Flow run %s ended %s: killed %d sandbox(es): %s",
+            why = "is retrying: its failed attempt left" if on_retry else f"ended {state.name}: it left"
+            tracking.run_logger().warning(
+                "Flow run %s %s %d sandbox(es), killed: %s",
                 flow_run.name,
-                state.name,
+                why,
                 len(killed),
                 ", ".join(killed),
             )
 
-    hook = cast("FlowStateHook[..., Any]", kill_flow_run_sandboxes_hook)
-    return CleanupHooks(on_failure=[hook], on_cancellation=[hook], on_crashed=[hook])
+    return cast("FlowStateHook[..., Any]", kill_flow_run_sandboxes_hook)

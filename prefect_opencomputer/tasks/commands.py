@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
+from typing import Any, cast
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import Task, get_run_logger
+from prefect.client.schemas.objects import State, TaskRun
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import (
@@ -21,13 +22,21 @@ from prefect_opencomputer.client import (
     OpenComputerError,
     TransportError,
 )
-from prefect_opencomputer.tasks import report
+from prefect_opencomputer.tasks import tracking
+from prefect_opencomputer.tasks.decorator import (
+    RunName,
+    SandboxRef,
+    failure_of,
+    is_transient,
+    opencomputer_task,
+    resolve_credentials,
+    retry_if_transient,
+    sandbox_id_of,
+    short_command,
+)
 from prefect_opencomputer.tasks.errors import CommandFailedError
-from prefect_opencomputer.tasks.naming import TASK_TAG, command_run_name
+from prefect_opencomputer.tasks.lifecycle import finish_despite_cancellation
 from prefect_opencomputer.tasks.output import CommandOutput, OutputLimits
-from prefect_opencomputer.tasks.references import SandboxRef, sandbox_id_of, short_command
-from prefect_opencomputer.tasks.retries import RETRY_DELAYS, retry_if_transient
-from prefect_opencomputer.tasks.shielding import finish_despite_cancellation
 
 TIMED_OUT_SUFFIX = "\nProcess timed out"
 # If this process dies (SIGKILL, lost machine) the service kills the command this long after we detach.
@@ -35,20 +44,31 @@ DETACHED_GRACE_SECONDS = 60
 _REATTACH_ATTEMPTS = 5
 
 
-@task(
-    name="run_command",
-    task_run_name=command_run_name,
-    tags=[TASK_TAG],
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_if_transient,
+def _command_run_name(parameters: dict[str, Any]) -> str:
+    return f"run[{sandbox_id_of(parameters['sandbox'])}]: {short_command(parameters['command'])}"
+
+
+def retry_failed_commands(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """What `run_command.with_options(retries=N)` retries: a command that failed or timed out (it runs
+    again), and the transient failures the preset retries cover."""
+    failure = failure_of(state)
+    if failure is None:
+        return False
+    return isinstance(failure, CommandFailedError | CommandTimedOutError) or is_transient(failure)
+
+
+@opencomputer_task(
+    "run_command",
+    run_name=cast(RunName, _command_run_name),
+    # The preset retries never run a command twice; a caller's own `retries=` does.
+    retry_condition=retry_if_transient,
+    rerun_condition=retry_failed_commands,
 )
 async def run_command(
-    credentials: OpenComputerCredentials,
     sandbox: SandboxRef,
     command: str | Sequence[str],
     *,
+    credentials: OpenComputerCredentials | None = None,
     env: dict[str, str] | None = None,
     cwd: str | None = None,
     timeout: int | None = None,
@@ -58,11 +78,35 @@ async def run_command(
 ) -> CommandResult:
     """Run a command in the sandbox, logging its output lines while it runs, and return its result.
 
-    A string runs through `sh -c`; a sequence runs as argv. `timeout` (seconds) makes the service kill the
-    command; `check=True` raises `CommandFailedError` on a non-zero exit and `CommandTimedOutError` on a
-    timeout. If the task is cancelled or times out, the remote process is killed. The result keeps the last
-    `limits.max_result_bytes` of each stream.
+    If the task is cancelled or times out, the remote process is killed. To run a failing command again,
+    give the task retries: `run_command.with_options(retries=2)(sandbox, "make test")` retries a non-zero
+    exit or a timeout (the preset retries only cover requests the service refused).
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        command: A string runs through `sh -c`; a sequence runs as argv.
+        credentials: The OpenComputer block; default: the environment.
+        env: Environment variables for this command.
+        cwd: Working directory (default: the sandbox user's home).
+        timeout: Seconds after which the service kills the command.
+        check: Raise `CommandFailedError` on a non-zero exit and `CommandTimedOutError` on a timeout.
+        stream_output: Log output lines while the command runs (bounded by `limits`).
+        limits: How much output reaches the log and the result.
+
+    Returns:
+        The exit code and output; each stream keeps its last `limits.max_result_bytes`.
+
+    Raises:
+        CommandFailedError: The command exited non-zero (with `check`); it carries the tail of both streams.
+        CommandTimedOutError: The command ran out of `timeout` (with `check`).
+
+    Example:
+        ```python
+        result = run_command(sandbox, "python -c 'print(6 * 7)'")
+        assert result.stdout.strip() == "42"
+        ```
     """
+    credentials = await resolve_credentials(credentials)
     sandbox_id = sandbox_id_of(sandbox)
     argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
     if not argv:
@@ -109,7 +153,7 @@ async def run_command(
         stderr += TIMED_OUT_SUFFIX
     result = CommandResult(exit_code=exit_code, stdout=output.text("stdout"), stderr=stderr)
     outcome = "timed out" if result.timed_out else f"exit {exit_code}"
-    report.record("command", sandbox_id, short_command(command), f"{outcome} ({elapsed:.1f} s)")
+    tracking.record("command", sandbox_id, short_command(command), f"{outcome} ({elapsed:.1f} s)")
     logger.info("%r in %s: %s after %.1f s", label, sandbox_id, outcome, elapsed)
     if check and result.timed_out:
         raise CommandTimedOutError(f"command {label!r} in {sandbox_id} timed out after {timeout} s")
@@ -156,3 +200,6 @@ async def _kill_session(client: OpenComputerClient, sandbox_id: str, session_id:
     # Already exited, or the sandbox is gone: either way nothing is left running.
     with contextlib.suppress(OpenComputerError):
         await client.exec.kill(sandbox_id, session_id)
+
+
+arun_command = run_command.aio

@@ -4,21 +4,36 @@ from __future__ import annotations
 
 from prefect_opencomputer.client import CommandResult, OpenComputerError
 
+# How much of each stream a failure message carries: the end, where the reason usually is.
+TAIL_CHARS = 800
 
-def _tail(text: str, limit: int = 800) -> str:
+
+def tail(text: str, limit: int = TAIL_CHARS) -> str:
     text = text.strip()
     return text if len(text) <= limit else "…" + text[-limit:]
 
 
 class CommandFailedError(OpenComputerError):
-    """Raised by `run_command` (with `check=True`) when the command exits with a non-zero code."""
+    """Raised by `run_command` (with `check=True`) when the command exits with a non-zero code.
+
+    `stdout_tail` and `stderr_tail` hold the end of each stream (the message shows both); `result` has all
+    the task kept.
+    """
 
     def __init__(self, sandbox_id: str, command: str, result: CommandResult) -> None:
         self.sandbox_id = sandbox_id
         self.command = command
         self.result = result
-        detail = _tail(result.stderr) or _tail(result.stdout) or "no output"
-        super().__init__(f"command {command!r} in {sandbox_id} exited with code {result.exit_code}: {detail}")
+        self.exit_code = result.exit_code
+        self.stdout_tail = tail(result.stdout)
+        self.stderr_tail = tail(result.stderr)
+        streams = [
+            f"{name}:\n{text}"
+            for name, text in (("stderr", self.stderr_tail), ("stdout", self.stdout_tail))
+            if text
+        ]
+        detail = "\n".join(streams) or "no output"
+        super().__init__(f"command {command!r} in {sandbox_id} exited with code {result.exit_code}\n{detail}")
 
 
 class PatchFailedError(OpenComputerError):

@@ -2,47 +2,74 @@
 
 from __future__ import annotations
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
-from prefect_opencomputer.tasks.naming import TASK_TAG, on_sandbox
-from prefect_opencomputer.tasks.references import SandboxRef, sandbox_id_of
-from prefect_opencomputer.tasks.retries import RETRY_DELAYS, retry_if_replayable
-
-
-@task(
-    name="write_file",
-    task_run_name=on_sandbox("write", "path"),
-    tags=[TASK_TAG],
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_if_replayable,
+from prefect_opencomputer.tasks.decorator import (
+    SandboxRef,
+    on_sandbox,
+    opencomputer_task,
+    resolve_credentials,
+    retry_if_replayable,
+    sandbox_id_of,
 )
-async def write_file(
-    credentials: OpenComputerCredentials, sandbox: SandboxRef, path: str, content: bytes | str
-) -> int:
-    """Write `content` (a str is UTF-8 encoded) to `path`, creating parent directories; returns the size.
 
-    A relative `path` is relative to the sandbox user's home, `/home/sandbox`.
+
+@opencomputer_task("write_file", run_name=on_sandbox("write", "path"), retry_condition=retry_if_replayable)
+async def write_file(
+    sandbox: SandboxRef,
+    path: str,
+    content: bytes | str,
+    *,
+    credentials: OpenComputerCredentials | None = None,
+) -> int:
+    """Write a file in the sandbox, creating parent directories (a full replace: safe to retry).
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        path: Where; a relative path is relative to the sandbox user's home, `/home/sandbox`.
+        content: The bytes, or a str (UTF-8 encoded).
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        The number of bytes written.
+
+    Example:
+        ```python
+        write_file(sandbox, "app/config.toml", "debug = true\\n")
+        ```
     """
+    credentials = await resolve_credentials(credentials)
     data = content.encode() if isinstance(content, str) else content
     async with credentials.get_client() as client:
         await client.files.write(sandbox_id_of(sandbox), path, data)
     return len(data)
 
 
-@task(
-    name="read_file",
-    task_run_name=on_sandbox("read", "path"),
-    tags=[TASK_TAG],
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_if_replayable,
-)
-async def read_file(credentials: OpenComputerCredentials, sandbox: SandboxRef, path: str) -> bytes:
-    """The contents of `path` in the sandbox, as bytes (`.decode()` them for text)."""
+@opencomputer_task("read_file", run_name=on_sandbox("read", "path"), retry_condition=retry_if_replayable)
+async def read_file(
+    sandbox: SandboxRef, path: str, *, credentials: OpenComputerCredentials | None = None
+) -> bytes:
+    """Read a file from the sandbox.
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        path: Which file; a relative path is relative to `/home/sandbox`.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        Its contents as bytes (`.decode()` them for text).
+
+    Raises:
+        NotFoundError: There is no such file.
+
+    Example:
+        ```python
+        report = read_file(sandbox, "app/report.txt").decode()
+        ```
+    """
+    credentials = await resolve_credentials(credentials)
     async with credentials.get_client() as client:
         return await client.files.read(sandbox_id_of(sandbox), path)
+
+
+awrite_file = write_file.aio
+aread_file = read_file.aio

@@ -1,8 +1,9 @@
-"""A command's output, turned into bounded run-log lines as it arrives and kept (capped) for the result.
+"""Output into the run log: a command's lines as they arrive, and an image build's steps.
 
 Bounded three ways, so a loud command cannot flood the Prefect API: each line is cut at `max_line_chars`,
 lines are logged at most `lines_per_second` on average (bursts up to `burst_lines`), and at most
-`max_lines` lines are logged per command. What is skipped is counted and reported in one line.
+`max_lines` lines are logged per command. What is skipped is counted and reported in one line, and the last
+`tail_lines` lines are logged at the end whatever the limits skipped: that is where failures are.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import codecs
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
 from prefect.logging.loggers import LoggingAdapter
+
+from prefect_opencomputer.client import BuildLog, BuildLogHandler
 
 Stream = Literal["stdout", "stderr"]
 
@@ -26,6 +30,8 @@ class OutputLimits:
     max_line_chars: int = 2000
     lines_per_second: float = 50.0
     burst_lines: int = 200
+    # Logged at the end if the limits skipped any of them.
+    tail_lines: int = 20
     # Per stream, the result keeps the last this many bytes.
     max_result_bytes: int = 1024 * 1024
 
@@ -72,6 +78,8 @@ class CommandOutput:
         self.logged_lines = 0
         self.skipped_lines = 0
         self._skipped_unreported = 0
+        # The last `tail_lines` lines as (stream, line, was it logged).
+        self._recent: deque[tuple[Stream, str, bool]] = deque(maxlen=self.limits.tail_lines)
 
     def feed(self, stream: Stream, data: bytes) -> None:
         self._tails[stream].append(data)
@@ -104,6 +112,12 @@ class CommandOutput:
                 self.skipped_lines,
                 self.limits.max_result_bytes,
             )
+        unlogged = [(stream, line) for stream, line, logged in self._recent if not logged]
+        if unlogged:
+            self.logger.info("The last %d line(s) of output:", len(self._recent))
+            for stream, line, _ in self._recent:
+                self._emit(stream, line)
+        self._recent.clear()
 
     def text(self, stream: Stream) -> str:
         return self._tails[stream].text()
@@ -120,11 +134,17 @@ class CommandOutput:
         if self.logged_lines >= self.limits.max_lines or not self._take_token():
             self.skipped_lines += 1
             self._skipped_unreported += 1
+            self._recent.append((stream, line, False))
             return
         if self._skipped_unreported:
             self.logger.warning("… %d line(s) not logged (output too fast)", self._skipped_unreported)
             self._skipped_unreported = 0
         self.logged_lines += 1
+        self._recent.append((stream, line, True))
+        self._emit(stream, line)
+
+    def _emit(self, stream: Stream, line: str) -> None:
+        assert self.logger is not None
         if stream == "stderr":
             self.logger.info("[stderr] %s", line)
         else:
@@ -141,3 +161,22 @@ class CommandOutput:
             return False
         self._tokens -= 1
         return True
+
+
+# A build that prints without end must not flood the Prefect API; the failure message keeps the tail.
+MAX_BUILD_LOG_LINES = 2000
+
+
+def build_log_handler(logger: logging.Logger | LoggingAdapter) -> BuildLogHandler:
+    """A handler for the client's `on_build_log` that logs each line, up to `MAX_BUILD_LOG_LINES`."""
+    logged = 0
+
+    def log(line: BuildLog) -> None:
+        nonlocal logged
+        logged += 1
+        if logged <= MAX_BUILD_LOG_LINES:
+            logger.info("[build %d %s] %s", line.step, line.type, line.message)
+        elif logged == MAX_BUILD_LOG_LINES + 1:
+            logger.warning("Further build output is not logged (more than %d lines)", MAX_BUILD_LOG_LINES)
+
+    return log

@@ -2,72 +2,113 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import CheckpointPatch, NotFoundError
-from prefect_opencomputer.tasks import report
-from prefect_opencomputer.tasks.naming import TASK_TAG, on_checkpoint
-from prefect_opencomputer.tasks.references import CheckpointRef, checkpoint_id_of
-from prefect_opencomputer.tasks.retries import RETRY_DELAYS, retry_if_replayable, retry_if_transient
+from prefect_opencomputer.tasks import tracking
+from prefect_opencomputer.tasks.decorator import (
+    CheckpointRef,
+    checkpoint_id_of,
+    on_checkpoint,
+    opencomputer_task,
+    resolve_credentials,
+    retry_if_replayable,
+    retry_if_transient,
+)
 
 
-@task(
-    name="create_checkpoint_patch",
-    task_run_name=on_checkpoint("patch"),
-    tags=[TASK_TAG],
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS,
+@opencomputer_task(
+    "create_checkpoint_patch",
+    run_name=on_checkpoint("patch"),
     # A replayed create would append the script twice: only refused requests are retried.
-    retry_condition_fn=retry_if_transient,
+    retry_condition=retry_if_transient,
 )
 async def create_checkpoint_patch(
-    credentials: OpenComputerCredentials, checkpoint: CheckpointRef, script: str, description: str = ""
+    checkpoint: CheckpointRef,
+    script: str,
+    description: str = "",
+    *,
+    credentials: OpenComputerCredentials | None = None,
 ) -> CheckpointPatch:
-    """Append `script` to a ready checkpoint's patch chain; it runs as user `sandbox` in each later fork."""
+    """Append a bash script to a ready checkpoint's patch chain; it runs as user `sandbox` in each later fork.
+
+    Args:
+        checkpoint: A ready checkpoint, as its id or its model.
+        script: The bash script.
+        description: Shown in the patch list and the run report.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        The patch, with its place in the chain (`sequence`).
+
+    Example:
+        ```python
+        create_checkpoint_patch(checkpoint, "echo patched > ~/patched.txt", "mark forks")
+        ```
+    """
+    credentials = await resolve_credentials(credentials)
     checkpoint_id = checkpoint_id_of(checkpoint)
     async with credentials.get_client() as client:
         patch = await client.patches.create(checkpoint_id, script, description=description)
     get_run_logger().info("Patch %d (%s) added to checkpoint %s", patch.sequence, patch.id, checkpoint_id)
     sandbox_id = getattr(checkpoint, "sandbox_id", "") or "-"
-    report.record(
+    tracking.record(
         "patch", sandbox_id, description or f"patch {patch.sequence} of {checkpoint_id[:8]}", "added"
     )
     return patch
 
 
-@task(
-    name="list_checkpoint_patches",
-    task_run_name=on_checkpoint("list-patches"),
-    tags=[TASK_TAG],
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_if_replayable,
+@opencomputer_task(
+    "list_checkpoint_patches", run_name=on_checkpoint("list-patches"), retry_condition=retry_if_replayable
 )
 async def list_checkpoint_patches(
-    credentials: OpenComputerCredentials, checkpoint: CheckpointRef
+    checkpoint: CheckpointRef, *, credentials: OpenComputerCredentials | None = None
 ) -> list[CheckpointPatch]:
-    """The checkpoint's patches in the order they run."""
+    """The checkpoint's patches.
+
+    Args:
+        checkpoint: The checkpoint, as its id or its model.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        Its patches in the order they run.
+
+    Example:
+        ```python
+        scripts = [patch.script for patch in list_checkpoint_patches(checkpoint)]
+        ```
+    """
+    credentials = await resolve_credentials(credentials)
     async with credentials.get_client() as client:
         return await client.patches.list(checkpoint_id_of(checkpoint))
 
 
-@task(
-    name="delete_checkpoint_patch",
-    task_run_name=on_checkpoint("delete-patch"),
-    tags=[TASK_TAG],
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_if_replayable,
+@opencomputer_task(
+    "delete_checkpoint_patch", run_name=on_checkpoint("delete-patch"), retry_condition=retry_if_replayable
 )
 async def delete_checkpoint_patch(
-    credentials: OpenComputerCredentials, checkpoint: CheckpointRef, patch: CheckpointPatch | str
+    checkpoint: CheckpointRef,
+    patch: CheckpointPatch | str,
+    *,
+    credentials: OpenComputerCredentials | None = None,
 ) -> bool:
-    """Remove a patch from the chain; False when it was already gone."""
+    """Remove a patch from the chain (idempotent).
+
+    Args:
+        checkpoint: The checkpoint, as its id or its model.
+        patch: The patch, as its id or its model.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        True when this call removed it, False when it was already gone.
+
+    Example:
+        ```python
+        delete_checkpoint_patch(checkpoint, patch)
+        ```
+    """
+    credentials = await resolve_credentials(credentials)
     patch_id = patch.id if isinstance(patch, CheckpointPatch) else patch
     async with credentials.get_client() as client:
         try:
@@ -75,3 +116,8 @@ async def delete_checkpoint_patch(
         except NotFoundError:
             return False
     return True
+
+
+acreate_checkpoint_patch = create_checkpoint_patch.aio
+alist_checkpoint_patches = list_checkpoint_patches.aio
+adelete_checkpoint_patch = delete_checkpoint_patch.aio

@@ -2,47 +2,62 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import acreate_link_artifact
-from prefect.cache_policies import NO_CACHE
 from pydantic import JsonValue
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import NotFoundError, PreviewURL
-from prefect_opencomputer.tasks import report
-from prefect_opencomputer.tasks.naming import TASK_TAG, on_sandbox
-from prefect_opencomputer.tasks.references import SandboxRef, sandbox_id_of
-from prefect_opencomputer.tasks.retries import RETRY_DELAYS, retry_if_replayable
+from prefect_opencomputer.tasks import tracking
+from prefect_opencomputer.tasks.decorator import (
+    SandboxRef,
+    on_sandbox,
+    opencomputer_task,
+    resolve_credentials,
+    retry_if_replayable,
+    sandbox_id_of,
+)
 
 
-@task(
-    name="create_preview_url",
-    task_run_name=on_sandbox("preview", "port"),
-    tags=[TASK_TAG],
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS,
+@opencomputer_task(
+    "create_preview_url",
+    run_name=on_sandbox("preview", "port"),
     # The service keeps one URL per port, so replaying a create is safe.
-    retry_condition_fn=retry_if_replayable,
+    retry_condition=retry_if_replayable,
 )
 async def create_preview_url(
-    credentials: OpenComputerCredentials,
     sandbox: SandboxRef,
     port: int,
     *,
+    credentials: OpenComputerCredentials | None = None,
     domain: str | None = None,
     auth_config: dict[str, JsonValue] | None = None,
     link_artifact: bool = True,
 ) -> PreviewURL:
-    """Expose `port` of a running sandbox at a public URL (the same URL again for a port already exposed).
+    """Expose a port of a running sandbox at a public URL (the same URL again for a port already exposed).
 
-    With `link_artifact`, the URL also appears as a link artifact of the run.
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        port: The port a server in the sandbox listens on.
+        credentials: The OpenComputer block; default: the environment.
+        domain: A custom domain of your organisation.
+        auth_config: Access rules, as the service takes them.
+        link_artifact: Also show the URL as a link artifact of the run.
+
+    Returns:
+        The preview URL.
+
+    Example:
+        ```python
+        url = create_preview_url(sandbox, 8000).url
+        ```
     """
+    credentials = await resolve_credentials(credentials)
     sandbox_id = sandbox_id_of(sandbox)
     async with credentials.get_client() as client:
         preview = await client.previews.create(sandbox_id, port, domain=domain, auth_config=auth_config)
     get_run_logger().info("Port %d of %s is at %s", port, sandbox_id, preview.url)
-    report.record("preview", sandbox_id, f"port {port}", preview.url)
+    tracking.record("preview", sandbox_id, f"port {port}", preview.url)
     if link_artifact:
         await acreate_link_artifact(
             link=preview.url,
@@ -52,35 +67,61 @@ async def create_preview_url(
     return preview
 
 
-@task(
-    name="list_preview_urls",
-    task_run_name=on_sandbox("list-previews"),
-    tags=[TASK_TAG],
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_if_replayable,
+@opencomputer_task(
+    "list_preview_urls", run_name=on_sandbox("list-previews"), retry_condition=retry_if_replayable
 )
-async def list_preview_urls(credentials: OpenComputerCredentials, sandbox: SandboxRef) -> list[PreviewURL]:
-    """The sandbox's preview URLs."""
+async def list_preview_urls(
+    sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
+) -> list[PreviewURL]:
+    """The sandbox's preview URLs.
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        One preview URL per exposed port.
+
+    Example:
+        ```python
+        ports = [preview.port for preview in list_preview_urls(sandbox)]
+        ```
+    """
+    credentials = await resolve_credentials(credentials)
     async with credentials.get_client() as client:
         return await client.previews.list(sandbox_id_of(sandbox))
 
 
-@task(
-    name="delete_preview_url",
-    task_run_name=on_sandbox("delete-preview", "port"),
-    tags=[TASK_TAG],
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_if_replayable,
+@opencomputer_task(
+    "delete_preview_url", run_name=on_sandbox("delete-preview", "port"), retry_condition=retry_if_replayable
 )
-async def delete_preview_url(credentials: OpenComputerCredentials, sandbox: SandboxRef, port: int) -> bool:
-    """Stop exposing `port`; False when it was not exposed."""
+async def delete_preview_url(
+    sandbox: SandboxRef, port: int, *, credentials: OpenComputerCredentials | None = None
+) -> bool:
+    """Stop exposing a port (idempotent).
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        port: The exposed port.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        True when this call removed the URL, False when the port was not exposed.
+
+    Example:
+        ```python
+        delete_preview_url(sandbox, 8000)
+        ```
+    """
+    credentials = await resolve_credentials(credentials)
     async with credentials.get_client() as client:
         try:
             await client.previews.delete(sandbox_id_of(sandbox), port)
         except NotFoundError:
             return False
     return True
+
+
+acreate_preview_url = create_preview_url.aio
+alist_preview_urls = list_preview_urls.aio
+adelete_preview_url = delete_preview_url.aio

@@ -2,34 +2,50 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import ConflictError, Image, NotFoundError, Snapshot
-from prefect_opencomputer.tasks import report
-from prefect_opencomputer.tasks.build_logs import build_log_handler
-from prefect_opencomputer.tasks.naming import TASK_TAG
-from prefect_opencomputer.tasks.retries import RETRY_DELAYS, retry_if_replayable, retry_if_transient
-
-
-@task(
-    name="create_snapshot",
-    task_run_name="snapshot[{name}]",
-    tags=[TASK_TAG],
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_if_transient,
+from prefect_opencomputer.tasks import tracking
+from prefect_opencomputer.tasks.decorator import (
+    opencomputer_task,
+    resolve_credentials,
+    retry_if_replayable,
+    retry_if_transient,
 )
-async def create_snapshot(
-    credentials: OpenComputerCredentials, name: str, image: Image, *, exist_ok: bool = False
-) -> Snapshot:
-    """Build `image` (or reuse the service's cached build) and keep it as snapshot `name`, ready to use.
+from prefect_opencomputer.tasks.output import build_log_handler
 
-    The build's output goes to the run log as it happens; a failed build raises `BuildFailedError`. With
-    `exist_ok`, a snapshot already called `name` is returned as it is (whatever image it was built from).
+
+@opencomputer_task("create_snapshot", run_name="snapshot[{name}]", retry_condition=retry_if_transient)
+async def create_snapshot(
+    name: str,
+    image: Image,
+    *,
+    credentials: OpenComputerCredentials | None = None,
+    exist_ok: bool = False,
+) -> Snapshot:
+    """Build an image (or reuse the service's cached build) and keep it as a named snapshot, ready to use.
+
+    The build's output goes to the run log as it happens.
+
+    Args:
+        name: The snapshot's name, unique in the organisation.
+        image: The declarative image to build.
+        credentials: The OpenComputer block; default: the environment.
+        exist_ok: Return a snapshot already called `name` as it is (whatever image it was built from).
+
+    Returns:
+        The ready snapshot.
+
+    Raises:
+        BuildFailedError: The image did not build.
+
+    Example:
+        ```python
+        create_snapshot("tools", Image.base().pip_install(["tomli-w"]))
+        ```
     """
+    credentials = await resolve_credentials(credentials)
     logger = get_run_logger()
     async with credentials.get_client() as client:
         try:
@@ -39,39 +55,55 @@ async def create_snapshot(
                 raise
             snapshot = await client.snapshots.wait_ready(name)
     logger.info("Snapshot %r is ready (image %s)", name, snapshot.content_hash[:12])
-    report.record("snapshot", "-", name, snapshot.status)
+    tracking.record("snapshot", "-", name, snapshot.status)
     return snapshot
 
 
-@task(
-    name="list_snapshots",
-    task_run_name="list-snapshots",
-    tags=[TASK_TAG],
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_if_replayable,
-)
-async def list_snapshots(credentials: OpenComputerCredentials) -> list[Snapshot]:
-    """The organisation's named snapshots, whatever their status."""
+@opencomputer_task("list_snapshots", run_name="list-snapshots", retry_condition=retry_if_replayable)
+async def list_snapshots(*, credentials: OpenComputerCredentials | None = None) -> list[Snapshot]:
+    """The organisation's named snapshots.
+
+    Args:
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        Every snapshot, whatever its status.
+
+    Example:
+        ```python
+        names = [snapshot.name for snapshot in list_snapshots()]
+        ```
+    """
+    credentials = await resolve_credentials(credentials)
     async with credentials.get_client() as client:
         return await client.snapshots.list()
 
 
-@task(
-    name="delete_snapshot",
-    task_run_name="delete-snapshot[{name}]",
-    tags=[TASK_TAG],
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_if_replayable,
-)
-async def delete_snapshot(credentials: OpenComputerCredentials, name: str) -> bool:
-    """Forget snapshot `name` (sandboxes started from it keep running); False when there was none."""
+@opencomputer_task("delete_snapshot", run_name="delete-snapshot[{name}]", retry_condition=retry_if_replayable)
+async def delete_snapshot(name: str, *, credentials: OpenComputerCredentials | None = None) -> bool:
+    """Forget a snapshot (sandboxes started from it keep running; idempotent).
+
+    Args:
+        name: The snapshot's name.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        True when this call deleted it, False when there was none.
+
+    Example:
+        ```python
+        delete_snapshot("tools")
+        ```
+    """
+    credentials = await resolve_credentials(credentials)
     async with credentials.get_client() as client:
         try:
             await client.snapshots.delete(name)
         except NotFoundError:
             return False
     return True
+
+
+acreate_snapshot = create_snapshot.aio
+alist_snapshots = list_snapshots.aio
+adelete_snapshot = delete_snapshot.aio

@@ -11,7 +11,7 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,19 @@ async def control(local_server: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIt
             yield server
         finally:
             await server.clear_faults()
+
+
+@pytest.fixture
+def sync_live_sandboxes(local_server: Any) -> Callable[[], int]:
+    """For `def` flows and tests: how many sandboxes the local server runs now."""
+
+    def count() -> int:
+        response = httpx.get(f"{local_server.url}/_test/stats", headers={"X-API-Key": local_server.api_key})
+        response.raise_for_status()
+        live: int = response.json()["liveSandboxes"]
+        return live
+
+    return count
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from prefect.transactions import transaction
 from prefect_opencomputer.blocks import OpenComputerCredentials
 from prefect_opencomputer.client import OpenComputerClient
 from prefect_opencomputer.tasks import (
+    TAG_FLOW_RUN,
+    TAG_TASK_RUN,
     cleanup_hooks,
     create_checkpoint,
     create_sandbox,
@@ -21,7 +23,6 @@ from prefect_opencomputer.tasks import (
     open_sandbox,
     run_command,
 )
-from prefect_opencomputer.tasks.ownership import TAG_FLOW_RUN, TAG_TASK_RUN
 
 
 async def test_open_sandbox_kills_on_error_inside_the_block(
@@ -30,8 +31,10 @@ async def test_open_sandbox_kills_on_error_inside_the_block(
     @flow
     async def fails_inside() -> None:
         async with (
-            open_sandbox(credentials) as sandbox,
-            open_fork(credentials, await create_checkpoint(credentials, sandbox, "cp")),
+            open_sandbox(credentials=credentials) as sandbox,
+            open_fork(
+                await create_checkpoint(sandbox, "cp", credentials=credentials), credentials=credentials
+            ),
         ):
             assert await control.live_sandboxes() == 2
             raise RuntimeError("boom")
@@ -47,11 +50,11 @@ async def test_transaction_rollback_kills_the_sandboxes_it_created(
     @flow
     async def chain() -> None:
         with transaction():
-            sandbox = await create_sandbox(credentials)
-            checkpoint = await create_checkpoint(credentials, sandbox, "cp")
-            await create_sandbox_from_checkpoint(credentials, checkpoint)
+            sandbox = await create_sandbox(credentials=credentials)
+            checkpoint = await create_checkpoint(sandbox, "cp", credentials=credentials)
+            await create_sandbox_from_checkpoint(checkpoint, credentials=credentials)
             assert await control.live_sandboxes() == 2
-            await run_command(credentials, sandbox, "exit 5")
+            await run_command(sandbox, "exit 5", credentials=credentials)
 
     state = await chain(return_state=True)
     assert state.is_failed()
@@ -64,7 +67,7 @@ async def test_committed_transaction_keeps_its_sandboxes(
     @flow
     async def chain() -> str:
         with transaction():
-            sandbox = await create_sandbox(credentials)
+            sandbox = await create_sandbox(credentials=credentials)
         return sandbox.sandbox_id
 
     sandbox_id = await chain()
@@ -79,9 +82,9 @@ async def test_failure_hook_kills_every_sandbox_of_the_flow_run(
 
     @flow(**cleanup_hooks())
     async def leaks_then_fails() -> None:
-        sandbox = await create_sandbox(credentials)
-        checkpoint = await create_checkpoint(credentials, sandbox, "cp")
-        await create_sandbox_from_checkpoint(credentials, checkpoint)
+        sandbox = await create_sandbox(credentials=credentials)
+        checkpoint = await create_checkpoint(sandbox, "cp", credentials=credentials)
+        await create_sandbox_from_checkpoint(checkpoint, credentials=credentials)
         raise RuntimeError("the flow failed before cleaning up")
 
     state = await leaks_then_fails(return_state=True)
@@ -96,14 +99,14 @@ async def test_kill_flow_run_sandboxes_finds_them_by_tag_from_another_process_vi
 ) -> None:
     @flow
     async def leaves_one() -> str:
-        await create_sandbox(credentials)
+        await create_sandbox(credentials=credentials)
         return str(get_run_context().flow_run.id)  # type: ignore[union-attr]
 
     flow_run_id = await leaves_one()
     # A fresh process knows nothing of the run but its id: the tags are enough.
-    from prefect_opencomputer.tasks import report
+    from prefect_opencomputer.tasks import tracking
 
-    report.forget(flow_run_id)
+    tracking.forget(flow_run_id)
     assert len(await kill_flow_run_sandboxes(credentials, flow_run_id)) == 1
     assert await kill_flow_run_sandboxes(credentials, flow_run_id) == []
     assert await control.live_sandboxes() == 0
@@ -117,7 +120,7 @@ async def test_a_refused_create_is_retried_by_the_task_and_makes_one_sandbox(
 
     @flow
     async def create_one() -> Any:
-        return await create_sandbox(credentials)
+        return await create_sandbox(credentials=credentials)
 
     sandbox = await create_one()
     stats = await control.stats()
@@ -138,7 +141,7 @@ async def test_a_create_whose_answer_is_lost_adopts_the_sandbox_it_made(
 
     @flow
     async def create_one() -> tuple[Any, str]:
-        sandbox = await create_sandbox(credentials)
+        sandbox = await create_sandbox(credentials=credentials)
         return sandbox, str(get_run_context().flow_run.id)  # type: ignore[union-attr]
 
     sandbox, flow_run_id = await create_one()
@@ -153,10 +156,10 @@ async def test_a_fork_whose_answer_is_lost_adopts_the_fork_it_made(
 ) -> None:
     @flow
     async def fork_once() -> int:
-        async with open_sandbox(credentials) as sandbox:
-            checkpoint = await create_checkpoint(credentials, sandbox, "cp")
+        async with open_sandbox(credentials=credentials) as sandbox:
+            checkpoint = await create_checkpoint(sandbox, "cp", credentials=credentials)
             await control.fault("POST", "/api/sandboxes/from-checkpoint/*", drop=True, when="after", times=1)
-            async with open_fork(credentials, checkpoint):
+            async with open_fork(checkpoint, credentials=credentials):
                 return int((await control.stats())["peakSandboxes"])
 
     assert await fork_once() == 2

@@ -2,21 +2,153 @@
 
 from __future__ import annotations
 
+import io
+import re
+import urllib.request
+from collections.abc import Iterator
+from email.message import Message
 from typing import Any
 
 import pytest
+from prefect import flow
 from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites.blocks import BlockStandardTestSuite
 from pydantic import SecretStr
 
 import prefect_opencomputer
 from prefect_opencomputer.blocks import OpenComputerCredentials, load_credentials
+from prefect_opencomputer.blocks.credentials import LOGO_PATH, LOGO_URL
+from prefect_opencomputer.client import ForbiddenError, UnauthorizedError
+from prefect_opencomputer.tasks import list_sandboxes
+
+
+class _PackagedLogo(urllib.request.BaseHandler):
+    """Answers the logo's published URL with the packaged file (the same bytes); this machine has no
+    internet, and the suite downloads the logo to check it."""
+
+    handler_order = 100  # before urllib's own HTTPS handler
+
+    def https_open(self, request: urllib.request.Request) -> urllib.response.addinfourl | None:
+        if request.full_url != LOGO_URL:
+            return None
+        headers = Message()
+        headers["Content-Type"] = "image/png"
+        response = urllib.response.addinfourl(io.BytesIO(LOGO_PATH.read_bytes()), headers, LOGO_URL, 200)
+        response.msg = "OK"
+        return response
 
 
 class TestOpenComputerCredentialsStandards(BlockStandardTestSuite):
     @pytest.fixture
     def block(self) -> type[Block]:
         return OpenComputerCredentials
+
+    @pytest.fixture(autouse=True)
+    def packaged_logo(self) -> Iterator[None]:
+        urllib.request.install_opener(urllib.request.build_opener(_PackagedLogo()))
+        yield
+        urllib.request.install_opener(None)  # type: ignore[arg-type]
+
+
+def test_the_logo_ships_in_the_package_as_a_square_png() -> None:
+    from PIL import Image
+
+    assert LOGO_URL.endswith("/prefect_opencomputer/assets/logo.png")
+    with Image.open(LOGO_PATH) as image:
+        assert image.format == "PNG" and image.width == image.height
+
+
+def _code_examples() -> list[str]:
+    example = OpenComputerCredentials.__doc__ or ""
+    return [
+        "\n".join(line.removeprefix(" " * 8) for line in block.splitlines())
+        for block in re.findall(r"```python\n(.*?)```", example, re.DOTALL)
+    ]
+
+
+# Prefect's suite wants the placeholder `BLOCK_NAME` in the example; a saved block needs a real name.
+EXAMPLE_BLOCK = "example-block"
+
+
+def _code_example(index: int) -> str:
+    return _code_examples()[index].replace('"BLOCK_NAME"', f'"{EXAMPLE_BLOCK}"')
+
+
+async def _save_block_name(local_server: Any) -> None:
+    await OpenComputerCredentials(api_key=SecretStr(local_server.api_key), api_url=local_server.url).save(
+        EXAMPLE_BLOCK, overwrite=True
+    )
+
+
+def test_the_block_code_example_runs_in_sync_code(local_server: Any, control: Any) -> None:
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    run_coro_as_sync(_save_block_name(local_server))
+    sync_example = _code_example(0)
+    namespace: dict[str, Any] = {}
+    exec(compile(sync_example, "block example", "exec"), namespace)
+    assert namespace["sandboxes"] == []
+
+
+async def test_the_block_code_example_runs_in_async_code(local_server: Any, control: Any) -> None:
+    await _save_block_name(local_server)
+    async_example = _code_example(1)
+    body = "\n".join("    " + line for line in async_example.splitlines())
+    namespace: dict[str, Any] = {}
+    exec(compile(f"async def example():\n{body}\n    return sandboxes\n", "block example", "exec"), namespace)
+    assert await namespace["example"]() == []
+
+
+def test_sync_client_works_from_plain_code_and_inside_a_def_flow(local_server: Any, control: Any) -> None:
+    credentials = OpenComputerCredentials(api_key=SecretStr(local_server.api_key), api_url=local_server.url)
+    with credentials.get_sync_client() as client:
+        sandbox = client.sandboxes.create(timeout=60)
+        assert client.exec.run(sandbox.sandbox_id, "echo hi").stdout == "hi\n"
+
+    @flow
+    def uses_it() -> list[str]:
+        with credentials.get_sync_client() as client:
+            ids = [sb.sandbox_id for sb in client.sandboxes.list()]
+            client.sandboxes.kill(sandbox.sandbox_id)
+            return ids
+
+    assert uses_it() == [sandbox.sandbox_id]
+
+
+async def test_tasks_default_to_the_block_named_in_the_environment(
+    local_server: Any, control: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await OpenComputerCredentials(api_key=SecretStr(local_server.api_key), api_url=local_server.url).save(
+        "from-env", overwrite=True
+    )
+    monkeypatch.setenv("OPENCOMPUTER_API_KEY", "wrong-key")
+    monkeypatch.setenv("OPENCOMPUTER_CREDENTIALS_BLOCK", "from-env")
+
+    @flow
+    async def lists() -> int:
+        return len(await list_sandboxes())
+
+    assert await lists() == 0
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key"], ids=["no-key", "wrong-key"])
+async def test_a_refused_key_says_how_to_give_one(
+    local_server: Any, control: Any, monkeypatch: pytest.MonkeyPatch, key: str | None
+) -> None:
+    if key is None:
+        monkeypatch.delenv("OPENCOMPUTER_API_KEY")
+    else:
+        monkeypatch.setenv("OPENCOMPUTER_API_KEY", key)
+
+    @flow
+    async def lists() -> None:
+        await list_sandboxes()
+
+    state = await lists(return_state=True)
+    with pytest.raises((UnauthorizedError, ForbiddenError)) as caught:
+        await state.aresult()
+    message = str(caught.value)
+    assert "OPENCOMPUTER_API_KEY" in message and "credentials=" in message
 
 
 def test_block_is_visible_at_the_package_top_level_for_block_register() -> None:

@@ -32,5 +32,7 @@ def test_demo_runs_the_lifecycle_on_the_embedded_server_and_leaves_nothing() -> 
     out = demo.stdout
     assert "embedded local server" in out and "temporary local server" in out
     assert "sandbox_lifecycle completed" in out
+    # The flow's own time, apart from the temporary Prefect server's start.
+    assert "s (flow run)" in out and "in all with Prefect's start-up" in out
     assert "prepared before the checkpoint" in out and "applied by the checkpoint patch" in out
     assert "sandboxes left running: 0" in out

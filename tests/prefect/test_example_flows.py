@@ -23,12 +23,15 @@ from prefect_opencomputer.flows import (
     sandbox_lifecycle,
 )
 from prefect_opencomputer.tasks import (
+    CREATED_BY,
+    TAG_CREATED_BY,
+    TAG_FLOW_RUN,
+    TAG_RETAIN,
     create_checkpoint_patch,
     create_sandbox,
     hibernate_sandbox,
     open_sandbox,
 )
-from prefect_opencomputer.tasks.ownership import CREATED_BY, TAG_CREATED_BY, TAG_FLOW_RUN, TAG_RETAIN
 
 
 async def test_lifecycle_fork_sees_setup_and_patch_and_nothing_is_left(control: Any, records: Any) -> None:
@@ -120,7 +123,7 @@ async def test_reaper_kills_sandboxes_of_finished_or_unknown_runs_and_spares_liv
 ) -> None:
     @flow
     async def finishes_and_leaks() -> str:
-        return (await create_sandbox(credentials)).sandbox_id
+        return (await create_sandbox(credentials=credentials)).sandbox_id
 
     finished = await finishes_and_leaks()
     unknown_run = await oc.sandboxes.create(timeout=60)
@@ -131,7 +134,7 @@ async def test_reaper_kills_sandboxes_of_finished_or_unknown_runs_and_spares_liv
 
     @flow
     async def live_run_reaps(dry_run: bool) -> tuple[Any, str]:
-        async with open_sandbox(credentials) as mine:
+        async with open_sandbox(credentials=credentials) as mine:
             report = await reap_orphaned_sandboxes(ReaperParameters(dry_run=dry_run))
             assert (await oc.sandboxes.get(mine.sandbox_id)).status == "running"
             return report, mine.sandbox_id
@@ -155,8 +158,8 @@ async def test_reaper_finds_an_orphan_that_hibernated_after_its_flow_ended(
 ) -> None:
     @flow
     async def leaks_and_sleeps() -> str:
-        sandbox = await create_sandbox(credentials)
-        await hibernate_sandbox(credentials, sandbox)
+        sandbox = await create_sandbox(credentials=credentials)
+        await hibernate_sandbox(sandbox, credentials=credentials)
         return sandbox.sandbox_id
 
     hibernated = await leaks_and_sleeps()
@@ -180,7 +183,7 @@ async def test_golden_checkpoint_rebuild_carries_its_patches_and_retires_the_pre
     @flow
     async def add_patch() -> None:
         await create_checkpoint_patch(
-            credentials, first.checkpoint_id, "echo patched > /home/sandbox/golden/p"
+            first.checkpoint_id, "echo patched > /home/sandbox/golden/p", credentials=credentials
         )
 
     await add_patch()

@@ -27,8 +27,7 @@ from prefect.settings import PREFECT_API_URL
 from prefect_opencomputer.blocks import OpenComputerCredentials
 from prefect_opencomputer.client import OpenComputerClient
 from prefect_opencomputer.flows import reap_orphaned_sandboxes
-from prefect_opencomputer.tasks import open_sandbox
-from prefect_opencomputer.tasks.ownership import TAG_FLOW_RUN
+from prefect_opencomputer.tasks import TAG_FLOW_RUN, open_sandbox
 
 # Every cleanup layer that runs in-process is present; SIGKILL gives none of them a chance.
 VICTIM = """
@@ -42,9 +41,9 @@ from prefect_opencomputer.tasks import cleanup_hooks, create_sandbox, open_sandb
 @flow(**cleanup_hooks())
 async def victim() -> None:
     credentials = OpenComputerCredentials()
-    await create_sandbox(credentials)
-    async with open_sandbox(credentials) as sandbox:
-        await run_command(credentials, sandbox, "sleep 600")
+    await create_sandbox(credentials=credentials)
+    async with open_sandbox(credentials=credentials) as sandbox:
+        await run_command(sandbox, "sleep 600", credentials=credentials)
 
 asyncio.run(victim())
 """
@@ -143,7 +142,7 @@ async def test_one_reaper_run_removes_the_sandboxes_of_a_sigkilled_flow_and_spar
 
     @flow
     async def live_run_reaps() -> tuple[Any, str, str]:
-        async with open_sandbox(credentials) as mine:
+        async with open_sandbox(credentials=credentials) as mine:
             report = await reap_orphaned_sandboxes()
             status = (await oc.sandboxes.get(mine.sandbox_id)).status
             return report, mine.sandbox_id, status

@@ -130,7 +130,9 @@ async def _wait_for_state(server: PrefectServer, flow_run_id: Any, *, final: boo
             state = flow_run.state
             if state is not None and (state.is_final() if final else state.is_running()):
                 return flow_run
-            assert time.monotonic() < deadline, f"flow run still {state.name if state else None}"
+            assert time.monotonic() < deadline, (
+                f"flow run still {state.name if state else None}: {state.message if state else None}"
+            )
             await asyncio.sleep(0.5)
 
 
@@ -221,6 +223,10 @@ async def test_deploy_all_then_a_worker_completes_a_lifecycle_run(
         lifecycle = deployments["sandbox-lifecycle/lifecycle"]
         assert lifecycle.parameter_openapi_schema is not None
         assert "parameters" in lifecycle.parameter_openapi_schema["properties"]
+        # No values of its own: the run form shows the flow's defaults, lists included.
+        assert lifecycle.parameters == {}
+        setup = lifecycle.parameter_openapi_schema["definitions"]["LifecycleParameters"]["properties"]
+        assert setup["setup_commands"]["default"]
         flow_run = await prefect.create_flow_run_from_deployment(lifecycle.id)
 
     # Anywhere but the checkout: the entrypoints are module paths of the installed package.
@@ -263,6 +269,10 @@ CHROMIUM_FLAGS = [
 ]
 
 
+# `make screenshots` sets this to docs/images: the README's pictures come from this test's run.
+SCREENSHOTS_ENV = "PREFECT_OPENCOMPUTER_SCREENSHOTS"
+
+
 @pytest.mark.browser
 async def test_the_prefect_ui_shows_a_lifecycle_run_its_task_names_logs_and_artifact(
     prefect_server: PrefectServer, control: Any, tmp_path: Path
@@ -271,6 +281,12 @@ async def test_the_prefect_ui_shows_a_lifecycle_run_its_task_names_logs_and_arti
         pytest.skip("no browser: `make test` installs Debian's chromium when run as root")
     from playwright.async_api import async_playwright
 
+    from prefect_opencomputer.blocks.credentials import LOGO_PATH, LOGO_URL, OpenComputerCredentials
+
+    shots = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    async with prefect_server.client() as prefect:
+        await OpenComputerCredentials.aregister_type_and_schema(client=prefect)
     flow = await asyncio.create_subprocess_exec(
         sys.executable, "-c", LIFECYCLE, env=prefect_server.env, stdout=PIPE, stderr=PIPE
     )
@@ -284,6 +300,8 @@ async def test_the_prefect_ui_shows_a_lifecycle_run_its_task_names_logs_and_arti
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
             page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+            # No internet here: the block's logo comes from the packaged copy of the published file.
+            await page.route(LOGO_URL, lambda route: route.fulfill(path=str(LOGO_PATH)))
             await page.goto(f"{origin}/runs/flow-run/{flow_run_id}")
             # The run graph and the logs render the readable task run names and what the fork saw.
             for text in (
@@ -293,9 +311,24 @@ async def test_the_prefect_ui_shows_a_lifecycle_run_its_task_names_logs_and_arti
                 "applied by the checkpoint patch",
             ):
                 await page.get_by_text(text).first.wait_for(timeout=60_000)
-            await page.screenshot(path=str(tmp_path / "flow-run.png"))
+            await page.wait_for_timeout(1500)  # let the graph finish laying out before the picture
+            await page.screenshot(path=str(shots / "run-graph.png"))
+            await page.get_by_text("Killed sandbox").first.scroll_into_view_if_needed()
+            await page.screenshot(path=str(shots / "run-logs.png"))
             await page.get_by_text("Artifacts", exact=True).first.click()
-            # The run's table artifact: its sandboxes, commands and checkpoints.
+            # The run's table artifact: its sandboxes, commands, checkpoints and kills.
             await page.get_by_text("Sandboxes, commands and checkpoints").first.wait_for(timeout=30_000)
+            await page.get_by_text("Sandboxes, commands and checkpoints").first.click()
+            await page.get_by_text("open_sandbox").first.wait_for(timeout=30_000)  # the table's kill rows
+            await page.screenshot(path=str(shots / "run-artifacts.png"))
+            # The run's events: sandboxes created, forked and killed, the checkpoint made and deleted.
+            await page.goto(f"{origin}/events?resource=prefect.flow-run.{flow_run_id}")
+            await page.get_by_text("opencomputer.sandbox.killed").first.wait_for(timeout=60_000)
+            await page.get_by_text("opencomputer.sandbox.killed").first.scroll_into_view_if_needed()
+            await page.screenshot(path=str(shots / "run-events.png"))
+            # The credentials block form, as a person saving a block sees it.
+            await page.goto(f"{origin}/blocks/catalog/opencomputer-credentials/create")
+            await page.get_by_text("API Key").first.wait_for(timeout=30_000)
+            await page.screenshot(path=str(shots / "block-form.png"))
         finally:
             await browser.close()

@@ -69,9 +69,9 @@ async def test_api_key_appears_in_no_log_artifact_event_parameter_or_result(
     # A user flow that takes the block itself as a parameter, logs a command that prints the environment.
     @flow
     async def block_as_parameter(credentials: OpenComputerCredentials) -> str:
-        await create_sandbox(credentials)
-        async with open_sandbox(credentials) as sandbox:
-            result = await run_command(credentials, sandbox, "env; echo done")
+        await create_sandbox(credentials=credentials)
+        async with open_sandbox(credentials=credentials) as sandbox:
+            result = await run_command(sandbox, "env; echo done", credentials=credentials)
         return result.stdout
 
     await block_as_parameter(credentials)

@@ -14,6 +14,7 @@ from prefect_opencomputer.blocks import OpenComputerCredentials
 from prefect_opencomputer.client import BuildFailedError, Image, OpenComputerClient, Sandbox, Snapshot
 from prefect_opencomputer.flows import GoldenCheckpointParameters, rebuild_golden_checkpoint
 from prefect_opencomputer.tasks import (
+    TAG_FLOW_RUN,
     create_sandbox,
     create_snapshot,
     delete_snapshot,
@@ -22,7 +23,6 @@ from prefect_opencomputer.tasks import (
     open_sandbox,
     run_command,
 )
-from prefect_opencomputer.tasks.ownership import TAG_FLOW_RUN
 
 # Every test here builds at least one image in a builder sandbox.
 pytestmark = pytest.mark.slow
@@ -40,9 +40,9 @@ async def test_create_sandbox_from_an_image_logs_the_build_and_tags_the_sandbox(
     @flow
     async def from_image() -> tuple[str, Sandbox, str]:
         flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
-        sandbox = await create_sandbox(credentials, image=image)
-        output = await run_command(credentials, sandbox, "echo $STAGE")
-        await kill_sandbox(credentials, sandbox)
+        sandbox = await create_sandbox(image=image, credentials=credentials)
+        output = await run_command(sandbox, "echo $STAGE", credentials=credentials)
+        await kill_sandbox(sandbox, credentials=credentials)
         return flow_run_id, sandbox, output.stdout
 
     flow_run_id, sandbox, stdout = await from_image()
@@ -64,7 +64,7 @@ async def test_a_failing_build_fails_the_task_with_its_step_and_output_and_leave
 
     @flow
     async def broken_image() -> Sandbox:
-        return await create_sandbox(credentials, image=image)
+        return await create_sandbox(image=image, credentials=credentials)
 
     state = await broken_image(return_state=True)
 
@@ -85,22 +85,22 @@ async def test_snapshot_tasks_build_list_start_and_delete(
 
     @flow
     async def snapshot_life() -> dict[str, Any]:
-        snapshot = await create_snapshot(credentials, name, image)
-        again = await create_snapshot(credentials, name, image, exist_ok=True)
-        listed = await list_snapshots(credentials)
-        sandbox = await create_sandbox(credentials, snapshot=name)
-        greeting = await run_command(credentials, sandbox, "cat greeting.txt")
-        await kill_sandbox(credentials, sandbox)
-        async with open_sandbox(credentials, snapshot=name) as scoped:
-            scoped_greeting = await run_command(credentials, scoped, "cat greeting.txt")
+        snapshot = await create_snapshot(name, image, credentials=credentials)
+        again = await create_snapshot(name, image, exist_ok=True, credentials=credentials)
+        listed = await list_snapshots(credentials=credentials)
+        sandbox = await create_sandbox(snapshot=name, credentials=credentials)
+        greeting = await run_command(sandbox, "cat greeting.txt", credentials=credentials)
+        await kill_sandbox(sandbox, credentials=credentials)
+        async with open_sandbox(snapshot=name, credentials=credentials) as scoped:
+            scoped_greeting = await run_command(scoped, "cat greeting.txt", credentials=credentials)
         return {
             "scoped_greeting": scoped_greeting.stdout,
             "snapshot": snapshot,
             "again": again,
             "listed": listed,
             "greeting": greeting.stdout,
-            "deleted": await delete_snapshot(credentials, name),
-            "deleted_again": await delete_snapshot(credentials, name),
+            "deleted": await delete_snapshot(name, credentials=credentials),
+            "deleted_again": await delete_snapshot(name, credentials=credentials),
         }
 
     out = await snapshot_life()

@@ -10,6 +10,7 @@ from prefect.context import get_run_context
 
 from prefect_opencomputer.blocks import OpenComputerCredentials
 from prefect_opencomputer.tasks import (
+    TAG_FLOW_RUN,
     PatchFailedError,
     create_checkpoint,
     create_checkpoint_patch,
@@ -28,7 +29,6 @@ from prefect_opencomputer.tasks import (
     run_command,
     write_file,
 )
-from prefect_opencomputer.tasks.ownership import TAG_FLOW_RUN
 
 
 async def test_checkpoint_patch_and_fork_tasks(
@@ -36,26 +36,30 @@ async def test_checkpoint_patch_and_fork_tasks(
 ) -> None:
     @flow
     async def checkpoint_work() -> dict[str, Any]:
-        async with open_sandbox(credentials) as sandbox:
-            size = await write_file(credentials, sandbox, "/home/sandbox/state.txt", "v1\n")
-            checkpoint = await create_checkpoint(credentials, sandbox, "v1")
-            listed = await list_checkpoints(credentials, sandbox)
-            await write_file(credentials, sandbox, "state.txt", b"v2\n")
-            restore = await restore_checkpoint(credentials, sandbox, checkpoint)
-            restored = await read_file(credentials, sandbox, "/home/sandbox/state.txt")
+        async with open_sandbox(credentials=credentials) as sandbox:
+            size = await write_file(sandbox, "/home/sandbox/state.txt", "v1\n", credentials=credentials)
+            checkpoint = await create_checkpoint(sandbox, "v1", credentials=credentials)
+            listed = await list_checkpoints(sandbox, credentials=credentials)
+            await write_file(sandbox, "state.txt", b"v2\n", credentials=credentials)
+            restore = await restore_checkpoint(sandbox, checkpoint, credentials=credentials)
+            restored = await read_file(sandbox, "/home/sandbox/state.txt", credentials=credentials)
 
-            first = await create_checkpoint_patch(credentials, checkpoint, "echo one >> /home/sandbox/p.txt")
-            second = await create_checkpoint_patch(
-                credentials, checkpoint, "echo two >> /home/sandbox/p.txt", description="second"
+            first = await create_checkpoint_patch(
+                checkpoint, "echo one >> /home/sandbox/p.txt", credentials=credentials
             )
-            patches = await list_checkpoint_patches(credentials, checkpoint)
-            fork = await create_sandbox_from_checkpoint(credentials, checkpoint)
-            seen = await run_command(credentials, fork, "cat /home/sandbox/state.txt /home/sandbox/p.txt")
-            await kill_sandbox(credentials, fork)
-            removed = await delete_checkpoint_patch(credentials, checkpoint, first)
-            left = await list_checkpoint_patches(credentials, checkpoint)
-            deleted = await delete_checkpoint(credentials, sandbox, checkpoint)
-            deleted_again = await delete_checkpoint(credentials, sandbox, checkpoint.id)
+            second = await create_checkpoint_patch(
+                checkpoint, "echo two >> /home/sandbox/p.txt", description="second", credentials=credentials
+            )
+            patches = await list_checkpoint_patches(checkpoint, credentials=credentials)
+            fork = await create_sandbox_from_checkpoint(checkpoint, credentials=credentials)
+            seen = await run_command(
+                fork, "cat /home/sandbox/state.txt /home/sandbox/p.txt", credentials=credentials
+            )
+            await kill_sandbox(fork, credentials=credentials)
+            removed = await delete_checkpoint_patch(checkpoint, first, credentials=credentials)
+            left = await list_checkpoint_patches(checkpoint, credentials=credentials)
+            deleted = await delete_checkpoint(sandbox, checkpoint, credentials=credentials)
+            deleted_again = await delete_checkpoint(sandbox, checkpoint.id, credentials=credentials)
         return {
             "flow_run_id": str(get_run_context().flow_run.id),  # type: ignore[union-attr]
             "size": size,
@@ -93,7 +97,7 @@ async def test_checkpoint_patch_and_fork_tasks(
     cp = f"cp-{checkpoint.id[:8]}"
     for expected in (
         f"checkpoint[{checkpoint.sandbox_id}]: v1",
-        f"fork[{cp}]",
+        f"fork[{cp}] #1",
         f"patch[{cp}]",
         f"list-patches[{cp}]",
     ):
@@ -113,10 +117,10 @@ async def test_a_failing_patch_fails_the_fork_task_and_leaves_no_fork(
 ) -> None:
     @flow
     async def fork_with_bad_patch() -> None:
-        async with open_sandbox(credentials) as sandbox:
-            checkpoint = await create_checkpoint(credentials, sandbox, "base")
-            await create_checkpoint_patch(credentials, checkpoint, "echo broken >&2; exit 3")
-            await create_sandbox_from_checkpoint(credentials, checkpoint)
+        async with open_sandbox(credentials=credentials) as sandbox:
+            checkpoint = await create_checkpoint(sandbox, "base", credentials=credentials)
+            await create_checkpoint_patch(checkpoint, "echo broken >&2; exit 3", credentials=credentials)
+            await create_sandbox_from_checkpoint(checkpoint, credentials=credentials)
 
     with pytest.raises(PatchFailedError, match=r"exit|code 3|broken"):
         await fork_with_bad_patch()
@@ -128,11 +132,13 @@ async def test_fork_without_patch_check_reports_the_patch_error(
 ) -> None:
     @flow
     async def fork_and_look() -> str | None:
-        async with open_sandbox(credentials) as sandbox:
-            checkpoint = await create_checkpoint(credentials, sandbox, "base")
-            await create_checkpoint_patch(credentials, checkpoint, "exit 4")
-            fork = await create_sandbox_from_checkpoint(credentials, checkpoint, check_patches=False)
-            await kill_sandbox(credentials, fork)
+        async with open_sandbox(credentials=credentials) as sandbox:
+            checkpoint = await create_checkpoint(sandbox, "base", credentials=credentials)
+            await create_checkpoint_patch(checkpoint, "exit 4", credentials=credentials)
+            fork = await create_sandbox_from_checkpoint(
+                checkpoint, check_patches=False, credentials=credentials
+            )
+            await kill_sandbox(fork, credentials=credentials)
             return fork.patch_error
 
     assert "4" in (await fork_and_look() or "")
@@ -144,13 +150,13 @@ async def test_preview_url_tasks_and_link_artifact(
 ) -> None:
     @flow
     async def previews() -> dict[str, Any]:
-        async with open_sandbox(credentials) as sandbox:
-            first = await create_preview_url(credentials, sandbox, 8000)
-            again = await create_preview_url(credentials, sandbox, 8000, link_artifact=False)
-            listed = await list_preview_urls(credentials, sandbox)
-            deleted = await delete_preview_url(credentials, sandbox, 8000)
-            deleted_again = await delete_preview_url(credentials, sandbox, 8000)
-            after = await list_preview_urls(credentials, sandbox)
+        async with open_sandbox(credentials=credentials) as sandbox:
+            first = await create_preview_url(sandbox, 8000, credentials=credentials)
+            again = await create_preview_url(sandbox, 8000, link_artifact=False, credentials=credentials)
+            listed = await list_preview_urls(sandbox, credentials=credentials)
+            deleted = await delete_preview_url(sandbox, 8000, credentials=credentials)
+            deleted_again = await delete_preview_url(sandbox, 8000, credentials=credentials)
+            after = await list_preview_urls(sandbox, credentials=credentials)
         return {
             "flow_run_id": get_run_context().flow_run.id,  # type: ignore[union-attr]
             "first": first,

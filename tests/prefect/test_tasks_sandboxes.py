@@ -10,6 +10,10 @@ from prefect.context import get_run_context
 from prefect_opencomputer.blocks import OpenComputerCredentials
 from prefect_opencomputer.client import Sandbox
 from prefect_opencomputer.tasks import (
+    CREATED_BY,
+    TAG_CREATED_BY,
+    TAG_FLOW_RUN,
+    TAG_TASK_RUN,
     create_sandbox,
     get_sandbox,
     hibernate_sandbox,
@@ -17,12 +21,6 @@ from prefect_opencomputer.tasks import (
     list_sandboxes,
     set_sandbox_timeout,
     wake_sandbox,
-)
-from prefect_opencomputer.tasks.ownership import (
-    CREATED_BY,
-    TAG_CREATED_BY,
-    TAG_FLOW_RUN,
-    TAG_TASK_RUN,
 )
 
 
@@ -32,15 +30,15 @@ async def test_sandbox_tasks_take_a_sandbox_through_its_life(
     @flow
     async def sandbox_life() -> dict[str, Any]:
         flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
-        sandbox = await create_sandbox(credentials, "base", tags={"team": "data"})
-        fetched = await get_sandbox(credentials, sandbox.sandbox_id)
-        listed = await list_sandboxes(credentials, tags={TAG_FLOW_RUN: flow_run_id})
-        await set_sandbox_timeout(credentials, sandbox, 900)
-        hibernated = await hibernate_sandbox(credentials, sandbox)
-        woken = await wake_sandbox(credentials, sandbox)
-        killed = await kill_sandbox(credentials, sandbox)
-        unknown = await kill_sandbox(credentials, "sb-00000000")
-        after = await get_sandbox(credentials, sandbox)
+        sandbox = await create_sandbox("base", tags={"team": "data"}, credentials=credentials)
+        fetched = await get_sandbox(sandbox.sandbox_id, credentials=credentials)
+        listed = await list_sandboxes(tags={TAG_FLOW_RUN: flow_run_id}, credentials=credentials)
+        await set_sandbox_timeout(sandbox, 900, credentials=credentials)
+        hibernated = await hibernate_sandbox(sandbox, credentials=credentials)
+        woken = await wake_sandbox(sandbox, credentials=credentials)
+        killed = await kill_sandbox(sandbox, credentials=credentials)
+        unknown = await kill_sandbox("sb-00000000", credentials=credentials)
+        after = await get_sandbox(sandbox, credentials=credentials)
         return {
             "flow_run_id": flow_run_id,
             "sandbox": sandbox,
@@ -87,8 +85,8 @@ async def test_created_and_killed_sandboxes_are_prefect_events(
 ) -> None:
     @flow
     async def create_then_kill() -> str:
-        sandbox = await create_sandbox(credentials)
-        await kill_sandbox(credentials, sandbox)
+        sandbox = await create_sandbox(credentials=credentials)
+        await kill_sandbox(sandbox, credentials=credentials)
         return sandbox.sandbox_id
 
     sandbox_id = await create_then_kill()

@@ -1,0 +1,337 @@
+"""What ties a sandbox to the Prefect run that made it, and what that run can see of it.
+
+Three records of one fact, each for a different reader:
+- ownership tags on the sandbox (cleanup hooks and the reaper find it from any process);
+- Prefect events `opencomputer.*` (automations react; the reaper finds what the list no longer shows);
+- this process's run report (a table artifact at the end of the run, and the run's own cleanup list of
+  sandboxes and checkpoints it made and has not removed).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, cast
+from uuid import UUID
+
+from prefect._internal.compatibility.async_dispatch import async_dispatch
+from prefect.artifacts import acreate_table_artifact, create_table_artifact
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.events import emit_event
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
+from prefect.logging.loggers import LoggingAdapter, get_logger
+
+if TYPE_CHECKING:
+    from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
+
+# -- Ownership tags -------------------------------------------------------------------------------------
+
+TAG_CREATED_BY = "prefect.created_by"
+TAG_FLOW_RUN = "prefect.flow_run_id"
+TAG_TASK_RUN = "prefect.task_run_id"
+TAG_DEPLOYMENT = "prefect.deployment_id"
+# A sandbox meant to outlive its flow run (say, the one holding a golden checkpoint): hooks and the reaper
+# leave it alone whatever the value.
+TAG_RETAIN = "prefect.retain"
+CREATED_BY = "prefect-opencomputer"
+
+# Idle timeout (seconds) given to every sandbox this integration creates: an orphan hibernates, never
+# runs forever. 0 would mean "persistent", which only a caller who asks for it gets.
+DEFAULT_IDLE_TIMEOUT = 600
+
+
+def ownership_tags() -> dict[str, str]:
+    """Tags naming the current flow run, task run and deployment (whichever exist)."""
+    tags = {TAG_CREATED_BY: CREATED_BY}
+    task_context = TaskRunContext.get()
+    flow_context = FlowRunContext.get()
+    if task_context is not None:
+        tags[TAG_TASK_RUN] = str(task_context.task_run.id)
+        if task_context.task_run.flow_run_id is not None:
+            tags[TAG_FLOW_RUN] = str(task_context.task_run.flow_run_id)
+    flow_run = flow_context.flow_run if flow_context is not None else None
+    if flow_run is not None:
+        tags.setdefault(TAG_FLOW_RUN, str(flow_run.id))
+        if flow_run.deployment_id is not None:
+            tags[TAG_DEPLOYMENT] = str(flow_run.deployment_id)
+    return tags
+
+
+def current_flow_run_id() -> str | None:
+    flow_context = FlowRunContext.get()
+    if flow_context is not None and flow_context.flow_run is not None:
+        return str(flow_context.flow_run.id)
+    task_context = TaskRunContext.get()
+    if task_context is not None and task_context.task_run.flow_run_id is not None:
+        return str(task_context.task_run.flow_run_id)
+    return None
+
+
+def is_ours(tags: dict[str, str]) -> bool:
+    return tags.get(TAG_CREATED_BY) == CREATED_BY
+
+
+def is_retained(tags: dict[str, str]) -> bool:
+    return TAG_RETAIN in tags
+
+
+def run_logger() -> logging.Logger | LoggingAdapter:
+    """The run logger inside a flow or task run (logs reach the UI), a plain logger elsewhere (hooks)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return get_logger("opencomputer")
+
+
+# -- Events ---------------------------------------------------------------------------------------------
+
+SANDBOX_CREATED = "opencomputer.sandbox.created"
+SANDBOX_KILLED = "opencomputer.sandbox.killed"
+SANDBOX_FORKED = "opencomputer.sandbox.forked"
+CHECKPOINT_CREATED = "opencomputer.checkpoint.created"
+CHECKPOINT_DELETED = "opencomputer.checkpoint.deleted"
+SANDBOX_RESOURCE_PREFIX = "opencomputer.sandbox."
+
+
+def sandbox_resource_id(sandbox_id: str) -> str:
+    return f"{SANDBOX_RESOURCE_PREFIX}{sandbox_id}"
+
+
+def checkpoint_resource_id(checkpoint_id: str) -> str:
+    return f"opencomputer.checkpoint.{checkpoint_id}"
+
+
+def emit_sandbox_event(
+    event: str,
+    sandbox_id: str,
+    *,
+    payload: dict[str, Any] | None = None,
+    checkpoint_id: str | None = None,
+    source_sandbox_id: str | None = None,
+    flow_run_id: str | None = None,
+) -> None:
+    """Emit `event` about one sandbox; the checkpoint, source sandbox and flow run, when given, are related.
+
+    Inside a run Prefect relates the run itself; `flow_run_id` covers hooks that run outside it.
+    """
+    related: list[dict[str, str]] = []
+    if checkpoint_id is not None:
+        related.append(
+            {
+                "prefect.resource.id": checkpoint_resource_id(checkpoint_id),
+                "prefect.resource.role": "checkpoint",
+            }
+        )
+    if source_sandbox_id is not None:
+        related.append(
+            {
+                "prefect.resource.id": sandbox_resource_id(source_sandbox_id),
+                "prefect.resource.role": "source-sandbox",
+            }
+        )
+    if flow_run_id is not None and current_flow_run_id() is None:
+        related.append(
+            {"prefect.resource.id": f"prefect.flow-run.{flow_run_id}", "prefect.resource.role": "flow-run"}
+        )
+    emit_event(
+        event=event,
+        resource={
+            "prefect.resource.id": sandbox_resource_id(sandbox_id),
+            "prefect.resource.name": sandbox_id,
+        },
+        related=related or None,
+        payload=payload,
+    )
+
+
+# -- The run report -------------------------------------------------------------------------------------
+
+# A flow run that loops forever must not grow this without bound.
+MAX_ENTRIES_PER_RUN = 1000
+
+
+@dataclass(frozen=True)
+class ReportEntry:
+    """One row of the report: what happened (`kind`) to which sandbox, and how it ended."""
+
+    kind: str
+    sandbox_id: str
+    subject: str
+    outcome: str
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def row(self) -> dict[str, str]:
+        return {
+            "time": self.at.strftime("%H:%M:%S"),
+            "kind": self.kind,
+            "sandbox": self.sandbox_id,
+            "subject": self.subject,
+            "outcome": self.outcome,
+        }
+
+
+@dataclass
+class _RunRecord:
+    entries: list[ReportEntry] = field(default_factory=list)
+    sandboxes: set[str] = field(default_factory=set)
+    # (sandbox id, checkpoint id) of checkpoints the run made and has not deleted.
+    checkpoints: set[tuple[str, str]] = field(default_factory=set)
+    # The flow run's `run_count` when it last entered Running in this process: a change is a new attempt.
+    attempt: int | None = None
+    # How many task runs of each label (`fork[cp-…]`) the run has named.
+    numbers: dict[str, int] = field(default_factory=dict)
+    credentials: OpenComputerCredentials | None = None
+
+
+_lock = threading.Lock()
+_runs: dict[str, _RunRecord] = {}
+
+
+def _current_record() -> _RunRecord | None:
+    flow_run_id = current_flow_run_id()
+    if flow_run_id is None:
+        return None
+    return _runs.setdefault(flow_run_id, _RunRecord())
+
+
+def record(kind: str, sandbox_id: str, subject: str, outcome: str, *, cleanup: bool = True) -> None:
+    """Add a row to the current flow run's report; outside a flow run there is no report.
+
+    A created sandbox (`kind` "sandbox" or "fork") is also remembered for the run's cleanup unless
+    `cleanup` is False (it is meant to outlive the run).
+    """
+    with _lock:
+        run = _current_record()
+        if run is None:
+            return
+        if len(run.entries) < MAX_ENTRIES_PER_RUN:
+            run.entries.append(ReportEntry(kind, sandbox_id, subject, outcome))
+        if kind in ("sandbox", "fork") and cleanup:
+            run.sandboxes.add(sandbox_id)
+        elif kind == "kill":
+            run.sandboxes.discard(sandbox_id)
+
+
+def next_number(label: str) -> int:
+    """1, 2, 3, ... for successive task runs of the current flow run named `label`."""
+    with _lock:
+        run = _current_record()
+        if run is None:
+            return 1
+        run.numbers[label] = run.numbers.get(label, 0) + 1
+        return run.numbers[label]
+
+
+def remember_checkpoint(sandbox_id: str, checkpoint_id: str) -> None:
+    """The current run made this checkpoint: a failed run deletes it."""
+    with _lock:
+        if (run := _current_record()) is not None:
+            run.checkpoints.add((sandbox_id, checkpoint_id))
+
+
+def forget_checkpoint(sandbox_id: str, checkpoint_id: str) -> None:
+    with _lock:
+        for run in _runs.values():
+            run.checkpoints.discard((sandbox_id, checkpoint_id))
+
+
+def remember_credentials(credentials: OpenComputerCredentials) -> None:
+    """The credentials the run's tasks used, so its cleanup hooks reach the same service."""
+    with _lock:
+        if (run := _current_record()) is not None:
+            run.credentials = credentials
+
+
+def release(sandbox_id: str) -> None:
+    """Stop counting a sandbox as the current run's to clean up (it is meant to outlive the run)."""
+    with _lock:
+        if (run := _current_record()) is not None:
+            run.sandboxes.discard(sandbox_id)
+            run.checkpoints = {pair for pair in run.checkpoints if pair[0] != sandbox_id}
+
+
+def live_sandboxes(flow_run_id: str) -> set[str]:
+    """Sandboxes this process created for the flow run and has not killed."""
+    with _lock:
+        run = _runs.get(flow_run_id)
+        return set(run.sandboxes) if run else set()
+
+
+def live_checkpoints(flow_run_id: str) -> set[tuple[str, str]]:
+    """(sandbox id, checkpoint id) of checkpoints this process made for the flow run and did not delete."""
+    with _lock:
+        run = _runs.get(flow_run_id)
+        return set(run.checkpoints) if run else set()
+
+
+def is_new_attempt(flow_run_id: str, run_count: int) -> bool:
+    """Whether the flow run entering Running with `run_count` starts a retry (not its first attempt, nor
+    a resume after a pause)."""
+    with _lock:
+        run = _runs.setdefault(flow_run_id, _RunRecord())
+        previous, run.attempt = run.attempt, run_count
+    return run_count != previous if previous is not None else run_count > 0
+
+
+def run_credentials(flow_run_id: str) -> OpenComputerCredentials | None:
+    with _lock:
+        run = _runs.get(flow_run_id)
+        return run.credentials if run else None
+
+
+def entries(flow_run_id: str) -> list[ReportEntry]:
+    with _lock:
+        run = _runs.get(flow_run_id)
+        return list(run.entries) if run else []
+
+
+def forget(flow_run_id: str) -> None:
+    """Drop a finished run's record (its sandboxes are gone; its table is published)."""
+    with _lock:
+        _runs.pop(flow_run_id, None)
+
+
+_REPORT_DESCRIPTION = "Sandboxes, commands and checkpoints of this flow run."
+
+
+def _report_rows() -> list[dict[str, str]]:
+    flow_run_id = current_flow_run_id()
+    return [entry.row() for entry in entries(flow_run_id)] if flow_run_id else []
+
+
+async def apublish_run_report(key: str | None = None, description: str | None = None) -> UUID | None:
+    """Publish the current flow run's report as a table artifact; None when nothing was recorded.
+
+    Args:
+        key: Files the table under the Artifacts page, one version per run (lowercase letters, digits,
+            dashes).
+        description: Shown above the table.
+
+    Returns:
+        The artifact's id, or None outside a flow run or when the run did nothing with sandboxes.
+    """
+    rows = _report_rows()
+    if not rows:
+        return None
+    return await acreate_table_artifact(table=rows, key=key, description=description or _REPORT_DESCRIPTION)
+
+
+@async_dispatch(apublish_run_report)
+def publish_run_report(key: str | None = None, description: str | None = None) -> UUID | None:
+    """Publish the current flow run's report as a table artifact (`apublish_run_report` in async code)."""
+    rows = _report_rows()
+    if not rows:
+        return None
+    # Prefect types this dispatching function as value-or-coroutine; called from sync code it is a value.
+    return cast(
+        UUID, create_table_artifact(table=rows, key=key, description=description or _REPORT_DESCRIPTION)
+    )
+
+
+def is_retry_attempt() -> bool:
+    """Whether the current task run is on its second attempt or later."""
+    context = TaskRunContext.get()
+    return context is not None and context.task_run.run_count > 1
