@@ -11,27 +11,13 @@ import pytest
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
-# The headline installs pytest with pip on the default template, which the local server's present
-# sandbox runtime refuses (the system Python is externally managed); the runtime rewrite allows it.
-NEEDS_RUNTIME_V2 = {0}
 
 
 def test_the_readme_has_its_examples() -> None:
     assert len(BLOCKS) >= 5
 
 
-@pytest.mark.parametrize(
-    "index",
-    [
-        pytest.param(
-            index,
-            marks=[pytest.mark.xfail(reason="needs the runtime v2 sandbox environment", strict=False)]
-            if index in NEEDS_RUNTIME_V2
-            else [],
-        )
-        for index in range(len(BLOCKS))
-    ],
-)
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(
     index: int, control: Any, sync_live_sandboxes: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
