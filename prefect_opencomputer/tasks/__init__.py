@@ -29,7 +29,14 @@ from prefect_opencomputer.tasks.cleanup import (
 from prefect_opencomputer.tasks.commands import arun_command, retry_failed_commands, run_command
 from prefect_opencomputer.tasks.decorator import TASK_TAG, CheckpointRef, SandboxRef
 from prefect_opencomputer.tasks.errors import CommandFailedError, PatchFailedError
-from prefect_opencomputer.tasks.files import aread_file, awrite_file, read_file, write_file
+from prefect_opencomputer.tasks.files import (
+    afile_exists,
+    aread_file,
+    awrite_file,
+    file_exists,
+    read_file,
+    write_file,
+)
 from prefect_opencomputer.tasks.orphans import Orphan, OrphanedCheckpoint, afind_orphans, find_orphans
 from prefect_opencomputer.tasks.output import OutputLimits
 from prefect_opencomputer.tasks.patches import (
@@ -44,14 +51,17 @@ from prefect_opencomputer.tasks.previews import (
     acreate_preview_url,
     adelete_preview_url,
     alist_preview_urls,
+    arotate_preview_token,
     create_preview_url,
     delete_preview_url,
     list_preview_urls,
+    rotate_preview_token,
 )
 from prefect_opencomputer.tasks.sandboxes import (
     acreate_sandbox,
     aget_sandbox,
     ahibernate_sandbox,
+    ais_sandbox_running,
     akill_sandbox,
     alist_sandboxes,
     aretain_sandbox,
@@ -60,6 +70,7 @@ from prefect_opencomputer.tasks.sandboxes import (
     create_sandbox,
     get_sandbox,
     hibernate_sandbox,
+    is_sandbox_running,
     kill_sandbox,
     list_sandboxes,
     retain_sandbox,
@@ -113,9 +124,11 @@ __all__ = [
     "adelete_checkpoint_patch",
     "adelete_preview_url",
     "adelete_snapshot",
+    "afile_exists",
     "afind_orphans",
     "aget_sandbox",
     "ahibernate_sandbox",
+    "ais_sandbox_running",
     "akill_sandbox",
     "alist_checkpoint_patches",
     "alist_checkpoints",
@@ -126,6 +139,7 @@ __all__ = [
     "aread_file",
     "arestore_checkpoint",
     "aretain_sandbox",
+    "arotate_preview_token",
     "arun_command",
     "aset_sandbox_timeout",
     "awake_sandbox",
@@ -141,9 +155,11 @@ __all__ = [
     "delete_checkpoint_patch",
     "delete_preview_url",
     "delete_snapshot",
+    "file_exists",
     "find_orphans",
     "get_sandbox",
     "hibernate_sandbox",
+    "is_sandbox_running",
     "kill_flow_run_sandboxes",
     "kill_sandbox",
     "list_checkpoint_patches",
@@ -158,6 +174,7 @@ __all__ = [
     "restore_checkpoint",
     "retain_sandbox",
     "retry_failed_commands",
+    "rotate_preview_token",
     "run_command",
     "set_sandbox_timeout",
     "wake_sandbox",

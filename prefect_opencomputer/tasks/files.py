@@ -71,5 +71,31 @@ async def read_file(
         return await client.files.read(sandbox_id_of(sandbox), path)
 
 
+@opencomputer_task("file_exists", run_name=on_sandbox("exists", "path"), retry_condition=retry_if_replayable)
+async def file_exists(
+    sandbox: SandboxRef, path: str, *, credentials: OpenComputerCredentials | None = None
+) -> bool:
+    """Whether a file or directory is at `path` in the sandbox, found by listing its parent.
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        path: What to look for; a relative path is relative to `/home/sandbox`.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        True when something is there (nothing is downloaded to find out).
+
+    Example:
+        ```python
+        if not file_exists(sandbox, "app/.venv"):
+            run_command(sandbox, "python -m venv app/.venv")
+        ```
+    """
+    credentials = await resolve_credentials(credentials)
+    async with credentials.get_client() as client:
+        return await client.files.exists(sandbox_id_of(sandbox), path)
+
+
 awrite_file = write_file.aio
 aread_file = read_file.aio
+afile_exists = file_exists.aio

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 from prefect.artifacts import acreate_link_artifact
-from pydantic import JsonValue
+from pydantic import JsonValue, SecretStr
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import NotFoundError, PreviewURL
@@ -15,6 +15,7 @@ from prefect_opencomputer.tasks.decorator import (
     opencomputer_task,
     resolve_credentials,
     retry_if_replayable,
+    retry_if_transient,
     sandbox_id_of,
 )
 
@@ -122,6 +123,35 @@ async def delete_preview_url(
     return True
 
 
+@opencomputer_task(
+    "rotate_preview_token",
+    run_name=on_sandbox("rotate-preview-token"),
+    # Never replayed: a lost answer would leave a token nobody holds (rotate again to recover).
+    retry_condition=retry_if_transient,
+)
+async def rotate_preview_token(
+    sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
+) -> SecretStr:
+    """Give the sandbox's preview URLs a new bearer token; the old one stops working at once.
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        The new token, as a secret (it never shows in logs or results).
+
+    Example:
+        ```python
+        token = rotate_preview_token(sandbox).get_secret_value()
+        ```
+    """
+    credentials = await resolve_credentials(credentials)
+    async with credentials.get_client() as client:
+        return await client.previews.rotate_token(sandbox_id_of(sandbox))
+
+
 acreate_preview_url = create_preview_url.aio
 alist_preview_urls = list_preview_urls.aio
 adelete_preview_url = delete_preview_url.aio
+arotate_preview_token = rotate_preview_token.aio

@@ -155,6 +155,32 @@ async def get_sandbox(sandbox: SandboxRef, *, credentials: OpenComputerCredentia
         return await client.sandboxes.get(sandbox_id_of(sandbox))
 
 
+@opencomputer_task(
+    "is_sandbox_running", run_name=on_sandbox("is-running"), retry_condition=retry_if_replayable
+)
+async def is_sandbox_running(
+    sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
+) -> bool:
+    """Whether the sandbox is running now (hibernated, stopped or unknown: False).
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        True only for a running sandbox.
+
+    Example:
+        ```python
+        if not is_sandbox_running(sandbox):
+            wake_sandbox(sandbox)
+        ```
+    """
+    credentials = await resolve_credentials(credentials)
+    async with credentials.get_client() as client:
+        return await client.sandboxes.is_running(sandbox_id_of(sandbox))
+
+
 @opencomputer_task("list_sandboxes", run_name="list-sandboxes", retry_condition=retry_if_replayable)
 async def list_sandboxes(
     tags: dict[str, str] | None = None, *, credentials: OpenComputerCredentials | None = None
@@ -323,6 +349,7 @@ async def retain_sandbox(
 
 acreate_sandbox = create_sandbox.aio
 aget_sandbox = get_sandbox.aio
+ais_sandbox_running = is_sandbox_running.aio
 alist_sandboxes = list_sandboxes.aio
 akill_sandbox = kill_sandbox.aio
 aset_sandbox_timeout = set_sandbox_timeout.aio

@@ -99,3 +99,35 @@ async def test_created_and_killed_sandboxes_are_prefect_events(
     assert created.payload["idle_timeout"] == 600
     # Prefect relates the event to the run that emitted it.
     assert any(related.id.startswith("prefect.flow-run.") for related in created.related)
+
+
+def test_the_coverage_tasks_answer_in_a_def_flow(credentials: OpenComputerCredentials) -> None:
+    from prefect_opencomputer.tasks import (
+        create_preview_url,
+        file_exists,
+        is_sandbox_running,
+        open_sandbox,
+        rotate_preview_token,
+        write_file,
+    )
+
+    @flow
+    def coverage() -> dict[str, Any]:
+        with open_sandbox(credentials=credentials) as sandbox:
+            write_file(sandbox, "notes/today.txt", "hello", credentials=credentials)
+            create_preview_url(sandbox, 8080, credentials=credentials, link_artifact=False)
+            token = rotate_preview_token(sandbox, credentials=credentials)
+            answers = {
+                "running": is_sandbox_running(sandbox, credentials=credentials),
+                "file": file_exists(sandbox, "notes/today.txt", credentials=credentials),
+                "dir": file_exists(sandbox, "/home/sandbox/notes", credentials=credentials),
+                "missing": file_exists(sandbox, "notes/tomorrow.txt", credentials=credentials),
+                "token": token,
+            }
+        answers["after kill"] = is_sandbox_running(sandbox, credentials=credentials)
+        return answers
+
+    answers = coverage()
+    assert answers["running"] and answers["file"] and answers["dir"] and not answers["missing"]
+    assert not answers["after kill"]
+    assert answers["token"].get_secret_value() and "**" in repr(answers["token"])
