@@ -78,6 +78,10 @@ async def run_command(
 ) -> CommandResult:
     """Run a command in the sandbox, logging its output lines while it runs, and return its result.
 
+    As on the hosted service, a command is done when it has exited and every process holding its output
+    has closed it: `server &` keeps the task running until the timeout kills it, so start a background
+    server with `nohup server >server.log 2>&1 &`.
+
     If the task is cancelled or times out, the remote process is killed. To run a failing command again,
     give the task retries: `run_command.with_options(retries=2)(sandbox, "make test")` retries a non-zero
     exit or a timeout (the preset retries only cover requests the service refused).
@@ -104,6 +108,7 @@ async def run_command(
         ```python
         result = run_command(sandbox, "python -c 'print(6 * 7)'")
         assert result.stdout.strip() == "42"
+        run_command(sandbox, "nohup python -m http.server 8000 >http.log 2>&1 &")  # returns at once
         ```
     """
     credentials = await resolve_credentials(credentials)
