@@ -41,7 +41,8 @@ async def test_create_sandbox_from_an_image_logs_the_build_and_tags_the_sandbox(
     async def from_image() -> tuple[str, Sandbox, str]:
         flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
         sandbox = await create_sandbox(image=image, credentials=credentials)
-        output = await run_command(sandbox, "echo $STAGE", credentials=credentials)
+        # As hosted, an image's env reaches login shells (and sudo), not a plain command.
+        output = await run_command(sandbox, "bash -lc 'echo $STAGE'", credentials=credentials)
         await kill_sandbox(sandbox, credentials=credentials)
         return flow_run_id, sandbox, output.stdout
 
