@@ -120,3 +120,9 @@ async def test_run_async_wakes_a_hibernated_sandbox(http: httpx.AsyncClient, san
     assert (await http.post(f"/sandboxes/{sandbox}/hibernate")).status_code == 200
     response = await _run_async(http, sandbox, cmd="echo", args=["awake"])
     assert response.status_code == 200 and response.json()["stdout"] == "awake\n"
+
+
+async def test_a_nul_byte_in_an_async_command_is_a_400(http: httpx.AsyncClient, sandbox: str) -> None:
+    response = await _run_async(http, sandbox, cmd="echo", args=["a\0b"])
+    assert response.status_code == 400
+    assert "NUL" in response.json()["error"]

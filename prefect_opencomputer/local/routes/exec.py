@@ -154,6 +154,7 @@ async def run_async(sandbox_id: str, backend: BackendDep, body: RunBody | None =
     body = body or RunBody()
     if not body.cmd:
         raise WireError(400, "cmd is required")
+    _reject_nul_bytes(body)
     session = await backend.start_session(
         sandbox_id,
         body.cmd,
