@@ -78,9 +78,10 @@ async def run_command(
 ) -> CommandResult:
     """Run a command in the sandbox, logging its output lines while it runs, and return its result.
 
-    As on the hosted service, a command is done when it has exited and every process holding its output
-    has closed it: `server &` keeps the task running until the timeout kills it, so start a background
-    server with `nohup server >server.log 2>&1 &`.
+    The command runs as an exec session, which ends when its own process exits, as on the hosted service
+    (the one-shot `client.exec.run` instead waits until every process holding its output has closed it).
+    Start a background server with `nohup server >server.log 2>&1 &`, so it holds none of the command's
+    output and runs on after the session, on either path.
 
     If the task is cancelled or times out, the remote process is killed. To run a failing command again,
     give the task retries: `run_command.with_options(retries=2)(sandbox, "make test")` retries a non-zero
