@@ -6,7 +6,7 @@ import hmac
 
 from starlette.requests import HTTPConnection
 
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import Forbidden, Unauthorized
 
 API_KEY_HEADER = "X-API-Key"
 API_KEY_QUERY = "api_key"
@@ -22,7 +22,7 @@ async def require_api_key(connection: HTTPConnection) -> None:
     """
     presented = connection.headers.get(API_KEY_HEADER) or connection.query_params.get(API_KEY_QUERY)
     if not presented:
-        raise WireError(401, "missing API key")
+        raise Unauthorized("missing API key")
     expected: str = connection.app.state.config.api_key
     if not hmac.compare_digest(presented.encode(), expected.encode()):
-        raise WireError(403, "invalid API key")
+        raise Forbidden("invalid API key")

@@ -10,7 +10,7 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import TooLarge
 from prefect_opencomputer.local.wire_errors import error_response
 
 TOO_LARGE = "request body too large"
@@ -90,7 +90,7 @@ def _counted(receive: Receive, limit: int) -> Receive:
         message = await receive()
         received += len(message.get("body", b""))
         if received > limit:
-            raise WireError(413, TOO_LARGE, headers={"Connection": "close"})
+            raise TooLarge(TOO_LARGE, headers={"Connection": "close"})
         return message
 
     return counted_receive

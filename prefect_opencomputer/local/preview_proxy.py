@@ -14,7 +14,7 @@ from typing import Protocol
 import h11
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import BackendError
 from prefect_opencomputer.local.wire_errors import error_response
 
 PREVIEW_LABEL = re.compile(r"^(sb-[0-9a-f]{8})-p(\d+)$")
@@ -103,7 +103,7 @@ class PreviewProxyMiddleware:
             hidden = hidden | {credential_header}
         try:
             reader, writer = await self.backend.connect_preview(sandbox_id, port)
-        except WireError as exc:
+        except BackendError as exc:
             await error_response(exc.status, exc.message, headers=exc.headers, **exc.extra)(
                 scope, receive, send
             )

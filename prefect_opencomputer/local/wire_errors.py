@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import BackendError
 
 logger = logging.getLogger("prefect_opencomputer.local")
 
@@ -30,7 +30,7 @@ def error_response(
 
 def install_error_handlers(app: FastAPI) -> None:
     """Map every exception a request can raise to the service's error shapes."""
-    app.add_exception_handler(WireError, _wire_error)
+    app.add_exception_handler(BackendError, _backend_error)
     app.add_exception_handler(HTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation_error)
     # Not an `Exception` handler: Starlette re-raises after those answer, and uvicorn then drops the
@@ -38,8 +38,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_middleware(UnexpectedErrorMiddleware)
 
 
-async def _wire_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, WireError)
+async def _backend_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BackendError)
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 

@@ -17,7 +17,7 @@ import pytest
 from prefect_opencomputer.local import LocalServer
 from prefect_opencomputer.local.backend.service import LocalBackend, SandboxRequest
 from prefect_opencomputer.local.config import LocalServerConfig
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import BackendError
 
 
 def _files(sandbox: str) -> str:
@@ -211,10 +211,10 @@ async def test_upload_past_the_size_limit_is_413_and_leaves_no_partial_file(tmp_
             yield b"x" * 600
             yield b"x" * 600
 
-        with pytest.raises(WireError) as refused:
+        with pytest.raises(BackendError) as refused:
             await backend.files.upload(sandbox.id, "big.bin", body(), None)
         assert refused.value.status == 413
-        with pytest.raises(WireError) as declared:
+        with pytest.raises(BackendError) as declared:
             await backend.files.upload(sandbox.id, "big.bin", body(), 1200)
         assert declared.value.status == 413
         assert "big.bin" not in [entry.name for entry in await backend.files.list_dir(sandbox.id, ".")]

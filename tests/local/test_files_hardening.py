@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from prefect_opencomputer.local.backend.sandbox_files import FileWorkers
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import BackendError
 from prefect_opencomputer.local.sandbox.fileops import NotRegularFileError, RootedFiles
 
 OWNER = (54321, 54322)  # ids no one on this machine uses: proof the chown came from RootedFiles
@@ -142,11 +142,11 @@ def test_a_nul_byte_in_a_path_is_refused_not_truncated(rooted: RootedFiles) -> N
 async def test_a_stuck_file_operation_answers_a_retryable_503_and_frees_the_request() -> None:
     workers = FileWorkers(count=1, timeout=0.2)
     release = threading.Event()
-    with pytest.raises(WireError) as caught:
+    with pytest.raises(BackendError) as caught:
         await workers.run(release.wait, 30)
     assert caught.value.status == 503 and caught.value.extra == {"retryable": True}
     # The only worker is still stuck: the next call waits its turn and times out too, never hangs.
-    with pytest.raises(WireError):
+    with pytest.raises(BackendError):
         await workers.run(time.time)
     release.set()
     assert await workers.run(lambda: "free again") == "free again"

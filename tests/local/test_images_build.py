@@ -9,7 +9,7 @@ from booting import start
 from prefect_opencomputer.client import Image
 from prefect_opencomputer.local.backend.image_build import BuildFailed, BuiltImage, build_image
 from prefect_opencomputer.local.backend.image_manifest import parse_manifest
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import BackendError
 from prefect_opencomputer.local.sandbox.runtime import SandboxRuntime
 
 CHECKPOINT = "00000000-0000-4000-8000-00000000cafe"
@@ -169,7 +169,7 @@ def test_the_content_hash_is_the_official_sdks_cache_key() -> None:
     ],
 )
 def test_a_bad_manifest_is_refused_before_anything_runs(manifest: dict[str, object], complaint: str) -> None:
-    with pytest.raises(WireError) as caught:
+    with pytest.raises(BackendError) as caught:
         parse_manifest(manifest)
     assert caught.value.status == 400
     assert caught.value.message.startswith("invalid image manifest: ") and complaint in caught.value.message

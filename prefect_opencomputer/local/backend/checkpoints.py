@@ -26,7 +26,7 @@ from prefect_opencomputer.local.backend.records import (
     utc_now,
 )
 from prefect_opencomputer.local.backend.state import DuplicateName
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import BackendError, Failed, Invalid, NameTaken, NotFound
 from prefect_opencomputer.local.sandbox import copying
 
 if TYPE_CHECKING:
@@ -119,16 +119,16 @@ class Checkpoints:
         backend = self._backend
         record = backend.sandbox(sandbox_id)
         if record.status != "running":
-            raise WireError(400, "sandbox must be running to create a checkpoint")
+            raise Invalid("sandbox must be running to create a checkpoint")
         if not name:
-            raise WireError(400, "name is required")
+            raise Invalid("name is required")
         kind = kind or "full"
         if kind not in LIMITS:
-            raise WireError(400, "kind must be full or disk_only")
+            raise Invalid("kind must be full or disk_only")
         if promote_to_full and kind != "disk_only":
-            raise WireError(400, "promoteToFull is only supported for disk_only checkpoints")
+            raise Invalid("promoteToFull is only supported for disk_only checkpoints")
         if retention_mode not in ("", "none", "delete_oldest"):
-            raise WireError(400, "unsupported checkpoint retention policy")
+            raise Invalid("unsupported checkpoint retention policy")
         limit = LIMITS[kind]
         lock = backend.lifecycle_lock(sandbox_id)
         # The lock passes to the copy task, which releases it when the copy ends: nothing can
@@ -137,22 +137,21 @@ class Checkpoints:
         try:
             record = backend.sandbox(sandbox_id)
             if record.status != "running":
-                raise WireError(400, "sandbox must be running to create a checkpoint")
+                raise Invalid("sandbox must be running to create a checkpoint")
             if backend.store.checkpoint_name_taken(sandbox_id, name):
-                raise WireError(409, "checkpoint name already exists for this sandbox")
+                raise NameTaken("checkpoint name already exists for this sandbox")
             same_kind = [cp for cp in backend.store.checkpoints(sandbox_id=sandbox_id) if cp.kind == kind]
             count = len(same_kind)
             if retention_mode == "delete_oldest":
                 max_count = retention_max_count or limit
                 if not 1 <= max_count <= limit:
-                    raise WireError(
-                        400,
+                    raise Invalid(
                         f"retentionPolicy.maxCount must be between 1 and {limit} for {kind} checkpoints",
                     )
                 if count >= max_count:
                     count -= await self._apply_retention(same_kind, count - max_count + 1, limit, kind)
             if count >= limit:
-                raise WireError(400, f"maximum {limit} {kind} checkpoints per sandbox")
+                raise Invalid(f"maximum {limit} {kind} checkpoints per sandbox")
             checkpoint = CheckpointRecord(
                 id=new_uuid(),
                 sandbox_id=sandbox_id,
@@ -165,7 +164,7 @@ class Checkpoints:
             try:
                 backend.store.insert_checkpoint(checkpoint)
             except DuplicateName:
-                raise WireError(409, "checkpoint name already exists for this sandbox") from None
+                raise NameTaken("checkpoint name already exists for this sandbox") from None
             resumed = backend.pause_data_plane(sandbox_id)
             self._copies[checkpoint.id] = asyncio.create_task(
                 self._copy(checkpoint, lock, resumed), name=f"checkpoint-{checkpoint.id}"
@@ -186,23 +185,23 @@ class Checkpoints:
         _require_uuid(checkpoint_id, "checkpoint")
         record = backend.sandbox(sandbox_id)
         if record.status != "running":
-            raise WireError(400, "sandbox must be running to restore a checkpoint")
+            raise Invalid("sandbox must be running to restore a checkpoint")
         checkpoint = self._owned(sandbox_id, checkpoint_id)
         if checkpoint.status != "ready":
-            raise WireError(400, f"checkpoint is not ready (status: {checkpoint.status})")
+            raise Invalid(f"checkpoint is not ready (status: {checkpoint.status})")
         async with backend.lifecycle_lock(sandbox_id), self._readers.reading(checkpoint_id):
             record = backend.sandbox(sandbox_id)
             if record.status != "running":
-                raise WireError(400, "sandbox must be running to restore a checkpoint")
+                raise Invalid("sandbox must be running to restore a checkpoint")
             if backend.store.checkpoint(checkpoint_id) is None:
-                raise WireError(404, "checkpoint not found")
+                raise NotFound("checkpoint not found")
             await backend.stop_processes(record, "running")
             try:
                 await backend.runtime.layers.restore(checkpoint_id, sandbox_id)
                 await backend.boot(record)  # copies the checkpoint onto the new disk
             except Exception as error:
                 await backend.boot(record)  # on the old disk, which a failed restore leaves in place
-                raise WireError(500, f"restore failed: {error}") from error
+                raise Failed(f"restore failed: {error}") from error
 
     async def delete(self, sandbox_id: str, checkpoint_id: str) -> None:
         _require_uuid(checkpoint_id, "checkpoint")
@@ -226,7 +225,7 @@ class Checkpoints:
         _require_uuid(checkpoint_id, "checkpoint")
         checkpoint = await self._ready_for_fork(checkpoint_id)
         if secret_store:
-            raise WireError(400, f"secret store not found: {secret_store}")
+            raise Invalid(f"secret store not found: {secret_store}")
         config = checkpoint.sandbox_config
         base_memory = _int(config.get("memoryMB"), sizing.DEFAULT_MEMORY_MB)
         record = SandboxRecord(
@@ -248,16 +247,16 @@ class Checkpoints:
         try:
             async with self._readers.reading(checkpoint.id):
                 if backend.store.checkpoint(checkpoint.id) is None:
-                    raise WireError(404, "checkpoint not found")
+                    raise NotFound("checkpoint not found")
                 await backend.runtime.layers.fork(checkpoint.id, record.id, record.disk_mb)
                 # The boot copies the checkpoint in: it must not be deleted until then.
                 async with backend.lifecycle_lock(record.id):
                     await backend.boot(record)
         except BaseException as error:
             await backend.discard_sandbox(record.id)
-            if isinstance(error, WireError) or not isinstance(error, Exception):
+            if isinstance(error, BackendError) or not isinstance(error, Exception):
                 raise
-            raise WireError(500, f"fork from checkpoint: {error}") from error
+            raise Failed(f"fork from checkpoint: {error}") from error
         await self._apply_patches(record, checkpoint.id)
         return record
 
@@ -268,33 +267,33 @@ class Checkpoints:
         _require_uuid(checkpoint_id, "checkpoint")
         checkpoint = store.checkpoint(checkpoint_id)
         if checkpoint is None:
-            raise WireError(404, "checkpoint not found")
+            raise NotFound("checkpoint not found")
         if checkpoint.status != "ready":
-            raise WireError(400, "checkpoint is not ready")
+            raise Invalid("checkpoint is not ready")
         if not script:
-            raise WireError(400, "script is required")
+            raise Invalid("script is required")
         return store.insert_patch(checkpoint_id, new_uuid(), script, description, utc_now())
 
     def list_patches(self, checkpoint_id: str) -> list[PatchRecord]:
         _require_uuid(checkpoint_id, "checkpoint")
         if self._backend.store.checkpoint(checkpoint_id) is None:
-            raise WireError(404, "checkpoint not found")
+            raise NotFound("checkpoint not found")
         return self._backend.store.patches(checkpoint_id)
 
     def delete_patch(self, checkpoint_id: str, patch_id: str) -> None:
         _require_uuid(checkpoint_id, "checkpoint")
         _require_uuid(patch_id, "patch")
         if not self._backend.store.delete_patch(checkpoint_id, patch_id):
-            raise WireError(404, "patch not found")
+            raise NotFound("patch not found")
 
     # -- internals ---------------------------------------------------------------------------
 
     def _owned(self, sandbox_id: str, checkpoint_id: str) -> CheckpointRecord:
         checkpoint = self._backend.store.checkpoint(checkpoint_id)
         if checkpoint is None:
-            raise WireError(404, "checkpoint not found")
+            raise NotFound("checkpoint not found")
         if checkpoint.sandbox_id != sandbox_id:
-            raise WireError(400, "checkpoint does not belong to this sandbox")
+            raise Invalid("checkpoint does not belong to this sandbox")
         return checkpoint
 
     async def _copy(self, checkpoint: CheckpointRecord, lock: asyncio.Lock, resumed: asyncio.Event) -> None:
@@ -336,8 +335,7 @@ class Checkpoints:
             if not store.has_patches(cp.id) and not store.is_fork_source(cp.id)
         ][:needed]
         if len(candidates) < needed:
-            raise WireError(
-                400,
+            raise Invalid(
                 f"maximum {limit} {kind} checkpoints per sandbox; no eligible checkpoint can be "
                 "deleted by retention policy",
             )
@@ -360,22 +358,21 @@ class Checkpoints:
         store = self._backend.store
         checkpoint = store.checkpoint(checkpoint_id)
         if checkpoint is None:
-            raise WireError(404, "checkpoint not found")
+            raise NotFound("checkpoint not found")
         if checkpoint.status == "processing":
             copy = self._copies.get(checkpoint_id)
             if copy is not None:
                 await asyncio.wait({copy}, timeout=FORK_READY_WAIT_SECONDS)
             checkpoint = store.checkpoint(checkpoint_id)
             if checkpoint is None:
-                raise WireError(404, "checkpoint not found")
+                raise NotFound("checkpoint not found")
             if checkpoint.status == "processing":
-                raise WireError(
-                    400,
+                raise Invalid(
                     f"checkpoint is not ready after {FORK_READY_WAIT_SECONDS:.0f}s "
                     f"(status: {checkpoint.status})",
                 )
         if checkpoint.status == "failed":
-            raise WireError(400, "checkpoint failed")
+            raise Invalid("checkpoint failed")
         return checkpoint
 
     async def _apply_patches(self, record: SandboxRecord, checkpoint_id: str) -> None:
@@ -420,7 +417,7 @@ def _require_uuid(value: str, what: str) -> None:
     try:
         uuid.UUID(value)
     except ValueError:
-        raise WireError(400, f"invalid {what} ID") from None
+        raise Invalid(f"invalid {what} ID") from None
 
 
 def _int(value: object, default: int) -> int:

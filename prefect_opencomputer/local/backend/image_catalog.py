@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from prefect_opencomputer.local.backend import database
+from prefect_opencomputer.local.errors import NameTaken
 
 ImageStatus = Literal["building", "ready", "failed"]
 
@@ -32,10 +33,6 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS images_build_cache ON images (content_hash) WHERE name IS NULL;
 """
-
-
-class NameTaken(Exception):
-    """A snapshot of that name already exists."""
 
 
 @dataclass
@@ -70,7 +67,7 @@ class ImageCatalog:
                 db.execute("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(image))
         except sqlite3.IntegrityError as error:
             if image.name is not None and self.named(image.name) is not None:
-                raise NameTaken(image.name) from error
+                raise NameTaken("snapshot name already exists") from error
             raise
 
     def save(self, image: ImageRecord) -> None:

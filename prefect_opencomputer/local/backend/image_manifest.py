@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from prefect_opencomputer.local.backend import sizing
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import BackendError, Invalid
 
 StepType = Literal["apt_install", "pip_install", "run", "env", "workdir", "add_file", "add_dir"]
 STEP_TYPES: tuple[StepType, ...] = typing.get_args(StepType)
@@ -71,7 +71,7 @@ class ImageManifest:
 
 
 def parse_manifest(raw: object) -> ImageManifest:
-    """Check a manifest; raises `WireError(400)` naming the first thing wrong with it."""
+    """Check a manifest; raises `BackendError(400)` naming the first thing wrong with it."""
     if not isinstance(raw, dict):
         raise _invalid("the image must be a JSON object")
     base = raw.get("base", "") or sizing.DEFAULT_TEMPLATE
@@ -183,5 +183,5 @@ def _content(args: Mapping[str, object], where: str) -> bytes:
         raise _invalid(f"{where}: content must be valid base64") from None
 
 
-def _invalid(message: str) -> WireError:
-    return WireError(400, f"invalid image manifest: {message}")
+def _invalid(message: str) -> BackendError:
+    return Invalid(f"invalid image manifest: {message}")

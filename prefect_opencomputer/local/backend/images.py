@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from prefect_opencomputer.local.backend import preview_auth, sizing
 from prefect_opencomputer.local.backend.image_build import BuildFailed, build_image
-from prefect_opencomputer.local.backend.image_catalog import ImageCatalog, ImageRecord, NameTaken
+from prefect_opencomputer.local.backend.image_catalog import ImageCatalog, ImageRecord
 from prefect_opencomputer.local.backend.image_manifest import ImageManifest, parse_manifest
 from prefect_opencomputer.local.backend.records import (
     CheckpointRecord,
@@ -28,7 +28,7 @@ from prefect_opencomputer.local.backend.records import (
     new_uuid,
     utc_now,
 )
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import Invalid, NotFound
 
 if TYPE_CHECKING:
     from prefect_opencomputer.local.backend.service import LocalBackend
@@ -114,7 +114,7 @@ class Images:
     def source(self, image: Mapping[str, object] | None, snapshot: str) -> SandboxSource:
         """Check a create's `image` / `snapshot` (400 for a bad manifest, an unknown or unready snapshot)."""
         if image is not None and snapshot:
-            raise WireError(400, "image and snapshot cannot both be given")
+            raise Invalid("image and snapshot cannot both be given")
         if image is not None:
             return SandboxSource(manifest=parse_manifest(image))
         self._ready_snapshot(snapshot)
@@ -139,7 +139,7 @@ class Images:
         if memory_mb:
             sizing.resolve_tier(0, memory_mb)
         if secret_store:
-            raise WireError(400, f"secret store not found: {secret_store}")
+            raise Invalid(f"secret store not found: {secret_store}")
         token: str | None = None
         token_hash: str | None = None
         if preview is not None:
@@ -195,9 +195,9 @@ class Images:
     def reserve_snapshot(self, name: object, image: object) -> ImageRecord:
         """Check the request and claim the name with a "building" row (the first half of a create)."""
         if not isinstance(name, str) or not name:
-            raise WireError(400, "name is required")
+            raise Invalid("name is required")
         if image is None or image == {}:
-            raise WireError(400, "image is required")
+            raise Invalid("image is required")
         manifest = parse_manifest(image)
         now = utc_now()
         snapshot = ImageRecord(
@@ -210,10 +210,7 @@ class Images:
             created_at=now,
             last_used_at=now,
         )
-        try:
-            self.catalog.insert(snapshot)
-        except NameTaken:
-            raise WireError(409, "snapshot name already exists") from None
+        self.catalog.insert(snapshot)  # NameTaken when a snapshot already has the name
         return snapshot
 
     async def finish_snapshot(self, snapshot: ImageRecord, log: BuildLogSink, *, keep_failed: bool) -> None:
@@ -235,7 +232,7 @@ class Images:
     def snapshot(self, name: str) -> ImageRecord:
         snapshot = self.catalog.named(name)
         if snapshot is None:
-            raise WireError(404, "snapshot not found")
+            raise NotFound("snapshot not found")
         return snapshot
 
     def delete_snapshot(self, name: str) -> None:
@@ -246,7 +243,7 @@ class Images:
         """The checkpoint behind a ready snapshot (for its patch routes)."""
         checkpoint_id = self.snapshot(name).checkpoint_id
         if checkpoint_id is None:
-            raise WireError(400, f"snapshot {name!r} is not ready")
+            raise Invalid(f"snapshot {name!r} is not ready")
         return checkpoint_id
 
     # -- builds ------------------------------------------------------------------------------
@@ -371,11 +368,11 @@ class Images:
     def _ready_snapshot(self, name: str) -> str:
         snapshot = self.catalog.named(name)
         if snapshot is None:
-            raise WireError(400, f'snapshot "{name}" not found')
+            raise Invalid(f'snapshot "{name}" not found')
         if snapshot.status != "ready" or snapshot.checkpoint_id is None:
-            raise WireError(400, f'snapshot "{name}" is not ready (status: {snapshot.status})')
+            raise Invalid(f'snapshot "{name}" is not ready (status: {snapshot.status})')
         if not self._checkpoint_ready(snapshot.checkpoint_id):
-            raise WireError(400, f'snapshot "{name}" has no checkpoint')
+            raise Invalid(f'snapshot "{name}" has no checkpoint')
         snapshot.last_used_at = utc_now()
         self.catalog.save(snapshot)
         return snapshot.checkpoint_id

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 
 from prefect_opencomputer.local.backend.records import new_token
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import Invalid
 
 SCHEME = "bearer"
 MIN_TOKEN_LENGTH = 16
@@ -16,13 +16,11 @@ def issue(scheme: str, token: str) -> tuple[str, str]:
     """Validate a ``previewAuth`` request; returns ``(plaintext token, its hash)``."""
     scheme = scheme or SCHEME
     if scheme != SCHEME:
-        raise WireError(400, f'previewAuth.scheme must be "{SCHEME}" (got "{scheme}")')
+        raise Invalid(f'previewAuth.scheme must be "{SCHEME}" (got "{scheme}")')
     if token in ("", "auto"):
         token = new_token()
     elif len(token) < MIN_TOKEN_LENGTH:
-        raise WireError(
-            400, 'previewAuth.token must be omitted, "auto", or a string of at least 16 characters'
-        )
+        raise Invalid('previewAuth.token must be omitted, "auto", or a string of at least 16 characters')
     return token, digest(token)
 
 

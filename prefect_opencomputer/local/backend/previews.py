@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from prefect_opencomputer.local.backend import preview_auth
 from prefect_opencomputer.local.backend.records import PreviewRecord, new_token, new_uuid, utc_now
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import Invalid, NotFound, Stopped
 
 if TYPE_CHECKING:
     from prefect_opencomputer.local.backend.service import LocalBackend
@@ -27,13 +27,13 @@ class Previews:
     ) -> tuple[PreviewRecord, bool]:
         """The preview URL of ``port``, created unless it exists; ``True`` when new."""
         if not 1 <= port <= 65535:
-            raise WireError(400, "port must be between 1 and 65535")
+            raise Invalid("port must be between 1 and 65535")
         store = self._backend.store
         record = store.sandbox(sandbox_id)
         if record is None or record.status != "running":
-            raise WireError(400, "sandbox is not running or not found")
+            raise Invalid("sandbox is not running or not found")
         if domain:
-            raise WireError(400, "org has no custom domain configured")
+            raise Invalid("org has no custom domain configured")
         existing = store.preview(sandbox_id, port)
         if existing is not None:
             return self._current(existing), False
@@ -58,9 +58,9 @@ class Previews:
         except ValueError:
             port = 0
         if not 1 <= port <= 65535:
-            raise WireError(400, "invalid port")
+            raise Invalid("invalid port")
         if not self._backend.store.delete_previews(sandbox_id, port=port):
-            raise WireError(404, "no preview URL for this port")
+            raise NotFound("no preview URL for this port")
 
     def _current(self, preview: PreviewRecord) -> PreviewRecord:
         """The preview under today's domain: a restarted local server may listen on a new port."""
@@ -72,7 +72,7 @@ class Previews:
         """A fresh preview token; the old one stops working at once."""
         record = self._backend.sandbox(sandbox_id)
         if record.status not in ("running", "hibernated"):
-            raise WireError(410, f"sandbox {sandbox_id} has been stopped")
+            raise Stopped(f"sandbox {sandbox_id} has been stopped")
         token = new_token()
         record.preview_auth_hash = preview_auth.digest(token)
         self._backend.store.save_sandbox(record)

@@ -3,7 +3,7 @@
 File operations block, so they run in a few worker threads of their own (`FileWorkers`), each
 bounded by a timeout that answers a retryable 503: whatever a sandbox does to its files, it cannot
 hold every server thread or a request for ever, and a stuck thread never delays the server's exit.
-Errors a client caused become 4xx `WireError`s naming the path (a missing file is 404 here, where
+Errors a client caused become 4xx `BackendError`s naming the path (a missing file is 404 here, where
 the service answers 500).
 """
 
@@ -20,7 +20,16 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import (
+    BackendError,
+    Failed,
+    Forbidden,
+    Invalid,
+    NoSpace,
+    NotFound,
+    RetryLater,
+    TooLarge,
+)
 from prefect_opencomputer.local.sandbox.fileops import DirEntry, NotRegularFileError, PathEscapeError
 
 if TYPE_CHECKING:
@@ -59,8 +68,7 @@ class FileWorkers:
         except TimeoutError:
             if not future.cancelled():  # already running: tidy up whenever it ends
                 future.add_done_callback(_close_abandoned)
-            raise WireError(
-                503,
+            raise RetryLater(
                 "the file operation did not finish in time, retry",
                 headers={"Retry-After": "1"},
                 retryable=True,
@@ -167,7 +175,7 @@ class SandboxFiles:
                     if block:
                         await self.workers.run(handle.write, bytes(block))
             except BaseException:
-                with contextlib.suppress(OSError, ValueError, WireError):
+                with contextlib.suppress(OSError, ValueError, BackendError):
                     await self.workers.run(handle.close)
                     await self.workers.run(files.remove, path)
                 raise
@@ -197,8 +205,8 @@ def _size(handle: BinaryIO) -> int:
     return os.fstat(handle.fileno()).st_size
 
 
-def _too_large(limit: int) -> WireError:
-    return WireError(413, f"file exceeds the maximum size of {limit} bytes")
+def _too_large(limit: int) -> BackendError:
+    return TooLarge(f"file exceeds the maximum size of {limit} bytes")
 
 
 @contextlib.contextmanager
@@ -207,20 +215,20 @@ def _file_errors(operation: str, path: str) -> Iterator[None]:
     try:
         yield
     except (PathEscapeError, NotRegularFileError) as error:
-        raise WireError(400, str(error)) from None
+        raise Invalid(str(error)) from None
     except FileNotFoundError:
-        raise WireError(404, f"{operation} {path}: no such file or directory") from None
+        raise NotFound(f"{operation} {path}: no such file or directory") from None
     except IsADirectoryError:
-        raise WireError(400, f"{operation} {path}: is a directory") from None
+        raise Invalid(f"{operation} {path}: is a directory") from None
     except NotADirectoryError:
-        raise WireError(400, f"{operation} {path}: not a directory") from None
+        raise Invalid(f"{operation} {path}: not a directory") from None
     except PermissionError:
-        raise WireError(403, f"{operation} {path}: permission denied") from None
+        raise Forbidden(f"{operation} {path}: permission denied") from None
     except ValueError:  # e.g. a NUL byte in the path
-        raise WireError(400, f"{operation} {path}: invalid path") from None
+        raise Invalid(f"{operation} {path}: invalid path") from None
     except OSError as error:
         if error.errno == errno.ENAMETOOLONG:
-            raise WireError(400, f"{operation} {path}: file name too long") from None
+            raise Invalid(f"{operation} {path}: file name too long") from None
         if error.errno == errno.ENOSPC:
-            raise WireError(507, f"{operation} {path}: no space left on device") from None
-        raise WireError(500, f"{operation} {path}: {error.strerror or error}") from None
+            raise NoSpace(f"{operation} {path}: no space left on device") from None
+        raise Failed(f"{operation} {path}: {error.strerror or error}") from None

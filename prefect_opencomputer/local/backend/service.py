@@ -1,7 +1,7 @@
 """The local server's backend: what sandboxes are and how they live, independent of HTTP.
 
 `LocalBackend` owns the durable state, the sandbox runtime, the idle timer and the exec sessions.
-Routers call it and turn its records into wire shapes; it raises `WireError` for every client
+Routers call it and turn its records into wire shapes; it raises `BackendError` for every client
 mistake. Lifecycle changes of one sandbox (boot, hibernate, restore, kill, checkpoint copy) are
 serialised by a per-sandbox lock; data-plane calls take the lock only when they must wake it.
 """
@@ -39,7 +39,17 @@ from prefect_opencomputer.local.backend.signed_urls import UrlSigner
 from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.backend.tags import parse_tags
 from prefect_opencomputer.local.config import LocalServerConfig
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import (
+    BackendError,
+    Failed,
+    Invalid,
+    NotFound,
+    RetryLater,
+    Stopped,
+    TooMany,
+    Unreachable,
+    Unsupported,
+)
 from prefect_opencomputer.local.private_files import make_private_dir
 from prefect_opencomputer.local.sandbox import rootfs
 from prefect_opencomputer.local.sandbox.cgroups import CgroupHost, CgroupsUnavailable, Limits
@@ -280,7 +290,7 @@ class LocalBackend:
         log lines go to ``on_build_log``.
         """
         if request.webhooks:
-            raise WireError(501, "sandbox webhooks are not supported by the local server yet")
+            raise Unsupported("sandbox webhooks are not supported by the local server yet")
         if request.image is not None or request.snapshot:
             return await self.images.create_sandbox(
                 self.images.source(request.image, request.snapshot),
@@ -295,7 +305,7 @@ class LocalBackend:
         cpu_count, memory_mb = sizing.resolve_tier(request.cpu_count, request.memory_mb)
         disk_mb = sizing.resolve_disk(request.disk_mb)
         if request.secret_store:
-            raise WireError(400, f"secret store not found: {request.secret_store}")
+            raise Invalid(f"secret store not found: {request.secret_store}")
         token: str | None = None
         token_hash: str | None = None
         if request.preview_auth is not None:
@@ -323,7 +333,7 @@ class LocalBackend:
         except BaseException as error:
             await self.discard_sandbox(record.id)
             if isinstance(error, Exception):
-                raise WireError(500, f"worker create failed: {error}") from error
+                raise Failed(f"worker create failed: {error}") from error
             raise
         return record, token
 
@@ -331,7 +341,7 @@ class LocalBackend:
         """The sandbox, whatever its status; 404 when this server never had it."""
         record = self.store.sandbox(sandbox_id)
         if record is None or record.status == "pending":
-            raise WireError(404, "sandbox not found")
+            raise NotFound("sandbox not found")
         return record
 
     def listed_sandboxes(self) -> list[SandboxRecord]:
@@ -356,7 +366,7 @@ class LocalBackend:
 
     async def set_timeout(self, sandbox_id: str, timeout: int) -> None:
         if timeout < 0:
-            raise WireError(400, "timeout must be non-negative (0 = no timeout)")
+            raise Invalid("timeout must be non-negative (0 = no timeout)")
         async with self.data_plane(sandbox_id) as record:
             record.timeout = timeout
             self.store.save_sandbox(record)
@@ -370,7 +380,7 @@ class LocalBackend:
             if record.status == "running":
                 await self.suspend(record)
             elif record.status != "hibernated":
-                raise WireError(400, "sandbox is not running")
+                raise Invalid("sandbox is not running")
         return record
 
     async def wake(self, sandbox_id: str) -> SandboxRecord:
@@ -379,7 +389,7 @@ class LocalBackend:
         async with self.lifecycle_lock(sandbox_id):
             record = self.sandbox(sandbox_id)
             if record.status not in ("running", "hibernated"):
-                raise WireError(400, "sandbox is not hibernated")
+                raise Invalid("sandbox is not hibernated")
             if not self._is_live(record):
                 await self._wake_locked(record)
         return record
@@ -419,13 +429,12 @@ class LocalBackend:
             epoch = self._epochs.get(sandbox_id)
             try:
                 yield record
-            except (SandboxNotRunning, WireError, OSError) as error:
-                if isinstance(error, WireError) and error.status != 404:
+            except (SandboxNotRunning, BackendError, OSError) as error:
+                if isinstance(error, BackendError) and not isinstance(error, NotFound):
                     raise
                 if self._epochs.get(sandbox_id) == epoch and not isinstance(error, SandboxNotRunning):
                     raise
-                raise WireError(
-                    503,
+                raise RetryLater(
                     f"sandbox {sandbox_id} was stopped or restarted during the request, retry",
                     headers={"Retry-After": "1"},
                     retryable=True,
@@ -435,7 +444,7 @@ class LocalBackend:
         """Fail now (404/410) for a sandbox no data call can reach, without waking it."""
         record = self.sandbox(sandbox_id)
         if record.status not in ("running", "hibernated"):
-            raise WireError(410, f"sandbox {sandbox_id} has been stopped")
+            raise Stopped(f"sandbox {sandbox_id} has been stopped")
         return record
 
     def touch(self, sandbox_id: str) -> None:
@@ -465,8 +474,7 @@ class LocalBackend:
                 )
         if result.truncated:
             limit = MAX_RUN_OUTPUT_BYTES // (1024 * 1024)
-            raise WireError(
-                500,
+            raise Failed(
                 f"exec in {sandbox_id}: output exceeded {limit} MiB on stdout or stderr; "
                 "redirect it to a file and read the file instead",
                 code="output_too_large",
@@ -514,7 +522,7 @@ class LocalBackend:
         self.touch(sandbox_id)
         session = self.exec_sessions.retained(sandbox_id, exec_id)
         if session is None:
-            raise WireError(404, f"exec {exec_id} not found")
+            raise NotFound(f"exec {exec_id} not found")
         return session
 
     async def sessions(self, sandbox_id: str) -> list[ExecSession]:
@@ -525,7 +533,7 @@ class LocalBackend:
         """Signal a session's command (0 means SIGKILL, as in the service)."""
         signum = signum or signal.SIGKILL
         if not 1 <= signum < signal.NSIG:
-            raise WireError(400, f"invalid signal {signum}")
+            raise Invalid(f"invalid signal {signum}")
         async with self.data_plane(sandbox_id):
             self._session(sandbox_id, session_id).kill(signum)
 
@@ -550,7 +558,7 @@ class LocalBackend:
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A TCP connection to ``port`` inside the sandbox, waking it if it hibernates.
 
-        Raises `WireError` 404/410 for unknown/stopped sandboxes and `OSError` (e.g.
+        Raises `BackendError` 404/410 for unknown/stopped sandboxes and `OSError` (e.g.
         ``ConnectionRefusedError``) when nothing listens on the port.
         """
         async with self.data_plane(sandbox_id):
@@ -579,8 +587,7 @@ class LocalBackend:
         active = len(self.store.sandboxes(status="running")) + len(self.store.sandboxes(status="pending"))
         limit = self.max_running_sandboxes
         if active >= limit:
-            raise WireError(
-                429,
+            raise TooMany(
                 f"concurrent sandbox limit reached ({active}/{limit}) — hibernate or delete one before "
                 "creating another",
                 active=active,
@@ -676,12 +683,12 @@ class LocalBackend:
             await self.boot(record)
         except Exception as error:
             logger.warning("waking %s failed: %s", record.id, error)
-            raise WireError(502, f"sandbox {record.id}: failed to wake: {error}") from error
+            raise Unreachable(f"sandbox {record.id}: failed to wake: {error}") from error
 
     def _session(self, sandbox_id: str, session_id: str) -> ExecSession:
         session = self.exec_sessions.get(sandbox_id, session_id)
         if session is None:
-            raise WireError(404, f"exec session {session_id} not found")
+            raise NotFound(f"exec session {session_id} not found")
         return session
 
     async def _hibernate_if_idle(self, sandbox_id: str) -> None:
@@ -702,7 +709,7 @@ def _exec_errors(sandbox_id: str) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        raise WireError(500, f"exec in {sandbox_id}: {error}") from error
+        raise Failed(f"exec in {sandbox_id}: {error}") from error
 
 
 def _no_build_log(step: int, step_type: str, message: str) -> None:

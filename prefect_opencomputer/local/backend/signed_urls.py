@@ -12,7 +12,7 @@ import hmac
 import time
 from typing import Literal
 
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import Forbidden, Invalid
 
 Operation = Literal["download", "upload"]
 DEFAULT_EXPIRY_SECONDS = 3600
@@ -31,22 +31,22 @@ class UrlSigner:
         return hmac.new(self._secret, payload.encode(), hashlib.sha256).hexdigest()
 
     def verify(self, sandbox_id: str, path: str, operation: Operation, expires: str, signature: str) -> None:
-        """Raise a 400/403 `WireError` unless the URL is complete, unexpired and genuine."""
+        """Raise a 400/403 `BackendError` unless the URL is complete, unexpired and genuine."""
         if not path or not expires or not signature:
-            raise WireError(400, "path, expires, and signature are required")
+            raise Invalid("path, expires, and signature are required")
         try:
             expires_at = int(expires)
         except ValueError:
-            raise WireError(400, f"invalid expiration: cannot parse {expires!r} as an integer") from None
+            raise Invalid(f"invalid expiration: cannot parse {expires!r} as an integer") from None
         if time.time() > expires_at:
-            raise WireError(403, "signed URL expired")
+            raise Forbidden("signed URL expired")
         try:
             presented = binascii.unhexlify(signature)
         except (binascii.Error, ValueError):
-            raise WireError(403, "invalid signature encoding") from None
+            raise Forbidden("invalid signature encoding") from None
         expected = bytes.fromhex(self.sign(sandbox_id, path, operation, expires_at))
         if not hmac.compare_digest(presented, expected):
-            raise WireError(403, "invalid signature")
+            raise Forbidden("invalid signature")
 
 
 def expiry_seconds(requested: int) -> int:

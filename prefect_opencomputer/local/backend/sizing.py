@@ -6,7 +6,7 @@ service would refuse is refused here too, with the same message.
 
 from __future__ import annotations
 
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import Invalid, NotFound
 
 # The built-in public templates; locally they are all the same base image.
 TEMPLATES = frozenset({"default", "base", "ubuntu", "python", "node"})
@@ -25,7 +25,7 @@ def resolve_template(template: str) -> str:
     if not template:
         return DEFAULT_TEMPLATE
     if template not in TEMPLATES:
-        raise WireError(404, f"template not found: {template}")
+        raise NotFound(f"template not found: {template}")
     return template
 
 
@@ -35,30 +35,27 @@ def resolve_tier(cpu_count: int, memory_mb: int) -> tuple[int, int]:
         return DEFAULT_CPU_COUNT, DEFAULT_MEMORY_MB
     if cpu_count == 0:
         if memory_mb > MAX_MEMORY_MB:
-            raise WireError(
-                400,
+            raise Invalid(
                 f"memoryMB={memory_mb} exceeds the largest self-serve tier ({MAX_MEMORY_MB} MB). "
                 "Contact us for enterprise sizing.",
             )
         for tier_memory, tier_cpus in TIERS:
             if memory_mb == tier_memory:
                 return tier_cpus, memory_mb
-        raise WireError(400, f"memoryMB must be one of: 1024, 4096, 8192, 16384 (got {memory_mb})")
+        raise Invalid(f"memoryMB must be one of: 1024, 4096, 8192, 16384 (got {memory_mb})")
     if memory_mb == 0:
         if cpu_count > MAX_CPU_COUNT:
-            raise WireError(
-                400,
+            raise Invalid(
                 f"cpuCount={cpu_count} exceeds the largest self-serve tier ({MAX_CPU_COUNT} vCPU). "
                 "Contact us for enterprise sizing.",
             )
         for tier_memory, tier_cpus in TIERS:
             if cpu_count == tier_cpus:
                 return cpu_count, tier_memory
-        raise WireError(400, f"cpuCount must be one of: 1, 2, 4 (got {cpu_count})")
+        raise Invalid(f"cpuCount must be one of: 1, 2, 4 (got {cpu_count})")
     if (memory_mb, cpu_count) in TIERS:
         return cpu_count, memory_mb
-    raise WireError(
-        400,
+    raise Invalid(
         f"cpuCount {cpu_count} and memoryMB {memory_mb} do not match an allowed tier; valid "
         "combinations: 1/1024, 1/4096, 2/8192, 4/16384, 8/32768, 16/65536",
     )
@@ -68,9 +65,9 @@ def resolve_disk(disk_mb: int) -> int:
     if disk_mb == 0:
         return MIN_DISK_MB
     if disk_mb < MIN_DISK_MB:
-        raise WireError(400, f"diskMB must be at least {MIN_DISK_MB} (20GB)")
+        raise Invalid(f"diskMB must be at least {MIN_DISK_MB} (20GB)")
     if disk_mb > MAX_DISK_MB:
-        raise WireError(400, f"diskMB cannot exceed {MAX_DISK_MB} (256GB)")
+        raise Invalid(f"diskMB cannot exceed {MAX_DISK_MB} (256GB)")
     return disk_mb
 
 

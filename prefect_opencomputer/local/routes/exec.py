@@ -20,7 +20,7 @@ from prefect_opencomputer.local.backend.exec_sessions import (
 )
 from prefect_opencomputer.local.backend.records import rfc3339
 from prefect_opencomputer.local.backend.service import LocalBackend
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import BackendError, Invalid
 from prefect_opencomputer.local.routes.deps import BackendDep
 from prefect_opencomputer.local.routes.sandboxes import Int64
 from prefect_opencomputer.local.sandbox.runtime import CommandResult
@@ -75,7 +75,7 @@ def _reject_nul_bytes(body: RunBody | SessionBody) -> None:
     texts = [body.cmd or "", body.cwd or "", *(body.args or [])]
     texts += [text for pair in (body.envs or {}).items() for text in pair]
     if any("\0" in text for text in texts):
-        raise WireError(400, "cmd, args, envs and cwd must not contain a NUL byte")
+        raise Invalid("cmd, args, envs and cwd must not contain a NUL byte")
 
 
 def result_json(result: CommandResult) -> dict[str, object]:
@@ -108,7 +108,7 @@ async def run_command(
     """Run to completion. ``args`` empty means ``cmd`` is a shell string for ``/bin/sh -c``."""
     body = body or RunBody()
     if not body.cmd:
-        raise WireError(400, "cmd is required")
+        raise Invalid("cmd is required")
     _reject_nul_bytes(body)
     argv = [body.cmd, *body.args] if body.args else ["/bin/sh", "-c", body.cmd]
     timeout = body.timeout if body.timeout and body.timeout > 0 else DEFAULT_RUN_TIMEOUT
@@ -134,7 +134,7 @@ async def _keepalive_then_result(run: asyncio.Future[CommandResult]) -> AsyncIte
             yield b" "
         try:
             body: dict[str, object] = result_json(run.result())
-        except WireError as error:
+        except BackendError as error:
             body = error.body()
         except Exception as error:
             body = {"error": f"exec failed: {error}"}
@@ -153,7 +153,7 @@ async def run_async(sandbox_id: str, backend: BackendDep, body: RunBody | None =
     """
     body = body or RunBody()
     if not body.cmd:
-        raise WireError(400, "cmd is required")
+        raise Invalid("cmd is required")
     _reject_nul_bytes(body)
     session = await backend.start_session(
         sandbox_id,
@@ -194,7 +194,7 @@ async def create_session(
     """Start an argv command (no shell) whose output clients attach to over WebSocket."""
     body = body or SessionBody()
     if not body.cmd:
-        raise WireError(400, "cmd is required")
+        raise Invalid("cmd is required")
     _reject_nul_bytes(body)
     session = await backend.start_session(
         sandbox_id,

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_opencomputer.local.backend.service import LocalBackend
 from prefect_opencomputer.local.backend.signed_urls import Operation, expiry_seconds
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import Invalid
 from prefect_opencomputer.local.routes.deps import BackendDep
 from prefect_opencomputer.local.routes.sandboxes import Int64
 
@@ -33,14 +33,14 @@ class SignedUrlBody(BaseModel):
 
 def _require_path(path: str | None) -> str:
     if not path:
-        raise WireError(400, "path query parameter is required")
+        raise Invalid("path query parameter is required")
     return _valid_path(path)
 
 
 def _valid_path(path: str) -> str:
     """No file system takes a NUL in a name: refuse it here, before any lookup."""
     if "\0" in path:
-        raise WireError(400, "path must not contain a NUL byte")
+        raise Invalid("path must not contain a NUL byte")
     return path
 
 
@@ -120,7 +120,7 @@ def _signed_url(
 ) -> dict[str, str]:
     """A URL pointing back at this server, as the client reached it."""
     if not body.path:
-        raise WireError(400, "path is required")
+        raise Invalid("path is required")
     backend.require_live(sandbox_id)
     expires = int(time.time()) + expiry_seconds(body.expires_in or 0)
     signature = backend.signer.sign(sandbox_id, body.path, operation, expires)

@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from prefect_opencomputer.local.backend.image_catalog import ImageRecord
 from prefect_opencomputer.local.backend.images import BuildLogSink, ImageBuildError
 from prefect_opencomputer.local.backend.records import LOCAL_ORG_ID, rfc3339
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import BackendError
 from prefect_opencomputer.local.routes.deps import BackendDep
 
 router = APIRouter()
@@ -97,7 +97,7 @@ async def _frames(operation: BuildOperation) -> AsyncIterator[bytes]:
     async def run() -> None:
         try:
             result = await operation(log)
-        except (WireError, ImageBuildError) as error:
+        except (BackendError, ImageBuildError) as error:
             frame = event_frame("error", {"error": str(error)})
         except Exception as error:
             logger.exception("build stream failed")

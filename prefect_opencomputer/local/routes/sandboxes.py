@@ -17,7 +17,7 @@ from prefect_opencomputer.local.backend.records import (
     rfc3339_millis,
 )
 from prefect_opencomputer.local.backend.service import LocalBackend, SandboxRequest
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import Invalid
 from prefect_opencomputer.local.routes.deps import BackendDep
 from prefect_opencomputer.local.routes.images import build_event_stream, wants_event_stream
 
@@ -147,7 +147,7 @@ async def _create_from_image(backend: LocalBackend, request: SandboxRequest, str
     try:
         record, preview_token = await backend.create_sandbox(request)
     except ImageBuildError as error:
-        raise WireError(400, str(error)) from error
+        raise Invalid(str(error)) from error
     return JSONResponse(fork_json(record, preview_token, backend), status_code=201)
 
 
@@ -241,5 +241,5 @@ async def put_tags(sandbox_id: str, request: Request, backend: BackendDep) -> di
     try:
         tags = json.loads(raw) if raw.strip() else None
     except ValueError:
-        raise WireError(400, "request body must be a flat { key: string } map") from None
+        raise Invalid("request body must be a flat { key: string } map") from None
     return tags_json(backend.replace_tags(sandbox_id, tags))

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, WebSocket
 
-from prefect_opencomputer.local.errors import WireError
+from prefect_opencomputer.local.errors import BackendError, Unsupported
 
 router = APIRouter()
 
@@ -47,8 +47,8 @@ _UNSUPPORTED: list[tuple[str, str]] = [
 ]
 
 
-def _refuse(what: str) -> WireError:
-    return WireError(501, f"{what} is not supported by the local server")
+def _refuse(what: str) -> BackendError:
+    return Unsupported(f"{what} is not supported by the local server")
 
 
 def _http_endpoint(what: str) -> Callable[[], Awaitable[None]]:
