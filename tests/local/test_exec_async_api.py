@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from prefect_opencomputer.local.backend import exec_sessions
+from prefect_opencomputer.local.backend import exec as exec_sessions
 
 EXEC_ID = re.compile(r"^[0-9a-f]{8}$")
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")

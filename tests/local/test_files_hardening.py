@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from prefect_opencomputer.local.backend.sandbox_files import FileWorkers
+from prefect_opencomputer.local.backend.files import FileWorkers
 from prefect_opencomputer.local.errors import BackendError
 from prefect_opencomputer.local.sandbox.fileops import NotRegularFileError, RootedFiles
 

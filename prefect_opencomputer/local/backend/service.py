@@ -22,7 +22,8 @@ from pathlib import Path
 
 from prefect_opencomputer.local.backend import preview_auth, sizing
 from prefect_opencomputer.local.backend.checkpoints import Checkpoints
-from prefect_opencomputer.local.backend.exec_sessions import ExecSession, ExecSessionTable, Listener
+from prefect_opencomputer.local.backend.exec import ExecSession, ExecSessionTable, Listener
+from prefect_opencomputer.local.backend.files import SandboxFiles
 from prefect_opencomputer.local.backend.idle import IdleTracker
 from prefect_opencomputer.local.backend.images import BuildLogSink, Images
 from prefect_opencomputer.local.backend.previews import Previews
@@ -34,7 +35,6 @@ from prefect_opencomputer.local.backend.records import (
     new_token,
     utc_now,
 )
-from prefect_opencomputer.local.backend.sandbox_files import SandboxFiles
 from prefect_opencomputer.local.backend.signed_urls import UrlSigner
 from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.backend.tags import parse_tags

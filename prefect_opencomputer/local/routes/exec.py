@@ -12,7 +12,7 @@ from fastapi import APIRouter, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from prefect_opencomputer.local.backend.exec_sessions import (
+from prefect_opencomputer.local.backend.exec import (
     REPLAY_END,
     STDIN,
     ExecSession,
