@@ -1,0 +1,40 @@
+"""`--no-limits`: sandboxes run without cgroups, and the server says what that costs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from prefect_opencomputer.local import LocalServer
+from prefect_opencomputer.local.backend.service import prepare_host
+from prefect_opencomputer.local.config import LocalServerConfig
+
+
+def test_without_limits_the_server_says_nothing_is_enforced(tmp_path: Path) -> None:
+    config = LocalServerConfig(data_dir=tmp_path, api_key="k", limits=False)
+    line = prepare_host(config, progress=lambda _: None)
+    assert line.startswith("limits: none (--no-limits)")
+
+
+def test_with_limits_the_server_names_the_cgroups_in_force(tmp_path: Path) -> None:
+    config = LocalServerConfig(data_dir=tmp_path, api_key="k")
+    line = prepare_host(config, progress=lambda _: None)
+    assert "memory" in line and "pids" in line and "freezer" in line
+
+
+def test_without_limits_sandboxes_run_and_hibernate_stops_their_processes() -> None:
+    with (
+        LocalServer(limits=False) as server,
+        httpx.Client(base_url=server.api_url, headers={"X-API-Key": server.api_key}, timeout=60) as http,
+    ):
+        sandbox = http.post("/sandboxes", json={"timeout": 0}).json()["sandboxID"]
+        started = "echo kept > kept.txt; nohup sleep 600 >/dev/null 2>&1 &"
+        assert http.post(f"/sandboxes/{sandbox}/exec/run", json={"cmd": started}).json()["exitCode"] == 0
+        assert http.post(f"/sandboxes/{sandbox}/hibernate").status_code == 200
+        after = http.post(
+            f"/sandboxes/{sandbox}/exec/run", json={"cmd": 'cat kept.txt; pgrep -c "slee[p] 600" || true'}
+        ).json()
+        # No freezer: the disk stays, the processes do not (as the README says of --no-limits).
+        assert after["stdout"] == "kept\n0\n"
+        assert http.delete(f"/sandboxes/{sandbox}").status_code == 204
