@@ -16,7 +16,7 @@ from pathlib import Path
 from bench import baselines, services
 from bench.results import BenchmarkResult, Samples
 from prefect_opencomputer.client import OpenComputerClient
-from prefect_opencomputer.local.backend.service import discover_cgroups, template_root
+from prefect_opencomputer.local.backend.sandboxes import discover_cgroups, template_root
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.sandbox import rootfs
 from prefect_opencomputer.local.sandbox.cgroups import Limits

@@ -95,7 +95,7 @@ def local_serve(
 
     from uvicorn.config import LOGGING_CONFIG
 
-    from prefect_opencomputer.local.backend.service import prepare_host
+    from prefect_opencomputer.local.backend.sandboxes import prepare_host
     from prefect_opencomputer.local.config import LocalServerConfig
     from prefect_opencomputer.local.embedded import new_api_key
     from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable

@@ -23,7 +23,7 @@ import anyio.to_thread
 import uvicorn
 from fastapi import FastAPI
 
-from prefect_opencomputer.local.backend.service import prepare_host
+from prefect_opencomputer.local.backend.sandboxes import prepare_host
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.serve import (
     LocalServerError,

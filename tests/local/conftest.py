@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from prefect_opencomputer.local.backend.service import template_root
+from prefect_opencomputer.local.backend.sandboxes import template_root
 from prefect_opencomputer.local.sandbox import rootfs
 from prefect_opencomputer.local.sandbox.cgroups import CgroupHost
 from prefect_opencomputer.local.sandbox.network import registry_exceptions

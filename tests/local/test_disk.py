@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from prefect_opencomputer.local import LocalServer
-from prefect_opencomputer.local.backend.service import template_root
+from prefect_opencomputer.local.backend.sandboxes import template_root
 from prefect_opencomputer.local.sandbox import disk, rootfs
 from prefect_opencomputer.local.sandbox.runtime import SandboxRuntime
 

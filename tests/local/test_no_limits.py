@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 
 from prefect_opencomputer.local import LocalServer
-from prefect_opencomputer.local.backend.service import prepare_host
+from prefect_opencomputer.local.backend.sandboxes import prepare_host
 from prefect_opencomputer.local.config import LocalServerConfig
 
 

@@ -195,7 +195,8 @@ async def test_list_shows_every_status_newest_first_in_the_hosted_edge_shape(
 
 def test_list_holds_the_newest_200_and_never_an_unacknowledged_create(tmp_path: Path) -> None:
     backend = LocalBackend(LocalServerConfig(data_dir=tmp_path, api_key="k"))
-    store = backend._store = StateStore(tmp_path / "state.db")
+    store = StateStore(tmp_path / "state.db")
+    backend.sandboxes.open(store)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     for n in range(205):
         status: SandboxStatus = "pending" if n == 204 else "stopped"

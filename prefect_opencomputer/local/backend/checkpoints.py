@@ -30,7 +30,7 @@ from prefect_opencomputer.local.errors import BackendError, Failed, Invalid, Nam
 from prefect_opencomputer.local.sandbox import copying
 
 if TYPE_CHECKING:
-    from prefect_opencomputer.local.backend.service import LocalBackend
+    from prefect_opencomputer.local.backend.sandboxes import Sandboxes
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +69,9 @@ class _LayerReaders:
 
 
 class Checkpoints:
-    """Checkpoint and patch behaviour of a `LocalBackend`."""
+    """Checkpoint and patch behaviour over the sandboxes core."""
 
-    def __init__(self, backend: LocalBackend) -> None:
+    def __init__(self, backend: Sandboxes) -> None:
         self._backend = backend
         self._copies: dict[str, asyncio.Task[None]] = {}
         self._readers = _LayerReaders()

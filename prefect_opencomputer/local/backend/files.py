@@ -33,7 +33,7 @@ from prefect_opencomputer.local.errors import (
 from prefect_opencomputer.local.sandbox.fileops import DirEntry, NotRegularFileError, PathEscapeError
 
 if TYPE_CHECKING:
-    from prefect_opencomputer.local.backend.service import LocalBackend
+    from prefect_opencomputer.local.backend.sandboxes import Sandboxes
 
 CHUNK_BYTES = 256 * 1024
 # Writes are gathered into blocks this size before a thread hop.
@@ -110,7 +110,7 @@ class Download:
     """An open file of a sandbox, read in chunks while the sandbox is held awake."""
 
     def __init__(
-        self, backend: LocalBackend, workers: FileWorkers, sandbox_id: str, handle: BinaryIO, size: int
+        self, backend: Sandboxes, workers: FileWorkers, sandbox_id: str, handle: BinaryIO, size: int
     ) -> None:
         self._backend = backend
         self._workers = workers
@@ -133,9 +133,9 @@ class Download:
 
 
 class SandboxFiles:
-    """File behaviour of a `LocalBackend`."""
+    """File behaviour over the sandboxes core."""
 
-    def __init__(self, backend: LocalBackend) -> None:
+    def __init__(self, backend: Sandboxes) -> None:
         self._backend = backend
         config = backend.config
         self.workers = FileWorkers(config.file_workers, config.file_operation_timeout)

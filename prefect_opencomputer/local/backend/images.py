@@ -31,7 +31,8 @@ from prefect_opencomputer.local.backend.records import (
 from prefect_opencomputer.local.errors import Invalid, NotFound
 
 if TYPE_CHECKING:
-    from prefect_opencomputer.local.backend.service import LocalBackend
+    from prefect_opencomputer.local.backend.checkpoints import Checkpoints
+    from prefect_opencomputer.local.backend.sandboxes import Sandboxes
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +72,11 @@ class _Build:
 
 
 class Images:
-    """Image and snapshot behaviour of a `LocalBackend`."""
+    """Image and snapshot behaviour over the sandboxes core."""
 
-    def __init__(self, backend: LocalBackend) -> None:
+    def __init__(self, backend: Sandboxes, checkpoints: Checkpoints) -> None:
         self._backend = backend
+        self._checkpoints = checkpoints
         self._catalog: ImageCatalog | None = None
         self._builds: dict[str, _Build] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -150,7 +152,7 @@ class Images:
             log(0, "resolve", f"Resolving snapshot '{source.snapshot}'...")
             checkpoint_id = self._ready_snapshot(source.snapshot)
         log(0, "create", "Creating sandbox from image...")
-        record = await self._backend.checkpoints.fork(
+        record = await self._checkpoints.fork(
             checkpoint_id,
             envs=envs,
             metadata=metadata,

@@ -9,7 +9,7 @@ from prefect_opencomputer.local.backend.records import PreviewRecord, new_token,
 from prefect_opencomputer.local.errors import Invalid, NotFound, Stopped
 
 if TYPE_CHECKING:
-    from prefect_opencomputer.local.backend.service import LocalBackend
+    from prefect_opencomputer.local.backend.sandboxes import Sandboxes
 
 
 def preview_hostname(sandbox_id: str, port: int, domain: str) -> str:
@@ -17,9 +17,9 @@ def preview_hostname(sandbox_id: str, port: int, domain: str) -> str:
 
 
 class Previews:
-    """Preview URL behaviour of a `LocalBackend`."""
+    """Preview URL behaviour over the sandboxes core."""
 
-    def __init__(self, backend: LocalBackend) -> None:
+    def __init__(self, backend: Sandboxes) -> None:
         self._backend = backend
 
     def create(

@@ -1,61 +1,53 @@
-"""The local server's backend: what sandboxes are and how they live, independent of HTTP.
+"""The local server's backend as the routes see it, independent of HTTP.
 
-`LocalBackend` owns the durable state, the sandbox runtime, the idle timer and the exec sessions.
-Routers call it and turn its records into wire shapes; it raises `BackendError` for every client
-mistake. Lifecycle changes of one sandbox (boot, hibernate, restore, kill, checkpoint copy) are
-serialised by a per-sandbox lock; data-plane calls take the lock only when they must wake it.
+`LocalBackend` composes the sandboxes core (`sandboxes.Sandboxes`: records, runtime, locks,
+lifecycle) with the resources built on it (checkpoints, images, previews, files, exec sessions)
+and answers the sandbox and exec routes itself. Routers turn its records into wire shapes; it
+raises a named `BackendError` for every client mistake.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import ipaddress
 import logging
 import secrets
 import signal
-import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from prefect_opencomputer.local.backend import preview_auth, sizing
 from prefect_opencomputer.local.backend.checkpoints import Checkpoints
-from prefect_opencomputer.local.backend.exec import ExecSession, ExecSessionTable, Listener
+from prefect_opencomputer.local.backend.exec import ExecSession, Listener
 from prefect_opencomputer.local.backend.files import SandboxFiles
-from prefect_opencomputer.local.backend.idle import IdleTracker
 from prefect_opencomputer.local.backend.images import BuildLogSink, Images
 from prefect_opencomputer.local.backend.previews import Previews
 from prefect_opencomputer.local.backend.records import (
     SandboxRecord,
-    SandboxStatus,
-    new_sandbox_id,
     new_session_id,
     new_token,
     utc_now,
+)
+from prefect_opencomputer.local.backend.sandboxes import (
+    Sandboxes,
+    discover_cgroups,
+    egress_allowed,
+    template_root,
 )
 from prefect_opencomputer.local.backend.signed_urls import UrlSigner
 from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.backend.tags import parse_tags
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.errors import (
-    BackendError,
     Failed,
     Invalid,
     NotFound,
-    RetryLater,
-    Stopped,
-    TooMany,
-    Unreachable,
     Unsupported,
 )
 from prefect_opencomputer.local.private_files import make_private_dir
-from prefect_opencomputer.local.sandbox import rootfs
-from prefect_opencomputer.local.sandbox.cgroups import CgroupHost, CgroupsUnavailable, Limits
+from prefect_opencomputer.local.sandbox.cgroups import CgroupsUnavailable
 from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
-from prefect_opencomputer.local.sandbox.network import IPNetwork, registry_exceptions
-from prefect_opencomputer.local.sandbox.runtime import CommandResult, SandboxNotRunning, SandboxRuntime
+from prefect_opencomputer.local.sandbox.runtime import CommandResult
 
 logger = logging.getLogger(__name__)
 
@@ -64,75 +56,6 @@ _SIGNING_SECRET_KEY = "url_signing_secret"
 MAX_RUN_OUTPUT_BYTES = 64 * 1024 * 1024
 # How long `close()` lets checkpoint copies in flight finish before leaving them to recovery.
 _CLOSE_GRACE_SECONDS = 30.0
-MIB = 1024 * 1024
-# Processes per sandbox: enough for a build with parallel jobs, not enough to fork-bomb the host.
-MAX_PROCESSES = 4096
-
-
-def sandbox_limits(record: SandboxRecord) -> Limits:
-    """The cgroup limits of a sandbox's size: its memory tier, its vCPUs as a CPU quota."""
-    return Limits(record.memory_mb * MIB, MAX_PROCESSES, float(record.cpu_count))
-
-
-def cgroup_group(data_dir: Path) -> str:
-    """One cgroup per server data dir, so a server sweeps only the leftovers of its own sandboxes."""
-    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
-    return f"prefect-opencomputer-{digest}"
-
-
-def discover_cgroups(config: LocalServerConfig) -> CgroupHost | None:
-    """The host's cgroups for sandbox limits; None when the server runs with ``--no-limits``.
-
-    Raises `CgroupsUnavailable` with the reason when limits are wanted but cannot be had.
-    """
-    if not config.limits:
-        return None
-    return CgroupHost.discover(group=cgroup_group(config.data_dir))
-
-
-def prepare_host(config: LocalServerConfig, progress: rootfs.Progress) -> str:
-    """Get this machine ready to serve, before the server starts answering; returns the limits line.
-
-    Compiles the sandbox helper, checks the cgroups, and builds the default template's root
-    filesystem: minutes on the very first run (``progress`` hears about it), a cache hit after.
-    Raises `RuntimeUnavailable` with a readable reason.
-    """
-    SandboxRuntime(
-        config.data_dir, cache=rootfs.cache_dir(), rootfs=template_root, cgroups=None
-    ).check_available()
-    try:
-        cgroups = discover_cgroups(config)
-    except CgroupsUnavailable as error:
-        raise RuntimeUnavailable(f"{error} (or start with --no-limits)") from error
-    built: list[BaseException] = []
-
-    def build() -> None:
-        try:
-            asyncio.run(rootfs.ensure_rootfs(sizing.DEFAULT_TEMPLATE, progress=progress))
-        except BaseException as error:
-            built.append(error)
-
-    # Its own thread and loop: the caller may be inside an event loop of its own.
-    worker = threading.Thread(target=build, name="rootfs-build")
-    worker.start()
-    worker.join()
-    if built:
-        raise RuntimeUnavailable(f"building the sandbox root filesystem failed: {built[0]}") from built[0]
-    if cgroups is None:
-        return "limits: none (--no-limits): memoryMB, cpuCount and process caps are not enforced"
-    return f"limits: {cgroups.describe()}"
-
-
-def egress_allowed(config: LocalServerConfig) -> frozenset[IPNetwork]:
-    """Special-range networks sandboxes may reach: the registries as this host resolves them, and
-    whatever the server was told (``--egress-allow``)."""
-    declared = {ipaddress.ip_network(network, strict=False) for network in config.egress_allow}
-    return registry_exceptions() | declared
-
-
-async def template_root(template: str) -> Path:
-    """A template's root filesystem, built on first use with its progress in the server log."""
-    return await rootfs.ensure_rootfs(template, progress=lambda line: logger.warning("%s", line))
 
 
 @dataclass(frozen=True)
@@ -166,39 +89,40 @@ class LocalBackend:
 
     def __init__(self, config: LocalServerConfig) -> None:
         self.config = config
-        self.runtime = SandboxRuntime(
-            root=config.data_dir / "runtime",
-            cache=rootfs.cache_dir(),
-            rootfs=template_root,
-            cgroups=None,
-            max_disk_mb=config.max_disk_mb,
-        )
-        self.idle = IdleTracker(self._hibernate_if_idle)
-        self.exec_sessions = ExecSessionTable()
-        self.checkpoints = Checkpoints(self)
-        self.previews = Previews(self)
-        self.files = SandboxFiles(self)
-        self.images = Images(self)
-        self._store: StateStore | None = None
+        self.sandboxes = Sandboxes(config)
+        self.runtime = self.sandboxes.runtime
+        self.idle = self.sandboxes.idle
+        self.exec_sessions = self.sandboxes.exec_sessions
+        self.checkpoints = Checkpoints(self.sandboxes)
+        self.previews = Previews(self.sandboxes)
+        self.files = SandboxFiles(self.sandboxes)
+        self.images = Images(self.sandboxes, self.checkpoints)
         self._signer: UrlSigner | None = None
-        self._locks: dict[str, asyncio.Lock] = {}
-        # Sandboxes whose layer is being copied into a checkpoint: data calls wait for the copy.
-        self._paused: dict[str, asyncio.Event] = {}
-        # Bumped whenever a sandbox's processes start or stop: an operation that sees it change
-        # knows the sandbox moved under it (its files vanished with the mount, not by a mistake).
-        self._epochs: dict[str, int] = {}
-        self._peak = 0
-        # Tests lower it through `/_test/limits`; `reset()` restores the configured value.
-        self.max_running_sandboxes = config.max_running_sandboxes
 
     def __repr__(self) -> str:
         return f"LocalBackend(data_dir={self.config.data_dir!r})"
 
     @property
     def store(self) -> StateStore:
-        if self._store is None:
-            raise RuntimeError("the backend is not started")
-        return self._store
+        return self.sandboxes.store
+
+    @property
+    def max_running_sandboxes(self) -> int:
+        return self.sandboxes.max_running_sandboxes
+
+    @max_running_sandboxes.setter
+    def max_running_sandboxes(self, limit: int) -> None:
+        self.sandboxes.max_running_sandboxes = limit
+
+    # What the routes ask of any sandbox, answered by the core.
+    def sandbox(self, sandbox_id: str) -> SandboxRecord:
+        return self.sandboxes.sandbox(sandbox_id)
+
+    def require_live(self, sandbox_id: str) -> SandboxRecord:
+        return self.sandboxes.require_live(sandbox_id)
+
+    def touch(self, sandbox_id: str) -> None:
+        self.sandboxes.touch(sandbox_id)
 
     @property
     def signer(self) -> UrlSigner:
@@ -220,7 +144,7 @@ class LocalBackend:
             # A killed server's sandboxes left their groups (and perhaps processes) behind.
             await asyncio.to_thread(self.runtime.cgroups.sweep)
         make_private_dir(self.config.data_dir)
-        self._store = StateStore(self.config.data_dir / "state.db")
+        self.sandboxes.open(StateStore(self.config.data_dir / "state.db"))
         secret = self.store.setting(_SIGNING_SECRET_KEY)
         if secret is None:
             secret = secrets.token_hex(32)
@@ -240,7 +164,7 @@ class LocalBackend:
                 await self.runtime.layers.remove_sandbox(record.id)
         await self.checkpoints.recover()
         await self.images.start()
-        self._peak = 0
+        self.sandboxes.peak = 0
         self.idle.start()
 
     async def close(self) -> None:
@@ -249,14 +173,15 @@ class LocalBackend:
         await self.images.close()
         await self.checkpoints.finish_copies(_CLOSE_GRACE_SECONDS)
         await self.exec_sessions.close_all()
-        if self._store is not None:
-            for record in self.store.sandboxes(status="running"):
+        opened = self.sandboxes.opened
+        if opened is not None:
+            for record in opened.sandboxes(status="running"):
                 record.status = "hibernated"
                 self.store.save_sandbox(record)
         await self.runtime.shutdown()
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        if opened is not None:
+            opened.close()
+            self.sandboxes.open(None)
 
     async def reset(self) -> None:
         """Kill and forget everything (test isolation); the server keeps running."""
@@ -265,7 +190,7 @@ class LocalBackend:
         await self.exec_sessions.close_all()
         known = {record.id for record in self.store.sandboxes()}
         for sandbox_id in known | set(self.runtime.running_ids()):
-            async with self.lifecycle_lock(sandbox_id):
+            async with self.sandboxes.lifecycle_lock(sandbox_id):
                 self.idle.forget(sandbox_id)
                 await self.runtime.destroy(sandbox_id)
         for checkpoint in self.store.checkpoints():
@@ -273,11 +198,11 @@ class LocalBackend:
         self.store.forget_everything()
         self.max_running_sandboxes = self.config.max_running_sandboxes
         self.idle.clear()
-        self._peak = len(self.runtime.running_ids())
+        self.sandboxes.peak = len(self.runtime.running_ids())
 
     def stats(self) -> dict[str, int]:
         """Sandboxes with live processes now, and the most at once since start or reset."""
-        return {"liveSandboxes": len(self.runtime.running_ids()), "peakSandboxes": self._peak}
+        return {"liveSandboxes": len(self.runtime.running_ids()), "peakSandboxes": self.sandboxes.peak}
 
     # -- sandboxes ---------------------------------------------------------------------------
 
@@ -311,7 +236,7 @@ class LocalBackend:
         if request.preview_auth is not None:
             token, token_hash = preview_auth.issue(*request.preview_auth)
         record = SandboxRecord(
-            id=self.admit_sandbox(),
+            id=self.sandboxes.admit_sandbox(),
             status="pending",
             template=template,
             timeout=max(0, request.timeout),
@@ -328,21 +253,14 @@ class LocalBackend:
         self.store.save_sandbox(record)
         try:
             await asyncio.to_thread(self.runtime.layers.create_sandbox, record.id, record.disk_mb)
-            async with self.lifecycle_lock(record.id):
-                await self.boot(record)
+            async with self.sandboxes.lifecycle_lock(record.id):
+                await self.sandboxes.boot(record)
         except BaseException as error:
-            await self.discard_sandbox(record.id)
+            await self.sandboxes.discard_sandbox(record.id)
             if isinstance(error, Exception):
                 raise Failed(f"worker create failed: {error}") from error
             raise
         return record, token
-
-    def sandbox(self, sandbox_id: str) -> SandboxRecord:
-        """The sandbox, whatever its status; 404 when this server never had it."""
-        record = self.store.sandbox(sandbox_id)
-        if record is None or record.status == "pending":
-            raise NotFound("sandbox not found")
-        return record
 
     def listed_sandboxes(self) -> list[SandboxRecord]:
         """What the hosted list shows: every status but in-flight creates, newest first, at most 200."""
@@ -351,7 +269,7 @@ class LocalBackend:
     async def kill_sandbox(self, sandbox_id: str) -> None:
         """Stop it for good: processes, layer and preview URLs go; its record and checkpoints stay."""
         self.sandbox(sandbox_id)
-        async with self.lifecycle_lock(sandbox_id):
+        async with self.sandboxes.lifecycle_lock(sandbox_id):
             record = self.sandbox(sandbox_id)
             if record.status == "stopped":
                 return
@@ -359,15 +277,12 @@ class LocalBackend:
             record.stopped_at = utc_now()
             self.store.save_sandbox(record)
             self.store.delete_previews(sandbox_id)
-            await self.exec_sessions.close_sandbox(sandbox_id)
-            self.idle.forget(sandbox_id)
-            self._epochs[sandbox_id] = self._epochs.get(sandbox_id, 0) + 1
-            await self.runtime.destroy(sandbox_id)
+            await self.sandboxes.destroy(sandbox_id)
 
     async def set_timeout(self, sandbox_id: str, timeout: int) -> None:
         if timeout < 0:
             raise Invalid("timeout must be non-negative (0 = no timeout)")
-        async with self.data_plane(sandbox_id) as record:
+        async with self.sandboxes.data_plane(sandbox_id) as record:
             record.timeout = timeout
             self.store.save_sandbox(record)
             self.idle.watch(sandbox_id, timeout)
@@ -375,10 +290,10 @@ class LocalBackend:
     async def hibernate(self, sandbox_id: str) -> SandboxRecord:
         """Stop its processes and keep its disk; idempotent for a hibernated sandbox."""
         self.sandbox(sandbox_id)
-        async with self.lifecycle_lock(sandbox_id):
+        async with self.sandboxes.lifecycle_lock(sandbox_id):
             record = self.sandbox(sandbox_id)
             if record.status == "running":
-                await self.suspend(record)
+                await self.sandboxes.suspend(record)
             elif record.status != "hibernated":
                 raise Invalid("sandbox is not running")
         return record
@@ -386,12 +301,12 @@ class LocalBackend:
     async def wake(self, sandbox_id: str) -> SandboxRecord:
         """Boot a hibernated sandbox over its disk; idempotent for a running one."""
         self.sandbox(sandbox_id)
-        async with self.lifecycle_lock(sandbox_id):
+        async with self.sandboxes.lifecycle_lock(sandbox_id):
             record = self.sandbox(sandbox_id)
             if record.status not in ("running", "hibernated"):
                 raise Invalid("sandbox is not hibernated")
-            if not self._is_live(record):
-                await self._wake_locked(record)
+            if not self.sandboxes.is_live(record):
+                await self.sandboxes.wake_locked(record)
         return record
 
     def tags(self, sandbox_id: str) -> SandboxRecord:
@@ -418,39 +333,6 @@ class LocalBackend:
 
     # -- the data plane ----------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def data_plane(self, sandbox_id: str) -> AsyncIterator[SandboxRecord]:
-        """Hold a sandbox awake for one operation, waking it first if it hibernates.
-
-        404 for an unknown sandbox, 410 for a stopped one.
-        """
-        with self.idle.busy(sandbox_id):
-            record = await self._awake(sandbox_id)
-            epoch = self._epochs.get(sandbox_id)
-            try:
-                yield record
-            except (SandboxNotRunning, BackendError, OSError) as error:
-                if isinstance(error, BackendError) and not isinstance(error, NotFound):
-                    raise
-                if self._epochs.get(sandbox_id) == epoch and not isinstance(error, SandboxNotRunning):
-                    raise
-                raise RetryLater(
-                    f"sandbox {sandbox_id} was stopped or restarted during the request, retry",
-                    headers={"Retry-After": "1"},
-                    retryable=True,
-                ) from None
-
-    def require_live(self, sandbox_id: str) -> SandboxRecord:
-        """Fail now (404/410) for a sandbox no data call can reach, without waking it."""
-        record = self.sandbox(sandbox_id)
-        if record.status not in ("running", "hibernated"):
-            raise Stopped(f"sandbox {sandbox_id} has been stopped")
-        return record
-
-    def touch(self, sandbox_id: str) -> None:
-        """Record traffic on a sandbox (restarts its idle timer)."""
-        self.idle.touch(sandbox_id)
-
     async def run_command(
         self,
         sandbox_id: str,
@@ -463,7 +345,7 @@ class LocalBackend:
         """Run to completion; 500 when the command cannot start or its output passes the cap."""
         # Outside the data plane, which first tells a sandbox restarted mid-call (503) from a refusal.
         with _exec_errors(sandbox_id):
-            async with self.data_plane(sandbox_id) as record:
+            async with self.sandboxes.data_plane(sandbox_id) as record:
                 result = await self.runtime.run(
                     sandbox_id,
                     argv,
@@ -493,7 +375,7 @@ class LocalBackend:
         max_run_after_disconnect: int,
     ) -> ExecSession:
         with _exec_errors(sandbox_id):
-            async with self.data_plane(sandbox_id) as record:
+            async with self.sandboxes.data_plane(sandbox_id) as record:
                 process = await self.runtime.spawn(
                     sandbox_id,
                     [command, *args],
@@ -526,7 +408,7 @@ class LocalBackend:
         return session
 
     async def sessions(self, sandbox_id: str) -> list[ExecSession]:
-        async with self.data_plane(sandbox_id):
+        async with self.sandboxes.data_plane(sandbox_id):
             return self.exec_sessions.for_sandbox(sandbox_id)
 
     async def kill_session(self, sandbox_id: str, session_id: str, signum: int) -> None:
@@ -534,7 +416,7 @@ class LocalBackend:
         signum = signum or signal.SIGKILL
         if not 1 <= signum < signal.NSIG:
             raise Invalid(f"invalid signal {signum}")
-        async with self.data_plane(sandbox_id):
+        async with self.sandboxes.data_plane(sandbox_id):
             self._session(sandbox_id, session_id).kill(signum)
 
     @contextlib.asynccontextmanager
@@ -545,7 +427,7 @@ class LocalBackend:
 
         The sandbox stays awake while a client is attached.
         """
-        async with self.data_plane(sandbox_id):
+        async with self.sandboxes.data_plane(sandbox_id):
             session = self._session(sandbox_id, session_id)
             replay, listener = session.attach()
             try:
@@ -561,7 +443,7 @@ class LocalBackend:
         Raises `BackendError` 404/410 for unknown/stopped sandboxes and `OSError` (e.g.
         ``ConnectionRefusedError``) when nothing listens on the port.
         """
-        async with self.data_plane(sandbox_id):
+        async with self.sandboxes.data_plane(sandbox_id):
             return await self.runtime.open_connection(sandbox_id, port)
 
     def preview_access_allowed(self, sandbox_id: str, presented_token: str | None) -> bool:
@@ -573,134 +455,13 @@ class LocalBackend:
 
     # -- shared with the checkpoint and preview services -------------------------------------
 
-    def lifecycle_lock(self, sandbox_id: str) -> asyncio.Lock:
-        lock = self._locks.get(sandbox_id)
-        if lock is None:
-            lock = self._locks[sandbox_id] = asyncio.Lock()
-        return lock
-
-    def admit_sandbox(self) -> str:
-        """The id for a sandbox about to be created; 429 at the cap of running sandboxes.
-
-        Creates still booting count too, so concurrent creates cannot pass the cap together.
-        """
-        active = len(self.store.sandboxes(status="running")) + len(self.store.sandboxes(status="pending"))
-        limit = self.max_running_sandboxes
-        if active >= limit:
-            raise TooMany(
-                f"concurrent sandbox limit reached ({active}/{limit}) — hibernate or delete one before "
-                "creating another",
-                active=active,
-                limit=limit,
-            )
-        return self.unused_sandbox_id()
-
-    def unused_sandbox_id(self) -> str:
-        sandbox_id = new_sandbox_id()
-        while self.store.sandbox(sandbox_id) is not None:
-            sandbox_id = new_sandbox_id()
-        return sandbox_id
-
-    async def boot(self, record: SandboxRecord) -> None:
-        """Start the sandbox's processes over its layer and mark it running (lock held)."""
-        await self.runtime.start(
-            record.id,
-            template=record.template,
-            network=record.network_enabled,
-            limits=sandbox_limits(record),
-        )
-        self._epochs[record.id] = self._epochs.get(record.id, 0) + 1
-        record.status = "running"
-        self.store.save_sandbox(record)
-        self.idle.watch(record.id, record.timeout)
-        self._peak = max(self._peak, len(self.runtime.running_ids()))
-
-    async def stop_processes(self, record: SandboxRecord, status: SandboxStatus) -> None:
-        """Stop the sandbox's processes, keeping its layer, and record ``status`` (lock held)."""
-        await self.exec_sessions.close_sandbox(record.id)
-        self.idle.forget(record.id)
-        self._epochs[record.id] = self._epochs.get(record.id, 0) + 1
-        await self.runtime.stop(record.id)
-        record.status = status
-        self.store.save_sandbox(record)
-
-    async def suspend(self, record: SandboxRecord) -> None:
-        """Hibernate as the hosted service does: freeze the processes, memory kept (lock held).
-
-        Without a freezer (``--no-limits``) the processes stop instead, the disk kept.
-        """
-        await self.exec_sessions.close_sandbox(record.id)
-        self.idle.forget(record.id)
-        if await self.runtime.freeze(record.id):
-            record.status = "hibernated"
-            self.store.save_sandbox(record)
-        else:
-            await self.stop_processes(record, "hibernated")
-
-    async def discard_sandbox(self, sandbox_id: str) -> None:
-        """Remove every trace of a sandbox that was never acknowledged to a client."""
-        self.idle.forget(sandbox_id)
-        with contextlib.suppress(Exception):
-            await self.runtime.destroy(sandbox_id)
-        self.store.delete_sandbox(sandbox_id)
-
-    def pause_data_plane(self, sandbox_id: str) -> asyncio.Event:
-        """Make data calls on the sandbox wait until the returned event is set."""
-        resumed = asyncio.Event()
-        self._paused[sandbox_id] = resumed
-        return resumed
-
-    def resume_data_plane(self, sandbox_id: str, resumed: asyncio.Event) -> None:
-        if self._paused.get(sandbox_id) is resumed:
-            del self._paused[sandbox_id]
-        resumed.set()
-
     # -- internals ---------------------------------------------------------------------------
-
-    def _is_live(self, record: SandboxRecord) -> bool:
-        return (
-            record.status == "running"
-            and self.runtime.is_running(record.id)
-            and not self.runtime.is_frozen(record.id)
-        )
-
-    async def _awake(self, sandbox_id: str) -> SandboxRecord:
-        record = self.require_live(sandbox_id)
-        resumed = self._paused.get(sandbox_id)
-        if resumed is not None:
-            await resumed.wait()
-            record = self.require_live(sandbox_id)
-        if self._is_live(record):
-            return record
-        async with self.lifecycle_lock(sandbox_id):
-            record = self.require_live(sandbox_id)
-            if not self._is_live(record):
-                await self._wake_locked(record)
-        return record
-
-    async def _wake_locked(self, record: SandboxRecord) -> None:
-        try:
-            await self.boot(record)
-        except Exception as error:
-            logger.warning("waking %s failed: %s", record.id, error)
-            raise Unreachable(f"sandbox {record.id}: failed to wake: {error}") from error
 
     def _session(self, sandbox_id: str, session_id: str) -> ExecSession:
         session = self.exec_sessions.get(sandbox_id, session_id)
         if session is None:
             raise NotFound(f"exec session {session_id} not found")
         return session
-
-    async def _hibernate_if_idle(self, sandbox_id: str) -> None:
-        async with self.lifecycle_lock(sandbox_id):
-            if not self.idle.expired(sandbox_id):
-                return
-            record = self.store.sandbox(sandbox_id) if self._store is not None else None
-            if record is None or record.status != "running":
-                self.idle.forget(sandbox_id)
-                return
-            logger.info("sandbox %s idle for %ss: hibernating", sandbox_id, record.timeout)
-            await self.suspend(record)
 
 
 @contextlib.contextmanager
