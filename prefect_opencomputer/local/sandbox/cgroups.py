@@ -384,9 +384,17 @@ class SandboxCgroup:
             raise
 
     def _completely_frozen(self) -> bool:
-        """v1 reads FREEZING, v2 reports frozen 0, until every process has stopped."""
+        """v1 reads FREEZING, v2 reports frozen 0, until every process has stopped.
+
+        A v1 freeze is tried once per write: a process the freezer missed (one being forked as it
+        ran) keeps the group FREEZING until FROZEN is written again, so each poll asks again.
+        """
         if self.version == 1:
-            return _read(self._dir("freezer") / "freezer.state") == "FROZEN"
+            state = self._dir("freezer") / "freezer.state"
+            if _read(state) == "FROZEN":
+                return True
+            _write(state, "FROZEN")
+            return False
         return self._event("frozen") == "1"
 
     def thaw(self) -> None:
