@@ -161,7 +161,7 @@ async def test_a_checkpoint_refused_with_502_before_it_was_made_fails_cleanly(
 
 
 async def test_the_reaper_deletes_checkpoints_of_a_run_that_died(
-    credentials: OpenComputerCredentials, control: Any, oc: OpenComputerClient
+    credentials: OpenComputerCredentials, control: Any, oc: OpenComputerClient, records: Any
 ) -> None:
     from prefect_opencomputer.tasks import tracking
 
@@ -177,6 +177,9 @@ async def test_the_reaper_deletes_checkpoints_of_a_run_that_died(
     tracking.forget(flow_run_id)
     (sandbox,) = [sb for sb in await oc.sandboxes.list() if sb.tags.get(TAG_FLOW_RUN) == flow_run_id]
     assert len(await checkpoint_ids(oc, sandbox.sandbox_id)) == 1
+    # The reaper finds checkpoints through their events, which Prefect persists a moment later: a
+    # scheduled reaper runs long after; this one waits until the API has them (created + checkpoint).
+    await records.events(tracking.sandbox_resource_id(sandbox.sandbox_id), wait_for=2)
 
     report = await reap_orphaned_sandboxes(credentials=credentials)
 
