@@ -350,3 +350,28 @@ def test_v2_reports_controllers_not_delegated_to_the_server(tmp_path: Path) -> N
 
     with pytest.raises(CgroupsUnavailable, match="memory, pids are not delegated"):
         CgroupHost.discover(root=root, proc_self_cgroup=proc, group="po")
+
+
+def test_sweep_abandoned_removes_old_empty_sandbox_groups_beside_ours_and_nothing_else() -> None:
+    ours = CgroupHost.discover(group=f"prefect-opencomputer-test-ours-{os.getpid()}")
+    other = CgroupHost.discover(group=f"prefect-opencomputer-test-gone-{os.getpid()}")
+    busy_host = CgroupHost.discover(group=f"prefect-opencomputer-test-busy-{os.getpid()}")
+    left = other.create("sb-left0001", LIMITS)  # as a SIGKILLed server leaves one: empty
+    busy = busy_host.create("sb-busy0001", LIMITS)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        busy.add(sleeper.pid)
+        assert ours.sweep_abandoned("prefect-opencomputer-test-", min_age=3600) == []  # too young
+        time.sleep(0.05)
+        removed = ours.sweep_abandoned("prefect-opencomputer-test-", min_age=0)
+        assert all(not directory.exists() for directory in left.dirs)
+        assert all(directory.exists() for directory in other.hierarchy_dirs), "servers' own groups stay"
+        assert all(directory.exists() for directory in busy.dirs), "a group in use stays"
+        assert all(directory.exists() for directory in ours.hierarchy_dirs), "our own group stays"
+        assert removed
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        busy.remove()
+        for host in (busy_host, ours, other):
+            host.release()

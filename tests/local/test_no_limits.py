@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 
 from prefect_opencomputer.local import LocalServer
-from prefect_opencomputer.local.backend.sandboxes import prepare_host
+from prefect_opencomputer.local.backend.sandboxes import cgroup_group, prepare_host
 from prefect_opencomputer.local.config import LocalServerConfig
 
 
@@ -38,3 +38,15 @@ def test_without_limits_sandboxes_run_and_hibernate_stops_their_processes() -> N
         # No freezer: the disk stays, the processes do not (as the README says of --no-limits).
         assert after["stdout"] == "kept\n0\n"
         assert http.delete(f"/sandboxes/{sandbox}").status_code == 204
+
+
+def test_a_stopped_server_leaves_no_cgroup_of_its_own(tmp_path: Path) -> None:
+    with (
+        LocalServer(data_dir=tmp_path / "data") as server,
+        httpx.Client(base_url=server.api_url, headers={"X-API-Key": server.api_key}, timeout=60) as http,
+    ):
+        sandbox = http.post("/sandboxes", json={"timeout": 0}).json()["sandboxID"]
+        group = cgroup_group(server.data_dir)
+        ours = [path for path in Path("/sys/fs/cgroup").glob(f"*/**/{group}") if path.is_dir()]
+        assert ours and all((path / sandbox).is_dir() for path in ours)
+    assert not [path for path in ours if path.exists()]

@@ -40,6 +40,7 @@ logger = logging.getLogger("prefect_opencomputer.local.backend.service")
 MIB = 1024 * 1024
 # Processes per sandbox: enough for a build with parallel jobs, not enough to fork-bomb the host.
 MAX_PROCESSES = 4096
+CGROUP_PREFIX = "prefect-opencomputer-"
 
 
 def sandbox_limits(record: SandboxRecord) -> Limits:
@@ -50,7 +51,7 @@ def sandbox_limits(record: SandboxRecord) -> Limits:
 def cgroup_group(data_dir: Path) -> str:
     """One cgroup per server data dir, so a server sweeps only the leftovers of its own sandboxes."""
     digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
-    return f"prefect-opencomputer-{digest}"
+    return f"{CGROUP_PREFIX}{digest}"
 
 
 def discover_cgroups(config: LocalServerConfig) -> CgroupHost | None:
@@ -93,7 +94,9 @@ def prepare_host(config: LocalServerConfig, progress: rootfs.Progress) -> str:
         raise RuntimeUnavailable(f"building the sandbox root filesystem failed: {built[0]}") from built[0]
     if cgroups is None:
         return "limits: none (--no-limits): memoryMB, cpuCount and process caps are not enforced"
-    return f"limits: {cgroups.describe()}"
+    described = cgroups.describe()
+    cgroups.release()  # a check only: the server makes its groups again as it starts
+    return f"limits: {described}"
 
 
 def egress_allowed(config: LocalServerConfig) -> frozenset[IPNetwork]:

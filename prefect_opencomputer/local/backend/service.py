@@ -29,6 +29,7 @@ from prefect_opencomputer.local.backend.records import (
     utc_now,
 )
 from prefect_opencomputer.local.backend.sandboxes import (
+    CGROUP_PREFIX,
     Sandboxes,
     discover_cgroups,
     egress_allowed,
@@ -141,8 +142,10 @@ class LocalBackend:
             raise RuntimeUnavailable(f"{error} (or start with --no-limits)") from error
         self.runtime.egress_allow = await asyncio.to_thread(egress_allowed, self.config)
         if self.runtime.cgroups is not None:
-            # A killed server's sandboxes left their groups (and perhaps processes) behind.
+            # A killed server's sandboxes left their groups (and perhaps processes) behind: ours, and
+            # the empty ones of servers whose data dir may never start again (temporary ones).
             await asyncio.to_thread(self.runtime.cgroups.sweep)
+            await asyncio.to_thread(self.runtime.cgroups.sweep_abandoned, CGROUP_PREFIX)
         make_private_dir(self.config.data_dir)
         self.sandboxes.open(StateStore(self.config.data_dir / "state.db"))
         secret = self.store.setting(_SIGNING_SECRET_KEY)
@@ -179,6 +182,8 @@ class LocalBackend:
                 record.status = "hibernated"
                 self.store.save_sandbox(record)
         await self.runtime.shutdown()
+        if self.runtime.cgroups is not None:
+            await asyncio.to_thread(self.runtime.cgroups.release)
         if opened is not None:
             opened.close()
             self.sandboxes.open(None)

@@ -38,6 +38,8 @@ V2_CONTROLLERS = ("memory", "pids", "cpu")
 
 CPU_PERIOD_US = 100_000
 WAIT_SECONDS = 5.0
+# An empty sandbox group older than this has no live machine: its server was killed outright.
+ABANDONED_AFTER_SECONDS = 60.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
@@ -289,6 +291,42 @@ class CgroupHost:
                 self._open(name).remove()
                 removed.append(name)
         return removed
+
+    def sweep_abandoned(self, prefix: str, *, min_age: float = ABANDONED_AFTER_SECONDS) -> list[Path]:
+        """Remove the sandbox groups that servers killed outright left in groups beside ours.
+
+        Only beneath our own parent, only groups named ``prefix...`` other than ours, only the
+        sandbox groups in them that hold no process and have existed for ``min_age`` seconds (a
+        live sandbox's group holds its helper from its first milliseconds on), and only by
+        ``rmdir``, which the kernel refuses for a group in use. The servers' own groups stay: a
+        live server with no sandbox has an empty one.
+        """
+        removed: list[Path] = []
+        now = time.time()
+        for directory in self.hierarchy_dirs:
+            for server_group in directory.parent.glob(f"{prefix}*"):
+                if server_group == directory or not server_group.is_dir():
+                    continue
+                for group in server_group.iterdir():
+                    try:
+                        if not group.is_dir() or now - group.stat().st_ctime < min_age:
+                            continue
+                        if _read_words(group / "cgroup.procs"):
+                            continue
+                        group.rmdir()
+                    except OSError:
+                        continue
+                    removed.append(group)
+        return removed
+
+    def release(self) -> None:
+        """Remove this server's own group in every hierarchy once no sandbox group is left in it.
+
+        A group that still holds one (a sandbox of a server that keeps running) stays, untouched.
+        """
+        for directory in self.hierarchy_dirs:
+            with contextlib.suppress(OSError):  # gone already, or still holding a sandbox's group
+                directory.rmdir()
 
 
 def _check_server_is_in(server_dir: Path, pid: int | None, what: str) -> None:
