@@ -70,12 +70,15 @@ class KillBody(BaseModel):
     signal: Int64 | None = None
 
 
-def _reject_nul_bytes(body: RunBody | SessionBody) -> None:
-    """A NUL cannot reach ``execve``: say so with a 400 rather than fail while spawning."""
+def _command(body: RunBody | SessionBody) -> str:
+    """The body's command: required, and with no NUL (which cannot reach ``execve``), else a 400."""
+    if not body.cmd:
+        raise Invalid("cmd is required")
     texts = [body.cmd or "", body.cwd or "", *(body.args or [])]
     texts += [text for pair in (body.envs or {}).items() for text in pair]
     if any("\0" in text for text in texts):
         raise Invalid("cmd, args, envs and cwd must not contain a NUL byte")
+    return body.cmd
 
 
 def result_json(result: CommandResult) -> dict[str, object]:
@@ -107,10 +110,8 @@ async def run_command(
 ) -> JSONResponse | StreamingResponse:
     """Run to completion. ``args`` empty means ``cmd`` is a shell string for ``/bin/sh -c``."""
     body = body or RunBody()
-    if not body.cmd:
-        raise Invalid("cmd is required")
-    _reject_nul_bytes(body)
-    argv = [body.cmd, *body.args] if body.args else ["/bin/sh", "-c", body.cmd]
+    command = _command(body)
+    argv = [command, *body.args] if body.args else ["/bin/sh", "-c", command]
     timeout = body.timeout if body.timeout and body.timeout > 0 else DEFAULT_RUN_TIMEOUT
     envs = body.envs or {}
     if timeout <= STREAMED_RUN_THRESHOLD:
@@ -152,12 +153,9 @@ async def run_async(sandbox_id: str, backend: BackendDep, body: RunBody | None =
     Otherwise 202 ``{"execId", "running", "startedAt"}``: poll ``exec/{execId}/result``.
     """
     body = body or RunBody()
-    if not body.cmd:
-        raise Invalid("cmd is required")
-    _reject_nul_bytes(body)
     session = await backend.start_session(
         sandbox_id,
-        body.cmd,
+        _command(body),
         body.args or [],
         envs=body.envs or {},
         cwd=body.cwd,
@@ -193,12 +191,9 @@ async def create_session(
 ) -> JSONResponse:
     """Start an argv command (no shell) whose output clients attach to over WebSocket."""
     body = body or SessionBody()
-    if not body.cmd:
-        raise Invalid("cmd is required")
-    _reject_nul_bytes(body)
     session = await backend.start_session(
         sandbox_id,
-        body.cmd,
+        _command(body),
         body.args or [],
         envs=body.envs or {},
         cwd=body.cwd,

@@ -9,11 +9,13 @@
  * hundred lines, and enters a sandbox in about a millisecond.
  *
  *   helper boot  --lower D --disk-image F --disk-mount D --merged D --hostname H --map BASE:COUNT
- *                [--cgroup-procs F]... [--shm-bytes N] [--ready-fd N]
+ *                [--cgroup-procs F]... [--shm-bytes N] [--ready-fd N] [--copy-in DIR --copy-with CP]
  *     A new network namespace owned by the host (the sandbox's root cannot change its routes or
- *     firewall) and a private mount namespace where the sandbox's disk (an ext4 image holding
- *     its upper and work directories) is mounted on the disk mount dir: the host's own mount
- *     table never sees it, so nothing leaks when this process dies. Then a child in new user (ids
+ *     firewall; "net" on the ready fd says it exists) and a private mount namespace where the
+ *     sandbox's disk (an ext4 image holding its upper and work directories) is mounted on the
+ *     disk mount dir: the host's own mount table never sees it, so nothing leaks when this
+ *     process dies. A fork's or restore's fresh disk gets its checkpoint copied in first. Then a
+ *     child in new user (ids
  *     0..COUNT-1 inside are BASE.. outside), mount, PID, IPC, UTS and cgroup namespaces. The child
  *     mounts an overlay (lower read-only, the disk's upper writable) with the ids of the
  *     sandbox's root, pivots into it, mounts /proc, /dev, /dev/shm, /run and writes /etc/hosts,
@@ -23,7 +25,7 @@
  *
  *   helper disk --image F --mount D -- /ABSOLUTE/HOST/COMMAND ARGS...
  *     Mounts the disk image on D in a private mount namespace of its own and executes the host
- *     command there (a copy in or out of a stopped sandbox's disk); the mount and its loop device
+ *     command there (a copy out of a stopped sandbox's disk); the mount and its loop device
  *     go when the command exits.
  *
  *   helper enter --pidfd N --uid U --gid G [--groups G1,G2] [--cwd DIR] [--cgroup-procs F]...

@@ -5,9 +5,9 @@ A sandbox's root is an overlay: its template's root filesystem read-only below, 
 disk, ``disk.img``: an ext4 image of its ``diskMB`` (see `sandbox.disk`), so a full disk is the
 sandbox's ENOSPC and never the host's. The image is mounted only inside private mount namespaces:
 the helper's while the sandbox runs (reachable from the host through ``/proc/<helper>/root``), or a
-short-lived one of ``helper disk`` for a copy in or out of a stopped sandbox. A checkpoint is a
-plain copy of an upper directory (owners, whiteouts and overlay xattrs kept); a fork or a restore
-copies it into a fresh image.
+short-lived one of ``helper disk`` for a copy out of a stopped sandbox. A checkpoint is a plain
+copy of an upper directory (owners, whiteouts and overlay xattrs kept); a fork or a restore gets a
+fresh image that its next boot fills from the checkpoint.
 """
 
 from __future__ import annotations

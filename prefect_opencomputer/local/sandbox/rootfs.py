@@ -485,9 +485,7 @@ def _trust_host_cas(tree: Path) -> None:
     """The host's CA bundle and its locally added CAs (kept by a later update-ca-certificates)."""
     bundle = _host_trust_bundle()
     if bundle:
-        target = tree / "etc/ssl/certs/ca-certificates.crt"
-        target.unlink(missing_ok=True)
-        _write(target, bundle.decode(), 0o644)
+        _write(tree / "etc/ssl/certs/ca-certificates.crt", bundle.decode(), 0o644)
     if HOST_EXTRA_CAS.is_dir():
         for certificate in HOST_EXTRA_CAS.glob("*.crt"):
             _write(

@@ -155,10 +155,7 @@ class SandboxRuntime:
         lock = self._starting.setdefault(sandbox_id, asyncio.Lock())
         async with lock:
             if self.is_running(sandbox_id):
-                machine = self._machines[sandbox_id]
-                if machine.frozen and machine.cgroup is not None:
-                    await asyncio.to_thread(machine.cgroup.thaw)
-                    machine.frozen = False
+                await _thaw(self._machines[sandbox_id])
                 return
             if not await asyncio.to_thread(self.layers.ensure_disk, sandbox_id):
                 raise FileNotFoundError(f"no layer for sandbox {sandbox_id}")
@@ -272,9 +269,7 @@ class SandboxRuntime:
             yield
         finally:
             if froze and machine is not None and self._machines.get(sandbox_id) is machine:
-                assert machine.cgroup is not None
-                await asyncio.to_thread(machine.cgroup.thaw)
-                machine.frozen = False
+                await _thaw(machine)
 
     async def stop(self, sandbox_id: str) -> None:
         """Kill every process of the sandbox; its mounts go with them. The layer stays."""
@@ -466,6 +461,13 @@ async def _read_until(fd: int, terminator: bytes) -> bytes:
         chunks.append(chunk)
         if not chunk or terminator in chunk:
             return b"".join(chunks)
+
+
+async def _thaw(machine: _Machine) -> None:
+    """Let a frozen sandbox's processes run again (a no-op for one that runs)."""
+    if machine.frozen and machine.cgroup is not None:
+        await asyncio.to_thread(machine.cgroup.thaw)
+        machine.frozen = False
 
 
 class _ReadyPipe:
