@@ -375,13 +375,14 @@ async def test_attach_refuses_a_namespace_its_sandbox_could_reconfigure(self_own
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("settle", [0, 0.5], ids=["at-once", "relaying"])
 async def test_close_drops_forwarded_connections_in_flight(
-    namespace: Namespace, network: SandboxNetwork
+    namespace: Namespace, network: SandboxNetwork, settle: float
 ) -> None:
     code = f"""
 import socket
-s = socket.create_connection(({REGISTRY!r}, 443), timeout=20)
-try:
+try:  # the reset can come before connect() has returned
+    s = socket.create_connection(({REGISTRY!r}, 443), timeout=20)
     print("ended", s.recv(1))
 except ConnectionResetError:
     print("ended reset")
@@ -390,13 +391,13 @@ except ConnectionResetError:
     client = asyncio.create_task(namespace.python(code, timeout=30))
     deadline = time.monotonic() + 20
     while network.active_connections < 1 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # spin: close as soon as the accept shows, maybe before its first step
     assert network.active_connections == 1
-    started = time.monotonic()
+    await asyncio.sleep(settle)
     await network.close()
     result = await client
-    assert result.stdout.startswith("ended"), result
-    assert time.monotonic() - started < 5
+    # A reset is the server dropping it; the registry, left alone, keeps it open or ends it with a FIN.
+    assert result.stdout.strip() == "ended reset", result
     assert network.active_connections == 0
     assert _own_socket_count() <= before - 3  # the three listeners, and both ends of the connection
 

@@ -367,6 +367,9 @@ class SandboxNetwork:
             task = asyncio.create_task(self._serve(client, handle))
             self._connections.add(task)
             task.add_done_callback(self._connections.discard)
+            # A task cancelled before its first step (close() right after an accept) never runs
+            # _serve's own cleanup: reset here as well, or the sandbox's end would wait for ever.
+            task.add_done_callback(lambda _, client=client: _reset(client))
 
     async def _serve(self, client: socket.socket, handle: Callable[[socket.socket], Awaitable[None]]) -> None:
         try:
@@ -495,7 +498,8 @@ def _original_destination(client: socket.socket) -> tuple[str, int]:
 
 async def _pipe_to(client: socket.socket, address: str, port: int) -> None:
     """Connect from the host to ``address:port`` and copy both ways until both sides have finished."""
-    up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(address, port), _CONNECT_TIMEOUT)
+    async with asyncio.timeout(_CONNECT_TIMEOUT):
+        up_reader, up_writer = await asyncio.open_connection(address, port)
     writers = [up_writer]
     try:
         reader, writer = await asyncio.open_connection(sock=client)
