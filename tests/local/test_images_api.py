@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -133,16 +132,14 @@ async def test_an_image_create_streams_each_steps_output_then_the_fork(
     assert (await http.get(f"/sandboxes/{sandbox}")).json()["status"] == "running"
 
 
-async def test_the_same_image_again_is_a_cache_hit_as_fast_as_a_fork(
+async def test_the_same_image_again_is_a_cache_hit_that_forks_the_built_checkpoint(
     http: httpx.AsyncClient, created: list[str]
 ) -> None:
     image = unique_image().run_commands("sleep 1")
     first = await post_stream(http, "/sandboxes", {"image": image.to_dict()})
     created.append(first.outcome[1]["sandboxID"])
 
-    started = time.monotonic()
     second = await post_stream(http, "/sandboxes", {"image": image.to_dict()})
-    elapsed = time.monotonic() - started
     created.append(second.outcome[1]["sandboxID"])
 
     assert second.outcome[0] == "result"
@@ -152,7 +149,6 @@ async def test_the_same_image_again_is_a_cache_hit_as_fast_as_a_fork(
         "message": f"Image found in cache (hash={image.cache_key()[:12]})",
     }
     assert not any(message.startswith("Step ") for message in second.messages)
-    assert elapsed < 1.0, "no step ran again (the build sleeps a second)"
     assert second.outcome[1]["fromCheckpointId"] == first.outcome[1]["fromCheckpointId"]
 
 

@@ -98,7 +98,8 @@ class ExecSession:
     async def wait_exit(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for the command to exit; whether it has."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._exited.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._exited.wait()
         return not self.running
 
     def output(self) -> tuple[bytes, bytes]:
@@ -155,7 +156,8 @@ class ExecSession:
         """Kill the command and wait until its exit has been delivered."""
         self.kill(signal.SIGKILL)
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._supervisor), 5)
+            async with asyncio.timeout(5):
+                await asyncio.shield(self._supervisor)
         if self._supervisor.done():
             return
         self._supervisor.cancel()
@@ -175,7 +177,8 @@ class ExecSession:
         try:
             if self._timeout > 0:
                 try:
-                    await asyncio.wait_for(process.wait(), self._timeout)
+                    async with asyncio.timeout(self._timeout):
+                        await process.wait()
                 except TimeoutError:
                     timed_out = True
                     kill_group(process.pid)

@@ -63,8 +63,9 @@ class FileWorkers:
         future: concurrent.futures.Future[_T] = concurrent.futures.Future()
         self._jobs.put((future, functools.partial(function, *args)))
         try:
-            # On timeout, wait_for cancels the wrapper, which cancels the job if it is still queued.
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+            # On timeout the wrapper is cancelled, which cancels the job if it is still queued.
+            async with asyncio.timeout(self.timeout):
+                return await asyncio.wrap_future(future)
         except TimeoutError:
             if not future.cancelled():  # already running: tidy up whenever it ends
                 future.add_done_callback(_close_abandoned)

@@ -150,7 +150,8 @@ class _Build:
         }
         try:
             try:
-                code = await asyncio.wait_for(process.wait(), self.step_timeout)
+                async with asyncio.timeout(self.step_timeout):
+                    code = await process.wait()
             except TimeoutError:
                 kill_group(process.pid)
                 await process.wait()

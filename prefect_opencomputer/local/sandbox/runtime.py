@@ -374,7 +374,8 @@ class SandboxRuntime:
         # pipes has closed them (``sleep 3 & echo hi`` takes 3 s).
         timed_out = False
         try:
-            await asyncio.wait_for(asyncio.gather(process.wait(), *readers), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(process.wait(), *readers)
         except TimeoutError:
             timed_out = True
             kill_group(process.pid)
