@@ -369,7 +369,7 @@ class SandboxNetwork:
             task.add_done_callback(self._connections.discard)
             # A task cancelled before its first step (close() right after an accept) never runs
             # _serve's own cleanup: reset here as well, or the sandbox's end would wait for ever.
-            task.add_done_callback(lambda _, client=client: _reset(client))
+            task.add_done_callback(functools.partial(_reset_when_done, client))
 
     async def _serve(self, client: socket.socket, handle: Callable[[socket.socket], Awaitable[None]]) -> None:
         try:
@@ -534,6 +534,10 @@ def _reset(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
+
+
+def _reset_when_done(sock: socket.socket, _task: asyncio.Task[None]) -> None:
+    _reset(sock)
 
 
 def _describe(error: BaseException) -> str:
