@@ -69,10 +69,15 @@ async def test_stream_yields_output_while_the_command_runs(oc: OpenComputerClien
 
 
 async def test_attach_replays_scrollback_then_streams_live(oc: OpenComputerClient, sandbox: str) -> None:
-    session = await oc.exec.start(sandbox, "sh", args=["-c", "echo early; sleep 1; echo late"])
-    await asyncio.sleep(0.5)
+    session = await oc.exec.start(sandbox, "sh", args=["-c", "echo early; read go; echo late"])
+    async with oc.exec.attach(sandbox, session.session_id) as first:
+        async for event in first:  # until "early" is in the scrollback
+            if isinstance(event, ExecOutput) and b"early" in event.data:
+                break
 
-    events = [event async for event in oc.exec.attach(sandbox, session.session_id)]
+    async with oc.exec.attach(sandbox, session.session_id) as attachment:
+        await attachment.send_stdin("go\n")
+        events = [event async for event in attachment]
 
     end_of_replay = events.index(ExecScrollbackEnd())
     assert _output(events[:end_of_replay], "stdout") == b"early\n"

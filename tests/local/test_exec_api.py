@@ -12,6 +12,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from prefect_opencomputer.local import LocalServer
+from tests.waiting import until
 
 STDOUT, STDERR, EXIT, REPLAY_END = 0x01, 0x02, 0x03, 0x04
 
@@ -44,6 +45,11 @@ async def _collect(ws: ClientConnection) -> tuple[list[tuple[int, bytes]], int |
         if message[0] == EXIT:
             code = int.from_bytes(message[1:5], "big", signed=True)
     return frames, code
+
+
+async def _session_ended(http: httpx.AsyncClient, sandbox: str, session: str) -> bool:
+    listed = (await http.get(f"/sandboxes/{sandbox}/exec")).json()
+    return next(item for item in listed if item["sessionID"] == session)["running"] is False
 
 
 def _stream(frames: list[tuple[int, bytes]], stream: int) -> bytes:
@@ -109,8 +115,11 @@ async def test_background_process_survives_the_command_that_started_it(
 ) -> None:
     started = await _run(http, sandbox, cmd="nohup sh -c 'sleep 0.3; echo later > bg.txt' >/dev/null 2>&1 &")
     assert started.json()["exitCode"] == 0
-    await asyncio.sleep(0.8)
-    assert (await _run(http, sandbox, cmd="cat bg.txt")).json()["stdout"] == "later\n"
+
+    async def written() -> bool:
+        return (await _run(http, sandbox, cmd="cat bg.txt")).json()["stdout"] == "later\n"
+
+    await until(written, what="the background process to write bg.txt")
 
 
 async def test_long_timeout_answers_json_after_optional_whitespace(
@@ -161,7 +170,12 @@ async def test_attach_replays_then_streams_then_sends_the_exit_code(
 ) -> None:
     script = "echo early; echo oops >&2; read line; echo got $line; exit 7"
     session = await _start(http, sandbox, cmd="sh", args=["-c", script])
-    await asyncio.sleep(0.3)  # "early" is in the scrollback before anyone attaches
+    async with websockets.connect(_attach_url(local_server, sandbox, session)) as ws:
+        seen = b""
+        while b"early" not in seen:  # so that "early" is in the scrollback before the next attach
+            frame = await ws.recv()
+            assert isinstance(frame, bytes)
+            seen += frame
     async with websockets.connect(_attach_url(local_server, sandbox, session)) as ws:
         first = await ws.recv()
         assert first == bytes([STDOUT]) + b"early\n"
@@ -180,7 +194,7 @@ async def test_reattach_after_exit_replays_everything_and_the_exit_code(
     http: httpx.AsyncClient, sandbox: str, local_server: LocalServer
 ) -> None:
     session = await _start(http, sandbox, cmd="sh", args=["-c", "echo one; echo two"])
-    await asyncio.sleep(0.3)
+    await until(lambda: _session_ended(http, sandbox, session), what="the session to exit")
     for _ in range(2):
         async with websockets.connect(_attach_url(local_server, sandbox, session)) as ws:
             frames, code = await _collect(ws)
@@ -220,15 +234,15 @@ async def test_kill_ends_the_session_with_exit_minus_one(
 
 
 async def test_kill_with_sigterm_reaches_the_command(http: httpx.AsyncClient, sandbox: str) -> None:
-    script = "trap 'echo terminated > trap.txt; exit 0' TERM; while true; do sleep 0.1; done"
+    script = "trap 'echo terminated > trap.txt; exit 0' TERM; touch trapped; while true; do sleep 0.1; done"
     session = await _start(http, sandbox, cmd="sh", args=["-c", script])
-    await asyncio.sleep(0.3)
+
+    async def trapped() -> bool:
+        return (await _run(http, sandbox, cmd="test -e trapped")).json()["exitCode"] == 0
+
+    await until(trapped, what="the trap to be set")
     await http.post(f"/sandboxes/{sandbox}/exec/{session}/kill", json={"signal": 15})
-    for _ in range(30):
-        listed = (await http.get(f"/sandboxes/{sandbox}/exec")).json()
-        if not next(item for item in listed if item["sessionID"] == session)["running"]:
-            break
-        await asyncio.sleep(0.1)
+    await until(lambda: _session_ended(http, sandbox, session), what="the session to exit")
     assert (await _run(http, sandbox, cmd="cat trap.txt")).json()["stdout"] == "terminated\n"
 
 
@@ -259,11 +273,9 @@ async def test_max_run_after_disconnect_kills_a_detached_session(
     session = await _start(http, sandbox, cmd="sleep", args=["60"], maxRunAfterDisconnect=1)
     async with websockets.connect(_attach_url(local_server, sandbox, session)) as ws:
         assert await ws.recv() == bytes([REPLAY_END])
-    await asyncio.sleep(1.6)
+    await until(lambda: _session_ended(http, sandbox, session), what="the detached session to be killed")
     listed = (await http.get(f"/sandboxes/{sandbox}/exec")).json()
-    entry = next(item for item in listed if item["sessionID"] == session)
-    assert entry["running"] is False
-    assert entry["exitCode"] == -1
+    assert next(item for item in listed if item["sessionID"] == session)["exitCode"] == -1
 
 
 async def test_sessions_list_is_empty_for_a_fresh_sandbox_and_forgotten_on_hibernate(
