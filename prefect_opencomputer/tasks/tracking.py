@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -151,6 +152,9 @@ def emit_sandbox_event(
 
 # A flow run that loops forever must not grow this without bound.
 MAX_ENTRIES_PER_RUN = 1000
+# Nor a long-lived process that runs flow after flow: past this many run records, the least recently
+# used ones that hold nothing left to clean up are dropped.
+MAX_RUNS = 256
 
 
 @dataclass(frozen=True)
@@ -185,16 +189,40 @@ class _RunRecord:
     numbers: dict[str, int] = field(default_factory=dict)
     credentials: OpenComputerCredentials | None = None
 
+    def holds_resources(self) -> bool:
+        return bool(self.sandboxes or self.checkpoints)
+
 
 _lock = threading.Lock()
-_runs: dict[str, _RunRecord] = {}
+# Least recently used first; callers hold _lock.
+_runs: OrderedDict[str, _RunRecord] = OrderedDict()
+
+
+def _record_of(flow_run_id: str) -> _RunRecord:
+    """The run's record, made on first use and marked as the most recently used."""
+    run = _runs.get(flow_run_id)
+    if run is None:
+        _make_room()
+        run = _runs[flow_run_id] = _RunRecord()
+    else:
+        _runs.move_to_end(flow_run_id)
+    return run
+
+
+def _make_room() -> None:
+    """Room for one more record within MAX_RUNS, never dropping one with something left to clean up."""
+    excess = len(_runs) + 1 - MAX_RUNS
+    if excess > 0:
+        quiet = [key for key, run in _runs.items() if not run.holds_resources()]
+        for flow_run_id in quiet[:excess]:
+            del _runs[flow_run_id]
 
 
 def _current_record() -> _RunRecord | None:
     flow_run_id = current_flow_run_id()
     if flow_run_id is None:
         return None
-    return _runs.setdefault(flow_run_id, _RunRecord())
+    return _record_of(flow_run_id)
 
 
 def record(kind: str, sandbox_id: str, subject: str, outcome: str, *, cleanup: bool = True) -> None:
@@ -271,7 +299,7 @@ def is_new_attempt(flow_run_id: str, run_count: int) -> bool:
     """Whether the flow run entering Running with `run_count` starts a retry (not its first attempt, nor
     a resume after a pause)."""
     with _lock:
-        run = _runs.setdefault(flow_run_id, _RunRecord())
+        run = _record_of(flow_run_id)
         previous, run.attempt = run.attempt, run_count
     return run_count != previous if previous is not None else run_count > 0
 
