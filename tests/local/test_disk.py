@@ -8,6 +8,8 @@ killed server leaves no loop device behind.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import re
 import signal
@@ -80,17 +82,6 @@ def checkpoint(api: httpx.Client, sandbox_id: str, name: str) -> str:
     raise AssertionError("checkpoint never became ready")
 
 
-def loop_backing_files() -> list[str]:
-    """The files behind every attached loop device on this host."""
-    files = []
-    for entry in Path("/sys/block").glob("loop*/loop/backing_file"):
-        try:
-            files.append(entry.read_text().strip())
-        except OSError:
-            continue  # detached while we looked
-    return files
-
-
 def traces(data_dir: Path) -> dict[str, list[str]]:
     """What of ``data_dir``'s sandboxes the host still holds: loop devices, mounts, processes."""
     prefix = str(data_dir)
@@ -104,7 +95,7 @@ def traces(data_dir: Path) -> dict[str, list[str]]:
             except OSError:
                 continue
     return {
-        "loops": [path for path in loop_backing_files() if path.startswith(prefix)],
+        "loops": [path for path in disk.loop_backing_files() if path.startswith(prefix)],
         "mounts": mounts,
         "processes": processes,
     }
@@ -171,7 +162,7 @@ def test_kill_leaves_no_loop_device_mount_or_directory(server: LocalServer, api:
     out(api, sandbox, "head -c 1M /dev/urandom > data.bin; sleep 300 >/dev/null 2>&1 &")
     layer = server.data_dir / "runtime" / "layers" / "sandboxes" / sandbox
     image = layer / "disk.img"
-    assert str(image) in loop_backing_files()
+    assert str(image) in disk.loop_backing_files()
     # Mounted in the sandbox's own namespaces only: the host's mount table never names it.
     assert str(layer) not in Path("/proc/self/mountinfo").read_text()
     assert api.delete(f"/sandboxes/{sandbox}").status_code == 204
@@ -229,7 +220,7 @@ def test_a_sigkilled_server_leaves_no_loop_device_or_mount_and_the_disk_survives
         with httpx.Client(base_url=match.group(1) + "/api", headers=headers, timeout=60) as api:
             sandbox = create(api)
             out(api, sandbox, "echo survived > kept.txt; sleep 300 >/dev/null 2>&1 &")
-            assert any(path.startswith(str(data_dir)) for path in loop_backing_files())
+            assert any(path.startswith(str(data_dir)) for path in disk.loop_backing_files())
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
         wait_for_no_traces(data_dir)
@@ -285,3 +276,41 @@ def test_a_disk_larger_than_the_host_has_free_is_refused(tmp_path: Path) -> None
     with pytest.raises(OSError, match="does not fit"):
         runtime.layers.create_sandbox("sb-huge0001", disk_mb=262144)
     assert not runtime.layers.layer_dir("sb-huge0001").exists()
+
+
+async def test_a_disk_the_host_went_down_with_is_repaired_before_it_boots(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = SandboxRuntime(
+        tmp_path / "runtime",
+        cache=rootfs.cache_dir(),
+        rootfs=template_root,
+        cgroups=None,
+        max_disk_mb=DISK_MB,
+    )
+    runtime.layers.create_sandbox("sb-fsck0001")
+    image = runtime.layers.disk_image("sb-fsck0001")
+    assert not disk.needs_repair(image)
+    try:
+        await runtime.start("sb-fsck0001", template="base", network=False)
+        made = await runtime.run("sb-fsck0001", ["/bin/sh", "-c", "echo kept > kept.txt"])
+        assert made.exit_code == 0, made
+        # Mounted (in the sandbox's namespaces only) it reads as not clean, and is left alone.
+        assert disk.needs_repair(image)
+        assert not disk.repair_if_needed(image)
+        await runtime.stop("sb-fsck0001")
+        wait_for_no_traces(tmp_path)
+        assert not disk.needs_repair(image)
+
+        # As a host crash leaves it: "not clean" (debugfs rewrites the superblock with its checksum).
+        marked = await asyncio.create_subprocess_exec("debugfs", "-w", "-R", "ssv state 0", str(image))
+        assert await marked.wait() == 0
+        assert disk.needs_repair(image)
+        with caplog.at_level(logging.WARNING, "prefect_opencomputer.local.sandbox.layers"):
+            await runtime.start("sb-fsck0001", template="base", network=False)
+        assert "e2fsck repaired it" in caplog.text
+        read = await runtime.run("sb-fsck0001", ["cat", "kept.txt"])
+        assert read.stdout == b"kept\n", read
+    finally:
+        await runtime.destroy("sb-fsck0001")
+    wait_for_no_traces(tmp_path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import struct
 import subprocess
 import threading
 import uuid
@@ -31,6 +32,11 @@ MKFS_OPTIONS = (
     "-E", "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0",
 )  # fmt: skip
 SPARE_IMAGES = 2
+
+# The ext4 superblock's magic and state, 1024 bytes into the image.
+_STATE_OFFSET = 1024 + 56
+_EXT4_MAGIC = 0xEF53
+_VALID_FS, _ERROR_FS = 0x0001, 0x0002
 
 
 class DiskUnavailable(RuntimeError):
@@ -69,6 +75,51 @@ def make_image(path: Path, size_mb: int, skeleton: Path) -> None:
 @functools.cache
 def _mkfs() -> str:
     return shutil.which("mkfs.ext4") or "mkfs.ext4"
+
+
+def needs_repair(path: Path) -> bool:
+    """Whether the image's last mount did not end cleanly (the host went down with it) or saw errors.
+
+    Without a journal, ext4 clears its "valid" flag while mounted and sets it again on unmount.
+    """
+    with path.open("rb") as handle:
+        handle.seek(_STATE_OFFSET)
+        magic, state = struct.unpack("<HH", handle.read(4))
+    return magic == _EXT4_MAGIC and (not state & _VALID_FS or bool(state & _ERROR_FS))
+
+
+def repair_if_needed(path: Path) -> bool:
+    """Run ``e2fsck -f -y`` on an image that needs it, as a VM's boot does; whether it ran.
+
+    Never while a loop device backs the image: mounted somewhere, it reads as not clean, and a
+    check would corrupt it. Raises OSError when errors are left that e2fsck could not mend.
+    """
+    if not needs_repair(path) or _attached(path):
+        return False
+    result = subprocess.run(
+        [shutil.which("e2fsck") or "e2fsck", "-f", "-y", str(path)], capture_output=True, text=True
+    )
+    if result.returncode & ~3:  # 1: errors mended; 2: mended, "reboot"; 4 and up: left or failed
+        lines = (result.stdout + result.stderr).strip().splitlines()
+        raise OSError(f"the disk {path.parent.name} needs repair that e2fsck could not do: {lines[-1:]}")
+    return True
+
+
+def _attached(path: Path) -> bool:
+    """Whether a loop device is backed by ``path`` (the mounts that use it are in other namespaces)."""
+    target = str(path.resolve())
+    return any(backing.removesuffix(" (deleted)") == target for backing in loop_backing_files())
+
+
+def loop_backing_files() -> list[str]:
+    """The files behind every attached loop device on this host."""
+    files = []
+    for entry in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            files.append(entry.read_text().strip())
+        except OSError:
+            continue  # detached while we looked
+    return files
 
 
 def image_size_mb(path: Path) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import shutil
 import threading
@@ -21,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prefect_opencomputer.local.sandbox import copying, disk, ids, processes
+
+logger = logging.getLogger(__name__)
 
 LiveRoot = Callable[[str], Path | None]
 
@@ -139,10 +142,15 @@ class LayerStore:
     def ensure_disk(self, sandbox_id: str) -> bool:
         """Whether the sandbox has a layer, giving one from before disks existed a disk first.
 
+        A disk the host went down with is checked and repaired first (`disk.repair_if_needed`).
+
         mkfs.ext4 -d copies the old upper (owners, modes, xattrs, whiteouts, links) into a new
         image of the default size; the old directory goes only once the image is complete.
         """
-        if self.disk_image(sandbox_id).is_file():
+        image = self.disk_image(sandbox_id)
+        if image.is_file():
+            if disk.repair_if_needed(image):
+                logger.warning(f"the disk of {sandbox_id} was not unmounted cleanly: e2fsck repaired it")
             return True
         legacy = self._legacy_upper(sandbox_id)
         if not legacy.is_dir():
