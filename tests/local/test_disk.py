@@ -82,6 +82,17 @@ def checkpoint(api: httpx.Client, sandbox_id: str, name: str) -> str:
     raise AssertionError("checkpoint never became ready")
 
 
+def bare_runtime(tmp_path: Path, max_disk_mb: int | None = None) -> SandboxRuntime:
+    """A runtime without HTTP and without cgroups, over ``tmp_path``."""
+    return SandboxRuntime(
+        tmp_path / "runtime",
+        cache=rootfs.cache_dir(),
+        rootfs=template_root,
+        cgroups=None,
+        max_disk_mb=max_disk_mb,
+    )
+
+
 def traces(data_dir: Path) -> dict[str, list[str]]:
     """What of ``data_dir``'s sandboxes the host still holds: loop devices, mounts, processes."""
     prefix = str(data_dir)
@@ -171,13 +182,7 @@ def test_kill_leaves_no_loop_device_mount_or_directory(server: LocalServer, api:
 
 
 async def test_a_stopped_sandbox_is_copied_from_its_disk_in_a_private_namespace(tmp_path: Path) -> None:
-    runtime = SandboxRuntime(
-        tmp_path / "runtime",
-        cache=rootfs.cache_dir(),
-        rootfs=template_root,
-        cgroups=None,
-        max_disk_mb=DISK_MB,
-    )
+    runtime = bare_runtime(tmp_path, max_disk_mb=DISK_MB)
     runtime.layers.create_sandbox("sb-stop0001")
     try:
         await runtime.start("sb-stop0001", template="base", network=False)
@@ -238,9 +243,7 @@ def test_a_sigkilled_server_leaves_no_loop_device_or_mount_and_the_disk_survives
 
 
 async def test_a_layer_from_before_disks_gets_one_when_it_boots(tmp_path: Path) -> None:
-    runtime = SandboxRuntime(
-        tmp_path / "runtime", cache=rootfs.cache_dir(), rootfs=template_root, cgroups=None
-    )
+    runtime = bare_runtime(tmp_path)
     runtime.layers.create_sandbox("sb-old00001")
     await runtime.start("sb-old00001", template="base", network=False)
     script = "echo old > old.txt; ln -s old.txt link; sudo rm /etc/motd; sudo mkdir -p /opt/x"
@@ -266,9 +269,7 @@ async def test_a_layer_from_before_disks_gets_one_when_it_boots(tmp_path: Path) 
 
 
 def test_a_disk_larger_than_the_host_has_free_is_refused(tmp_path: Path) -> None:
-    runtime = SandboxRuntime(
-        tmp_path / "runtime", cache=rootfs.cache_dir(), rootfs=template_root, cgroups=None
-    )
+    runtime = bare_runtime(tmp_path)
     stats = os.statvfs(tmp_path)
     free_mb = stats.f_bavail * stats.f_frsize // disk.MIB
     if free_mb >= 262144:
@@ -281,13 +282,7 @@ def test_a_disk_larger_than_the_host_has_free_is_refused(tmp_path: Path) -> None
 async def test_a_disk_the_host_went_down_with_is_repaired_before_it_boots(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    runtime = SandboxRuntime(
-        tmp_path / "runtime",
-        cache=rootfs.cache_dir(),
-        rootfs=template_root,
-        cgroups=None,
-        max_disk_mb=DISK_MB,
-    )
+    runtime = bare_runtime(tmp_path, max_disk_mb=DISK_MB)
     runtime.layers.create_sandbox("sb-fsck0001")
     image = runtime.layers.disk_image("sb-fsck0001")
     assert not disk.needs_repair(image)
