@@ -7,7 +7,8 @@ programs see an ordinary network, and nftables rules that turn every outgoing TC
 connection to the server's own listener inside the namespace. The server reads the original
 destination (``SO_ORIGINAL_DST``), refuses it unless it is a public address that is not this host's,
 and otherwise connects from the host and pipes bytes both ways. DNS sent to 10.0.2.3 is relayed to
-the host's resolver the same way. Programs need no proxy settings: node's ``fetch``, plain sockets,
+the host's resolver the same way, and other UDP to public addresses goes through the server's
+datagram relay (`datagrams`). Programs need no proxy settings: node's ``fetch``, plain sockets,
 ``curl`` and ``getent hosts`` all work.
 
 What is enforced, and where:
@@ -16,15 +17,16 @@ What is enforced, and where:
   of special ranges that Python 3.11 misses, or networks the operator declares public), never an
   address of this host's interfaces nor loopback, link-local or multicast, port 1-65535; at most
   ``max_connections`` forwarded connections per sandbox at once (past it new ones are reset, so the
-  server's descriptors stay bounded: two per connection); DNS only to the host's resolver, with a
-  timeout and a bound on queries in flight.
+  server's descriptors stay bounded: two per connection), and as many UDP flows (two descriptors
+  each, closed after a minute idle); DNS only to the host's resolver, with a timeout and a bound on
+  queries in flight.
 - In the namespace (nftables, host-owned): TCP to the refused IPv4 ranges and this host's
-  addresses is reset before it is redirected; everything else that does not leave through ``lo`` is
-  dropped, so nothing reaches a device.
+  addresses is reset before it is redirected, UDP to them is dropped (``EPERM`` at the sender);
+  everything else that does not leave through ``lo`` is dropped, so nothing reaches a device.
 
-What is not offered: UDP other than DNS, ICMP (``ping``), and IPv6 egress (there is no IPv6 route, so
-IPv6 connects fail at once and programs fall back to IPv4). With networking disabled the namespace
-keeps only ``lo``: do not attach at all.
+What is not offered: ICMP (``ping``) and IPv6 egress (there is no IPv6 route, so IPv6 connects fail
+at once and programs fall back to IPv4). With networking disabled the namespace keeps only ``lo``:
+do not attach at all.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 
 from prefect_opencomputer.local.sandbox import netns
+from prefect_opencomputer.local.sandbox.datagrams import DatagramRelay
 
 __all__ = [
     "DNS_ADDRESS",
@@ -84,11 +87,16 @@ _SIOCGIFINDEX = 0x8933
 # rtnetlink (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h, linux/if_addr.h)
 _NLMSG_ERROR = 2
 _NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_REPLACE, _NLM_F_EXCL, _NLM_F_CREATE = 0x1, 0x4, 0x100, 0x200, 0x400
-_RTM_NEWLINK, _RTM_NEWADDR, _RTM_NEWROUTE = 16, 20, 24
+_RTM_NEWLINK, _RTM_NEWADDR, _RTM_NEWROUTE, _RTM_NEWRULE = 16, 20, 24, 32
 _IFLA_IFNAME, _IFLA_LINKINFO, _IFLA_INFO_KIND = 3, 18, 1
 _IFA_ADDRESS, _IFA_LOCAL = 1, 2
 _RTA_OIF, _RTA_GATEWAY = 4, 5
-_RT_TABLE_MAIN, _RTPROT_BOOT, _RTN_UNICAST = 254, 3, 1
+_RT_TABLE_MAIN, _RTPROT_BOOT, _RTN_UNICAST, _RTN_LOCAL, _RT_SCOPE_HOST = 254, 3, 1, 2, 254
+_FRA_PRIORITY, _FRA_FWMARK, _FRA_TABLE, _FR_ACT_TO_TBL = 6, 10, 15, 1  # linux/fib_rules.h
+# Datagrams nftables marks for the relay, and the routing table that takes them back in through lo.
+_DATAGRAM_MARK = 0x1
+_DATAGRAM_TABLE = 100
+_LOOPBACK_IFINDEX = 1  # lo's index in every network namespace
 _LOG_INTERVAL = 60.0
 _HOST_ADDRESSES_TTL = 5.0
 
@@ -268,12 +276,16 @@ class SandboxNetwork:
         forward_listener: socket.socket,
         dns_listener: socket.socket,
         dns_datagrams: socket.socket,
+        datagrams: DatagramRelay,
+        log: _QuietLog,
     ) -> None:
-        self._log = _QuietLog(name)
+        self._log = log
         self._max_connections = max_connections
         self._resolver = resolver
         self._also_public = tuple(also_public)
         self._sockets = (forward_listener, dns_listener, dns_datagrams)
+        self._datagrams = datagrams
+        datagrams.start()
         self._connections: set[asyncio.Task[None]] = set()
         self._queries: set[asyncio.Task[None]] = set()
         self._loops = [
@@ -303,7 +315,9 @@ class SandboxNetwork:
         _refuse_own_namespace(netns_fd)
         _require_host_owned(netns_fd)
         resolver = resolver or host_resolver()
+        log = _QuietLog(name)
         opened: list[socket.socket] = []
+        datagrams: DatagramRelay | None = None
         try:
             dns_datagrams = netns.socket_in(netns_fd, socket.SOCK_DGRAM)
             opened.append(dns_datagrams)
@@ -314,16 +328,25 @@ class SandboxNetwork:
             allow_low_ports(netns_fd)
             forward_listener = _listener(netns.socket_in(netns_fd), opened)
             dns_listener = _listener(netns.socket_in(netns_fd), opened)
+            datagrams = DatagramRelay(
+                netns_fd,
+                allowed=functools.partial(destination_allowed, also_public=tuple(also_public)),
+                max_flows=max_connections,
+                log=log,
+            )
             await configure(
                 netns_fd,
                 forward_port=forward_listener.getsockname()[1],
                 dns_stream_port=dns_listener.getsockname()[1],
                 dns_datagram_port=dns_datagrams.getsockname()[1],
+                datagram_port=datagrams.port,
                 also_public=also_public,
             )
         except BaseException:
             for sock in opened:
                 sock.close()
+            if datagrams is not None:
+                await datagrams.close()
             raise
         return cls(
             name=name,
@@ -333,6 +356,8 @@ class SandboxNetwork:
             forward_listener=forward_listener,
             dns_listener=dns_listener,
             dns_datagrams=dns_datagrams,
+            datagrams=datagrams,
+            log=log,
         )
 
     @property
@@ -340,12 +365,18 @@ class SandboxNetwork:
         """Forwarded TCP connections (including DNS over TCP) open right now."""
         return len(self._connections)
 
+    @property
+    def udp_flows(self) -> int:
+        """UDP flows (other than DNS) open right now."""
+        return self._datagrams.flows
+
     async def close(self) -> None:
-        """Stop listening and drop every forwarded connection and DNS query in flight."""
+        """Stop listening and drop every forwarded connection, UDP flow and DNS query in flight."""
         tasks = [*self._loops, *self._connections, *self._queries]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._datagrams.close()
         for sock in self._sockets:
             sock.close()
 
@@ -577,6 +608,23 @@ def add_eth0(netns_fd: int) -> None:
         _rtnl_request(rtnl, _RTM_NEWROUTE, _NLM_F_REPLACE, route)
 
 
+def route_marked_datagrams_to_lo(netns_fd: int) -> None:
+    """What ``ip rule add fwmark 0x1 lookup 100; ip route replace local 0.0.0.0/0 dev lo table 100``
+    does: datagrams nftables marked for the relay come back in through ``lo`` (for TPROXY)."""
+    with netns.rtnetlink_in(netns_fd) as rtnl:
+        # fib_rule_hdr: family, dst_len, src_len, tos, table, two reserved bytes, action, flags.
+        rule = struct.pack("=8BI", socket.AF_INET, 0, 0, 0, _DATAGRAM_TABLE, 0, 0, _FR_ACT_TO_TBL, 0)
+        rule += _rtattr(_FRA_PRIORITY, struct.pack("=I", 100))
+        rule += _rtattr(_FRA_FWMARK, struct.pack("=I", _DATAGRAM_MARK))
+        rule += _rtattr(_FRA_TABLE, struct.pack("=I", _DATAGRAM_TABLE))
+        _rtnl_request(rtnl, _RTM_NEWRULE, _NLM_F_EXCL, rule, tolerate=errno.EEXIST)
+        route = struct.pack(
+            "=8BI", socket.AF_INET, 0, 0, 0, _DATAGRAM_TABLE, _RTPROT_BOOT, _RT_SCOPE_HOST, _RTN_LOCAL, 0
+        )
+        route += _rtattr(_RTA_OIF, struct.pack("=i", _LOOPBACK_IFINDEX))
+        _rtnl_request(rtnl, _RTM_NEWROUTE, _NLM_F_REPLACE, route)
+
+
 def _rtattr(kind: int, payload: bytes) -> bytes:
     size = 4 + len(payload)
     return struct.pack("=HH", size, kind) + payload + b"\0" * (-size % 4)
@@ -598,6 +646,7 @@ def ruleset(
     forward_port: int,
     dns_stream_port: int,
     dns_datagram_port: int,
+    datagram_port: int,
     host: Collection[ipaddress.IPv4Address] = (),
     also_public: Collection[IPNetwork] = (),
     replace: bool = False,
@@ -630,11 +679,28 @@ def ruleset(
         ip daddr {DNS_ADDRESS} tcp dport 53 redirect to :{dns_stream_port}
         meta nfproto ipv4 meta l4proto tcp redirect to :{forward_port}
     }}
+    chain mark_datagrams {{
+        type route hook output priority mangle - 5; policy accept;
+        meta l4proto != udp return
+        # The relay's own sockets (marked) and what stays on lo are left as they are.
+        meta mark != 0 return
+        oif lo return
+        ip daddr {DNS_ADDRESS} udp dport 53 return
+        ip daddr @host return
+        ip daddr @also_public meta mark set {_DATAGRAM_MARK:#x} return
+        ip daddr @refused return
+        meta nfproto ipv4 meta mark set {_DATAGRAM_MARK:#x}
+    }}
+    chain datagrams_to_relay {{
+        type filter hook prerouting priority mangle; policy accept;
+        iif lo meta mark {_DATAGRAM_MARK:#x} meta l4proto udp tproxy ip to 127.0.0.1:{datagram_port}
+    }}
     chain loopback_only {{
         type filter hook output priority filter; policy drop;
         oif lo accept
-        # Redirected above: now bound for lo, though oif still names the device routed to first.
+        # Redirected or marked above: now bound for lo, though oif still names the device routed to first.
         ct status dnat accept
+        meta mark {_DATAGRAM_MARK:#x} accept
     }}
 }}
 """
@@ -647,6 +713,8 @@ table inet prefect_sandbox {
     set refused { type ipv4_addr; flags interval; }
     chain refuse_fenced { type filter hook output priority mangle; policy accept; }
     chain to_forwarders { type nat hook output priority -100; policy accept; }
+    chain mark_datagrams { type route hook output priority mangle - 5; policy accept; }
+    chain datagrams_to_relay { type filter hook prerouting priority mangle; policy accept; }
     chain loopback_only { type filter hook output priority filter; policy drop; }
 }
 flush table inet prefect_sandbox
@@ -670,9 +738,11 @@ async def configure(
     forward_port: int,
     dns_stream_port: int,
     dns_datagram_port: int,
+    datagram_port: int,
     also_public: Collection[IPNetwork] = (),
 ) -> None:
-    """Add ``eth0`` and load the nftables ruleset (the host's ``nft``) inside ``netns_fd``."""
+    """Add ``eth0`` and the route for relayed datagrams, and load the nftables ruleset (the host's
+    ``nft``) inside ``netns_fd``."""
     _refuse_own_namespace(netns_fd)
     host = sorted(address for address in host_addresses() if isinstance(address, ipaddress.IPv4Address))
     rules = functools.partial(
@@ -680,6 +750,7 @@ async def configure(
         forward_port=forward_port,
         dns_stream_port=dns_stream_port,
         dns_datagram_port=dns_datagram_port,
+        datagram_port=datagram_port,
         host=host,
         also_public=also_public,
     )
@@ -693,6 +764,7 @@ async def configure(
             await _run_in(netns_fd, ["nft", "-f", "-"], rules(replace=True))
 
     add_eth0(netns_fd)
+    route_marked_datagrams_to_lo(netns_fd)
     await load_rules()
 
 
