@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -286,9 +288,7 @@ async def test_loopback_inside_still_works_and_the_server_reaches_it(
     assert (await server).returncode == 0
 
 
-async def test_udp_other_than_dns_and_ipv6_do_not_leave(
-    namespace: Namespace, network: SandboxNetwork
-) -> None:
+async def test_udp_to_this_host_and_ipv6_do_not_leave(namespace: Namespace, network: SandboxNetwork) -> None:
     address = _host_ipv4_address()
     code = f"""
 import socket
@@ -340,7 +340,8 @@ async def test_close_leaves_no_listener_and_no_socket(namespace: Namespace) -> N
     before = _own_socket_count()
     attached = await SandboxNetwork.attach(namespace.fd, name="test")
     listening = await namespace.run("ss", "-Hltun")
-    assert listening.stdout.count("127.0.0.1:") == 3, listening  # forwarder, DNS over TCP and UDP
+    # The TCP forwarder, DNS over TCP and UDP, and the UDP relay.
+    assert listening.stdout.count("127.0.0.1:") == 4, listening
     await attached.close()
     assert (await namespace.run("ss", "-Hltun")).stdout.strip() == ""
     assert _own_socket_count() == before
@@ -399,7 +400,28 @@ except ConnectionResetError:
     # A reset is the server dropping it; the registry, left alone, keeps it open or ends it with a FIN.
     assert result.stdout.strip() == "ended reset", result
     assert network.active_connections == 0
-    assert _own_socket_count() <= before - 3  # the three listeners, and both ends of the connection
+    assert _own_socket_count() <= before - 4  # the four listeners, and both ends of the connection
+
+
+def test_udp_reaches_a_public_peer_from_its_address_and_nothing_fenced() -> None:
+    """In throwaway namespaces (`udp_lab.py`): nothing public answers UDP from this machine."""
+    _needs_root_and_tools()
+    lab = Path(__file__).with_name("udp_lab.py")
+    result = subprocess.run(
+        ["unshare", "--net", "--", sys.executable, str(lab)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    # Two datagrams of one flow, answered from the peer's own address, as on a VM; 60 kB whole.
+    assert seen["answers"] == [["echo:one", ["198.51.100.7", 7]], ["echo:two", ["198.51.100.7", 7]]]
+    assert seen["big"] == 60005
+    # Past the cap (4 in the lab: the echo's flow and three more), new flows are dropped.
+    assert seen["flows_open"] == 4 and seen["flows_after_close"] == 0
+    # The host's and private addresses are dropped by the rules (EPERM at the sender) ...
+    assert seen["host"] == seen["private"] == "PermissionError"
+    # ... and an address the host gained after the rules were written, by the server's own check.
+    assert seen["late_host"] == "TimeoutError"
+    assert seen["warnings"] == ["network of lab: datagram to 198.51.100.20:7 refused"]
 
 
 # --- through to the package registry -------------------------------------------------------------

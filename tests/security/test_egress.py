@@ -78,6 +78,36 @@ async def test_the_hosts_own_interface_address_is_out_of_reach(
     assert listener.reached == [], "a sandbox reached a service listening on this host"
 
 
+async def test_udp_to_the_hosts_own_interface_address_never_arrives(
+    http: httpx.AsyncClient, sandbox: str
+) -> None:
+    address = host_interface_address()
+    if address is None:
+        pytest.skip("this host has no global IPv4 address")
+    loop = asyncio.get_running_loop()
+    arrived: list[bytes] = []
+
+    class Note(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            arrived.append(data)
+
+    transport, _ = await loop.create_datagram_endpoint(Note, local_addr=("0.0.0.0", 0))
+    port = transport.get_extra_info("sockname")[1]
+    try:
+        send = (
+            'python3 -c "import socket,sys; u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); '
+            "u.sendto(b'uid', (sys.argv[1], int(sys.argv[2]))); print('sent')\""
+        )
+        to_host = await run(http, sandbox, f"{send} {address} {port}")
+        assert "PermissionError" in to_host["stderr"], to_host  # dropped in the sandbox's namespace
+        own_loopback = await run(http, sandbox, f"{send} 127.0.0.1 {port}")
+        assert own_loopback["stdout"] == "sent\n", own_loopback  # the sandbox's own, not the host's
+        await asyncio.sleep(0.5)  # a datagram that got out would have arrived by now
+        assert arrived == [], "a sandbox's datagram reached a socket of this host"
+    finally:
+        transport.close()
+
+
 async def test_the_api_servers_loopback_port_is_not_the_sandboxs_loopback(
     http: httpx.AsyncClient, sandbox: str, local_server: LocalServer
 ) -> None:
