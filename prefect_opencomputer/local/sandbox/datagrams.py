@@ -32,6 +32,9 @@ RELAY_MARK = 0x2
 FLOW_IDLE_SECONDS = 60.0
 _SWEEP_SECONDS = 5.0
 _MAX_DATAGRAM = 65535
+# Datagrams read per readiness callback: a sandbox sending without pause cannot hold the event loop
+# (the reader is called again on the next turn while more are queued).
+_BURST = 64
 
 Address = tuple[str, int]
 
@@ -110,8 +113,8 @@ class DatagramRelay:
             os.close(self._netns)
 
     def _receive_first(self) -> None:
-        """Datagrams of flows not yet open: read until none is left."""
-        while True:
+        """Datagrams of flows not yet open (a burst at a time)."""
+        for _ in range(_BURST):
             try:
                 data, ancillary, _, source = self._listener.recvmsg(_MAX_DATAGRAM, socket.CMSG_SPACE(16))
             except BlockingIOError:
@@ -163,7 +166,7 @@ class DatagramRelay:
         flow = self._flows.get(key)
         if flow is None:
             return
-        while True:
+        for _ in range(_BURST):
             try:
                 data = source.recv(_MAX_DATAGRAM)
             except BlockingIOError:
