@@ -107,7 +107,7 @@ async def attach_and_probe(sandbox: int) -> dict[str, object]:
     fd = os.open(f"/proc/{sandbox}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     public = [ipaddress.ip_network(f"{address}/32") for address in (PEER, LATE_HOST_ADDRESS)]
     network = await SandboxNetwork.attach(
-        fd, name="lab", also_public=public, resolver=(PEER, 53), max_connections=MAX_FLOWS
+        fd, name="lab", also_public=public, resolver=(PEER, 53), max_udp_flows=MAX_FLOWS
     )
     os.close(fd)
     try:

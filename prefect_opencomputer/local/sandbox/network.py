@@ -17,9 +17,9 @@ What is enforced, and where:
   of special ranges that Python 3.11 misses, or networks the operator declares public), never an
   address of this host's interfaces nor loopback, link-local or multicast, port 1-65535; at most
   ``max_connections`` forwarded connections per sandbox at once (past it new ones are reset, so the
-  server's descriptors stay bounded: two per connection), and as many UDP flows (two descriptors
-  each, closed after a minute idle); DNS only to the host's resolver, with a timeout and a bound on
-  queries in flight.
+  server's descriptors stay bounded: two per connection), and ``max_udp_flows`` UDP flows (two
+  descriptors each, closed after a minute idle); DNS only to the host's resolver, with a timeout
+  and a bound on queries in flight.
 - In the namespace (nftables, host-owned): TCP to the refused IPv4 ranges and this host's
   addresses is reset before it is redirected, UDP to them is dropped (``EPERM`` at the sender);
   everything else that does not leave through ``lo`` is dropped, so nothing reaches a device.
@@ -70,6 +70,9 @@ DNS_ADDRESS = "10.0.2.3"
 # The root filesystems write this as /etc/resolv.conf: the server answers DNS at DNS_ADDRESS.
 RESOLV_CONF = f"nameserver {DNS_ADDRESS}\n"
 DEFAULT_MAX_CONNECTIONS = 128
+# UDP flows hold two descriptors each, as connections do: fewer of them, so that 50 sandboxes at both
+# caps stay well within a server's usual 20,000 descriptors.
+DEFAULT_MAX_UDP_FLOWS = 32
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -300,6 +303,7 @@ class SandboxNetwork:
         netns_fd: int,
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_udp_flows: int = DEFAULT_MAX_UDP_FLOWS,
         name: str = "sandbox",
         resolver: tuple[str, int] | None = None,
         also_public: Collection[IPNetwork] = (),
@@ -310,8 +314,8 @@ class SandboxNetwork:
         ``netns_fd`` is only used during the call; the caller keeps and closes it. ``resolver``
         defaults to the host's first nameserver; ``also_public`` is as in ``destination_allowed``.
         """
-        if max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
+        if max_connections < 1 or max_udp_flows < 1:
+            raise ValueError("max_connections and max_udp_flows must be at least 1")
         _refuse_own_namespace(netns_fd)
         _require_host_owned(netns_fd)
         resolver = resolver or host_resolver()
@@ -331,7 +335,7 @@ class SandboxNetwork:
             datagrams = DatagramRelay(
                 netns_fd,
                 allowed=functools.partial(destination_allowed, also_public=tuple(also_public)),
-                max_flows=max_connections,
+                max_flows=max_udp_flows,
                 log=log,
             )
             await configure(
