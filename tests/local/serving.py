@@ -58,12 +58,13 @@ def wait_until_serving(url: str) -> None:
     raise AssertionError(f"{url} never answered")
 
 
-def bwrap_processes() -> list[int]:
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line names ``text`` (a sandbox's helper names its layer and data dir)."""
     pids = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                if Path(entry.path, "comm").read_text().strip() == "bwrap":
+                if text.encode() in Path(entry.path, "cmdline").read_bytes():
                     pids.append(int(entry.name))
             except OSError:
                 continue

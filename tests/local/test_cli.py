@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving import COMMAND, Served, bwrap_processes, cmdline, environment, wait_until_serving
+from serving import COMMAND, Served, environment, processes_mentioning, wait_until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +36,8 @@ def test_serve_answers_with_the_key_from_the_environment_and_stops_on_sigterm(
     assert httpx.get(url + "/api/sandboxes", params={"api_key": key}).status_code == 200
     created = httpx.post(url + "/api/sandboxes", headers={"X-API-Key": key}, json={}, timeout=60)
     assert created.status_code == 201
+    sandbox_id = created.json()["sandboxID"]
+    assert processes_mentioning(sandbox_id), "the sandbox should be running while served"
 
     output = served.signal(signal.SIGTERM)
 
@@ -44,7 +46,8 @@ def test_serve_answers_with_the_key_from_the_environment_and_stops_on_sigterm(
     assert "api_key=***" in output
     assert "Traceback" not in output
     assert "Application shutdown complete" in output
-    assert [pid for pid in bwrap_processes() if str(tmp_path) in cmdline(pid)] == []
+    assert processes_mentioning(sandbox_id) == []
+    assert processes_mentioning(str(tmp_path)) == []
 
 
 def test_serve_without_a_key_prints_a_generated_one_once(tmp_path: Path) -> None:

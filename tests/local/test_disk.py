@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from serving import processes_mentioning
 
 from prefect_opencomputer.local import LocalServer
 from prefect_opencomputer.local.backend.sandboxes import template_root
@@ -97,18 +98,10 @@ def traces(data_dir: Path) -> dict[str, list[str]]:
     """What of ``data_dir``'s sandboxes the host still holds: loop devices, mounts, processes."""
     prefix = str(data_dir)
     mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if prefix in line]
-    processes = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if prefix in (entry / "cmdline").read_text():
-                    processes.append(entry.name)
-            except OSError:
-                continue
     return {
         "loops": [path for path in disk.loop_backing_files() if path.startswith(prefix)],
         "mounts": mounts,
-        "processes": processes,
+        "processes": [str(pid) for pid in processes_mentioning(prefix)],
     }
 
 

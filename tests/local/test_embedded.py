@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
 import httpx
 import pytest
+from serving import processes_mentioning
 
 from prefect_opencomputer.local import LocalServer, LocalServerError
-
-
-def processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                cmdline = Path(entry.path, "cmdline").read_bytes()
-            except OSError:
-                continue
-            if text.encode() in cmdline:
-                pids.append(int(entry.name))
-    return pids
 
 
 def accepts_connections(port: int) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from booting import start
+from serving import processes_mentioning
 
 from prefect_opencomputer.local.sandbox import ids
 from prefect_opencomputer.local.sandbox.fileops import PathEscapeError
@@ -24,19 +25,6 @@ async def sh(runtime: SandboxRuntime, sandbox_id: str, script: str, timeout: flo
     result = await runtime.run(sandbox_id, ["/bin/sh", "-c", script], timeout=timeout)
     assert result.exit_code == 0, result
     return result.stdout.decode()
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line names ``text`` (a sandbox's layer path is on its init's)."""
-    pids = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if text in Path(entry.path, "cmdline").read_text():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
 
 
 async def test_commands_run_as_the_sandbox_user_in_its_home(runtime: SandboxRuntime) -> None:
