@@ -81,6 +81,11 @@ def _command(body: RunBody | SessionBody) -> str:
     return body.cmd
 
 
+def _run_timeout(body: RunBody) -> int:
+    """A run's timeout in seconds: the hosted default when it is missing, 0 or negative."""
+    return body.timeout if body.timeout and body.timeout > 0 else DEFAULT_RUN_TIMEOUT
+
+
 def result_json(result: CommandResult) -> dict[str, object]:
     return {
         "exitCode": result.exit_code,
@@ -112,7 +117,7 @@ async def run_command(
     body = body or RunBody()
     command = _command(body)
     argv = [command, *body.args] if body.args else ["/bin/sh", "-c", command]
-    timeout = body.timeout if body.timeout and body.timeout > 0 else DEFAULT_RUN_TIMEOUT
+    timeout = _run_timeout(body)
     envs = body.envs or {}
     if timeout <= STREAMED_RUN_THRESHOLD:
         result = await backend.run_command(sandbox_id, argv, envs=envs, cwd=body.cwd, timeout=timeout)
@@ -159,7 +164,7 @@ async def run_async(sandbox_id: str, backend: BackendDep, body: RunBody | None =
         body.args or [],
         envs=body.envs or {},
         cwd=body.cwd,
-        timeout=body.timeout if body.timeout and body.timeout > 0 else DEFAULT_RUN_TIMEOUT,
+        timeout=_run_timeout(body),
         max_run_after_disconnect=0,
     )
     if await session.wait_exit(INLINE_HOLD_SECONDS) and not session.truncated:
