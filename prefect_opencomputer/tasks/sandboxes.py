@@ -262,7 +262,7 @@ async def set_sandbox_timeout(
 async def hibernate_sandbox(
     sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
 ) -> Sandbox:
-    """Hibernate a running sandbox: its processes stop, its disk is kept; any later data call wakes it.
+    """Hibernate a running sandbox: its processes pause with their memory; any later data call wakes it.
 
     Args:
         sandbox: The sandbox, as its id or its model.
