@@ -6,6 +6,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from prefect_opencomputer.local.backend.sandboxes import template_root
@@ -33,3 +34,12 @@ async def runtime(tmp_path: Path) -> AsyncIterator[SandboxRuntime]:
     await runtime.shutdown()
     for directory in cgroups.hierarchy_dirs:
         directory.rmdir()
+
+
+@pytest.fixture
+async def created(http: httpx.AsyncClient) -> AsyncIterator[list[str]]:
+    """Sandbox ids a test creates itself; all killed afterwards."""
+    ids: list[str] = []
+    yield ids
+    for sandbox_id in ids:
+        await http.delete(f"/sandboxes/{sandbox_id}")

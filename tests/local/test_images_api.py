@@ -61,15 +61,6 @@ def unique_image() -> Image:
 
 
 @pytest.fixture
-async def created(http: httpx.AsyncClient) -> AsyncIterator[list[str]]:
-    """Sandbox ids a test creates; all killed afterwards."""
-    ids: list[str] = []
-    yield ids
-    for sandbox_id in ids:
-        await http.delete(f"/sandboxes/{sandbox_id}")
-
-
-@pytest.fixture
 async def snapshot_names(http: httpx.AsyncClient) -> AsyncIterator[list[str]]:
     names: list[str] = []
     yield names

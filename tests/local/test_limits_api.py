@@ -22,14 +22,6 @@ async def control(local_server: LocalServer) -> AsyncIterator[httpx.AsyncClient]
         await client.put("/_test/limits", json={"maxRunningSandboxes": limit})
 
 
-@pytest.fixture
-async def created(http: httpx.AsyncClient) -> AsyncIterator[list[str]]:
-    ids: list[str] = []
-    yield ids
-    for sandbox_id in ids:
-        await http.delete(f"/sandboxes/{sandbox_id}")
-
-
 async def _running(http: httpx.AsyncClient) -> int:
     return sum(item["status"] == "running" for item in (await http.get("/sandboxes")).json())
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,15 +18,6 @@ from prefect_opencomputer.local.config import LocalServerConfig
 SANDBOX_ID = re.compile(r"^sb-[0-9a-f]{8}$")
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 RFC3339_MILLIS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-@pytest.fixture
-async def created(http: httpx.AsyncClient) -> AsyncIterator[list[str]]:
-    """Sandbox ids a test creates itself; all killed afterwards."""
-    ids: list[str] = []
-    yield ids
-    for sandbox_id in ids:
-        await http.delete(f"/sandboxes/{sandbox_id}")
 
 
 async def _create(http: httpx.AsyncClient, created: list[str], **body: object) -> httpx.Response:
