@@ -43,6 +43,7 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect_opencomputer.local.sandbox import netns
@@ -340,10 +341,12 @@ class SandboxNetwork:
             )
             await configure(
                 netns_fd,
-                forward_port=forward_listener.getsockname()[1],
-                dns_stream_port=dns_listener.getsockname()[1],
-                dns_datagram_port=dns_datagrams.getsockname()[1],
-                datagram_port=datagrams.port,
+                ListenerPorts(
+                    forward=forward_listener.getsockname()[1],
+                    dns_stream=dns_listener.getsockname()[1],
+                    dns_datagram=dns_datagrams.getsockname()[1],
+                    datagram=datagrams.port,
+                ),
                 also_public=also_public,
             )
         except BaseException:
@@ -645,12 +648,19 @@ def _rtnl_request(rtnl: socket.socket, kind: int, flags: int, body: bytes, *, to
         raise NetworkSetupError(f"rtnetlink request {kind} in the sandbox's namespace: {os.strerror(-error)}")
 
 
+@dataclass(frozen=True)
+class ListenerPorts:
+    """The server's listeners inside a sandbox's namespace (127.0.0.1), where the rules send traffic."""
+
+    forward: int  # TCP
+    dns_stream: int  # DNS over TCP
+    dns_datagram: int  # DNS over UDP
+    datagram: int  # other UDP, through TPROXY
+
+
 def ruleset(
+    ports: ListenerPorts,
     *,
-    forward_port: int,
-    dns_stream_port: int,
-    dns_datagram_port: int,
-    datagram_port: int,
     host: Collection[ipaddress.IPv4Address] = (),
     also_public: Collection[IPNetwork] = (),
     replace: bool = False,
@@ -679,9 +689,9 @@ def ruleset(
     chain to_forwarders {{
         type nat hook output priority -100; policy accept;
         oif lo return
-        ip daddr {DNS_ADDRESS} udp dport 53 redirect to :{dns_datagram_port}
-        ip daddr {DNS_ADDRESS} tcp dport 53 redirect to :{dns_stream_port}
-        meta nfproto ipv4 meta l4proto tcp redirect to :{forward_port}
+        ip daddr {DNS_ADDRESS} udp dport 53 redirect to :{ports.dns_datagram}
+        ip daddr {DNS_ADDRESS} tcp dport 53 redirect to :{ports.dns_stream}
+        meta nfproto ipv4 meta l4proto tcp redirect to :{ports.forward}
     }}
     chain mark_datagrams {{
         type route hook output priority mangle - 5; policy accept;
@@ -697,7 +707,7 @@ def ruleset(
     }}
     chain datagrams_to_relay {{
         type filter hook prerouting priority mangle; policy accept;
-        iif lo meta mark {_DATAGRAM_MARK:#x} meta l4proto udp tproxy ip to 127.0.0.1:{datagram_port}
+        iif lo meta mark {_DATAGRAM_MARK:#x} meta l4proto udp tproxy ip to 127.0.0.1:{ports.datagram}
     }}
     chain loopback_only {{
         type filter hook output priority filter; policy drop;
@@ -736,28 +746,12 @@ def _nft_set(name: str, members: Iterable[ipaddress.IPv4Address | IPNetwork]) ->
     return "\n".join([*lines, "    }"])
 
 
-async def configure(
-    netns_fd: int,
-    *,
-    forward_port: int,
-    dns_stream_port: int,
-    dns_datagram_port: int,
-    datagram_port: int,
-    also_public: Collection[IPNetwork] = (),
-) -> None:
+async def configure(netns_fd: int, ports: ListenerPorts, *, also_public: Collection[IPNetwork] = ()) -> None:
     """Add ``eth0`` and the route for relayed datagrams, and load the nftables ruleset (the host's
     ``nft``) inside ``netns_fd``."""
     _refuse_own_namespace(netns_fd)
     host = sorted(address for address in host_addresses() if isinstance(address, ipaddress.IPv4Address))
-    rules = functools.partial(
-        ruleset,
-        forward_port=forward_port,
-        dns_stream_port=dns_stream_port,
-        dns_datagram_port=dns_datagram_port,
-        datagram_port=datagram_port,
-        host=host,
-        also_public=also_public,
-    )
+    rules = functools.partial(ruleset, ports, host=host, also_public=also_public)
 
     async def load_rules() -> None:
         try:
