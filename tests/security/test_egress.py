@@ -7,6 +7,7 @@ checked against the egress policy function alone, without sending them traffic.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 from collections.abc import AsyncIterator
@@ -106,6 +107,39 @@ async def test_udp_to_the_hosts_own_interface_address_never_arrives(
         assert arrived == [], "a sandbox's datagram reached a socket of this host"
     finally:
         transport.close()
+
+
+RELAY_PROBE = """
+import json, os, socket
+seen = {"uid": os.getuid()}
+options = (("SO_MARK", socket.SOL_SOCKET, socket.SO_MARK), ("IP_TRANSPARENT", socket.SOL_IP, 19))
+for name, level, option in options:
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).setsockopt(level, option, 1)
+        seen[name] = "set"
+    except OSError as error:
+        seen[name] = type(error).__name__
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(("1.1.1.1", 53))
+    seen["foreign_bind"] = "bound"
+except OSError as error:
+    seen["foreign_bind"] = type(error).__name__
+print(json.dumps(seen))
+"""
+
+
+async def test_the_sandboxs_root_cannot_take_the_datagram_relays_place(
+    http: httpx.AsyncClient, sandbox: str
+) -> None:
+    # Marks and transparent sockets are what the relay's own sockets use; root inside gets neither.
+    script = base64.b64encode(RELAY_PROBE.encode()).decode()
+    out = await run(http, sandbox, f"echo {script} | base64 -d > /tmp/probe.py && sudo python3 /tmp/probe.py")
+    assert json.loads(out["stdout"]) == {
+        "uid": 0,
+        "SO_MARK": "PermissionError",
+        "IP_TRANSPARENT": "PermissionError",
+        "foreign_bind": "OSError",
+    }, out
 
 
 async def test_the_api_servers_loopback_port_is_not_the_sandboxs_loopback(
