@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -21,15 +20,6 @@ CHECKPOINT_KEYS = {
     "createdAt",
 }
 MISSING_UUID = "00000000-0000-4000-8000-00000000dead"
-
-
-@pytest.fixture
-async def forks(http: httpx.AsyncClient) -> AsyncIterator[list[str]]:
-    """Sandboxes a test forks; all killed afterwards."""
-    ids: list[str] = []
-    yield ids
-    for sandbox_id in ids:
-        await http.delete(f"/sandboxes/{sandbox_id}")
 
 
 async def _run(http: httpx.AsyncClient, sandbox: str, cmd: str) -> str:
@@ -55,11 +45,11 @@ async def _checkpoint(http: httpx.AsyncClient, sandbox: str, name: str, **body: 
 
 
 async def _fork(
-    http: httpx.AsyncClient, forks: list[str], checkpoint_id: object, **body: object
+    http: httpx.AsyncClient, created: list[str], checkpoint_id: object, **body: object
 ) -> httpx.Response:
     response = await http.post(f"/sandboxes/from-checkpoint/{checkpoint_id}", json=body)
     if response.status_code == 201:
-        forks.append(response.json()["sandboxID"])
+        created.append(response.json()["sandboxID"])
     return response
 
 
@@ -156,13 +146,13 @@ async def test_delete_oldest_retention_keeps_the_newest(http: httpx.AsyncClient,
 
 
 async def test_retention_skips_checkpoints_with_patches_or_forks(
-    http: httpx.AsyncClient, sandbox: str, forks: list[str]
+    http: httpx.AsyncClient, sandbox: str, created: list[str]
 ) -> None:
     policy = {"mode": "delete_oldest", "maxCount": 2}
     patched = await _checkpoint(http, sandbox, "patched", retentionPolicy=policy)
     await http.post(f"/sandboxes/checkpoints/{patched['id']}/patches", json={"script": "true"})
     forked = await _checkpoint(http, sandbox, "forked", retentionPolicy=policy)
-    assert (await _fork(http, forks, forked["id"])).status_code == 201
+    assert (await _fork(http, created, forked["id"])).status_code == 201
     response = await http.post(
         f"/sandboxes/{sandbox}/checkpoints", json={"name": "third", "retentionPolicy": policy}
     )
@@ -191,9 +181,9 @@ async def test_restore_reverts_the_disk_in_place(http: httpx.AsyncClient, sandbo
     assert (await http.get(f"/sandboxes/{sandbox}")).json()["status"] == "running"
 
 
-async def test_restore_preconditions(http: httpx.AsyncClient, sandbox: str, forks: list[str]) -> None:
+async def test_restore_preconditions(http: httpx.AsyncClient, sandbox: str, created: list[str]) -> None:
     checkpoint = await _checkpoint(http, sandbox, "mine")
-    other = (await _fork(http, forks, checkpoint["id"])).json()["sandboxID"]
+    other = (await _fork(http, created, checkpoint["id"])).json()["sandboxID"]
     cases = [
         (f"/sandboxes/{sandbox}/checkpoints/not-a-uuid/restore", 400, "invalid checkpoint ID"),
         (f"/sandboxes/{sandbox}/checkpoints/{MISSING_UUID}/restore", 404, "checkpoint not found"),
@@ -215,24 +205,24 @@ async def test_restore_preconditions(http: httpx.AsyncClient, sandbox: str, fork
 
 
 async def test_delete_removes_the_checkpoint_and_its_patches(
-    http: httpx.AsyncClient, sandbox: str, forks: list[str]
+    http: httpx.AsyncClient, sandbox: str, created: list[str]
 ) -> None:
     checkpoint = await _checkpoint(http, sandbox, "doomed")
     await http.post(f"/sandboxes/checkpoints/{checkpoint['id']}/patches", json={"script": "true"})
     assert (await http.delete(f"/sandboxes/{sandbox}/checkpoints/{checkpoint['id']}")).status_code == 204
     assert (await http.get(f"/sandboxes/{sandbox}/checkpoints")).json() == []
     assert (await http.get(f"/sandboxes/checkpoints/{checkpoint['id']}/patches")).status_code == 404
-    assert (await _fork(http, forks, checkpoint["id"])).status_code == 404
+    assert (await _fork(http, created, checkpoint["id"])).status_code == 404
     again = await http.delete(f"/sandboxes/{sandbox}/checkpoints/{checkpoint['id']}")
     assert (again.status_code, again.json()) == (404, {"error": "checkpoint not found"})
 
 
 async def test_fork_boots_a_new_sandbox_with_the_checkpoint_disk(
-    http: httpx.AsyncClient, sandbox: str, forks: list[str]
+    http: httpx.AsyncClient, sandbox: str, created: list[str]
 ) -> None:
     await _run(http, sandbox, "echo from-parent > inherited.txt")
     checkpoint = await _checkpoint(http, sandbox, "base")
-    response = await _fork(http, forks, checkpoint["id"])
+    response = await _fork(http, created, checkpoint["id"])
     assert response.status_code == 201
     body = response.json()
     assert body["fromCheckpointId"] == checkpoint["id"]
@@ -246,32 +236,32 @@ async def test_fork_boots_a_new_sandbox_with_the_checkpoint_disk(
     assert await _run(http, sandbox, "cat inherited.txt") == "from-parent\n"
 
 
-async def test_fork_envs_merge_over_the_checkpoint_envs(http: httpx.AsyncClient, forks: list[str]) -> None:
+async def test_fork_envs_merge_over_the_checkpoint_envs(http: httpx.AsyncClient, created: list[str]) -> None:
     parent = (await http.post("/sandboxes", json={"envs": {"A": "parent", "B": "parent"}})).json()[
         "sandboxID"
     ]
-    forks.append(parent)
+    created.append(parent)
     checkpoint = await _checkpoint(http, parent, "envs")
-    fork_id = (await _fork(http, forks, checkpoint["id"], envs={"B": "fork"})).json()["sandboxID"]
+    fork_id = (await _fork(http, created, checkpoint["id"], envs={"B": "fork"})).json()["sandboxID"]
     assert await _run(http, fork_id, "echo $A $B") == "parent fork\n"
 
 
-async def test_fork_errors(http: httpx.AsyncClient, sandbox: str, forks: list[str]) -> None:
-    response = await _fork(http, forks, "not-a-uuid")
+async def test_fork_errors(http: httpx.AsyncClient, sandbox: str, created: list[str]) -> None:
+    response = await _fork(http, created, "not-a-uuid")
     assert (response.status_code, response.json()) == (400, {"error": "invalid checkpoint ID"})
-    response = await _fork(http, forks, MISSING_UUID)
+    response = await _fork(http, created, MISSING_UUID)
     assert (response.status_code, response.json()) == (404, {"error": "checkpoint not found"})
     checkpoint = await _checkpoint(http, sandbox, "ok")
-    response = await _fork(http, forks, checkpoint["id"], secretStore="vault")
+    response = await _fork(http, created, checkpoint["id"], secretStore="vault")
     assert (response.status_code, response.json()) == (400, {"error": "secret store not found: vault"})
 
 
 async def test_fork_right_after_create_waits_for_the_copy(
-    http: httpx.AsyncClient, sandbox: str, forks: list[str]
+    http: httpx.AsyncClient, sandbox: str, created: list[str]
 ) -> None:
     await _run(http, sandbox, "head -c 20000000 /dev/urandom > big.bin; echo marker > m.txt")
-    created = (await http.post(f"/sandboxes/{sandbox}/checkpoints", json={"name": "fresh"})).json()
-    response = await _fork(http, forks, created["id"])
+    checkpoint = (await http.post(f"/sandboxes/{sandbox}/checkpoints", json={"name": "fresh"})).json()
+    response = await _fork(http, created, checkpoint["id"])
     assert response.status_code == 201
     assert (
         await _run(http, response.json()["sandboxID"], "cat m.txt; stat -c %s big.bin")
@@ -280,12 +270,12 @@ async def test_fork_right_after_create_waits_for_the_copy(
 
 
 async def test_checkpoints_outlive_their_killed_sandbox(
-    http: httpx.AsyncClient, sandbox: str, forks: list[str]
+    http: httpx.AsyncClient, sandbox: str, created: list[str]
 ) -> None:
     await _run(http, sandbox, "echo survivor > s.txt")
     checkpoint = await _checkpoint(http, sandbox, "kept")
     await http.delete(f"/sandboxes/{sandbox}")
     listed = (await http.get(f"/sandboxes/{sandbox}/checkpoints")).json()
     assert [cp["id"] for cp in listed] == [checkpoint["id"]]
-    fork_id = (await _fork(http, forks, checkpoint["id"])).json()["sandboxID"]
+    fork_id = (await _fork(http, created, checkpoint["id"])).json()["sandboxID"]
     assert await _run(http, fork_id, "cat s.txt") == "survivor\n"

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 MISSING_UUID = "00000000-0000-4000-8000-00000000dead"
-
-
-@pytest.fixture
-async def forks(http: httpx.AsyncClient) -> AsyncIterator[list[str]]:
-    ids: list[str] = []
-    yield ids
-    for sandbox_id in ids:
-        await http.delete(f"/sandboxes/{sandbox_id}")
 
 
 @pytest.fixture
@@ -38,11 +29,11 @@ def _patches(checkpoint_id: str) -> str:
     return f"/sandboxes/checkpoints/{checkpoint_id}/patches"
 
 
-async def _fork(http: httpx.AsyncClient, forks: list[str], checkpoint_id: str) -> str:
+async def _fork(http: httpx.AsyncClient, created: list[str], checkpoint_id: str) -> str:
     response = await http.post(f"/sandboxes/from-checkpoint/{checkpoint_id}", json={})
     assert response.status_code == 201, response.text
     fork_id: str = response.json()["sandboxID"]
-    forks.append(fork_id)
+    created.append(fork_id)
     return fork_id
 
 
@@ -99,13 +90,13 @@ async def test_patch_errors(http: httpx.AsyncClient, checkpoint: str) -> None:
 
 
 async def test_fork_runs_patches_in_sequence_as_the_sandbox_user(
-    http: httpx.AsyncClient, checkpoint: str, forks: list[str]
+    http: httpx.AsyncClient, checkpoint: str, created: list[str]
 ) -> None:
     await http.post(
         _patches(checkpoint), json={"script": "echo one >> log.txt; whoami >> log.txt; pwd >> log.txt"}
     )
     await http.post(_patches(checkpoint), json={"script": "echo two >> log.txt; echo $HOME >> log.txt"})
-    fork_id = await _fork(http, forks, checkpoint)
+    fork_id = await _fork(http, created, checkpoint)
     assert await _run(http, fork_id, "cat base.txt log.txt") == (
         "base\none\nsandbox\n/home/sandbox\ntwo\n/home/sandbox\n"
     )
@@ -113,12 +104,12 @@ async def test_fork_runs_patches_in_sequence_as_the_sandbox_user(
 
 
 async def test_failing_patch_keeps_fork_and_reports_patch_error(
-    http: httpx.AsyncClient, checkpoint: str, forks: list[str]
+    http: httpx.AsyncClient, checkpoint: str, created: list[str]
 ) -> None:
     await http.post(_patches(checkpoint), json={"script": "echo ran > first.txt"})
     await http.post(_patches(checkpoint), json={"script": "echo boom >&2; exit 3"})
     await http.post(_patches(checkpoint), json={"script": "echo never > third.txt"})
-    fork_id = await _fork(http, forks, checkpoint)
+    fork_id = await _fork(http, created, checkpoint)
     body = (await http.get(f"/sandboxes/{fork_id}")).json()
     assert body["status"] == "running"
     assert body["patchError"].startswith(
