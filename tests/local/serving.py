@@ -59,16 +59,23 @@ def wait_until_serving(url: str) -> None:
 
 
 def processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line names ``text`` (a sandbox's helper names its layer and data dir)."""
+    """Pids that name ``text`` in their command line, cgroups or mounts.
+
+    A sandbox's processes sit in a cgroup named after it, and its helper's mount table holds the
+    disk mounted below the data dir (the helper's command line names neither: it is overwritten).
+    """
     pids = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                if text.encode() in Path(entry.path, "cmdline").read_bytes():
+                if any(text.encode() in Path(entry.path, name).read_bytes() for name in _NAMING):
                     pids.append(int(entry.name))
             except OSError:
                 continue
     return pids
+
+
+_NAMING = ("cmdline", "cgroup", "mountinfo")
 
 
 def cmdline(pid: int) -> str:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -162,19 +163,26 @@ def test_files_survive_hibernate_wake_checkpoint_fork_and_restore(api: httpx.Cli
 
 
 def test_kill_leaves_no_loop_device_mount_or_directory(server: LocalServer, api: httpx.Client) -> None:
+    before = disk.attached_files()
     sandbox = create(api)
     out(api, sandbox, "head -c 1M /dev/urandom > data.bin; sleep 300 >/dev/null 2>&1 &")
     layer = server.data_dir / "runtime" / "layers" / "sandboxes" / sandbox
-    image = layer / "disk.img"
-    assert str(image) in disk.loop_backing_files()
+    its_disk = disk.attached_files() - before
+    assert len(its_disk) == 1, "the sandbox's disk is on a loop device of its own"
     # Mounted in the sandbox's own namespaces only: the host's mount table never names it.
     assert str(layer) not in Path("/proc/self/mountinfo").read_text()
     assert api.delete(f"/sandboxes/{sandbox}").status_code == 204
-    assert not layer.exists()
+    # Kill answers at once; its processes, loop device and directories go right after.
+    deadline = time.monotonic() + 10
+    while layer.exists() or its_disk & disk.attached_files():
+        assert time.monotonic() < deadline, "the sandbox's layer or loop device is still there"
+        time.sleep(0.05)
     wait_for_no_traces(layer)
 
 
-async def test_a_stopped_sandbox_is_copied_from_its_disk_in_a_private_namespace(tmp_path: Path) -> None:
+async def test_a_stopped_sandbox_is_checkpointed_from_its_image_and_forks_boot_on_a_clone(
+    tmp_path: Path,
+) -> None:
     runtime = bare_runtime(tmp_path, max_disk_mb=DISK_MB)
     runtime.layers.create_sandbox("sb-stop0001")
     try:
@@ -182,19 +190,17 @@ async def test_a_stopped_sandbox_is_copied_from_its_disk_in_a_private_namespace(
         made = await runtime.run("sb-stop0001", ["/bin/sh", "-c", "echo quiet > quiet.txt; mkfifo pipe"])
         assert made.exit_code == 0, made
         await runtime.stop("sb-stop0001")
-        # Like an image build: stopped first, then copied out of the disk that nothing mounts now.
-        assert await runtime.layers.snapshot("sb-stop0001", "ckpt-stopped") > 0
-        copied = runtime.layers.checkpoint_dir("ckpt-stopped") / "home/sandbox"
-        assert (copied / "quiet.txt").read_text() == "quiet\n"
-        assert (copied / "pipe").is_fifo()
-        await runtime.layers.fork("ckpt-stopped", "sb-stop0002", disk_mb=20480)
+        # Like an image build: stopped first, then cloned from the image that nothing mounts now.
+        assert await runtime.checkpoint("sb-stop0001", "ckpt-stopped") > 0
+        await runtime.layers.fork("ckpt-stopped", "sb-stop0002")
         assert disk.image_size_mb(runtime.layers.disk_image("sb-stop0002")) == DISK_MB
         await runtime.start("sb-stop0002", template="base", network=False)
-        read = await runtime.run("sb-stop0002", ["cat", "quiet.txt"])
-        assert read.stdout == b"quiet\n", read
+        read = await runtime.run("sb-stop0002", ["/bin/sh", "-c", "cat quiet.txt; test -p pipe && echo fifo"])
+        assert read.stdout == b"quiet\nfifo\n", read
     finally:
         await runtime.destroy("sb-stop0001")
         await runtime.destroy("sb-stop0002")
+        await runtime.shutdown()
     wait_for_no_traces(tmp_path)
 
 
@@ -235,30 +241,28 @@ def test_a_sigkilled_server_leaves_no_loop_device_or_mount_and_the_disk_survives
     wait_for_no_traces(data_dir)
 
 
-async def test_a_layer_from_before_disks_gets_one_when_it_boots(tmp_path: Path) -> None:
-    runtime = bare_runtime(tmp_path)
+async def test_a_disk_from_before_the_store_is_brought_into_it_when_it_boots(tmp_path: Path) -> None:
+    runtime = bare_runtime(tmp_path, max_disk_mb=DISK_MB)
     runtime.layers.create_sandbox("sb-old00001")
     await runtime.start("sb-old00001", template="base", network=False)
-    script = "echo old > old.txt; ln -s old.txt link; sudo rm /etc/motd; sudo mkdir -p /opt/x"
-    made = await runtime.run("sb-old00001", ["/bin/sh", "-c", script])
+    made = await runtime.run("sb-old00001", ["/bin/sh", "-c", "echo old > old.txt; ln -s old.txt link"])
     assert made.exit_code == 0, made
     await runtime.stop("sb-old00001")
-    await runtime.layers.snapshot("sb-old00001", "old-upper")
-    # The layout of a layer made before this change: upper and work as plain host directories.
+    assert await runtime.wait_stopped(30)
+    # The layout of a data dir made before the disk store: the image beside the mount points.
     layer = runtime.layers.layer_dir("sb-old00001")
-    runtime.layers.disk_image("sb-old00001").unlink()
-    runtime.layers.checkpoint_dir("old-upper").rename(layer / "upper")
-    (layer / "work").mkdir()
+    shutil.move(runtime.layers.disk_image("sb-old00001"), layer / "disk.img")
     assert runtime.layers.sandbox_exists("sb-old00001")
 
     await runtime.start("sb-old00001", template="base", network=False)
     try:
-        check = "cat old.txt; readlink link; ls /etc/motd 2>/dev/null || echo whiteout kept; ls -d /opt/x"
-        read = await runtime.run("sb-old00001", ["/bin/sh", "-c", check])
-        assert read.stdout == b"old\nold.txt\nwhiteout kept\n/opt/x\n", read
-        assert sorted(path.name for path in layer.iterdir()) == ["disk", "disk.img", "init.log", "merged"]
+        read = await runtime.run("sb-old00001", ["/bin/sh", "-c", "cat old.txt; readlink link"])
+        assert read.stdout == b"old\nold.txt\n", read
+        assert sorted(path.name for path in layer.iterdir()) == ["disk", "init.log", "merged"]
+        assert runtime.layers.disk_image("sb-old00001").is_file()
     finally:
         await runtime.destroy("sb-old00001")
+        await runtime.shutdown()
 
 
 def test_a_disk_larger_than_the_host_has_free_is_refused(tmp_path: Path) -> None:
@@ -283,11 +287,10 @@ async def test_a_disk_the_host_went_down_with_is_repaired_before_it_boots(
         await runtime.start("sb-fsck0001", template="base", network=False)
         made = await runtime.run("sb-fsck0001", ["/bin/sh", "-c", "echo kept > kept.txt"])
         assert made.exit_code == 0, made
-        # Mounted (in the sandbox's namespaces only) it reads as not clean, and is left alone.
-        assert disk.needs_repair(image)
-        assert not disk.repair_if_needed(image)
+        # Journaled, a mounted disk reads as clean: a crash is its journal's to replay, not e2fsck's.
+        assert not disk.needs_repair(image)
         await runtime.stop("sb-fsck0001")
-        wait_for_no_traces(tmp_path)
+        assert await runtime.wait_stopped(30)
         assert not disk.needs_repair(image)
 
         # As a host crash leaves it: "not clean" (debugfs rewrites the superblock with its checksum).
@@ -301,4 +304,5 @@ async def test_a_disk_the_host_went_down_with_is_repaired_before_it_boots(
         assert read.stdout == b"kept\n", read
     finally:
         await runtime.destroy("sb-fsck0001")
+        await runtime.shutdown()
     wait_for_no_traces(tmp_path)

@@ -126,7 +126,7 @@ async def test_stop_keeps_the_disk_and_start_brings_it_back(runtime: SandboxRunt
 async def test_checkpoint_fork_and_restore_copy_the_layer(runtime: SandboxRuntime) -> None:
     source = await boot(runtime, "sb-ckpt0001")
     await sh(runtime, source, "echo v1 > state.txt")
-    size = await runtime.layers.snapshot(source, "checkpoint-1")
+    size = await runtime.checkpoint(source, "checkpoint-1")
     assert size > 0
     await sh(runtime, source, "echo v2 > state.txt")
 
@@ -146,6 +146,8 @@ async def test_destroy_leaves_no_process_mount_or_directory(runtime: SandboxRunt
     layer = str(runtime.layers.mountpoint(sandbox).parent)
     assert processes_mentioning(layer)
     await runtime.destroy(sandbox)
+    # Destroy answers at once; what it stopped goes in the background, and is waited for here.
+    assert await runtime.wait_stopped(30)
     assert processes_mentioning(layer) == []
     assert not Path(layer).exists()
     assert layer not in Path("/proc/self/mountinfo").read_text()

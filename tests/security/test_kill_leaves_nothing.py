@@ -40,7 +40,7 @@ def cgroup_dirs_of(sandbox_id: str, group: str) -> list[Path]:
     for top, dirs, _ in os.walk(CGROUP_ROOT):
         depth = len(Path(top).relative_to(CGROUP_ROOT).parts)
         if Path(top).name == group:
-            found += [Path(top, d) for d in dirs if d == sandbox_id]
+            found += [Path(top, d) for d in dirs if d.startswith(f"{sandbox_id}-")]  # one per boot
             dirs[:] = []
         elif depth >= 4:
             dirs[:] = []
@@ -65,8 +65,9 @@ async def test_kill_leaves_no_process_mount_cgroup_or_layer(
     assert cgroup_dirs_of(sandbox, group)
 
     assert (await http.delete(f"/sandboxes/{sandbox}")).status_code == 204
+    # Kill answers at once; the processes and then their cgroups go right after.
     for _ in range(100):
-        if not processes_naming(sandbox):
+        if not processes_naming(sandbox) and not cgroup_dirs_of(sandbox, group):
             break
         await asyncio.sleep(0.1)
     assert processes_naming(sandbox) == []

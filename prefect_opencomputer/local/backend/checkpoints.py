@@ -1,9 +1,10 @@
 """Checkpoints, their patches, restore and fork.
 
-A checkpoint is a copy of a sandbox's layer taken in the background (``processing`` until the
-copy ends). Restore swaps a running sandbox's layer for it in place; fork boots a new sandbox
-from it and runs its patches, in sequence, before answering. Checkpoints outlive the sandbox they
-were taken from: they are resources of their own.
+A checkpoint is a clone of a sandbox's disk, taken with its filesystem frozen, in the background
+(``processing`` until the clone is done: milliseconds, whatever the disk holds). Restore puts a
+clone of it in place of a running sandbox's disk and reboots it; fork boots a new sandbox on a
+clone of it and runs its patches, in sequence, before answering. Checkpoints outlive the sandbox
+they were taken from: they are resources of their own.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from prefect_opencomputer.local.backend.records import (
 )
 from prefect_opencomputer.local.backend.state import DuplicateName
 from prefect_opencomputer.local.errors import BackendError, Failed, Invalid, NameTaken, NotFound
-from prefect_opencomputer.local.sandbox import copying
 
 if TYPE_CHECKING:
     from prefect_opencomputer.local.backend.sandboxes import Sandboxes
@@ -79,23 +79,24 @@ class Checkpoints:
     # -- server lifecycle --------------------------------------------------------------------
 
     async def recover(self) -> None:
-        """A copy that was in flight when the server died never finished: mark it failed.
+        """A clone that was in flight when the server died never finished: mark it failed.
 
-        Its data goes, and so does every partial copy (checkpoint or fork) that a killed server
-        left; nothing here fails the start.
+        Its data goes, and so does every partial clone (checkpoint, fork or restore) that a killed
+        server left; nothing here fails the start. A ready checkpoint whose image is missing (one
+        taken by a local server from before the disk store) is failed with the reason.
         """
         store = self._backend.store
         layers = self._backend.runtime.layers
-        await copying.sweep_partials(layers.checkpoint_dir("-").parent)
-        for sandbox in store.sandboxes():
-            await copying.sweep_partials(layers.layer_dir(sandbox.id))
+        await asyncio.to_thread(layers.store.sweep_partials)
         for checkpoint in store.checkpoints(status="processing"):
-            checkpoint.status = "failed"
-            checkpoint.error_msg = "the local server stopped while the checkpoint was being taken"
-            checkpoint.failed_at = utc_now()
+            _fail(checkpoint, "the local server stopped while the checkpoint was being taken")
             store.save_checkpoint(checkpoint)
             with contextlib.suppress(OSError):
-                await copying.remove_tree(layers.checkpoint_dir(checkpoint.id))
+                await layers.remove_checkpoint(checkpoint.id)
+        for checkpoint in store.checkpoints(status="ready"):
+            if not layers.checkpoint_exists(checkpoint.id):
+                _fail(checkpoint, "its disk image is missing (taken by an older local server); take it again")
+                store.save_checkpoint(checkpoint)
 
     async def finish_copies(self, timeout: float) -> None:
         """Wait (bounded) for copies in flight; what remains is failed by the next `recover`."""
@@ -198,10 +199,10 @@ class Checkpoints:
             await backend.stop_processes(record, "running")
             try:
                 await backend.runtime.layers.restore(checkpoint_id, sandbox_id)
-                await backend.boot(record)  # copies the checkpoint onto the new disk
             except Exception as error:
-                await backend.boot(record)  # on the old disk, which a failed restore leaves in place
+                await backend.boot(record)  # on the old disk, which a failed clone leaves in place
                 raise Failed(f"restore failed: {error}") from error
+            await backend.boot(record)
 
     async def delete(self, sandbox_id: str, checkpoint_id: str) -> None:
         _require_uuid(checkpoint_id, "checkpoint")
@@ -248,8 +249,7 @@ class Checkpoints:
             async with self._readers.reading(checkpoint.id):
                 if backend.store.checkpoint(checkpoint.id) is None:
                     raise NotFound("checkpoint not found")
-                await backend.runtime.layers.fork(checkpoint.id, record.id, record.disk_mb)
-                # The boot copies the checkpoint in: it must not be deleted until then.
+                await backend.runtime.layers.fork(checkpoint.id, record.id)
                 async with backend.lifecycle_lock(record.id):
                     await backend.boot(record)
         except BaseException as error:
@@ -299,15 +299,12 @@ class Checkpoints:
     async def _copy(self, checkpoint: CheckpointRecord, lock: asyncio.Lock, resumed: asyncio.Event) -> None:
         backend = self._backend
         try:
-            async with backend.runtime.quiesced(checkpoint.sandbox_id):
-                size = await backend.runtime.layers.snapshot(checkpoint.sandbox_id, checkpoint.id)
+            size = await backend.runtime.checkpoint(checkpoint.sandbox_id, checkpoint.id)
         except Exception as error:
             logger.warning("checkpoint %s failed: %s", checkpoint.id, error)
             current = backend.store.checkpoint(checkpoint.id)
             if current is not None:
-                current.status = "failed"
-                current.error_msg = str(error) or type(error).__name__
-                current.failed_at = utc_now()
+                _fail(current, str(error) or type(error).__name__)
                 backend.store.save_checkpoint(current)
             with contextlib.suppress(Exception):
                 await backend.runtime.layers.remove_checkpoint(checkpoint.id)
@@ -407,6 +404,12 @@ class Checkpoints:
             backend.store.save_sandbox(record)
         record.patch_error = None
         backend.store.save_sandbox(record)
+
+
+def _fail(checkpoint: CheckpointRecord, reason: str) -> None:
+    checkpoint.status = "failed"
+    checkpoint.error_msg = reason
+    checkpoint.failed_at = utc_now()
 
 
 def kind_of(kind: str) -> CheckpointKind:

@@ -80,7 +80,7 @@ async def build_image(
         # Stopped first, so the copy sees a quiet layer: no process is still writing into it.
         await runtime.stop(builder_id)
         snapshotted = True
-        size = await runtime.layers.snapshot(builder_id, checkpoint_id)
+        size = await runtime.checkpoint(builder_id, checkpoint_id)
     except BaseException:
         if snapshotted:
             with contextlib.suppress(Exception):

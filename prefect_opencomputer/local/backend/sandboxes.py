@@ -65,15 +65,18 @@ def discover_cgroups(config: LocalServerConfig) -> CgroupHost | None:
 
 
 def prepare_host(config: LocalServerConfig, progress: rootfs.Progress) -> str:
-    """Get this machine ready to serve, before the server starts answering; returns the limits line.
+    """Get this machine ready to serve, before the server starts answering; returns the limits and
+    disks lines for the start-up output.
 
     Compiles the sandbox helper, checks the cgroups, and builds the default template's root
     filesystem: minutes on the very first run (``progress`` hears about it), a cache hit after.
     Raises `RuntimeUnavailable` with a readable reason.
     """
-    SandboxRuntime(
-        config.data_dir, cache=rootfs.cache_dir(), rootfs=template_root, cgroups=None
-    ).check_available()
+    runtime = SandboxRuntime(
+        config.data_dir / "runtime", cache=rootfs.cache_dir(), rootfs=template_root, cgroups=None
+    )
+    runtime.check_available()
+    disks = f"disks: {runtime.layers.store.describe()}"
     try:
         cgroups = discover_cgroups(config)
     except CgroupsUnavailable as error:
@@ -93,10 +96,11 @@ def prepare_host(config: LocalServerConfig, progress: rootfs.Progress) -> str:
     if built:
         raise RuntimeUnavailable(f"building the sandbox root filesystem failed: {built[0]}") from built[0]
     if cgroups is None:
-        return "limits: none (--no-limits): memoryMB, cpuCount and process caps are not enforced"
-    described = cgroups.describe()
-    cgroups.release()  # a check only: the server makes its groups again as it starts
-    return f"limits: {described}"
+        limits = "limits: none (--no-limits): memoryMB, cpuCount and process caps are not enforced"
+    else:
+        limits = f"limits: {cgroups.describe()}"
+        cgroups.release()  # a check only: the server makes its groups again as it starts
+    return f"{limits}\n  {disks}"
 
 
 def egress_allowed(config: LocalServerConfig) -> frozenset[IPNetwork]:

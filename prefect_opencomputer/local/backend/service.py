@@ -49,6 +49,7 @@ from prefect_opencomputer.local.private_files import make_private_dir
 from prefect_opencomputer.local.sandbox.cgroups import CgroupsUnavailable
 from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
 from prefect_opencomputer.local.sandbox.runtime import CommandResult
+from prefect_opencomputer.local.sandbox.store import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,10 @@ class LocalBackend:
             await asyncio.to_thread(self.runtime.cgroups.sweep)
             await asyncio.to_thread(self.runtime.cgroups.sweep_abandoned, CGROUP_PREFIX)
         make_private_dir(self.config.data_dir)
+        try:
+            await asyncio.to_thread(self.runtime.layers.store.open)
+        except StoreUnavailable as error:
+            raise RuntimeUnavailable(str(error)) from error
         self.sandboxes.open(StateStore(self.config.data_dir / "state.db"))
         secret = self.store.setting(_SIGNING_SECRET_KEY)
         if secret is None:
@@ -158,13 +163,13 @@ class LocalBackend:
         for record in self.store.sandboxes():
             if record.status == "pending":
                 # Created but never acknowledged: nobody knows its id.
-                await self.runtime.layers.remove_sandbox(record.id)
+                self.runtime.discard_layer(record.id)
                 self.store.delete_sandbox(record.id)
             elif record.status == "running":
                 record.status = "hibernated"
                 self.store.save_sandbox(record)
             elif record.status == "stopped" and self.runtime.layers.sandbox_exists(record.id):
-                await self.runtime.layers.remove_sandbox(record.id)
+                self.runtime.discard_layer(record.id)  # killed, but the server died before its disk went
         await self.checkpoints.recover()
         await self.images.start()
         self.sandboxes.peak = 0

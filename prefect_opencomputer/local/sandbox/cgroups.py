@@ -400,13 +400,12 @@ class SandboxCgroup:
             _write(procs, str(pid))
 
     def pids(self) -> list[int]:
-        """Processes in the group, in any hierarchy; a removed group has none."""
+        """Processes in the group and any group made below it, in any hierarchy; none once removed."""
         found: set[int] = set()
-        for procs in self.procs_files:
-            try:
-                found.update(int(word) for word in procs.read_text().split())
-            except FileNotFoundError:
-                continue
+        for directory in self.dirs:
+            for group in _groups_below(directory):
+                with contextlib.suppress(FileNotFoundError):
+                    found.update(int(word) for word in (group / "cgroup.procs").read_text().split())
         return sorted(found)
 
     def freeze(self) -> None:
@@ -488,7 +487,19 @@ class SandboxCgroup:
             return
         self.kill_all()
         for directory in self.dirs:
-            _wait(functools.partial(_rmdir, directory), f"removing {directory}")
+            # Groups the sandbox's root made below its own go first: rmdir refuses a parent.
+            for group in _groups_below(directory):
+                _wait(functools.partial(_rmdir, group), f"removing {group}")
+
+
+def _groups_below(directory: Path) -> list[Path]:
+    """``directory`` and every cgroup below it, deepest first (cgroupfs holds no links to follow)."""
+    found: list[Path] = []
+    for parent, children, _ in os.walk(directory, topdown=False):
+        found.extend(Path(parent) / child for child in children)
+    if directory.is_dir():
+        found.append(directory)
+    return found
 
 
 def _rmdir(directory: Path) -> bool:

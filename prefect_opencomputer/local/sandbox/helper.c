@@ -8,25 +8,25 @@
  * sandbox, nsenter exec'd setpriv from the sandbox's /usr/bin); this program can, in a few
  * hundred lines, and enters a sandbox in about a millisecond.
  *
- *   helper boot  --lower D --disk-image F --disk-mount D --merged D --hostname H --map BASE:COUNT
- *                [--cgroup-procs F]... [--shm-bytes N] [--ready-fd N] [--copy-in DIR --copy-with CP]
+ *   helper boot  --lower D --disk-fd N --disk-mount D --merged D --hostname H --map BASE:COUNT
+ *                [--cgroup-procs F]... [--shm-bytes N] [--ready-fd N]
  *     A new network namespace owned by the host (the sandbox's root cannot change its routes or
  *     firewall; "net" on the ready fd says it exists) and a private mount namespace where the
- *     sandbox's disk (an ext4 image holding its upper and work directories) is mounted on the
- *     disk mount dir: the host's own mount table never sees it, so nothing leaks when this
- *     process dies. A fork's or restore's fresh disk gets its checkpoint copied in first. Then a
- *     child in new user (ids
- *     0..COUNT-1 inside are BASE.. outside), mount, PID, IPC, UTS and cgroup namespaces. The child
- *     mounts an overlay (lower read-only, the disk's upper writable) with the ids of the
- *     sandbox's root, pivots into it, mounts /proc, /dev, /dev/shm, /run and writes /etc/hosts,
- *     then becomes the sandbox's pid 1 (a reaper running host code). The parent prints the
+ *     sandbox's disk (an ext4 image, open on fd N, holding its upper and work directories) is
+ *     mounted on the disk mount dir: the host's own mount table never sees it, so nothing leaks
+ *     when this process dies. Then a child in new user (ids 0..COUNT-1 inside are BASE.. outside),
+ *     mount, PID, IPC, UTS and cgroup namespaces. The child mounts an overlay (lower read-only,
+ *     the disk's upper writable) with the ids of the sandbox's root, pivots into it, mounts /proc,
+ *     /dev, /dev/shm, /run and writes /etc/hosts, then becomes the sandbox's pid 1 (a reaper
+ *     running host code, whose command line names nothing of the host). The parent prints the
  *     child's pid on the ready fd once the root is in place and waits; the disk stays reachable
  *     from the host as /proc/<parent>/root/<disk mount> while it lives.
  *
- *   helper disk --image F --mount D -- /ABSOLUTE/HOST/COMMAND ARGS...
- *     Mounts the disk image on D in a private mount namespace of its own and executes the host
- *     command there (a copy out of a stopped sandbox's disk); the mount and its loop device
- *     go when the command exits.
+ *   helper store --image F --send-fd N
+ *     Mounts the XFS image F (the server's disk store, which clones a file in constant time) as
+ *     a detached mount, attached to no mount table at all, and sends the mount's fd over the
+ *     unix socket N. The server reaches the store only through that fd: when the server goes,
+ *     the mount and its loop device go with it.
  *
  *   helper enter --pidfd N --uid U --gid G [--groups G1,G2] [--cwd DIR] [--cgroup-procs F]...
  *                -- ARGV...
@@ -54,6 +54,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -126,10 +127,8 @@ static int clone_host_tree(const char *path) {
 
 /* -- the sandbox's disk: an ext4 image on a loop device, mounted in a private namespace ------ */
 
-/* A free loop device backed by the image; it detaches itself once its last user (the mount) goes. */
-static int attach_loop(const char *image, char *device, size_t size) {
-    int file = open(image, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-    if (file < 0) die(image);
+/* A free loop device backed by the open image; it detaches itself once its last user (the mount) goes. */
+static int attach_loop(int file, const char *name, char *device, size_t size) {
     int control = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
     if (control < 0) die("/dev/loop-control");
     for (int attempt = 0; attempt < 32; attempt++) {
@@ -144,7 +143,7 @@ static int attach_loop(const char *image, char *device, size_t size) {
         /* Direct I/O: the image's pages are not cached a second time below the disk's own, and
          * a stop has no dirty backing pages to flush (a kill went from ~100 ms to ~10 ms). */
         config.info.lo_flags = LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO;
-        strncpy((char *)config.info.lo_file_name, image, LO_NAME_SIZE - 1);
+        strncpy((char *)config.info.lo_file_name, name, LO_NAME_SIZE - 1);
         int configured = ioctl(loop, LOOP_CONFIGURE, &config);
         if (configured < 0 && errno == EINVAL) { /* a host filesystem without O_DIRECT */
             config.info.lo_flags = LO_FLAGS_AUTOCLEAR;
@@ -169,11 +168,11 @@ static int attach_loop(const char *image, char *device, size_t size) {
  * stays (sudo inside). errors=remount-ro: a damaged disk stops taking writes, nothing more.
  * noinit_itable: no background zeroing of inode tables the image never wrote (it is sparse).
  */
-static void mount_disk(const char *image, const char *target) {
+static void mount_disk(int image, const char *target) {
     if (unshare(CLONE_NEWNS) < 0) die("mount namespace");
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("private mounts");
     char device[32];
-    int loop = attach_loop(image, device, sizeof device);
+    int loop = attach_loop(image, "sandbox-disk", device, sizeof device);
     int fs = fs_open("ext4");
     fs_set(fs, "source", device);
     fs_set(fs, "errors", "remount-ro");
@@ -189,45 +188,59 @@ static int open_below(int dir, const char *name) {
     return fd;
 }
 
-static int disk(const char *image, const char *target, char **argv) {
-    if (argv[0][0] != '/') fail("disk runs a host command given by its absolute path");
+/*
+ * The disk store: an XFS image with reflinks, mounted detached (fsmount without move_mount), so
+ * no mount table holds it and its only way in is the fd this sends. nodev, nosuid, noexec: it
+ * holds image files only. No online discard (a discard per freed extent made deleting a
+ * fragmented image take minutes): the server trims the store in batches instead.
+ */
+static int store(const char *image, int socket_fd) {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("pdeathsig");
-    mount_disk(image, target);
-    execv(argv[0], argv);
-    die(argv[0]);
-    return 125;
+    int file = open(image, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (file < 0) die(image);
+    char device[32];
+    int loop = attach_loop(file, "sandbox-disk-store", device, sizeof device);
+    int fs = fs_open("xfs");
+    fs_set(fs, "source", device);
+    int mnt = fs_mount(fs, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
+    close(loop);
+    char byte = 's';
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr message = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof control.space};
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&message);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &mnt, sizeof(int));
+    if (sendmsg(socket_fd, &message, 0) != 1) die("send the store");
+    return 0;
 }
 
 /*
- * A fork's or restore's checkpoint copied onto the fresh disk through the boot's own mount, so
- * its pages stay cached for the sandbox that reads them next. Host root runs the host's cp here,
- * reading the server's checkpoint and writing into a disk nothing of the sandbox has touched yet.
+ * What `ps` shows of a process is its argv, in its own memory. The helper's options name host
+ * paths and the sandbox's id, which neither a local user nor anything inside should read.
  */
-static void copy_in(const char *cp, const char *source, const char *disk_mount) {
-    if (cp[0] != '/') fail("--copy-with takes the host cp by its absolute path");
-    char upper[4096];
-    if ((size_t)snprintf(upper, sizeof upper, "%s/upper", disk_mount) >= sizeof upper) fail("disk mount path too long");
-    pid_t copier = fork();
-    if (copier < 0) die("fork");
-    if (copier == 0) {
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("pdeathsig");
-        execl(cp, "cp", "-a", "-T", "--", source, upper, (char *)NULL);
-        die(cp);
-    }
-    int status;
-    while (waitpid(copier, &status, 0) < 0) {
-        if (errno != EINTR) die("wait");
-    }
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) fail("copying the checkpoint onto the disk failed");
+static void set_title(int argc, char **argv, const char *title) {
+    char *end = argv[argc - 1] + strlen(argv[argc - 1]);
+    size_t room = (size_t)(end - argv[0]);
+    memset(argv[0], 0, room);
+    strncpy(argv[0], title, room);
 }
 
 /* -- boot ---------------------------------------------------------------------------------- */
 
 struct boot {
-    const char *lower, *disk_image, *disk_mount, *merged, *hostname, *copy_source, *copy_with;
+    const char *lower, *disk_mount, *merged, *hostname;
     unsigned long base, count, shm_bytes;
     char *cgroups[MAX_CGROUPS];
-    int ncgroups, ready_fd;
+    int ncgroups, ready_fd, disk_fd, argc;
+    char **argv;
 };
 
 static const char *DEVICES[] = {"null", "zero", "full", "random", "urandom", "tty"};
@@ -358,6 +371,7 @@ static void boot_child(struct boot *b, int go_fd, int ready_fd) {
     if (mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64m") < 0) die("/run");
     if (sethostname(b->hostname, strlen(b->hostname)) < 0) die("sethostname");
     write_hosts(b->hostname);
+    set_title(b->argc, b->argv, "init"); /* the options are used up: nothing of the host shows */
     if (prctl(PR_SET_DUMPABLE, 0) < 0) die("dumpable");
 
     struct sigaction action;
@@ -388,8 +402,7 @@ static int boot(struct boot *b) {
     /* The server fences the network while the rest boots: it reads this namespace through our pid. */
     dprintf(b->ready_fd, "net\n");
     /* The child's mount namespace starts as a copy of this one: it finds the disk mounted. */
-    mount_disk(b->disk_image, b->disk_mount);
-    if (b->copy_source) copy_in(b->copy_with, b->copy_source, b->disk_mount);
+    mount_disk(b->disk_fd, b->disk_mount);
 
     int go[2], ready[2];
     if (pipe2(go, O_CLOEXEC) < 0 || pipe2(ready, O_CLOEXEC) < 0) die("pipe");
@@ -401,6 +414,7 @@ static int boot(struct boot *b) {
         close(ready[0]);
         boot_child(b, go[0], ready[1]);
     }
+    set_title(b->argc, b->argv, "sandbox-helper boot");
     close(go[0]);
     close(ready[1]);
     map_ids(child, b->base, b->count);
@@ -521,19 +535,18 @@ static const char *value(int argc, char **argv, int *i) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) fail("usage: sandbox-helper boot|enter|disk ...");
+    if (argc < 2) fail("usage: sandbox-helper boot|enter|store ...");
     char *cgroups[MAX_CGROUPS];
     int ncgroups = 0;
     if (strcmp(argv[1], "boot") == 0) {
-        struct boot b = {.shm_bytes = 64UL << 20, .ready_fd = -1, .hostname = "sandbox"};
+        struct boot b = {.shm_bytes = 64UL << 20, .ready_fd = -1, .disk_fd = -1, .hostname = "sandbox",
+                         .argc = argc, .argv = argv};
         for (int i = 2; i < argc; i++) {
             const char *arg = argv[i];
             if (strcmp(arg, "--lower") == 0) b.lower = value(argc, argv, &i);
-            else if (strcmp(arg, "--disk-image") == 0) b.disk_image = value(argc, argv, &i);
+            else if (strcmp(arg, "--disk-fd") == 0) b.disk_fd = atoi(value(argc, argv, &i));
             else if (strcmp(arg, "--disk-mount") == 0) b.disk_mount = value(argc, argv, &i);
             else if (strcmp(arg, "--merged") == 0) b.merged = value(argc, argv, &i);
-            else if (strcmp(arg, "--copy-in") == 0) b.copy_source = value(argc, argv, &i);
-            else if (strcmp(arg, "--copy-with") == 0) b.copy_with = value(argc, argv, &i);
             else if (strcmp(arg, "--hostname") == 0) b.hostname = value(argc, argv, &i);
             else if (strcmp(arg, "--shm-bytes") == 0) b.shm_bytes = strtoul(value(argc, argv, &i), NULL, 10);
             else if (strcmp(arg, "--ready-fd") == 0) b.ready_fd = atoi(value(argc, argv, &i));
@@ -544,9 +557,8 @@ int main(int argc, char **argv) {
                 b.cgroups[b.ncgroups++] = (char *)value(argc, argv, &i);
             } else fail("unknown boot option");
         }
-        if (!b.lower || !b.disk_image || !b.disk_mount || !b.merged || b.ready_fd < 0 || b.base == 0 ||
-            b.count == 0 || (b.copy_source && !b.copy_with))
-            fail("boot needs --lower --disk-image --disk-mount --merged --map --ready-fd (and --copy-with with --copy-in)");
+        if (!b.lower || b.disk_fd < 0 || !b.disk_mount || !b.merged || b.ready_fd < 0 || b.base == 0 || b.count == 0)
+            fail("boot needs --lower --disk-fd --disk-mount --merged --map --ready-fd");
         return boot(&b);
     }
     if (strcmp(argv[1], "enter") == 0) {
@@ -569,17 +581,17 @@ int main(int argc, char **argv) {
         if (pidfd < 0 || uid < 0 || gid < 0 || i + 1 >= argc) fail("enter needs --pidfd --uid --gid -- ARGV");
         return enter(pidfd, (uid_t)uid, (gid_t)gid, groups, cwd, cgroups, ncgroups, argv + i + 1);
     }
-    if (strcmp(argv[1], "disk") == 0) {
-        const char *image = NULL, *target = NULL;
-        int i = 2;
-        for (; i < argc && strcmp(argv[i], "--") != 0; i++) {
+    if (strcmp(argv[1], "store") == 0) {
+        const char *image = NULL;
+        int socket_fd = -1;
+        for (int i = 2; i < argc; i++) {
             if (strcmp(argv[i], "--image") == 0) image = value(argc, argv, &i);
-            else if (strcmp(argv[i], "--mount") == 0) target = value(argc, argv, &i);
-            else fail("unknown disk option");
+            else if (strcmp(argv[i], "--send-fd") == 0) socket_fd = atoi(value(argc, argv, &i));
+            else fail("unknown store option");
         }
-        if (!image || !target || i + 1 >= argc) fail("disk needs --image --mount -- COMMAND");
-        return disk(image, target, argv + i + 1);
+        if (!image || socket_fd < 0) fail("store needs --image --send-fd");
+        return store(image, socket_fd);
     }
-    fail("usage: sandbox-helper boot|enter|disk ...");
+    fail("usage: sandbox-helper boot|enter|store ...");
     return 125;
 }

@@ -1,18 +1,21 @@
-"""Sandbox and checkpoint layers on disk.
+"""Sandbox disks and checkpoints: image files in the disk store, cloned, never walked.
 
 A sandbox's root is an overlay: its template's root filesystem read-only below, the sandbox's own
 ``upper`` directory above, where every write lands. Upper and work live on the sandbox's own
-disk, ``disk.img``: an ext4 image of its ``diskMB`` (see `sandbox.disk`), so a full disk is the
-sandbox's ENOSPC and never the host's. The image is mounted only inside private mount namespaces:
-the helper's while the sandbox runs (reachable from the host through ``/proc/<helper>/root``), or a
-short-lived one of ``helper disk`` for a copy out of a stopped sandbox. A checkpoint is a plain
-copy of an upper directory (owners, whiteouts and overlay xattrs kept); a fork or a restore gets a
-fresh image that its next boot fills from the checkpoint.
+disk: an ext4 image of its ``diskMB`` (see `sandbox.disk`) in the disk store (see `sandbox.store`),
+so a full disk is the sandbox's ENOSPC and never the host's. The image is mounted only inside the
+helper's private mount namespace while the sandbox runs.
+
+A checkpoint is a clone of that image, taken with the sandbox's processes paused and its disk
+synced; a fork's disk is a clone of the checkpoint, a restore puts one in place of the disk. Host
+root copies image files as data and never resolves a path inside a sandbox's tree, so nothing a
+sandbox plants (links, swapped directories) can steer it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import os
@@ -21,7 +24,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from prefect_opencomputer.local.sandbox import copying, disk, ids, processes
+from prefect_opencomputer.local.sandbox import disk
+from prefect_opencomputer.local.sandbox.store import DiskStore, allocated_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +37,12 @@ def _never_live(sandbox_id: str) -> Path | None:
 
 
 class LayerStore:
-    """Where the layers live: ``sandboxes/<id>/{disk.img,disk,merged}``, ``checkpoints/<id>``, ``spares``.
+    """Sandbox disks and checkpoint images in the disk store, beside each sandbox's mount points.
 
-    ``helper`` gives the sandbox helper's path; ``live_root`` the directory through which the host
-    sees a running sandbox's mounts (None when it is not running). ``max_disk_mb`` caps every
-    sandbox's disk (a server flag, so tests can fill one quickly).
+    ``root`` holds, per sandbox, the directories the helper mounts on (``sandboxes/<id>/{disk,merged}``)
+    and its boot log; the images themselves live in the store (``<root>/../disks``). ``helper`` gives
+    the sandbox helper's path; ``live_root`` the directory through which the host sees a running
+    sandbox's mounts (None when it is not running). ``max_disk_mb`` caps every sandbox's disk.
     """
 
     def __init__(
@@ -50,15 +55,11 @@ class LayerStore:
     ) -> None:
         self.root = root
         self.max_disk_mb = max_disk_mb
-        self._helper = helper
+        self.store = DiskStore(root.with_name("disks"), helper=helper)
         self._live_root = live_root
         self._skeleton_ready = False
         self._skeleton_lock = threading.Lock()
-        # Checkpoints to copy onto a disk by the next boot: (checkpoint dir, the image to boot).
-        self._copy_ins: dict[str, tuple[Path, Path]] = {}
-        self.spares = disk.SpareImages(
-            self.root / "spares", self.disk_size_mb(disk.DEFAULT_SIZE_MB), self.skeleton
-        )
+        self._spares: disk.SpareImages | None = None
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -66,59 +67,52 @@ class LayerStore:
         return self.root / "sandboxes" / sandbox_id
 
     def disk_image(self, sandbox_id: str) -> Path:
-        return self.layer_dir(sandbox_id) / "disk.img"
+        return self.store.path(f"sandboxes/{sandbox_id}.img")
 
     def disk_mount(self, sandbox_id: str) -> Path:
-        """Where the disk is mounted in private namespaces; an empty directory on the host."""
+        """Where the disk is mounted in the helper's namespace; an empty directory on the host."""
         return self.layer_dir(sandbox_id) / "disk"
 
     def mountpoint(self, sandbox_id: str) -> Path:
         return self.layer_dir(sandbox_id) / "merged"
 
-    def checkpoint_dir(self, checkpoint_id: str) -> Path:
-        return self.root / "checkpoints" / checkpoint_id
+    def checkpoint_image(self, checkpoint_id: str) -> Path:
+        return self.store.path(f"checkpoints/{checkpoint_id}.img")
 
     @property
     def skeleton(self) -> Path:
         return self.root / "skeleton"
 
-    def sandbox_exists(self, sandbox_id: str) -> bool:
-        return self.disk_image(sandbox_id).is_file() or self._legacy_upper(sandbox_id).is_dir()
+    @property
+    def spares(self) -> disk.SpareImages:
+        if self._spares is None:
+            size_mb = self.disk_size_mb(disk.DEFAULT_SIZE_MB)
+            self._spares = disk.SpareImages(self.store.path("spares"), size_mb, self.skeleton)
+        return self._spares
 
-    def _legacy_upper(self, sandbox_id: str) -> Path:
-        return self.layer_dir(sandbox_id) / "upper"  # a layer made before sandboxes had disks
+    def sandbox_exists(self, sandbox_id: str) -> bool:
+        return self.disk_image(sandbox_id).is_file() or self._legacy_image(sandbox_id).is_file()
+
+    def _legacy_image(self, sandbox_id: str) -> Path:
+        return self.layer_dir(sandbox_id) / "disk.img"  # a disk made before the disk store
 
     def checkpoint_exists(self, checkpoint_id: str) -> bool:
-        return self.checkpoint_dir(checkpoint_id).is_dir()
+        return self.checkpoint_image(checkpoint_id).is_file()
 
-    def boot_options(self, sandbox_id: str) -> list[str]:
-        """The helper's ``boot`` options that give the sandbox its disk (and a fork's checkpoint)."""
-        image, mount = self.disk_image(sandbox_id), self.disk_mount(sandbox_id)
-        pending = self._copy_ins.get(sandbox_id)
-        if pending is None:
-            return ["--disk-image", str(image), "--disk-mount", str(mount)]
-        source, image = pending
-        copy = ["--copy-in", str(source), "--copy-with", copying.host_command("cp")]
-        return ["--disk-image", str(image), "--disk-mount", str(mount), *copy]
-
-    def boot_finished(self, sandbox_id: str, *, booted: bool) -> None:
-        """After a boot: a restore's new disk replaces the old one, or goes if the boot failed."""
-        pending = self._copy_ins.pop(sandbox_id, None)
-        if pending is None:
-            return
-        _, image = pending
-        if image != self.disk_image(sandbox_id):
-            if booted:
-                image.rename(self.disk_image(sandbox_id))
-            else:
-                image.unlink(missing_ok=True)
+    def open_disk(self, sandbox_id: str) -> int:
+        """The sandbox's disk image, open for the helper that mounts it (the caller closes it)."""
+        return os.open(self.disk_image(sandbox_id), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
 
     def upper_view(self, sandbox_id: str) -> Path | None:
         """A running sandbox's upper directory as the host can read it; None when it is not running."""
+        mounted = self._mounted_disk(sandbox_id)
+        return None if mounted is None else mounted / "upper"
+
+    def _mounted_disk(self, sandbox_id: str) -> Path | None:
         live = self._live_root(sandbox_id)
         if live is None:
             return None
-        return live / self.disk_mount(sandbox_id).relative_to("/") / "upper"
+        return live / self.disk_mount(sandbox_id).relative_to("/")
 
     def disk_size_mb(self, requested_mb: int) -> int:
         """The size a sandbox asking for ``requested_mb`` gets: the server's cap, if lower."""
@@ -131,45 +125,31 @@ class LayerStore:
     def create_sandbox(self, sandbox_id: str, disk_mb: int = disk.DEFAULT_SIZE_MB) -> None:
         """A fresh, empty layer on a disk of its own: the sandbox sees its template as it was built."""
         size_mb = self.disk_size_mb(disk_mb)
+        self._mount_points(sandbox_id, size_mb)
+        self._new_image(self.disk_image(sandbox_id), size_mb)
+
+    def _mount_points(self, sandbox_id: str, size_mb: int) -> None:
         base = self.layer_dir(sandbox_id)
         base.parent.mkdir(parents=True, exist_ok=True)
         _check_room(base.parent, size_mb)
         base.mkdir()
-        self._new_image(self.disk_image(sandbox_id), size_mb)
         self.disk_mount(sandbox_id).mkdir(mode=0o700)
         self.mountpoint(sandbox_id).mkdir()
 
     def ensure_disk(self, sandbox_id: str) -> bool:
-        """Whether the sandbox has a layer, giving one from before disks existed a disk first.
+        """Whether the sandbox has a disk, bringing one from a data dir older than the store in first.
 
         A disk the host went down with is checked and repaired first (`disk.repair_if_needed`).
-
-        mkfs.ext4 -d copies the old upper (owners, modes, xattrs, whiteouts, links) into a new
-        image of the default size; the old directory goes only once the image is complete.
         """
         image = self.disk_image(sandbox_id)
-        if image.is_file():
-            if disk.repair_if_needed(image):
-                logger.warning(f"the disk of {sandbox_id} was not unmounted cleanly: e2fsck repaired it")
-            return True
-        legacy = self._legacy_upper(sandbox_id)
-        if not legacy.is_dir():
+        legacy_image = self._legacy_image(sandbox_id)
+        if not image.is_file() and legacy_image.is_file():
+            self.store.import_file(legacy_image, image)
+            legacy_image.unlink()
+        if not image.is_file():
             return False
-        staging = self.layer_dir(sandbox_id) / "legacy"
-        staging.mkdir(exist_ok=True)
-        os.chmod(staging, 0o755)
-        legacy.rename(staging / "upper")
-        try:
-            work = staging / "work"
-            work.mkdir(mode=0o700, exist_ok=True)
-            os.chown(work, *ids.ROOT_OWNER)
-            disk.make_image(self.disk_image(sandbox_id), self.disk_size_mb(disk.DEFAULT_SIZE_MB), staging)
-        except BaseException:
-            (staging / "upper").rename(legacy)
-            raise
-        shutil.rmtree(staging)
-        shutil.rmtree(self.layer_dir(sandbox_id) / "work", ignore_errors=True)
-        self.disk_mount(sandbox_id).mkdir(mode=0o700, exist_ok=True)
+        if disk.repair_if_needed(image):
+            logger.warning(f"the disk of {sandbox_id} was not unmounted cleanly: e2fsck repaired it")
         return True
 
     def _new_image(self, path: Path, size_mb: int) -> None:
@@ -191,64 +171,63 @@ class LayerStore:
                 self._skeleton_ready = True
 
     async def snapshot(self, sandbox_id: str, checkpoint_id: str) -> int:
-        """Copy the sandbox's layer into a checkpoint; returns its size in bytes."""
-        target = self.checkpoint_dir(checkpoint_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        live = self.upper_view(sandbox_id)
-        if live is not None:
-            # Through the helper's mount namespace: host cp reads the sandbox's files as data.
-            await copying.copy_tree(live, target)
-        else:
-            # Into a partial name, renamed once whole: a killed copy never looks like a checkpoint.
-            mount = self.disk_mount(sandbox_id)
-            partial = copying.partial_path(target)
-            argv = [copying.host_command("cp"), "-a", "--", str(mount / "upper"), str(partial)]
-            try:
-                await self._with_disk(self.disk_image(sandbox_id), mount, argv)
-                partial.rename(target)
-            except BaseException:
-                await copying.remove_tree(partial)
-                raise
-        return await asyncio.to_thread(copying.tree_size, target)
+        """Clone the sandbox's disk into a checkpoint; returns the bytes it holds.
+
+        A mounted disk is synced first, so every write made before is in the image; the clone is
+        then the image at one instant, as a power cut would leave it, which the journal makes
+        consistent when a fork mounts it (no check needed). The caller pauses the sandbox's
+        processes around it where it can (`SandboxRuntime.checkpoint`).
+        """
+        source, target = self.disk_image(sandbox_id), self.checkpoint_image(checkpoint_id)
+        mounted = self._mounted_disk(sandbox_id)
+        if mounted is not None:
+            await asyncio.to_thread(_sync_filesystem, mounted)
+        await asyncio.to_thread(self.store.clone, source, target)
+        return allocated_bytes(target)
 
     async def fork(self, checkpoint_id: str, sandbox_id: str, disk_mb: int = disk.DEFAULT_SIZE_MB) -> None:
-        """A new sandbox layer that its first boot fills with what the checkpoint holds.
-
-        The copy runs through that boot's own mount of the disk, so its pages are still cached
-        when the sandbox (or its next checkpoint) reads them; a failed copy is a failed boot.
-        """
-        await asyncio.to_thread(self.create_sandbox, sandbox_id, disk_mb)
-        self._copy_ins[sandbox_id] = (self.checkpoint_dir(checkpoint_id), self.disk_image(sandbox_id))
+        """A new sandbox whose disk is a clone of the checkpoint (of the checkpoint's size)."""
+        image = self.checkpoint_image(checkpoint_id)
+        await asyncio.to_thread(self._mount_points, sandbox_id, disk.image_size_mb(image))
+        await asyncio.to_thread(self.store.clone, image, self.disk_image(sandbox_id))
 
     async def restore(self, checkpoint_id: str, sandbox_id: str) -> None:
-        """Give a stopped sandbox a fresh disk that its next boot fills from the checkpoint.
-
-        The old disk stays until that boot succeeds (one rename); if it fails, the new one goes.
-        """
-        current = self.disk_image(sandbox_id)
-        incoming = current.with_name("disk.img.restoring")
-        incoming.unlink(missing_ok=True)
-        size_mb = disk.image_size_mb(current)
-        await asyncio.to_thread(self._new_image, incoming, size_mb)
-        self._copy_ins[sandbox_id] = (self.checkpoint_dir(checkpoint_id), incoming)
-
-    async def _with_disk(self, image: Path, mount: Path, argv: list[str]) -> None:
-        """Run a host command with the image mounted on ``mount`` in a private mount namespace."""
-        helper = self._helper()
-        process = await processes.spawn(
-            [helper, "disk", "--image", str(image), "--mount", str(mount), "--", *argv], stdout=False
+        """Put a clone of the checkpoint in place of a stopped sandbox's disk, in one rename."""
+        await asyncio.to_thread(
+            self.store.clone, self.checkpoint_image(checkpoint_id), self.disk_image(sandbox_id)
         )
-        assert process.stderr is not None
-        stderr = await process.stderr.read()
-        if await process.wait() != 0:
-            reason = stderr.decode(errors="replace").strip()
-            raise OSError(f"{Path(argv[0]).name} on the disk of {image.parent.name} failed: {reason}")
 
     async def remove_sandbox(self, sandbox_id: str) -> None:
-        await copying.remove_tree(self.layer_dir(sandbox_id))
+        """Its image and its mount points go; nothing inside the image is walked."""
+        await asyncio.to_thread(self._remove_sandbox, sandbox_id)
+
+    def _remove_sandbox(self, sandbox_id: str) -> None:
+        self.disk_image(sandbox_id).unlink(missing_ok=True)
+        self._legacy_image(sandbox_id).unlink(missing_ok=True)
+        # Only the server's own entries are here: empty mount points and the boot log.
+        shutil.rmtree(self.layer_dir(sandbox_id), ignore_errors=True)
+        self.store.trim_soon()
 
     async def remove_checkpoint(self, checkpoint_id: str) -> None:
-        await copying.remove_tree(self.checkpoint_dir(checkpoint_id))
+        await asyncio.to_thread(self._remove_checkpoint, checkpoint_id)
+
+    def _remove_checkpoint(self, checkpoint_id: str) -> None:
+        self.checkpoint_image(checkpoint_id).unlink(missing_ok=True)
+        self.store.trim_soon()
+
+
+def _sync_filesystem(mounted: Path) -> None:
+    """Write everything the filesystem mounted at ``mounted`` holds in memory to its image."""
+    fd = os.open(mounted, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"syncing the disk at {mounted.name}: {os.strerror(error)}")
+    finally:
+        os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _check_room(directory: Path, size_mb: int) -> None:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,10 @@ _PIPE_GRACE_SECONDS = 0.05
 
 class SandboxNotRunning(RuntimeError):
     """The sandbox has no live process tree (hibernated or never started)."""
+
+
+class NotPaused(RuntimeError):
+    """The sandbox's processes could not be paused in time for a checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,10 @@ class SandboxRuntime:
         self._helper: str | None = None
         self._machines: dict[str, _Machine] = {}
         self._starting: dict[str, asyncio.Lock] = {}
+        self._boots = itertools.count(1)
+        # Stopped sandboxes whose last processes are still dying (one stuck in the kernel dies late).
+        self._teardowns: dict[str, asyncio.Task[None]] = {}
+        self._removals: set[asyncio.Task[None]] = set()
 
     def check_available(self) -> None:
         """Raise `RuntimeUnavailable` with a readable reason when sandboxes cannot run here."""
@@ -157,16 +166,10 @@ class SandboxRuntime:
             if self.is_running(sandbox_id):
                 await _thaw(self._machines[sandbox_id])
                 return
+            await self._settled(sandbox_id)
             if not await asyncio.to_thread(self.layers.ensure_disk, sandbox_id):
                 raise FileNotFoundError(f"no layer for sandbox {sandbox_id}")
-            try:
-                await self._boot(
-                    sandbox_id, template=template, hostname=hostname, network=network, limits=limits
-                )
-            except BaseException:
-                self.layers.boot_finished(sandbox_id, booted=False)
-                raise
-            self.layers.boot_finished(sandbox_id, booted=True)
+            await self._boot(sandbox_id, template=template, hostname=hostname, network=network, limits=limits)
 
     async def _boot(
         self,
@@ -182,12 +185,16 @@ class SandboxRuntime:
             lower = self._lowers[template] = await self._rootfs(template)
         cgroup = None
         if self.cgroups is not None and limits is not None:
-            cgroup = await asyncio.to_thread(self.cgroups.create, sandbox_id, limits)
+            # A name of its own per boot: the group of a stop before may still be emptying.
+            name = f"{sandbox_id}-{next(self._boots)}"
+            cgroup = await asyncio.to_thread(self.cgroups.create, name, limits)
         merged = self.layers.mountpoint(sandbox_id)
         merged.mkdir(parents=True, exist_ok=True)
+        disk_fd = await asyncio.to_thread(self.layers.open_disk, sandbox_id)
         ready_read, ready_write = os.pipe()
         argv = [
-            self.helper, "boot", "--lower", str(lower), *self.layers.boot_options(sandbox_id),
+            self.helper, "boot", "--lower", str(lower), "--disk-fd", str(disk_fd),
+            "--disk-mount", str(self.layers.disk_mount(sandbox_id)),
             "--merged", str(merged), "--hostname", hostname or sandbox_id,
             "--map", f"{ids.HOST_ID_BASE}:{ids.ID_COUNT}", "--shm-bytes", str(SHM_BYTES),
             "--ready-fd", str(ready_write), *_cgroup_options(cgroup),
@@ -195,7 +202,9 @@ class SandboxRuntime:
         log_path = merged.with_name("init.log")
         try:
             with log_path.open("wb") as log:
-                process = await processes.spawn(argv, stdout=False, stderr=log, pass_fds=(ready_write,))
+                process = await processes.spawn(
+                    argv, stdout=False, stderr=log, pass_fds=(ready_write, disk_fd)
+                )
         except BaseException:
             os.close(ready_read)
             if cgroup is not None:
@@ -203,6 +212,7 @@ class SandboxRuntime:
             raise
         finally:
             os.close(ready_write)
+            os.close(disk_fd)
         pipe = _ReadyPipe(ready_read)
         attaching: asyncio.Future[SandboxNetwork] | None = None
         netns_fd = -1
@@ -250,53 +260,107 @@ class SandboxRuntime:
             machine.frozen = True
         return True
 
-    @contextlib.asynccontextmanager
-    async def quiesced(self, sandbox_id: str) -> AsyncIterator[None]:
-        """Its processes frozen for the block, so a copy of its layer is consistent; thawed after.
+    async def stop(self, sandbox_id: str) -> None:
+        """Kill every process of the sandbox; its mounts go with them. The layer stays.
 
-        A sandbox that is already frozen (hibernated) stays so; one that cannot be frozen in time
-        is copied while it runs, as before cgroups.
+        Never waits on the sandbox's processes: one in a long uninterruptible syscall dies when it
+        returns, and its cgroup goes then, in the background (`wait_stopped`).
         """
+        machine = self._machines.pop(sandbox_id, None)
+        if machine is None:
+            return
+        # Killing pid 1 of a PID namespace kills every process in it. The helper exits once the
+        # last of them has (the kernel empties the namespace first): then the disk is unmounted.
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(machine.pidfd, signal.SIGKILL)
+        os.close(machine.pidfd)
+        if machine.network is not None:
+            await machine.network.close()
+        os.close(machine.netns_fd)
+        teardown = asyncio.create_task(_teardown(machine), name=f"teardown-{sandbox_id}")
+        self._teardowns[sandbox_id] = teardown
+        teardown.add_done_callback(lambda _: self._forget_teardown(sandbox_id, teardown))
+
+    async def _settled(self, sandbox_id: str) -> None:
+        """Until the processes of the sandbox's last boot are gone, and with them its disk's mount."""
+        teardown = self._teardowns.get(sandbox_id)
+        if teardown is not None:
+            await asyncio.shield(teardown)
+
+    async def checkpoint(self, sandbox_id: str, checkpoint_id: str) -> int:
+        """Clone the sandbox's disk into a checkpoint (`LayerStore.snapshot`); returns its bytes.
+
+        A running sandbox's processes are paused for it (frozen, memory kept; a hibernated one
+        stays so), so the disk holds still. One that cannot be paused in time (a process stuck
+        in the kernel) raises `NotPaused`: a checkpoint is never taken of a disk being written.
+        Without a freezer (``--no-limits``) the clone is crash-consistent only. A stopped
+        sandbox's disk is cloned once its last mount is gone, with every write on it.
+        """
+        await self._settled(sandbox_id)
         machine = self._machines.get(sandbox_id)
         froze = False
         if machine is not None and machine.cgroup is not None and not machine.frozen:
             try:
                 await asyncio.to_thread(machine.cgroup.freeze)
-                machine.frozen = froze = True
             except CgroupError as error:
-                logger.warning("sandbox %s: copying its layer unfrozen: %s", sandbox_id, error)
+                raise NotPaused(
+                    f"the processes of {sandbox_id} could not be paused for the checkpoint ({error}); "
+                    "nothing was taken, retry"
+                ) from error
+            machine.frozen = froze = True
         try:
-            yield
+            return await self.layers.snapshot(sandbox_id, checkpoint_id)
         finally:
             if froze and machine is not None and self._machines.get(sandbox_id) is machine:
                 await _thaw(machine)
 
-    async def stop(self, sandbox_id: str) -> None:
-        """Kill every process of the sandbox; its mounts go with them. The layer stays."""
-        machine = self._machines.pop(sandbox_id, None)
-        if machine is None:
-            return
-        if machine.network is not None:
-            await machine.network.close()
-        os.close(machine.netns_fd)
-        if machine.cgroup is not None:
-            await asyncio.to_thread(machine.cgroup.remove)
-        # Killing pid 1 of a PID namespace kills every process in it; the helper then exits.
-        with contextlib.suppress(OSError):
-            signal.pidfd_send_signal(machine.pidfd, signal.SIGKILL)
-        os.close(machine.pidfd)
-        machine.process.kill()
-        await machine.process.wait()
+    def _forget_teardown(self, sandbox_id: str, teardown: asyncio.Task[None]) -> None:
+        if self._teardowns.get(sandbox_id) is teardown:
+            del self._teardowns[sandbox_id]
+
+    async def wait_stopped(self, timeout: float) -> bool:
+        """Wait (bounded) until every stopped sandbox's processes, cgroup and (if killed) disk are gone;
+        whether all are."""
+        pending = {*self._teardowns.values(), *self._removals}
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        return not self._teardowns and not self._removals
 
     async def destroy(self, sandbox_id: str) -> None:
-        """Stop the sandbox and delete its layer: nothing of it is left on this machine."""
-        await self.stop(sandbox_id)
-        await self.layers.remove_sandbox(sandbox_id)
-        self._starting.pop(sandbox_id, None)
+        """Stop the sandbox and delete its layer: nothing of it is left on this machine.
 
-    async def shutdown(self) -> None:
-        """Stop every sandbox (layers stay: the server may start again)."""
+        Returns at once: its processes, cgroup and disk go in the background (freeing a large,
+        fragmented image can take a while), and a start after a crash finishes the job.
+        """
+        await self.stop(sandbox_id)
+        self._starting.pop(sandbox_id, None)
+        self.discard_layer(sandbox_id)
+
+    def discard_layer(self, sandbox_id: str) -> None:
+        """Delete a sandbox's layer in the background, once its last process is gone."""
+        removal = asyncio.create_task(self._remove_layer(sandbox_id), name=f"discard-{sandbox_id}")
+        self._removals.add(removal)
+        removal.add_done_callback(self._removals.discard)
+
+    async def _remove_layer(self, sandbox_id: str) -> None:
+        await self._settled(sandbox_id)
+        try:
+            await self.layers.remove_sandbox(sandbox_id)
+        except OSError as error:
+            logger.warning(
+                "sandbox %s: its disk could not be removed yet (%s); the next start will", sandbox_id, error
+            )
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Stop every sandbox (layers stay: the server may start again) and let go of the disk store.
+
+        Groups still emptying after ``grace`` seconds are left to the next start's sweep.
+        """
         await asyncio.gather(*(self.stop(sid) for sid in list(self._machines)))
+        if not await self.wait_stopped(grace):
+            for pending in [*self._teardowns.values(), *self._removals]:
+                pending.cancel()
+        self.layers.store.close()
 
     def _disk_root(self, sandbox_id: str) -> Path | None:
         """The helper's root while the sandbox runs: its mount namespace holds the mounted disk."""
@@ -496,6 +560,27 @@ async def _discard(attaching: asyncio.Future[SandboxNetwork] | None, netns_fd: i
             await (await attaching).close()
     if netns_fd >= 0:
         os.close(netns_fd)
+
+
+async def _teardown(machine: _Machine) -> None:
+    """After a stop: wait for the sandbox's last process to die, however long that takes, then
+    remove its cgroup."""
+    await machine.process.wait()
+    if machine.cgroup is not None:
+        await _remove_group(machine.cgroup)
+
+
+async def _remove_group(cgroup: SandboxCgroup) -> None:
+    """Remove a stopped sandbox's cgroup, however long its last process takes to die."""
+    pause = 0.5
+    while True:
+        try:
+            await asyncio.to_thread(cgroup.remove)
+            return
+        except CgroupError as error:
+            logger.warning("a stopped sandbox's cgroup is not empty yet, retrying: %s", error)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 30.0)
 
 
 def _cgroup_options(cgroup: SandboxCgroup | None) -> list[str]:
