@@ -66,11 +66,51 @@ async def test_kill_leaves_no_process_mount_cgroup_or_layer(
 
     assert (await http.delete(f"/sandboxes/{sandbox}")).status_code == 204
     # Kill answers at once; the processes and then their cgroups go right after.
-    for _ in range(100):
-        if not processes_naming(sandbox) and not cgroup_dirs_of(sandbox, group):
-            break
-        await asyncio.sleep(0.1)
+    await _until_gone(sandbox, group, layer, seconds=10)
     assert processes_naming(sandbox) == []
     assert str(layer) not in Path("/proc/self/mountinfo").read_text()
     assert not layer.exists()
     assert cgroup_dirs_of(sandbox, group) == []
+
+
+async def _until_gone(sandbox: str, group: str, layer: Path, *, seconds: float) -> None:
+    for _ in range(int(seconds * 10)):
+        if not processes_naming(sandbox) and not cgroup_dirs_of(sandbox, group) and not layer.exists():
+            return
+        await asyncio.sleep(0.1)
+
+
+def uninterruptible(sandbox_id: str) -> list[int]:
+    """Pids of the sandbox (by its cgroup) sleeping in the kernel, uninterruptibly (state D)."""
+    found = []
+    for pid in processes_naming(sandbox_id):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2] == "D":
+            found.append(pid)
+    return found
+
+
+async def test_kill_during_an_uninterruptible_syscall_answers_and_leaves_nothing(
+    http: httpx.AsyncClient, new_sandbox: NewSandbox, local_server: LocalServer
+) -> None:
+    sandbox = await new_sandbox()
+    # sync waits for the disk uninterruptibly: a SIGKILL reaches it only once the write-out is done.
+    writer = "while :; do head -c 300M /dev/zero > big.bin; sync; done"
+    await run_ok(http, sandbox, f"nohup sh -c '{writer}' >/dev/null 2>&1 &", timeout=60)
+    for _ in range(600):
+        if uninterruptible(sandbox):
+            break
+        await asyncio.sleep(0.05)
+    assert uninterruptible(sandbox), "nothing of the sandbox ever sat in an uninterruptible sleep"
+
+    assert (await http.delete(f"/sandboxes/{sandbox}")).status_code == 204
+    assert (await http.get(f"/sandboxes/{sandbox}")).json()["status"] == "stopped"
+    layer = local_server.data_dir / "runtime" / "layers" / "sandboxes" / sandbox
+    group = cgroup_group(local_server.data_dir)
+    await _until_gone(sandbox, group, layer, seconds=120)
+    assert processes_naming(sandbox) == []
+    assert cgroup_dirs_of(sandbox, group) == []
+    assert not layer.exists()
