@@ -106,6 +106,16 @@ def traces(data_dir: Path) -> dict[str, list[str]]:
     }
 
 
+def store_device(data_dir: Path) -> int:
+    """The device number of the server's disk store: the loop device its ``disks.xfs`` is on."""
+    store = str(data_dir / "runtime" / "disks.xfs")
+    for entry in Path("/sys/block").glob("loop*/loop/backing_file"):
+        if entry.read_text().strip() == store:
+            major, minor = (entry.parent.parent / "dev").read_text().split(":")
+            return os.makedev(int(major), int(minor))
+    raise AssertionError(f"no loop device holds {store}")
+
+
 def wait_for_no_traces(data_dir: Path, seconds: float = 10) -> None:
     deadline = time.monotonic() + seconds
     while any((left := traces(data_dir)).values()):
@@ -167,7 +177,9 @@ def test_kill_leaves_no_loop_device_mount_or_directory(server: LocalServer, api:
     sandbox = create(api)
     out(api, sandbox, "head -c 1M /dev/urandom > data.bin; sleep 300 >/dev/null 2>&1 &")
     layer = server.data_dir / "runtime" / "layers" / "sandboxes" / sandbox
-    its_disk = disk.attached_files() - before
+    # Of what other servers on this host attached meanwhile, only images in this server's store count.
+    store = store_device(server.data_dir)
+    its_disk = {(device, inode) for device, inode in disk.attached_files() - before if device == store}
     assert len(its_disk) == 1, "the sandbox's disk is on a loop device of its own"
     # Mounted in the sandbox's own namespaces only: the host's mount table never names it.
     assert str(layer) not in Path("/proc/self/mountinfo").read_text()
@@ -258,7 +270,7 @@ async def test_a_disk_from_before_the_store_is_brought_into_it_when_it_boots(tmp
     try:
         read = await runtime.run("sb-old00001", ["/bin/sh", "-c", "cat old.txt; readlink link"])
         assert read.stdout == b"old\nold.txt\n", read
-        assert sorted(path.name for path in layer.iterdir()) == ["disk", "init.log", "merged"]
+        assert sorted(path.name for path in layer.iterdir()) == ["disk", "init.log", "lower", "merged"]
         assert runtime.layers.disk_image("sb-old00001").is_file()
     finally:
         await runtime.destroy("sb-old00001")

@@ -72,6 +72,7 @@ async def test_steps_run_as_the_hosted_builder_runs_them_and_their_result_is_the
     steps = [number for number, _, _ in log.lines]
     assert steps == sorted(steps), "steps log in order"
     assert log.lines[-1] == (7, "checkpoint", "Creating checkpoint...")
+    assert await runtime.wait_stopped(30)  # a killed sandbox's disk goes in the background
     assert not runtime.layers.sandbox_exists("sb-builder1"), "the builder is gone"
 
     out = await fork_and_run(
@@ -100,6 +101,7 @@ async def test_a_failing_step_names_itself_and_its_output_and_leaves_nothing(run
     assert message.startswith("step 2 (run: ") and "exited with code 3" in message
     assert "about to fail" in message and "broken" in message
     assert "never-runs" not in "\n".join(log.messages())
+    assert await runtime.wait_stopped(30)  # a killed sandbox's disk goes in the background
     assert not runtime.layers.sandbox_exists("sb-builder1")
     assert not runtime.layers.checkpoint_exists(CHECKPOINT)
     assert runtime.running_ids() == []

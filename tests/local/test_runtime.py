@@ -195,12 +195,32 @@ async def test_sandbox_root_writes_system_files_and_is_nobody_on_the_host(runtim
         ["/bin/sh", "-c", "id -u; echo built > /usr/local/built.txt; cat /proc/self/uid_map"],
         as_root=True,
     )
-    assert result.stdout.split() == [b"0", b"0", str(ids.HOST_ID_BASE).encode(), str(ids.ID_COUNT).encode()]
+    uid, inside, outside, count = (int(word) for word in result.stdout.split())
+    assert (uid, inside, count) == (0, 0, ids.ID_COUNT)
+    # A range of its own, never the canonical one its files are stored with, never host root's.
+    assert outside >= ids.HOST_ID_BASE + ids.ID_COUNT
     assert not Path("/usr/local/built.txt").exists()
     upper = runtime.layers.upper_view(sandbox)
     assert upper is not None
-    assert (upper / "usr/local/built.txt").stat().st_uid == ids.host_id(0)
+    assert (upper / "usr/local/built.txt").stat().st_uid == outside
     assert await sh(runtime, sandbox, "cat /usr/local/built.txt") == "built\n"
+
+
+async def test_every_running_sandbox_has_a_host_id_range_of_its_own_and_forks_get_another(
+    runtime: SandboxRuntime,
+) -> None:
+    first, second = await boot(runtime, "sb-rnga0001"), await boot(runtime, "sb-rngb0001")
+    await runtime.run(first, ["/bin/sh", "-c", "echo mine > /usr/local/owned.txt"], as_root=True)
+    await runtime.checkpoint(first, "ranges")
+    await runtime.layers.fork("ranges", "sb-rngc0001")
+    await start(runtime, "sb-rngc0001")
+    maps = {}
+    for sandbox in (first, second, "sb-rngc0001"):
+        maps[sandbox] = (await sh(runtime, sandbox, "cat /proc/self/uid_map")).split()[1]
+    assert len(set(maps.values())) == 3, maps
+    # The fork sees what its source's root wrote as its own root's, through its own range.
+    owner = await runtime.run("sb-rngc0001", ["stat", "-c", "%u %U", "/usr/local/owned.txt"])
+    assert owner.stdout == b"0 root\n", owner
 
 
 @pytest.mark.slow

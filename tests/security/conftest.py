@@ -9,8 +9,13 @@ from typing import Any
 import httpx
 import pytest
 
-# What /proc/self/uid_map shows inside a sandbox: its root is host id 100000000 and up.
-SANDBOX_UID_MAP = ["0", "100000000", "65536"]
+
+# What /proc/self/uid_map shows inside a sandbox: ids 0.. are a host range of its own, past the
+# canonical range its files are stored with (100000000..+65535).
+def is_sandbox_uid_map(words: list[str]) -> bool:
+    return len(words) == 3 and words[0] == "0" and int(words[1]) >= 100_065_536 and words[2] == "65536"
+
+
 # What it shows for a process in the host's own user namespace (host root, or any host user).
 HOST_UID_MAP = ["0", "0", "4294967295"]
 

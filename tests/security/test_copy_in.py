@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.security.conftest import NewSandbox, checkpoint_ready, run_ok
+from tests.security.conftest import NewSandbox, checkpoint_ready, is_sandbox_uid_map, run_ok
 
 pytestmark = pytest.mark.security
 
@@ -37,7 +37,8 @@ async def test_links_in_a_checkpoint_are_copied_as_links_never_followed_onto_the
         restored = await http.post(f"/sandboxes/{source}/checkpoints/{checkpoint}/restore")
         assert restored.status_code == 200, restored.text
         after = await run_ok(http, source, "readlink /home/sandbox/escape; cat /home/sandbox/ran-as")
-        assert after.split() == [str(canary), "1000", "0", "100000000", "65536"]
+        words = after.split()
+        assert words[:2] == [str(canary), "1000"] and is_sandbox_uid_map(words[2:]), words
     finally:
         await http.delete(f"/sandboxes/{fork}")
     assert list(canary.iterdir()) == [], "a copy-in wrote through a planted link onto the host"

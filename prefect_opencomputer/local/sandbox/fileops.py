@@ -93,7 +93,7 @@ class RootedFiles:
 
     ``owner`` is the host ``(uid, gid)`` that files and directories this object *creates* are given
     (0644 files, 0755 directories). The hosted agent writes as root, so the runtime passes the
-    sandbox's root (``ids.ROOT_OWNER``), in the home as elsewhere: the user's commands need sudo to
+    sandbox's root (its range's first id), in the home as elsewhere: the user's commands need sudo to
     change what the API wrote, as there.
     """
 
@@ -210,7 +210,7 @@ class RootedFiles:
             parent_fd = self._open(posixpath.dirname(prefix), _O_PATH | os.O_DIRECTORY)
             try:
                 try:
-                    with as_sandbox_root():
+                    with as_sandbox_root(self.owner):
                         os.mkdir(parts[depth - 1], 0o700, dir_fd=parent_fd)
                 except FileExistsError:
                     # A file (or a dangling link) is in the way.
@@ -266,7 +266,7 @@ class RootedFiles:
         resolved = self.resolve(path)
         root_fd = os.open(self.root, _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            with as_sandbox_root():
+            with as_sandbox_root(self.owner):
                 return _openat2(root_fd, resolved.lstrip("/") or ".", flags, mode)
         except PathEscapeError:
             raise PathEscapeError(f"path escapes the sandbox root: {resolved}") from None

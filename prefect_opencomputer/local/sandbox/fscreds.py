@@ -14,8 +14,6 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prefect_opencomputer.local.sandbox.ids import ROOT_OWNER
-
 _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_CAPGET, _SYS_CAPSET = 125, 126  # x86_64
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -46,12 +44,12 @@ def _raise_effective_to_permitted() -> None:
 
 
 @contextmanager
-def as_sandbox_root() -> Iterator[None]:
-    """Within the block, files this thread creates belong to the sandbox's root."""
+def as_sandbox_root(owner: tuple[int, int]) -> Iterator[None]:
+    """Within the block, files this thread creates belong to the sandbox's root (host ``owner``)."""
     if os.geteuid() != 0:
         yield
         return
-    uid, gid = ROOT_OWNER
+    uid, gid = owner
     _libc.setfsgid(gid)
     _libc.setfsuid(uid)
     try:

@@ -8,13 +8,16 @@
  * sandbox, nsenter exec'd setpriv from the sandbox's /usr/bin); this program can, in a few
  * hundred lines, and enters a sandbox in about a millisecond.
  *
- *   helper boot  --lower D --disk-fd N --disk-mount D --merged D --hostname H --map BASE:COUNT
- *                [--cgroup-procs F]... [--shm-bytes N] [--ready-fd N]
+ *   helper boot  --lower D --lower-mount D --disk-fd N --disk-mount D --merged D --hostname H --map BASE:COUNT
+ *                [--stored-ids STORED] [--cgroup-procs F]... [--shm-bytes N] [--ready-fd N]
  *     A new network namespace owned by the host (the sandbox's root cannot change its routes or
  *     firewall; "net" on the ready fd says it exists) and a private mount namespace where the
  *     sandbox's disk (an ext4 image, open on fd N, holding its upper and work directories) is
  *     mounted on the disk mount dir: the host's own mount table never sees it, so nothing leaks
- *     when this process dies. Then a child in new user (ids 0..COUNT-1 inside are BASE.. outside),
+ *     when this process dies. The disk and the root filesystem (on the lower mount dir) hold owners
+ *     in the canonical range STORED.. and are mounted idmapped onto the sandbox's own range BASE...
+ *     Then a child in new
+ *     user (ids 0..COUNT-1 inside are BASE.. outside),
  *     mount, PID, IPC, UTS and cgroup namespaces. The child mounts an overlay (lower read-only,
  *     the disk's upper writable) with the ids of the sandbox's root, pivots into it, mounts /proc,
  *     /dev, /dev/shm, /run and writes /etc/hosts, then becomes the sandbox's pid 1 (a reaper
@@ -119,6 +122,50 @@ static void attach(int mnt, const char *target) {
     close(mnt);
 }
 
+/*
+ * A user namespace that maps the ids files are stored with (STORED..) onto the sandbox's own
+ * range (BASE..), for idmapped mounts: every sandbox's disk and root filesystem are stored with one
+ * canonical range and seen through its own, so no two sandboxes share a host identity and a fork
+ * gets a range of its own without rewriting a single owner.
+ */
+static int idmap_namespace(unsigned long stored, unsigned long base, unsigned long count) {
+    int hold[2];
+    if (pipe2(hold, O_CLOEXEC) < 0) die("pipe");
+    pid_t child = (pid_t)syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, NULL, NULL, NULL, NULL);
+    if (child < 0) die("idmap namespace");
+    if (child == 0) {
+        char byte;
+        close(hold[1]);
+        ssize_t ignored = read(hold[0], &byte, 1); /* until the parent has what it needs */
+        (void)ignored;
+        _exit(0);
+    }
+    close(hold[0]);
+    char path[64], map[96];
+    snprintf(map, sizeof map, "%lu %lu %lu\n", stored, base, count);
+    snprintf(path, sizeof path, "/proc/%d/uid_map", child);
+    write_file(path, map);
+    snprintf(path, sizeof path, "/proc/%d/gid_map", child);
+    write_file(path, map);
+    snprintf(path, sizeof path, "/proc/%d/ns/user", child);
+    int userns = open(path, O_RDONLY | O_CLOEXEC);
+    if (userns < 0) die(path);
+    close(hold[1]);
+    while (waitpid(child, NULL, 0) < 0 && errno == EINTR) {
+    }
+    return userns;
+}
+
+/* Make the detached mount ``mnt`` show its files' stored owners as the idmap namespace maps them. */
+static void idmap_mount(int mnt, int userns) {
+    if (userns < 0) return;
+    struct mount_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.attr_set = MOUNT_ATTR_IDMAP;
+    attr.userns_fd = (unsigned long long)userns;
+    if (syscall(SYS_mount_setattr, mnt, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0) die("idmapped mount");
+}
+
 static int clone_host_tree(const char *path) {
     int fd = (int)syscall(SYS_open_tree, AT_FDCWD, path, OPEN_TREE_CLONE | O_CLOEXEC);
     if (fd < 0) die(path);
@@ -168,7 +215,7 @@ static int attach_loop(int file, const char *name, char *device, size_t size) {
  * stays (sudo inside). errors=remount-ro: a damaged disk stops taking writes, nothing more.
  * noinit_itable: no background zeroing of inode tables the image never wrote (it is sparse).
  */
-static void mount_disk(int image, const char *target) {
+static void mount_disk(int image, const char *target, int userns) {
     if (unshare(CLONE_NEWNS) < 0) die("mount namespace");
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("private mounts");
     char device[32];
@@ -177,7 +224,9 @@ static void mount_disk(int image, const char *target) {
     fs_set(fs, "source", device);
     fs_set(fs, "errors", "remount-ro");
     fs_set(fs, "noinit_itable", NULL);
-    attach(fs_mount(fs, MOUNT_ATTR_NODEV), target);
+    int mnt = fs_mount(fs, MOUNT_ATTR_NODEV);
+    idmap_mount(mnt, userns);
+    attach(mnt, target);
     close(loop); /* the mount holds the device now; autoclear frees it with the mount */
 }
 
@@ -236,8 +285,8 @@ static void set_title(int argc, char **argv, const char *title) {
 /* -- boot ---------------------------------------------------------------------------------- */
 
 struct boot {
-    const char *lower, *disk_mount, *merged, *hostname;
-    unsigned long base, count, shm_bytes;
+    const char *lower, *lower_mount, *disk_mount, *merged, *hostname;
+    unsigned long base, count, stored, shm_bytes;
     char *cgroups[MAX_CGROUPS];
     int ncgroups, ready_fd, disk_fd, argc;
     char **argv;
@@ -301,7 +350,7 @@ static void boot_child(struct boot *b, int go_fd, int ready_fd) {
     close(go_fd);
 
     /* Host paths are opened while we are still host root, then we become the sandbox's root. */
-    int lower = open_dir(b->lower), disk_root = open_dir(b->disk_mount), merged = open_dir(b->merged);
+    int lower = open_dir(b->lower_mount), disk_root = open_dir(b->disk_mount), merged = open_dir(b->merged);
     int upper = open_below(disk_root, "upper"), work = open_below(disk_root, "work");
     close(disk_root);
     int devices[NDEVICES];
@@ -402,7 +451,15 @@ static int boot(struct boot *b) {
     /* The server fences the network while the rest boots: it reads this namespace through our pid. */
     dprintf(b->ready_fd, "net\n");
     /* The child's mount namespace starts as a copy of this one: it finds the disk mounted. */
-    mount_disk(b->disk_fd, b->disk_mount);
+    /* Files are stored with the canonical range and seen through the sandbox's own. */
+    int userns = b->stored != b->base ? idmap_namespace(b->stored, b->base, b->count) : -1;
+    mount_disk(b->disk_fd, b->disk_mount, userns);
+    /* Attached here, in this private namespace, so the child's copy of it is a mount of its own
+     * (overlayfs takes no layer from another namespace). */
+    int lower = clone_host_tree(b->lower);
+    idmap_mount(lower, userns);
+    attach(lower, b->lower_mount);
+    if (userns >= 0) close(userns);
 
     int go[2], ready[2];
     if (pipe2(go, O_CLOEXEC) < 0 || pipe2(ready, O_CLOEXEC) < 0) die("pipe");
@@ -550,6 +607,8 @@ int main(int argc, char **argv) {
             else if (strcmp(arg, "--hostname") == 0) b.hostname = value(argc, argv, &i);
             else if (strcmp(arg, "--shm-bytes") == 0) b.shm_bytes = strtoul(value(argc, argv, &i), NULL, 10);
             else if (strcmp(arg, "--ready-fd") == 0) b.ready_fd = atoi(value(argc, argv, &i));
+            else if (strcmp(arg, "--lower-mount") == 0) b.lower_mount = value(argc, argv, &i);
+            else if (strcmp(arg, "--stored-ids") == 0) b.stored = strtoul(value(argc, argv, &i), NULL, 10);
             else if (strcmp(arg, "--map") == 0) {
                 if (sscanf(value(argc, argv, &i), "%lu:%lu", &b.base, &b.count) != 2) fail("bad --map");
             } else if (strcmp(arg, "--cgroup-procs") == 0) {
@@ -557,8 +616,9 @@ int main(int argc, char **argv) {
                 b.cgroups[b.ncgroups++] = (char *)value(argc, argv, &i);
             } else fail("unknown boot option");
         }
-        if (!b.lower || b.disk_fd < 0 || !b.disk_mount || !b.merged || b.ready_fd < 0 || b.base == 0 || b.count == 0)
-            fail("boot needs --lower --disk-fd --disk-mount --merged --map --ready-fd");
+        if (!b.lower || !b.lower_mount || b.disk_fd < 0 || !b.disk_mount || !b.merged || b.ready_fd < 0 || b.base == 0 || b.count == 0)
+            fail("boot needs --lower --lower-mount --disk-fd --disk-mount --merged --map --ready-fd");
+        if (b.stored == 0) b.stored = b.base;
         return boot(&b);
     }
     if (strcmp(argv[1], "enter") == 0) {

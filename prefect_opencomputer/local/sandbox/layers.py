@@ -73,6 +73,10 @@ class LayerStore:
         """Where the disk is mounted in the helper's namespace; an empty directory on the host."""
         return self.layer_dir(sandbox_id) / "disk"
 
+    def lower_mount(self, sandbox_id: str) -> Path:
+        """Where its template's tree is mounted (idmapped) in the helper's namespace; empty on the host."""
+        return self.layer_dir(sandbox_id) / "lower"
+
     def mountpoint(self, sandbox_id: str) -> Path:
         return self.layer_dir(sandbox_id) / "merged"
 
@@ -134,6 +138,7 @@ class LayerStore:
         _check_room(base.parent, size_mb)
         base.mkdir()
         self.disk_mount(sandbox_id).mkdir(mode=0o700)
+        self.lower_mount(sandbox_id).mkdir(mode=0o700)
         self.mountpoint(sandbox_id).mkdir()
 
     def ensure_disk(self, sandbox_id: str) -> bool:

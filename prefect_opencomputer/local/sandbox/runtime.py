@@ -84,6 +84,7 @@ class _Machine:
     netns_fd: int
     network: SandboxNetwork | None  # DNS and TCP forwarders, behind the namespace's rules
     cgroup: SandboxCgroup | None
+    id_slot: int  # its own host id range: `ids.range_base(id_slot)` and on
     frozen: bool = False
 
 
@@ -121,6 +122,8 @@ class SandboxRuntime:
         # Stopped sandboxes whose last processes are still dying (one stuck in the kernel dies late).
         self._teardowns: dict[str, asyncio.Task[None]] = {}
         self._removals: set[asyncio.Task[None]] = set()
+        # Id range slots held by a live sandbox or one whose processes are still dying.
+        self._id_slots: set[int] = set()
 
     def check_available(self) -> None:
         """Raise `RuntimeUnavailable` with a readable reason when sandboxes cannot run here."""
@@ -190,13 +193,17 @@ class SandboxRuntime:
             cgroup = await asyncio.to_thread(self.cgroups.create, name, limits)
         merged = self.layers.mountpoint(sandbox_id)
         merged.mkdir(parents=True, exist_ok=True)
+        self.layers.lower_mount(sandbox_id).mkdir(mode=0o700, exist_ok=True)  # a layer from before it
         disk_fd = await asyncio.to_thread(self.layers.open_disk, sandbox_id)
+        id_slot = self._take_id_slot()
         ready_read, ready_write = os.pipe()
         argv = [
             self.helper, "boot", "--lower", str(lower), "--disk-fd", str(disk_fd),
             "--disk-mount", str(self.layers.disk_mount(sandbox_id)),
+            "--lower-mount", str(self.layers.lower_mount(sandbox_id)),
             "--merged", str(merged), "--hostname", hostname or sandbox_id,
-            "--map", f"{ids.HOST_ID_BASE}:{ids.ID_COUNT}", "--shm-bytes", str(SHM_BYTES),
+            "--map", f"{ids.range_base(id_slot)}:{ids.ID_COUNT}", "--stored-ids", str(ids.HOST_ID_BASE),
+            "--shm-bytes", str(SHM_BYTES),
             "--ready-fd", str(ready_write), *_cgroup_options(cgroup),
         ]  # fmt: skip
         log_path = merged.with_name("init.log")
@@ -207,6 +214,7 @@ class SandboxRuntime:
                 )
         except BaseException:
             os.close(ready_read)
+            self._id_slots.discard(id_slot)
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.remove)
             raise
@@ -230,6 +238,7 @@ class SandboxRuntime:
         except (ValueError, OSError):
             process.kill()
             await process.wait()
+            self._id_slots.discard(id_slot)
             await _discard(attaching, netns_fd)
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.remove)
@@ -237,11 +246,13 @@ class SandboxRuntime:
             raise RuntimeUnavailable(f"sandbox {sandbox_id} failed to start: {reason}") from None
         except BaseException:
             process.kill()
+            await process.wait()
+            self._id_slots.discard(id_slot)
             await _discard(attaching, netns_fd)
             raise
         finally:
             os.close(ready_read)
-        machine = _Machine(process, init_pid, pidfd, netns_fd, None, cgroup)
+        machine = _Machine(process, init_pid, pidfd, netns_fd, None, cgroup, id_slot)
         self._machines[sandbox_id] = machine
         if attaching is not None:
             try:
@@ -277,9 +288,15 @@ class SandboxRuntime:
         if machine.network is not None:
             await machine.network.close()
         os.close(machine.netns_fd)
-        teardown = asyncio.create_task(_teardown(machine), name=f"teardown-{sandbox_id}")
+        teardown = asyncio.create_task(self._teardown(machine), name=f"teardown-{sandbox_id}")
         self._teardowns[sandbox_id] = teardown
         teardown.add_done_callback(lambda _: self._forget_teardown(sandbox_id, teardown))
+
+    def _take_id_slot(self) -> int:
+        """The lowest id range slot no live or dying sandbox holds."""
+        slot = next(slot for slot in range(1, ids.MAX_SLOTS + 1) if slot not in self._id_slots)
+        self._id_slots.add(slot)
+        return slot
 
     async def _settled(self, sandbox_id: str) -> None:
         """Until the processes of the sandbox's last boot are gone, and with them its disk's mount."""
@@ -313,6 +330,14 @@ class SandboxRuntime:
         finally:
             if froze and machine is not None and self._machines.get(sandbox_id) is machine:
                 await _thaw(machine)
+
+    async def _teardown(self, machine: _Machine) -> None:
+        """After a stop: wait for the sandbox's last process to die, however long that takes, then
+        remove its cgroup; only then may another sandbox have its id range."""
+        await machine.process.wait()
+        if machine.cgroup is not None:
+            await _remove_group(machine.cgroup)
+        self._id_slots.discard(machine.id_slot)
 
     def _forget_teardown(self, sandbox_id: str, teardown: asyncio.Task[None]) -> None:
         if self._teardowns.get(sandbox_id) is teardown:
@@ -464,7 +489,8 @@ class SandboxRuntime:
     def files(self, sandbox_id: str) -> RootedFiles:
         """File operations on the sandbox's root as its processes see it (no escape)."""
         machine = self._machine(sandbox_id)
-        return RootedFiles(Path(f"/proc/{machine.init_pid}/root"), home=SANDBOX_HOME, owner=ids.ROOT_OWNER)
+        root = ids.range_base(machine.id_slot)
+        return RootedFiles(Path(f"/proc/{machine.init_pid}/root"), home=SANDBOX_HOME, owner=(root, root))
 
     async def open_connection(
         self, sandbox_id: str, port: int
@@ -560,14 +586,6 @@ async def _discard(attaching: asyncio.Future[SandboxNetwork] | None, netns_fd: i
             await (await attaching).close()
     if netns_fd >= 0:
         os.close(netns_fd)
-
-
-async def _teardown(machine: _Machine) -> None:
-    """After a stop: wait for the sandbox's last process to die, however long that takes, then
-    remove its cgroup."""
-    await machine.process.wait()
-    if machine.cgroup is not None:
-        await _remove_group(machine.cgroup)
 
 
 async def _remove_group(cgroup: SandboxCgroup) -> None:
