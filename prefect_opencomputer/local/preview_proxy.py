@@ -20,8 +20,20 @@ from prefect_opencomputer.local.wire_errors import error_response
 PREVIEW_LABEL = re.compile(r"^(sb-[0-9a-f]{8})-p(\d+)$")
 _READ_CHUNK = 65536
 _PREVIEW_TOKEN_HEADER = b"x-oc-preview-token"
-# The proxy sends the whole body at once, so an upstream "100 Continue" has nothing to unblock.
-_NOT_FORWARDED = frozenset({_PREVIEW_TOKEN_HEADER, b"expect"})
+# The proxy sends the whole body at once, so an upstream "100 Continue" has nothing to unblock. The
+# API key is the server's credential: it never reaches a sandbox, whatever host it was sent to.
+_NOT_FORWARDED = frozenset({_PREVIEW_TOKEN_HEADER, b"expect", b"x-api-key"})
+# Forwarding headers are the proxy's own to write: a client's would let it pose as another address.
+_PROXY_OWNED = frozenset(
+    {
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-proto",
+        b"x-real-ip",
+    }
+)
 _HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -131,11 +143,8 @@ async def _forward(
     hidden_headers: frozenset[bytes],
 ) -> None:
     upstream = h11.Connection(h11.CLIENT)
-    headers = [
-        (name, value)
-        for name, value in scope["headers"]
-        if name not in _HOP_BY_HOP and name not in hidden_headers
-    ]
+    dropped = _HOP_BY_HOP | _PROXY_OWNED | hidden_headers | _connection_listed(scope["headers"])
+    headers = [(name, value) for name, value in scope["headers"] if name not in dropped]
     has_length = any(name == b"content-length" for name, _ in headers)
     chunked = any(name == b"transfer-encoding" for name, _ in scope["headers"])
     if chunked and not has_length:
@@ -176,9 +185,9 @@ async def _forward(
                 break
             if not isinstance(event, h11.InformationalResponse):
                 raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} before the response")
-        response_headers = [
-            (name, value) for name, value in event.headers.raw_items() if name.lower() not in _HOP_BY_HOP
-        ]
+        upstream_headers = [(name.lower(), value) for name, value in event.headers.raw_items()]
+        hop_by_hop = _HOP_BY_HOP | _connection_listed(upstream_headers)
+        response_headers = [(name, value) for name, value in upstream_headers if name not in hop_by_hop]
         await send({"type": "http.response.start", "status": event.status_code, "headers": response_headers})
         started = True
         while True:
@@ -196,6 +205,17 @@ async def _forward(
     finally:
         if watcher is not None:
             watcher.cancel()
+
+
+def _connection_listed(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Header names a ``Connection`` header lists: hop-by-hop for this message (RFC 9110 7.6.1)."""
+    return frozenset(
+        token.strip().lower()
+        for name, value in headers
+        if name == b"connection"
+        for token in value.split(b",")
+        if token.strip()
+    )
 
 
 async def _close_on_disconnect(receive: Receive, writer: asyncio.StreamWriter) -> None:

@@ -23,6 +23,8 @@ class Echo(http.server.BaseHTTPRequestHandler):
         self.send_header("X-Seen-Host", self.headers.get("Host", ""))
         self.send_header("X-Seen-Token", self.headers.get("X-OC-Preview-Token", "-"))
         self.send_header("X-Seen-Authorization", self.headers.get("Authorization", "-"))
+        self.send_header("X-Seen-Names", ",".join(sorted(name.lower() for name in self.headers)))
+        self.send_header("X-Seen-Forwarded-For", self.headers.get("X-Forwarded-For", "-"))
         self.end_headers()
         self.wfile.write(body)
 
@@ -125,6 +127,37 @@ async def test_preview_forwards_method_path_query_and_streamed_bodies_both_ways(
     assert head.status_code == 200
     assert head.headers["Content-Length"] == "5"
     assert head.content == b""
+
+
+async def test_preview_never_passes_the_api_key_spoofed_forwarding_or_connection_listed_headers(
+    local_server: LocalServer, http: httpx.AsyncClient, browser: httpx.AsyncClient, sandbox: str
+) -> None:
+    assert (
+        await http.put(f"/sandboxes/{sandbox}/files", params={"path": "echo.py"}, content=ECHO_SERVER)
+    ).is_success
+    await run(http, sandbox, "nohup python3 echo.py 3001 >/dev/null 2>&1 &")
+    host = preview_host(local_server, sandbox, 3001)
+    await wait_until_serving(browser, host)
+
+    got = await browser.get(
+        "/",
+        headers={
+            "Host": host,
+            "X-API-Key": local_server.api_key,
+            "X-Forwarded-For": "203.0.113.7",
+            "Forwarded": "for=203.0.113.7",
+            "X-Real-IP": "203.0.113.7",
+            "Connection": "keep-alive, X-Secret-Hop",
+            "X-Secret-Hop": "only for the proxy",
+            "X-App-Header": "kept",
+        },
+    )
+    seen = got.headers["X-Seen-Names"].split(",")
+    assert "x-app-header" in seen
+    for name in ("x-api-key", "forwarded", "x-real-ip", "x-secret-hop"):
+        assert name not in seen, name
+    # The proxy's own record of who asked, not the client's claim.
+    assert got.headers["X-Seen-Forwarded-For"] == "127.0.0.1"
 
 
 async def test_preview_routes_on_the_first_label_whatever_the_domain(

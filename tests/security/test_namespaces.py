@@ -41,6 +41,18 @@ async def test_nested_user_namespaces_are_refused(http: httpx.AsyncClient, sandb
     assert result["exitCode"] != 0
 
 
+async def test_x32_system_call_numbers_are_refused_by_the_filter_not_just_the_kernel(
+    http: httpx.AsyncClient, sandbox: str
+) -> None:
+    # unshare(CLONE_NEWUSER) by its x32 number: a filter comparing plain numbers lets it through
+    # (and a kernel with x32 on would run it); the filter answers EPERM where the kernel says ENOSYS.
+    script = (
+        "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
+        "print(libc.syscall(0x40000000 | 272, 0x10000000), ctypes.get_errno() == 1)"
+    )
+    assert (await run_ok(http, sandbox, f'sudo python3 -c "{script}"')).split() == ["-1", "True"]
+
+
 async def test_a_command_sees_only_its_sandboxs_processes(http: httpx.AsyncClient, sandbox: str) -> None:
     listing = await run_ok(http, sandbox, "ps -eo pid=,args=")
     assert len(listing.splitlines()) < 10, listing
