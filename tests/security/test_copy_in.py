@@ -1,4 +1,4 @@
-"""Forks and restores copy a checkpoint in as host root: links planted in it must stay links inside."""
+"""Forks and restores of a checkpoint holding planted links: the links stay links, resolving inside."""
 
 from __future__ import annotations
 
