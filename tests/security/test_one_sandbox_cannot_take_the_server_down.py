@@ -187,3 +187,23 @@ async def test_a_burst_of_outbound_connections_does_not_exhaust_the_server_descr
             if open_descriptors() < baseline + 64:
                 break
             await asyncio.sleep(0.2)
+
+
+async def test_a_huge_directory_is_refused_whole_not_listed_into_the_servers_memory(
+    http: httpx.AsyncClient, new_sandbox: NewSandbox
+) -> None:
+    sandbox = await new_sandbox()
+    # 30,000 hard links to one file: more entries than one listing answers, made in a second.
+    await run_ok(
+        http,
+        sandbox,
+        'mkdir -p huge/sub && touch huge/f && python3 -c "import os; '
+        "[os.link('huge/f', f'huge/{i}') for i in range(30000)]\"",
+        timeout=120,
+    )
+    refused = await http.get(f"/sandboxes/{sandbox}/files/list", params={"path": "/home/sandbox/huge"})
+    assert refused.status_code == 413, refused.text
+    assert "more than 10000 entries" in refused.json()["error"]
+    # What is below it, and the sandbox's other files, list as ever.
+    listed = await http.get(f"/sandboxes/{sandbox}/files/list", params={"path": "/home/sandbox"})
+    assert listed.status_code == 200 and "huge" in listed.text

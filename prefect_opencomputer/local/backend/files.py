@@ -30,7 +30,12 @@ from prefect_opencomputer.local.errors import (
     RetryLater,
     TooLarge,
 )
-from prefect_opencomputer.local.sandbox.fileops import DirEntry, NotRegularFileError, PathEscapeError
+from prefect_opencomputer.local.sandbox.fileops import (
+    DirEntry,
+    NotRegularFileError,
+    PathEscapeError,
+    TooManyEntries,
+)
 
 if TYPE_CHECKING:
     from prefect_opencomputer.local.backend.sandboxes import Sandboxes
@@ -140,9 +145,39 @@ class SandboxFiles:
         self._backend = backend
         config = backend.config
         self.workers = FileWorkers(config.file_workers, config.file_operation_timeout)
+        # No sandbox holds more than half the workers: another's calls always find one free.
+        self._per_sandbox = max(1, config.file_workers // 2)
+        # Per sandbox with calls in flight or waiting: its turns, and how many calls hold or want one.
+        self._turns: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, sandbox_id: str) -> AsyncIterator[None]:
+        """One of the sandbox's own turns at the workers; 503 when none comes within the timeout."""
+        turns, users = self._turns.get(sandbox_id, (asyncio.Semaphore(self._per_sandbox), 0))
+        self._turns[sandbox_id] = (turns, users + 1)
+        try:
+            try:
+                async with asyncio.timeout(self.workers.timeout):
+                    await turns.acquire()
+            except TimeoutError:
+                raise RetryLater(
+                    "the sandbox's earlier file operations are still running, retry",
+                    headers={"Retry-After": "1"},
+                    retryable=True,
+                ) from None
+            try:
+                yield
+            finally:
+                turns.release()
+        finally:
+            _, users = self._turns[sandbox_id]
+            if users == 1:
+                del self._turns[sandbox_id]
+            else:
+                self._turns[sandbox_id] = (turns, users - 1)
 
     async def open_download(self, sandbox_id: str, path: str) -> Download:
-        async with self._backend.data_plane(sandbox_id):
+        async with self._backend.data_plane(sandbox_id), self._turn(sandbox_id):
             files = self._backend.runtime.files(sandbox_id)
             with _file_errors("open", path):
                 handle = await self.workers.run(files.open_read, path)
@@ -156,7 +191,7 @@ class SandboxFiles:
         limit = self._backend.config.max_file_bytes
         if declared_length is not None and declared_length > limit:
             raise _too_large(limit)
-        async with self._backend.data_plane(sandbox_id):
+        async with self._backend.data_plane(sandbox_id), self._turn(sandbox_id):
             files = self._backend.runtime.files(sandbox_id)
             with _file_errors("open", path):
                 handle = await self.workers.run(files.open_write, path)
@@ -184,19 +219,19 @@ class SandboxFiles:
                 await self.workers.run(handle.close)
 
     async def list_dir(self, sandbox_id: str, path: str) -> list[DirEntry]:
-        async with self._backend.data_plane(sandbox_id):
+        async with self._backend.data_plane(sandbox_id), self._turn(sandbox_id):
             files = self._backend.runtime.files(sandbox_id)
             with _file_errors("open", path):
                 return await self.workers.run(files.list, path)
 
     async def mkdir(self, sandbox_id: str, path: str) -> None:
-        async with self._backend.data_plane(sandbox_id):
+        async with self._backend.data_plane(sandbox_id), self._turn(sandbox_id):
             files = self._backend.runtime.files(sandbox_id)
             with _file_errors("mkdir", path):
                 await self.workers.run(files.mkdir, path)
 
     async def remove(self, sandbox_id: str, path: str) -> None:
-        async with self._backend.data_plane(sandbox_id):
+        async with self._backend.data_plane(sandbox_id), self._turn(sandbox_id):
             files = self._backend.runtime.files(sandbox_id)
             with _file_errors("remove", path):
                 await self.workers.run(files.remove, path)
@@ -217,6 +252,8 @@ def _file_errors(operation: str, path: str) -> Iterator[None]:
         yield
     except (PathEscapeError, NotRegularFileError) as error:
         raise Invalid(str(error)) from None
+    except TooManyEntries as error:
+        raise TooLarge(str(error)) from None
     except FileNotFoundError:
         raise NotFound(f"{operation} {path}: no such file or directory") from None
     except IsADirectoryError:

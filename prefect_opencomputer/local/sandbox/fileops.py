@@ -42,6 +42,15 @@ class NotRegularFileError(ValueError):
     """The path names a FIFO, socket or device: the files API reads and writes regular files only."""
 
 
+class TooManyEntries(ValueError):
+    """A directory holds more entries than one listing answers (`LIST_LIMIT`)."""
+
+
+# The most entries one listing answers: a sandbox's directory of millions of entries would
+# otherwise cost the server the memory and the event loop the time of a body of hundreds of MB.
+LIST_LIMIT = 10_000
+
+
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 _MAX_LINK_HOPS = 40  # as the kernel's own limit
@@ -134,13 +143,18 @@ class RootedFiles:
             raise
 
     def list(self, path: str) -> list[DirEntry]:
-        """The entries of a directory, sorted by name."""
+        """The entries of a directory, sorted by name; `TooManyEntries` past `LIST_LIMIT`."""
         resolved = self.resolve(path)
         fd = self._open(resolved, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            entries = []
+            entries: list[DirEntry] = []
             with os.scandir(fd) as it:
                 for entry in it:
+                    if len(entries) == LIST_LIMIT:
+                        raise TooManyEntries(
+                            f"{resolved} holds more than {LIST_LIMIT} entries, more than one listing "
+                            "answers: list it in parts with a command (ls | head) instead"
+                        )
                     info = entry.stat(follow_symlinks=False)
                     is_dir = stat.S_ISDIR(info.st_mode)
                     entries.append(
