@@ -447,6 +447,27 @@ print(answer[:2].hex(), struct.unpack("!H", answer[6:8])[0])
     assert transaction == "abcd" and int(answers) >= 1, tcp
 
 
+async def test_dns_queries_past_the_rate_are_dropped_before_the_resolver(
+    namespace: Namespace, network: SandboxNetwork
+) -> None:
+    # Datagrams too short to be DNS, paced so none is lost on the way: each costs the budget, and
+    # none reaches the host's resolver.
+    code = """
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(400):
+    s.sendto(b"not-dns", ("10.0.2.3", 53))
+    time.sleep(0.001)
+"""
+    sent = await namespace.python(code)
+    assert sent.returncode == 0, sent
+    for _ in range(100):
+        if network.dns_queries_dropped >= 100:
+            break
+        await asyncio.sleep(0.05)
+    assert network.dns_queries_dropped >= 100
+
+
 @pytest.mark.slow
 async def test_direct_https_to_the_registry_works_without_proxy_settings(
     namespace: Namespace, network: SandboxNetwork

@@ -82,6 +82,10 @@ _CONNECT_TIMEOUT = 10.0
 _DNS_TIMEOUT = 5.0
 _DNS_STREAM_IDLE = 30.0
 _DNS_IN_FLIGHT = 64
+# DNS queries a sandbox may send the host's resolver: a steady rate with room for a burst (a build
+# resolving its dependencies), so no sandbox floods the resolver every sandbox shares.
+DNS_QUERIES_PER_SECOND = 50.0
+DNS_QUERY_BURST = 200
 _DNS_MAX_MESSAGE = 65535
 _LISTEN_BACKLOG = 128
 _SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
@@ -292,6 +296,8 @@ class SandboxNetwork:
         datagrams.start()
         self._connections: set[asyncio.Task[None]] = set()
         self._queries: set[asyncio.Task[None]] = set()
+        self._dns_budget = _TokenBucket(DNS_QUERIES_PER_SECOND, DNS_QUERY_BURST)
+        self.dns_queries_dropped = 0  # over the rate: never sent to the resolver
         self._loops = [
             asyncio.create_task(self._accept(forward_listener, self._forward)),
             asyncio.create_task(self._accept(dns_listener, self._relay_dns_stream)),
@@ -468,6 +474,9 @@ class SandboxNetwork:
 
     async def _ask_resolver(self, query: bytes) -> bytes:
         """The host resolver's answer to one DNS message, over UDP from a fresh port."""
+        if not self._dns_budget.take():
+            self.dns_queries_dropped += 1
+            raise OSError(0, f"DNS query dropped: over {DNS_QUERIES_PER_SECOND:g} queries a second")
         if len(query) < 12:  # shorter than a DNS header
             raise OSError(0, "not a DNS message")
         loop = asyncio.get_running_loop()
@@ -482,6 +491,25 @@ class SandboxNetwork:
                 while answer[:2] != query[:2]:  # not the answer to this query's id
                     answer = await loop.sock_recv(upstream, _DNS_MAX_MESSAGE)
         return answer
+
+
+class _TokenBucket:
+    """``rate`` events a second on average, ``burst`` at once: `take` says whether one may happen now."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
 
 def allow_low_ports(netns_fd: int) -> None:
