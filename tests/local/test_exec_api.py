@@ -286,3 +286,20 @@ async def test_sessions_list_is_empty_for_a_fresh_sandbox_and_forgotten_on_hiber
     assert len((await http.get(f"/sandboxes/{sandbox}/exec")).json()) == 1
     await http.post(f"/sandboxes/{sandbox}/hibernate")
     assert (await http.get(f"/sandboxes/{sandbox}/exec")).json() == []
+
+
+async def test_a_run_whose_sandbox_hibernates_mid_command_still_answers_at_its_timeout(
+    http: httpx.AsyncClient, sandbox: str
+) -> None:
+    running = asyncio.ensure_future(
+        http.post(f"/sandboxes/{sandbox}/exec/run", json={"cmd": "sleep 60", "timeout": 3}, timeout=30)
+    )
+    await asyncio.sleep(0.5)
+    assert (await http.post(f"/sandboxes/{sandbox}/hibernate")).status_code == 200
+    answered = await running  # frozen, the command cannot die before a wake: the answer does not wait
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["exitCode"] == -1
+    assert "Process timed out" in answered.json()["stderr"]
+    assert (await http.post(f"/sandboxes/{sandbox}/wake")).status_code == 200
+    ran = await http.post(f"/sandboxes/{sandbox}/exec/run", json={"cmd": "echo awake"})
+    assert ran.json()["stdout"] == "awake\n"

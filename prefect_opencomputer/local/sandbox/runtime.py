@@ -55,6 +55,8 @@ TIMED_OUT_SUFFIX = b"\nProcess timed out"
 logger = logging.getLogger(__name__)
 # After a timeout kill, how long to keep reading what a process outside the group left in the pipes.
 _PIPE_GRACE_SECONDS = 0.05
+# After a timeout kill, how long to wait for the command to be gone before answering anyway.
+_KILL_GRACE_SECONDS = 1.0
 
 
 class SandboxNotRunning(RuntimeError):
@@ -468,7 +470,8 @@ class SandboxRuntime:
         except TimeoutError:
             timed_out = True
             kill_group(process.pid)
-            await process.wait()
+            # A hibernated (frozen) sandbox's processes die only once thawed: the answer cannot wait.
+            await asyncio.wait({asyncio.ensure_future(process.wait())}, timeout=_KILL_GRACE_SECONDS)
         except BaseException:
             kill_group(process.pid)
             raise
