@@ -80,3 +80,58 @@ async def test_a_nul_byte_in_a_written_path_is_a_400_not_a_shorter_path(
     written = await http.put(f"/sandboxes/{sandbox}/files", params={"path": "/tmp/a\x00b"}, content=b"x")
     assert written.status_code == 400, written.text
     assert await run_ok(http, sandbox, "ls /tmp") == ""
+
+
+# As the sandbox's root: mount its own cgroup (a host kernfs directory) and a tmpfs, then bind one
+# onto every new directory below race/ the moment it appears, hoping the server's chown lands there.
+MOUNT_RACER = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+os.makedirs("/mnt/cg", exist_ok=True)
+assert libc.mount(b"cgroup", b"/mnt/cg", b"cgroup", 0, b"pids") == 0, ctypes.get_errno()
+race = "/home/sandbox/race"
+os.makedirs(race, exist_ok=True)
+open("/tmp/racing", "w").close()
+seen = set()
+deadline = time.time() + 60
+while time.time() < deadline:
+    for name in os.listdir(race):
+        if name not in seen:
+            seen.add(name)
+            libc.mount(b"/mnt/cg", f"{race}/{name}".encode(), None, 4096, None)  # MS_BIND
+"""
+
+
+async def test_a_mount_moved_onto_a_directory_the_api_makes_is_never_chowned(
+    http: httpx.AsyncClient, new_sandbox: NewSandbox, local_server: LocalServer
+) -> None:
+    from prefect_opencomputer.local.backend.sandboxes import cgroup_group
+    from tests.security.test_kill_leaves_nothing import cgroup_dirs_of
+
+    sandbox = await new_sandbox()
+    written = await http.put(
+        f"/sandboxes/{sandbox}/files", params={"path": "/tmp/racer.py"}, content=MOUNT_RACER
+    )
+    assert written.status_code == 204
+    await run_ok(
+        http,
+        sandbox,
+        "sudo nohup python3 /tmp/racer.py >/tmp/racer.log 2>&1 & "
+        "for i in $(seq 100); do test -e /tmp/racing && break; sleep 0.05; done; test -e /tmp/racing",
+    )
+    won = 0
+    for attempt in range(1000):
+        made = await http.post(
+            f"/sandboxes/{sandbox}/files/mkdir", params={"path": f"/home/sandbox/race/d{attempt}"}
+        )
+        assert made.status_code in (204, 500), made.text
+        if made.status_code == 500:  # the mount landed between the mkdir and the server's open
+            assert "replaced while it was being made" in made.json()["error"]
+            won += 1
+            if won == 3:
+                break
+    # The sandbox's own cgroup directories on the host still belong to host root, as made.
+    dirs = cgroup_dirs_of(sandbox, cgroup_group(local_server.data_dir))
+    assert dirs
+    assert all(directory.stat().st_uid == 0 for directory in dirs), [d.stat() for d in dirs]
+    assert won, "the mount never landed in time: the check above proved nothing"

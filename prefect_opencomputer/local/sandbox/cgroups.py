@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import logging
 import os
 import re
 import signal
@@ -40,6 +41,7 @@ CPU_PERIOD_US = 100_000
 WAIT_SECONDS = 5.0
 # An empty sandbox group older than this has no live machine: its server was killed outright.
 ABANDONED_AFTER_SECONDS = 60.0
+logger = logging.getLogger(__name__)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
@@ -284,12 +286,21 @@ class CgroupHost:
         return sorted(found)
 
     def sweep(self, keep: Collection[str] = ()) -> list[str]:
-        """Remove sandbox cgroups left by a server that died, killing what runs in them; names removed."""
+        """Remove sandbox cgroups left by a server that died, killing what runs in them; names removed.
+
+        Never raises for what a sandbox left: a group that will not go is logged and left for the
+        next start, which tries again.
+        """
         removed = []
         for name in self.names():
-            if name not in keep:
+            if name in keep:
+                continue
+            try:
                 self._open(name).remove()
-                removed.append(name)
+            except (CgroupError, OSError) as error:
+                logger.warning("a leftover sandbox cgroup could not be removed yet: %s", error)
+                continue
+            removed.append(name)
         return removed
 
     def sweep_abandoned(self, prefix: str, *, min_age: float = ABANDONED_AFTER_SECONDS) -> list[Path]:

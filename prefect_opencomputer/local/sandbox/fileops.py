@@ -235,6 +235,13 @@ class RootedFiles:
                     dir_fd=parent_fd,
                 )
                 try:
+                    # The sandbox may have moved a mount onto the new name meanwhile: only the
+                    # directory just made (on the parent's filesystem, its root's own) is touched.
+                    info, parent = os.fstat(made), os.fstat(parent_fd)
+                    if info.st_dev != parent.st_dev or info.st_uid != self.owner[0]:
+                        raise OSError(
+                            errno.EBUSY, "the directory was replaced while it was being made", prefix
+                        )
                     os.fchown(made, *self.owner)
                     os.fchmod(made, DIR_MODE)
                 finally:
