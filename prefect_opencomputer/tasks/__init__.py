@@ -96,6 +96,12 @@ from prefect_opencomputer.tasks.tracking import (
     apublish_run_report,
     publish_run_report,
 )
+from prefect_opencomputer.tasks.usage import (
+    aget_flow_run_usage,
+    aget_sandbox_usage,
+    get_flow_run_usage,
+    get_sandbox_usage,
+)
 
 __all__ = [
     "CREATED_BY",
@@ -126,7 +132,9 @@ __all__ = [
     "adelete_snapshot",
     "afile_exists",
     "afind_orphans",
+    "aget_flow_run_usage",
     "aget_sandbox",
+    "aget_sandbox_usage",
     "ahibernate_sandbox",
     "ais_sandbox_running",
     "akill_sandbox",
@@ -157,7 +165,9 @@ __all__ = [
     "delete_snapshot",
     "file_exists",
     "find_orphans",
+    "get_flow_run_usage",
     "get_sandbox",
+    "get_sandbox_usage",
     "hibernate_sandbox",
     "is_sandbox_running",
     "kill_flow_run_sandboxes",
