@@ -310,6 +310,8 @@ async def create_sandbox_from_checkpoint(
         f"from {checkpoint_id[:8]}",
         fork.status,
         cleanup=not tracking.is_retained(fork.tags),
+        # A fork runs at its checkpoint's tier unless it asked for more.
+        memory_mb=memory_mb or fork.memory_mb or tracking.memory_of(source_sandbox_id),
     )
     tracking.emit_sandbox_event(
         tracking.SANDBOX_FORKED,

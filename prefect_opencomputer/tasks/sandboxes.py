@@ -124,7 +124,12 @@ async def create_sandbox(
         sandbox = await adopt_new_sandbox(client, credentials, sandbox, tags=tags, idle_timeout=None)
     logger.info("Created sandbox %s from %s (idle timeout %s s)", sandbox.sandbox_id, origin, idle_timeout)
     tracking.record(
-        "sandbox", sandbox.sandbox_id, origin, sandbox.status, cleanup=not tracking.is_retained(sandbox.tags)
+        "sandbox",
+        sandbox.sandbox_id,
+        origin,
+        sandbox.status,
+        cleanup=not tracking.is_retained(sandbox.tags),
+        memory_mb=memory_mb or sandbox.memory_mb,
     )
     tracking.emit_sandbox_event(
         tracking.SANDBOX_CREATED,
