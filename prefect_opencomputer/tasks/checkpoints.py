@@ -40,6 +40,7 @@ from prefect_opencomputer.tasks.lifecycle import (
     may_have_taken_effect,
     record_checkpoint_deleted,
     rollback_hook,
+    slot_for_create,
 )
 from prefect_opencomputer.tasks.tracking import DEFAULT_IDLE_TIMEOUT
 
@@ -241,6 +242,8 @@ async def create_sandbox_from_checkpoint(
     memory_mb: int | None = None,
     tags: dict[str, str] | None = None,
     check_patches: bool = True,
+    concurrency_limit: str | None = None,
+    concurrency_strict: bool = False,
 ) -> Sandbox:
     """Fork a new sandbox from a ready checkpoint; its patches run before this returns.
 
@@ -258,12 +261,16 @@ async def create_sandbox_from_checkpoint(
         tags: Tags of your own, besides the ownership tags this task adds.
         check_patches: A patch that failed in the fork kills the fork and raises `PatchFailedError`;
             without it, see `Sandbox.patch_error`.
+        concurrency_limit: A Prefect global concurrency limit (the service's running-sandbox quota): waits
+            for one of its slots, held until the fork is killed.
+        concurrency_strict: Raise `ConcurrencyLimitMissingError` when that limit does not exist.
 
     Returns:
         The running fork.
 
     Raises:
         PatchFailedError: A patch failed in the fork (with `check_patches`).
+        ConcurrencyLimitMissingError: `concurrency_strict` and no such concurrency limit.
 
     Example:
         ```python
@@ -273,7 +280,10 @@ async def create_sandbox_from_checkpoint(
     credentials = await resolve_credentials(credentials)
     checkpoint_id = checkpoint_id_of(checkpoint)
     source_sandbox_id = checkpoint.sandbox_id if isinstance(checkpoint, Checkpoint) else None
-    async with credentials.get_client() as client:
+    async with (
+        slot_for_create(concurrency_limit, strict=concurrency_strict) as slot,
+        credentials.get_client() as client,
+    ):
         fork = await finish_despite_cancellation(
             create_or_find(
                 client,
@@ -286,7 +296,10 @@ async def create_sandbox_from_checkpoint(
             ),
             timeout=600.0,
         )
-        fork = await adopt_new_sandbox(client, credentials, fork, tags=tags, idle_timeout=idle_timeout)
+        slot.bind(fork.sandbox_id)
+        fork = await adopt_new_sandbox(
+            client, credentials, fork, tags={**(tags or {}), **slot.tags}, idle_timeout=idle_timeout
+        )
         # The fork answer does not say whether patches applied; the sandbox's state does.
         try:
             state = await client.sandboxes.get(fork.sandbox_id)
