@@ -28,7 +28,11 @@ from prefect_opencomputer.tasks.cleanup import (
 )
 from prefect_opencomputer.tasks.commands import arun_command, retry_failed_commands, run_command
 from prefect_opencomputer.tasks.decorator import TASK_TAG, CheckpointRef, SandboxRef
-from prefect_opencomputer.tasks.errors import CommandFailedError, PatchFailedError
+from prefect_opencomputer.tasks.errors import (
+    CommandFailedError,
+    ConcurrencyLimitMissingError,
+    PatchFailedError,
+)
 from prefect_opencomputer.tasks.files import (
     afile_exists,
     aread_file,
@@ -114,6 +118,7 @@ __all__ = [
     "TASK_TAG",
     "CheckpointRef",
     "CommandFailedError",
+    "ConcurrencyLimitMissingError",
     "Orphan",
     "OrphanedCheckpoint",
     "OutputLimits",
