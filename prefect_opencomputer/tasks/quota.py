@@ -13,24 +13,29 @@ instead of racing into 429s. A slot is a Prefect concurrency lease:
 - renewed by this process while it holds it; a process that dies stops renewing, and the slot comes back
   by itself when the lease runs out (`LEASE_SECONDS`).
 
+Renewals and give-backs go to the Prefect API from one thread with one connection, so a give-back never
+waits on the API (20 give-backs at the end of a fan-out would otherwise add a second to it); what is
+still queued when the process exits is given back then.
+
 A limit that does not exist is skipped with a warning, unless `concurrency_strict=True`.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextvars
+import queue
 import threading
 import time
 from collections.abc import Mapping
 from uuid import UUID
 
 import httpx
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.concurrency._asyncio import (
     ConcurrencySlotAcquisitionError,
     aacquire_concurrency_slots_with_lease,
-    arelease_concurrency_slots_with_lease,
 )
 from prefect.concurrency.context import ConcurrencyContext
 
@@ -48,7 +53,8 @@ _held: dict[str, UUID] = {}
 # Sandbox id -> (limit, strict) of sandboxes created under a limit: a wake takes a slot again.
 _limits: dict[str, tuple[str, bool]] = {}
 _renewing: set[UUID] = set()
-_renewer: threading.Thread | None = None
+_give_backs: queue.SimpleQueue[UUID] = queue.SimpleQueue()
+_keeper: threading.Thread | None = None
 
 
 async def take_slot(limit: str, *, strict: bool) -> UUID | None:
@@ -66,7 +72,9 @@ async def take_slot(limit: str, *, strict: bool) -> UUID | None:
         raise
     if not granted.limits:
         return None
-    _renew(granted.lease_id)
+    with _lock:
+        _renewing.add(granted.lease_id)
+    _ensure_keeper()
     # The task engine gives back, as the task ends, every lease taken inside it; this one lives until
     # the kill, and is ours to give back.
     if (context := ConcurrencyContext.get()) is not None and granted.lease_id in context.cleanup_lease_ids:
@@ -88,18 +96,12 @@ def bind(sandbox_id: str, lease: UUID | None, limit: str, *, strict: bool) -> No
 
 
 async def give_back(lease: UUID) -> None:
-    """Return a slot to its limit; never raises (an unreturned slot comes back when its lease runs out)."""
+    """Return a slot to its limit, now, from the keeper thread; never raises (an unreturned slot comes
+    back when its lease runs out)."""
     with _lock:
         _renewing.discard(lease)
-    try:
-        await arelease_concurrency_slots_with_lease(lease)
-    except Exception as error:
-        tracking.run_logger().warning(
-            "Could not give back concurrency slot (lease %s): %s; it frees itself within %d s",
-            lease,
-            error,
-            LEASE_SECONDS,
-        )
+    _give_backs.put(lease)
+    _ensure_keeper()
 
 
 async def release_slot_of(sandbox_id: str, tags: Mapping[str, str] | None = None) -> None:
@@ -133,37 +135,71 @@ async def retake_slot(sandbox_id: str) -> UUID | None:
     return lease
 
 
-def _renew(lease: UUID) -> None:
-    """Keep `lease` alive from a daemon thread until it is given back."""
-    global _renewer
+def _ensure_keeper() -> None:
+    global _keeper
     with _lock:
-        _renewing.add(lease)
-        if _renewer is None or not _renewer.is_alive():
+        if _keeper is None or not _keeper.is_alive():
             # Prefect's settings (which API) live in context variables: the thread runs in a copy.
             context = contextvars.copy_context()
-            _renewer = threading.Thread(
-                target=context.run, args=(_renew_forever,), daemon=True, name="opencomputer-slot-renewal"
+            _keeper = threading.Thread(
+                target=context.run, args=(_keep_slots,), daemon=True, name="opencomputer-slot-keeper"
             )
-            _renewer.start()
+            _keeper.start()
 
 
-def _renew_forever() -> None:
-    while True:
-        time.sleep(_RENEW_EVERY)
-        with _lock:
-            leases = list(_renewing)
-        if not leases:
-            continue
+def _keep_slots() -> None:
+    """Give back queued slots as they come; renew the held ones every `_RENEW_EVERY` seconds."""
+    with get_client(sync_client=True) as prefect:
+        renew_at = time.monotonic() + _RENEW_EVERY
+        while True:
+            try:
+                lease = _give_backs.get(timeout=max(0.0, renew_at - time.monotonic()))
+            except queue.Empty:
+                _renew_all(prefect)
+                renew_at = time.monotonic() + _RENEW_EVERY
+                continue
+            _release(prefect, lease)
+
+
+def _release(prefect: SyncPrefectClient, lease: UUID) -> None:
+    try:
+        prefect.release_concurrency_slots_with_lease(lease_id=lease)
+    except httpx.HTTPStatusError as error:
+        if error.response.status_code != 404:  # 404: already given back, or expired
+            tracking.run_logger().warning("Could not give back concurrency slot (lease %s): %s", lease, error)
+    except Exception as error:
+        tracking.run_logger().warning(
+            "Could not give back concurrency slot (lease %s): %s; it frees itself within %d s",
+            lease,
+            error,
+            LEASE_SECONDS,
+        )
+
+
+def _renew_all(prefect: SyncPrefectClient) -> None:
+    with _lock:
+        leases = list(_renewing)
+    for lease in leases:
         try:
-            with get_client(sync_client=True) as prefect:
-                for lease in leases:
-                    try:
-                        prefect.renew_concurrency_lease(lease_id=lease, lease_duration=LEASE_SECONDS)
-                    except httpx.HTTPStatusError as error:
-                        if error.response.status_code not in (404, 410):
-                            raise
-                        # Given back elsewhere (a cleanup hook in another process) or expired.
-                        with _lock:
-                            _renewing.discard(lease)
+            prefect.renew_concurrency_lease(lease_id=lease, lease_duration=LEASE_SECONDS)
+        except httpx.HTTPStatusError as error:
+            if error.response.status_code in (404, 410):
+                with _lock:  # given back elsewhere (a cleanup hook in another process), or expired
+                    _renewing.discard(lease)
+            else:
+                tracking.run_logger().warning("Renewing concurrency lease %s failed: %s", lease, error)
         except Exception as error:
-            tracking.run_logger().warning("Renewing concurrency slots failed: %s", error)
+            tracking.run_logger().warning("Renewing concurrency lease %s failed: %s", lease, error)
+
+
+@atexit.register
+def _give_back_the_rest() -> None:
+    """At exit, what is still queued goes back now rather than when its lease runs out."""
+    if _give_backs.empty():
+        return
+    try:
+        with get_client(sync_client=True) as prefect:
+            while not _give_backs.empty():
+                _release(prefect, _give_backs.get_nowait())
+    except Exception:
+        pass  # the leases run out by themselves
