@@ -41,6 +41,7 @@ from prefect_opencomputer.tasks.lifecycle import (
     record_checkpoint_deleted,
     rollback_hook,
     slot_for_create,
+    wait_out_full_quota,
 )
 from prefect_opencomputer.tasks.tracking import DEFAULT_IDLE_TIMEOUT
 
@@ -262,7 +263,8 @@ async def create_sandbox_from_checkpoint(
         check_patches: A patch that failed in the fork kills the fork and raises `PatchFailedError`;
             without it, see `Sandbox.patch_error`.
         concurrency_limit: A Prefect global concurrency limit (the service's running-sandbox quota): waits
-            for one of its slots, held until the fork is killed.
+            for one of its slots, held until the fork is killed; the service's own 429 is then waited
+            out for up to 10 minutes.
         concurrency_strict: Raise `ConcurrencyLimitMissingError` when that limit does not exist.
 
     Returns:
@@ -284,17 +286,20 @@ async def create_sandbox_from_checkpoint(
         slot_for_create(concurrency_limit, strict=concurrency_strict) as slot,
         credentials.get_client() as client,
     ):
-        fork = await finish_despite_cancellation(
-            create_or_find(
-                client,
-                lambda marker: client.checkpoints.fork(
-                    checkpoint_id,
-                    envs={**(envs or {}), **marker},
-                    metadata={**(metadata or {}), **tracking.ownership_tags()},
-                    memory_mb=memory_mb,
+        fork = await wait_out_full_quota(
+            lambda: finish_despite_cancellation(
+                create_or_find(
+                    client,
+                    lambda marker: client.checkpoints.fork(
+                        checkpoint_id,
+                        envs={**(envs or {}), **marker},
+                        metadata={**(metadata or {}), **tracking.ownership_tags()},
+                        memory_mb=memory_mb,
+                    ),
                 ),
+                timeout=600.0,
             ),
-            timeout=600.0,
+            patient=concurrency_limit is not None,
         )
         slot.bind(fork.sandbox_id)
         fork = await adopt_new_sandbox(

@@ -25,6 +25,7 @@ from prefect_opencomputer.client import (
     NotFoundError,
     OpenComputerClient,
     OpenComputerError,
+    RateLimitedError,
     Sandbox,
     ServerError,
     TransportError,
@@ -37,6 +38,9 @@ CREATE_MARKER_ENV = "PREFECT_OPENCOMPUTER_CREATE_ID"
 # Allowance for the service's clock running behind ours.
 CLOCK_SKEW = timedelta(seconds=30)
 KILL_TIMEOUT = 30.0
+# How long a create under a concurrency limit waits out the service's 429: other tools share the quota.
+QUOTA_PATIENCE = 600.0
+_QUOTA_POLL_MAX = 10.0
 # The list may show a new sandbox a moment after its create (the hosted index is written asynchronously).
 _LOOKUPS = 3
 _LOOKUP_PAUSE = 0.5
@@ -222,6 +226,25 @@ async def slot_for_create(limit: str | None, *, strict: bool) -> AsyncIterator[S
         if claim.lease is not None and not claim.bound:
             await finish_despite_cancellation(quota.give_back(claim.lease), timeout=KILL_TIMEOUT)
         raise
+
+
+async def wait_out_full_quota(create: Callable[[], Awaitable[T]], *, patient: bool) -> T:
+    """`create()`, and when `patient`, again after each 429 (refused at the door: nothing was created)
+    for up to `QUOTA_PATIENCE` seconds; the 429 is raised as `RateLimitedError` past that, or at once."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + QUOTA_PATIENCE
+    delay = 1.0
+    while True:
+        try:
+            return await create()
+        except RateLimitedError as error:
+            if not patient or loop.time() + delay > deadline:
+                raise
+            tracking.run_logger().info(
+                "The service's sandbox quota is full (%s); trying again in %.0f s", error, delay
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _QUOTA_POLL_MAX)
 
 
 # -- Kills ----------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from prefect_opencomputer.tasks.lifecycle import (
     record_kill,
     rollback_hook,
     slot_for_create,
+    wait_out_full_quota,
 )
 from prefect_opencomputer.tasks.output import build_log_handler
 from prefect_opencomputer.tasks.tracking import DEFAULT_IDLE_TIMEOUT
@@ -90,7 +91,8 @@ async def create_sandbox(
         image: A declarative image to start from.
         snapshot: The name of a ready snapshot to start from.
         concurrency_limit: A Prefect global concurrency limit (say `opencomputer-sandboxes`, the service's
-            running-sandbox quota): waits for one of its slots, held until the sandbox is killed.
+            running-sandbox quota): waits for one of its slots, held until the sandbox is killed; the
+            service's own 429 (other tools share the quota) is then waited out for up to 10 minutes.
         concurrency_strict: Raise `ConcurrencyLimitMissingError` when that limit does not exist, instead
             of creating the sandbox without it.
 
@@ -115,22 +117,26 @@ async def create_sandbox(
         credentials.get_client() as client,
     ):
         # Shielded: once the service has been asked, learn the id even if this task is being cancelled,
-        # so the sandbox can be tagged or killed instead of leaking.
-        sandbox = await finish_despite_cancellation(
-            create_or_find(
-                client,
-                lambda marker: client.sandboxes.create(
-                    template=template,
-                    timeout=idle_timeout,
-                    envs={**(envs or {}), **marker},
-                    metadata={**(metadata or {}), **tracking.ownership_tags()},
-                    memory_mb=memory_mb,
-                    image=image,
-                    snapshot=snapshot,
-                    on_build_log=build_log_handler(logger) if built else None,
+        # so the sandbox can be tagged or killed instead of leaking. Under a concurrency limit a full
+        # quota (429, other tools share it) is waited out, holding the slot.
+        sandbox = await wait_out_full_quota(
+            lambda: finish_despite_cancellation(
+                create_or_find(
+                    client,
+                    lambda marker: client.sandboxes.create(
+                        template=template,
+                        timeout=idle_timeout,
+                        envs={**(envs or {}), **marker},
+                        metadata={**(metadata or {}), **tracking.ownership_tags()},
+                        memory_mb=memory_mb,
+                        image=image,
+                        snapshot=snapshot,
+                        on_build_log=build_log_handler(logger) if built else None,
+                    ),
                 ),
+                timeout=_BUILD_TIMEOUT if built else max(credentials.request_timeout * 4, 120.0),
             ),
-            timeout=_BUILD_TIMEOUT if built else max(credentials.request_timeout * 4, 120.0),
+            patient=concurrency_limit is not None,
         )
         slot.bind(sandbox.sandbox_id)
         sandbox = await adopt_new_sandbox(

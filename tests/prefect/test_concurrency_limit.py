@@ -123,3 +123,21 @@ async def test_a_missing_limit_is_skipped_unless_strict(
     with pytest.raises(ConcurrencyLimitMissingError, match=f"prefect gcl create {missing} --limit 50"):
         await strict()
     assert await control.live_sandboxes() == 0
+
+
+async def test_with_a_limit_above_the_service_cap_the_429s_are_waited_out_and_all_forks_complete(
+    control: Any, limit_of_5: str
+) -> None:
+    # The service's cap below the limit: as when other tools use the organisation's quota too.
+    # Room for the base sandbox and one fork; each fork holds its place for 3 s, longer than a create's
+    # own two retries (1 s, 4 s) would wait for the last of them.
+    (await control.http.put("/_test/limits", json={"maxRunningSandboxes": 2})).raise_for_status()
+    try:
+        parameters = FanOutParameters(
+            forks=4, max_concurrency=4, command="sleep 3", concurrency_limit=limit_of_5
+        )
+        report = await checkpoint_fan_out(parameters)
+    finally:
+        await control.reset()
+
+    assert [o.ok for o in report.outcomes] == [True] * 4
