@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -199,3 +200,29 @@ def test_points_are_utc_minutes_whose_edges_count_only_their_overlap() -> None:
     # A window starting mid-minute counts only from there.
     clipped = sandbox_points(running, [], at(1, 30), at(2, 0), now=at(5, 0))
     assert [p.memory_allocated_gb_seconds for p in clipped] == [30]
+
+
+def test_usage_survives_a_restart_and_a_running_sandbox_counts_nothing_while_the_server_is_down(
+    tmp_path: Path,
+) -> None:
+    data_dir, key = tmp_path / "state", "osb_" + "u" * 64
+    with LocalServer(data_dir=data_dir, api_key=key) as server:
+        api = httpx.Client(base_url=server.api_url, headers={"X-API-Key": key}, timeout=60)
+        killed = api.post("/sandboxes", json={"memoryMB": 1024}).json()["sandboxID"]
+        running = api.post("/sandboxes", json={"memoryMB": 1024}).json()["sandboxID"]
+        time.sleep(1)
+        api.delete(f"/sandboxes/{killed}")
+        before = {sid: api.get(f"/sandboxes/{sid}/usage").json()["totals"] for sid in (killed, running)}
+    time.sleep(3)  # the server is down: nothing runs, nothing counts
+    with LocalServer(data_dir=data_dir, api_key=key) as server:
+        api = httpx.Client(base_url=server.api_url, headers={"X-API-Key": key}, timeout=60)
+        after = {sid: api.get(f"/sandboxes/{sid}/usage").json()["totals"] for sid in (killed, running)}
+        items = api.get("/usage", params={"groupBy": "sandbox"}).json()["items"]
+
+    assert after[killed] == before[killed]
+    assert after[killed]["memoryAllocatedGbSeconds"] >= 1
+    # The running one came back hibernated: its time ended when the server stopped.
+    assert after[running]["memoryAllocatedGbSeconds"] == pytest.approx(
+        before[running]["memoryAllocatedGbSeconds"], abs=0.5
+    )
+    assert {item["sandboxId"]: item["status"] for item in items} == {killed: "stopped", running: "hibernated"}
