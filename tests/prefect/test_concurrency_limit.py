@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +22,7 @@ from prefect_opencomputer.tasks import (
     hibernate_sandbox,
     kill_sandbox,
     open_sandbox,
+    run_command,
     wake_sandbox,
 )
 from prefect_opencomputer.tasks.errors import ConcurrencyLimitMissingError
@@ -141,3 +143,21 @@ async def test_with_a_limit_above_the_service_cap_the_429s_are_waited_out_and_al
         await control.reset()
 
     assert [o.ok for o in report.outcomes] == [True] * 4
+
+
+def test_a_def_flow_holds_its_slot_from_create_to_kill(control: Any, limit_of_5: str) -> None:
+    def active() -> int:
+        with get_client(sync_client=True) as prefect:
+            return prefect.read_global_concurrency_limit_by_name(limit_of_5).active_slots
+
+    @flow
+    def life() -> int:
+        with open_sandbox(concurrency_limit=limit_of_5) as sandbox:
+            run_command(sandbox, "true")  # another task: the slot outlives the create task
+            return active()
+
+    assert life() == 1
+    deadline = time.monotonic() + 20
+    while active() != 0:
+        assert time.monotonic() < deadline, "the slot was not given back after the kill"
+        time.sleep(0.05)
