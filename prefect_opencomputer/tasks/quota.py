@@ -149,16 +149,19 @@ def _ensure_keeper() -> None:
 
 def _keep_slots() -> None:
     """Give back queued slots as they come; renew the held ones every `_RENEW_EVERY` seconds."""
-    with get_client(sync_client=True) as prefect:
-        renew_at = time.monotonic() + _RENEW_EVERY
-        while True:
-            try:
-                lease = _give_backs.get(timeout=max(0.0, renew_at - time.monotonic()))
-            except queue.Empty:
-                _renew_all(prefect)
-                renew_at = time.monotonic() + _RENEW_EVERY
-                continue
-            _release(prefect, lease)
+    try:
+        with get_client(sync_client=True) as prefect:
+            renew_at = time.monotonic() + _RENEW_EVERY
+            while True:
+                try:
+                    lease = _give_backs.get(timeout=max(0.0, renew_at - time.monotonic()))
+                except queue.Empty:
+                    _renew_all(prefect)
+                    renew_at = time.monotonic() + _RENEW_EVERY
+                    continue
+                _release(prefect, lease)
+    except Exception as error:  # the next give-back starts a new keeper; held leases run out meanwhile
+        tracking.run_logger().warning("Keeping concurrency slots stopped: %s", error)
 
 
 def _release(prefect: SyncPrefectClient, lease: UUID) -> None:
