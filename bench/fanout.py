@@ -2,7 +2,10 @@
 
 The baseline is a single fork + `sleep 1` + kill. The fan-out runs 20 of those at once; then again with at
 most 5 in flight (an `asyncio.Semaphore`), and the server's own count of live sandboxes (`/_test/stats`)
-shows whether the cap held.
+shows whether the cap held. Last, on a throwaway Prefect API, the same 20 forks each holding a slot of a
+Prefect global concurrency limit of 20 (the integration's `concurrency_limit=`: a lease taken before the
+fork, given back after the kill) against the same 20 without it, rounds interleaved: the limit's overhead at
+the same parallelism.
 """
 
 from __future__ import annotations
@@ -14,15 +17,20 @@ from bench import services
 from bench.results import BenchmarkResult, Row, Samples
 from prefect_opencomputer.client import OpenComputerClient
 from prefect_opencomputer.local import LocalServer
+from prefect_opencomputer.tasks import quota
 
 WIDTH = 20
 CAP = 5
 SINGLE_ROUNDS = 3
+LIMIT_ROUNDS = 3
+LIMIT_NAME = "bench-opencomputer-sandboxes"
 
 
 def run(result: BenchmarkResult) -> None:
     with services.local_server(test_routes=True) as server:
         asyncio.run(_measure(result, server))
+        with services.prefect_api():
+            asyncio.run(_measure_limit(result, server))
 
 
 async def _fork_and_run(oc: OpenComputerClient, checkpoint_id: str) -> None:
@@ -103,4 +111,49 @@ async def _measure(result: BenchmarkResult, server: LocalServer) -> None:
     result.notes.append(
         f"Server stats after the run: {stats['peakSandboxes']} peak live sandboxes "
         f"(uncapped fan-out plus the source), {stats['liveSandboxes']} live."
+    )
+
+
+async def _fork_and_run_holding_a_slot(oc: OpenComputerClient, checkpoint_id: str) -> None:
+    lease = await quota.take_slot(LIMIT_NAME, strict=True)
+    assert lease is not None
+    try:
+        await _fork_and_run(oc, checkpoint_id)
+    finally:
+        await quota.give_back(lease)
+
+
+async def _measure_limit(result: BenchmarkResult, server: LocalServer) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    async with get_client() as prefect:
+        await prefect.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=LIMIT_NAME, limit=WIDTH)
+        )
+    unlimited = Samples(f"fan-out of {WIDTH}, no limit")
+    limited = Samples(f"fan-out of {WIDTH}, concurrency limit of {WIDTH}")
+    async with services.our_client(server) as oc:
+        source = await oc.sandboxes.create(template="base", timeout=600)
+        try:
+            checkpoint = await oc.checkpoints.create(source.sandbox_id, "fanout-limit")
+            checkpoint = await oc.checkpoints.wait_ready(
+                source.sandbox_id, checkpoint.id, timeout=120, poll_interval=0.01
+            )
+            for _ in range(LIMIT_ROUNDS):
+                with unlimited.time():
+                    await asyncio.gather(*(_fork_and_run(oc, checkpoint.id) for _ in range(WIDTH)))
+                with limited.time():
+                    await asyncio.gather(
+                        *(_fork_and_run_holding_a_slot(oc, checkpoint.id) for _ in range(WIDTH))
+                    )
+        finally:
+            await oc.sandboxes.kill(source.sandbox_id)
+    result.rows.append(unlimited.row())
+    result.rows.append(
+        limited.row(
+            baseline=unlimited,
+            target="<= 1.1 x no limit",
+            met=limited.p50 <= 1.1 * unlimited.p50,
+        )
     )

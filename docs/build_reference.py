@@ -26,6 +26,7 @@ _MODULE_TITLES = {
     "patches": "Checkpoint patches",
     "previews": "Preview URLs",
     "snapshots": "Snapshots",
+    "usage": "Usage",
     "orphans": "Orphans",
     "cleanup": "Cleanup",
     "tracking": "Run report",

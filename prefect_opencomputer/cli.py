@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from prefect_opencomputer.client import SandboxUsageItem
 
 app = typer.Typer(
     help="Prefect integration for OpenComputer sandboxes.",
@@ -198,6 +202,95 @@ def reap(
             f"  checkpoint {checkpoint.checkpoint_id} of {checkpoint.sandbox_id}  flow run "
             f"{checkpoint.flow_run_id}: {checkpoint.reason}"
         )
+
+
+@app.command("usage")
+def usage(
+    flow_run: Annotated[
+        str | None,
+        typer.Option(
+            help="A flow run id: the sandboxes it created (tagged prefect.flow_run_id).", show_default=False
+        ),
+    ] = None,
+    day: Annotated[
+        str | None,
+        typer.Option(
+            help="A UTC day, YYYY-MM-DD: every sandbox's usage that day (default: today).", show_default=False
+        ),
+    ] = None,
+    credentials_block: Annotated[
+        str | None,
+        typer.Option(help="Name of a saved OpenComputerCredentials block (default: OPENCOMPUTER_* env)."),
+    ] = None,
+) -> None:
+    """Print a flow run's or a day's sandbox usage as a table: memory GiB-seconds and an estimated cost."""
+    import asyncio
+    from datetime import UTC, date, timedelta
+
+    from prefect_opencomputer.client import OpenComputerError
+    from prefect_opencomputer.tasks.cost import usd_per_gb_hour
+    from prefect_opencomputer.tasks.tracking import TAG_FLOW_RUN
+
+    if flow_run is not None and day is not None:
+        raise typer.BadParameter("give --flow-run or --day, not both")
+    try:
+        rate = usd_per_gb_hour()
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    try:
+        start = datetime.combine(date.fromisoformat(day), datetime.min.time(), UTC) if day else None
+    except ValueError:
+        raise typer.BadParameter(f"--day must be a date, YYYY-MM-DD, not {day!r}") from None
+    if flow_run is None and start is None:
+        start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    end = None if start is None else min(start + timedelta(days=1), datetime.now(UTC))
+    tags = {TAG_FLOW_RUN: flow_run} if flow_run else None
+    try:
+        items = asyncio.run(_usage_items(credentials_block, tags, start, end))
+    except OpenComputerError as error:
+        typer.echo(f"Could not read usage: {error}", err=True)
+        raise typer.Exit(1) from None
+    what = f"flow run {flow_run} (last 30 days)" if flow_run else f"{start:%Y-%m-%d} (UTC)"
+    _print_usage_table(what, items, rate)
+
+
+async def _usage_items(
+    credentials_block: str | None, tags: dict[str, str] | None, start: datetime | None, end: datetime | None
+) -> list[SandboxUsageItem]:
+    from prefect_opencomputer.blocks.credentials import load_credentials
+
+    credentials = await load_credentials(credentials_block)
+    async with credentials.get_client() as client:
+        return await client.usage.all_by_sandbox(from_=start, to=end, tags=tags)
+
+
+def _print_usage_table(what: str, items: list[SandboxUsageItem], rate: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from prefect_opencomputer.tasks.tracking import TAG_FLOW_RUN
+
+    table = Table(title=f"Sandbox usage of {what}", title_justify="left")
+    for column in ("sandbox", "status", "flow run"):
+        table.add_column(column)
+    for column in ("memory GiB-s", "cost USD (estimate)"):
+        table.add_column(column, justify="right")
+    for item in items:
+        table.add_row(
+            item.sandbox_id,
+            item.status or "",
+            item.tags.get(TAG_FLOW_RUN, ""),
+            f"{item.memory_gb_seconds:.1f}",
+            f"{item.memory_gb_seconds / 3600 * rate:.4f}",
+        )
+    total = sum(item.memory_gb_seconds for item in items)
+    table.add_section()
+    table.add_row(f"total: {len(items)}", "", "", f"{total:.1f}", f"{total / 3600 * rate:.4f}")
+    console = Console(width=max(120, Console().width))
+    console.print(table)
+    console.print(
+        f"Estimate at ${rate:.3f} per GB-hour (OPENCOMPUTER_USD_PER_GB_HOUR), as the service meters memory."
+    )
 
 
 def main() -> None:

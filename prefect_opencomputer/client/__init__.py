@@ -41,9 +41,18 @@ from prefect_opencomputer.client._models import (
     RetentionPolicy,
     Sandbox,
     SandboxTags,
+    SandboxUsage,
+    SandboxUsageItem,
+    SandboxUsagePoint,
+    SandboxUsageTotals,
     SignedURL,
     Snapshot,
     TagKey,
+    TagUsageItem,
+    UntaggedUsage,
+    UsageBySandbox,
+    UsageByTag,
+    UsageTotals,
 )
 from prefect_opencomputer.client._patches import Patches
 from prefect_opencomputer.client._previews import Previews
@@ -51,6 +60,7 @@ from prefect_opencomputer.client._sandboxes import Sandboxes
 from prefect_opencomputer.client._snapshots import Snapshots
 from prefect_opencomputer.client._sse import BuildLogHandler
 from prefect_opencomputer.client._transport import RetryPolicy
+from prefect_opencomputer.client._usage import Usage
 
 __all__ = [
     "APIError",
@@ -92,6 +102,10 @@ __all__ = [
     "RetryPolicy",
     "Sandbox",
     "SandboxTags",
+    "SandboxUsage",
+    "SandboxUsageItem",
+    "SandboxUsagePoint",
+    "SandboxUsageTotals",
     "Sandboxes",
     "ServerError",
     "SignedURL",
@@ -99,6 +113,12 @@ __all__ = [
     "SnapshotFailedError",
     "Snapshots",
     "TagKey",
+    "TagUsageItem",
     "TransportError",
     "UnauthorizedError",
+    "UntaggedUsage",
+    "Usage",
+    "UsageBySandbox",
+    "UsageByTag",
+    "UsageTotals",
 ]

@@ -18,6 +18,7 @@ from prefect_opencomputer.client._transport import (
     resolve_api_base,
     resolve_api_key,
 )
+from prefect_opencomputer.client._usage import Usage
 
 
 class OpenComputerClient:
@@ -49,6 +50,7 @@ class OpenComputerClient:
         self.patches = Patches(self._transport)
         self.previews = Previews(self._transport)
         self.snapshots = Snapshots(self._transport)
+        self.usage = Usage(self._transport)
 
     @property
     def api_base(self) -> str:

@@ -309,3 +309,92 @@ class Snapshot(WireModel):
     @property
     def is_ready(self) -> bool:
         return self.status == "ready"
+
+
+# Usage (every *_gb_seconds is GiB-seconds: a 1024 MB sandbox running one second is 1)
+
+
+class UsageTotals(WireModel):
+    """Usage summed over every row the query matched, not only the page."""
+
+    memory_gb_seconds: float = Field(default=0.0, alias="memoryGbSeconds")
+    disk_overage_gb_seconds: float = Field(default=0.0, alias="diskOverageGbSeconds")
+
+
+class UntaggedUsage(UsageTotals):
+    """Usage of the sandboxes that lack the tag key a query groups by."""
+
+    sandbox_count: int = Field(default=0, alias="sandboxCount")
+
+
+class SandboxUsageItem(UsageTotals):
+    """One sandbox's usage over the window, with its status and tags now."""
+
+    sandbox_id: str = Field(alias="sandboxId")
+    status: str | None = None
+    alias: str | None = None
+    tags: StringMap = Field(default_factory=dict)
+    tags_last_updated_at: Timestamp = Field(default=None, alias="tagsLastUpdatedAt")
+
+
+class TagUsageItem(UsageTotals):
+    """The usage of the sandboxes carrying one value of a tag key."""
+
+    tag_key: str = Field(alias="tagKey")
+    tag_value: str = Field(alias="tagValue")
+    sandbox_count: int = Field(default=0, alias="sandboxCount")
+
+
+class UsageBySandbox(WireModel):
+    """A page of ``GET /usage?groupBy=sandbox``: largest first; `next_cursor` fetches the next page."""
+
+    from_: datetime = Field(alias="from")
+    to: datetime
+    total: UsageTotals
+    items: Annotated[list[SandboxUsageItem], BeforeValidator(_list_if_null)] = Field(default_factory=list)
+    next_cursor: str | None = Field(default=None, alias="nextCursor")
+
+
+class UsageByTag(WireModel):
+    """A page of ``GET /usage?groupBy=tag:<key>``, with the sandboxes lacking the key in `untagged`."""
+
+    from_: datetime = Field(alias="from")
+    to: datetime
+    group_by: str = Field(alias="groupBy")
+    total: UsageTotals
+    untagged: UntaggedUsage = Field(default_factory=lambda: UntaggedUsage())
+    items: Annotated[list[TagUsageItem], BeforeValidator(_list_if_null)] = Field(default_factory=list)
+    next_cursor: str | None = Field(default=None, alias="nextCursor")
+
+
+class SandboxUsagePoint(WireModel):
+    """One UTC minute: the integrals add up across points, the megabytes are for charts."""
+
+    ts: datetime
+    memory_allocated_gb_seconds: float = Field(default=0.0, alias="memoryAllocatedGbSeconds")
+    memory_used_gb_seconds: float = Field(default=0.0, alias="memoryUsedGbSeconds")
+    uptime_seconds: int = Field(default=0, alias="uptimeSeconds")
+    allocated_memory_mb: int = Field(default=0, alias="allocatedMemoryMb")
+    used_memory_mb_avg: int = Field(default=0, alias="usedMemoryMbAvg")
+    used_memory_mb_peak: int = Field(default=0, alias="usedMemoryMbPeak")
+
+
+class SandboxUsageTotals(WireModel):
+    """The points summed (and the peaks over them)."""
+
+    memory_allocated_gb_seconds: float = Field(default=0.0, alias="memoryAllocatedGbSeconds")
+    memory_used_gb_seconds: float = Field(default=0.0, alias="memoryUsedGbSeconds")
+    uptime_seconds: int = Field(default=0, alias="uptimeSeconds")
+    memory_allocated_peak_mb: int = Field(default=0, alias="memoryAllocatedPeakMb")
+    memory_used_peak_mb: int = Field(default=0, alias="memoryUsedPeakMb")
+
+
+class SandboxUsage(WireModel):
+    """``GET /sandboxes/{id}/usage``: 1-minute points over ``[from, to)`` and their totals."""
+
+    sandbox_id: str = Field(alias="sandboxId")
+    from_: datetime = Field(alias="from")
+    to: datetime
+    alias: str | None = None
+    totals: SandboxUsageTotals = Field(default_factory=lambda: SandboxUsageTotals())
+    points: Annotated[list[SandboxUsagePoint], BeforeValidator(_list_if_null)] = Field(default_factory=list)

@@ -45,6 +45,17 @@ class FanOutParameters(BaseModel):
     )
     command_timeout: int = Field(default=300, ge=1, description="Seconds the command may run in a fork.")
     idle_timeout: int = Field(default=600, ge=1, description="Idle timeout of each sandbox, in seconds.")
+    concurrency_limit: str | None = Field(
+        default=None,
+        description=(
+            "A Prefect global concurrency limit (e.g. opencomputer-sandboxes) whose slots the base sandbox "
+            "and every fork hold while they run, shared with every other flow run that names it."
+        ),
+    )
+    concurrency_strict: bool = Field(
+        default=False,
+        description="Fail when the concurrency limit does not exist, instead of going without it.",
+    )
 
 
 class ForkOutcome(BaseModel):
@@ -97,7 +108,11 @@ async def checkpoint_fan_out(
     logger = get_run_logger()
     try:
         async with open_sandbox(
-            parameters.template, credentials=credentials, idle_timeout=parameters.idle_timeout
+            parameters.template,
+            credentials=credentials,
+            idle_timeout=parameters.idle_timeout,
+            concurrency_limit=parameters.concurrency_limit,
+            concurrency_strict=parameters.concurrency_strict,
         ) as base:
             for command in parameters.prepare_commands:
                 await arun_command(base, command, credentials=credentials, timeout=parameters.command_timeout)
@@ -142,7 +157,11 @@ async def _run_forks(
             try:
                 env = {"FORK_INDEX": str(index), "FORK_COUNT": str(parameters.forks)}
                 async with open_fork(
-                    checkpoint, credentials=credentials, idle_timeout=parameters.idle_timeout
+                    checkpoint,
+                    credentials=credentials,
+                    idle_timeout=parameters.idle_timeout,
+                    concurrency_limit=parameters.concurrency_limit,
+                    concurrency_strict=parameters.concurrency_strict,
                 ) as fork:
                     outcome.sandbox_id = fork.sandbox_id
                     result = await arun_command(

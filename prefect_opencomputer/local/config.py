@@ -34,6 +34,8 @@ class LocalServerConfig:
     file_operation_timeout: float = 30.0
     # The hosted service's default cap on running sandboxes per organisation (429 past it).
     max_running_sandboxes: int = 50
+    # How often the memory of every running sandbox is sampled for usage (hosted: every 60 s).
+    usage_sample_seconds: float = 15.0
     # Every sandbox's disk is at most this big, whatever its diskMB (tests fill a small one quickly).
     max_disk_mb: int | None = None
 

@@ -28,7 +28,11 @@ from prefect_opencomputer.tasks.cleanup import (
 )
 from prefect_opencomputer.tasks.commands import arun_command, retry_failed_commands, run_command
 from prefect_opencomputer.tasks.decorator import TASK_TAG, CheckpointRef, SandboxRef
-from prefect_opencomputer.tasks.errors import CommandFailedError, PatchFailedError
+from prefect_opencomputer.tasks.errors import (
+    CommandFailedError,
+    ConcurrencyLimitMissingError,
+    PatchFailedError,
+)
 from prefect_opencomputer.tasks.files import (
     afile_exists,
     aread_file,
@@ -96,6 +100,12 @@ from prefect_opencomputer.tasks.tracking import (
     apublish_run_report,
     publish_run_report,
 )
+from prefect_opencomputer.tasks.usage import (
+    aget_flow_run_usage,
+    aget_sandbox_usage,
+    get_flow_run_usage,
+    get_sandbox_usage,
+)
 
 __all__ = [
     "CREATED_BY",
@@ -108,6 +118,7 @@ __all__ = [
     "TASK_TAG",
     "CheckpointRef",
     "CommandFailedError",
+    "ConcurrencyLimitMissingError",
     "Orphan",
     "OrphanedCheckpoint",
     "OutputLimits",
@@ -126,7 +137,9 @@ __all__ = [
     "adelete_snapshot",
     "afile_exists",
     "afind_orphans",
+    "aget_flow_run_usage",
     "aget_sandbox",
+    "aget_sandbox_usage",
     "ahibernate_sandbox",
     "ais_sandbox_running",
     "akill_sandbox",
@@ -157,7 +170,9 @@ __all__ = [
     "delete_snapshot",
     "file_exists",
     "find_orphans",
+    "get_flow_run_usage",
     "get_sandbox",
+    "get_sandbox_usage",
     "hibernate_sandbox",
     "is_sandbox_running",
     "kill_flow_run_sandboxes",

@@ -40,6 +40,8 @@ from prefect_opencomputer.tasks.lifecycle import (
     may_have_taken_effect,
     record_checkpoint_deleted,
     rollback_hook,
+    slot_for_create,
+    wait_out_full_quota,
 )
 from prefect_opencomputer.tasks.tracking import DEFAULT_IDLE_TIMEOUT
 
@@ -241,6 +243,8 @@ async def create_sandbox_from_checkpoint(
     memory_mb: int | None = None,
     tags: dict[str, str] | None = None,
     check_patches: bool = True,
+    concurrency_limit: str | None = None,
+    concurrency_strict: bool = False,
 ) -> Sandbox:
     """Fork a new sandbox from a ready checkpoint; its patches run before this returns.
 
@@ -258,12 +262,17 @@ async def create_sandbox_from_checkpoint(
         tags: Tags of your own, besides the ownership tags this task adds.
         check_patches: A patch that failed in the fork kills the fork and raises `PatchFailedError`;
             without it, see `Sandbox.patch_error`.
+        concurrency_limit: A Prefect global concurrency limit (the service's running-sandbox quota): waits
+            for one of its slots, held until the fork is killed; the service's own 429 is then waited
+            out for up to 10 minutes.
+        concurrency_strict: Raise `ConcurrencyLimitMissingError` when that limit does not exist.
 
     Returns:
         The running fork.
 
     Raises:
         PatchFailedError: A patch failed in the fork (with `check_patches`).
+        ConcurrencyLimitMissingError: `concurrency_strict` and no such concurrency limit.
 
     Example:
         ```python
@@ -273,20 +282,29 @@ async def create_sandbox_from_checkpoint(
     credentials = await resolve_credentials(credentials)
     checkpoint_id = checkpoint_id_of(checkpoint)
     source_sandbox_id = checkpoint.sandbox_id if isinstance(checkpoint, Checkpoint) else None
-    async with credentials.get_client() as client:
-        fork = await finish_despite_cancellation(
-            create_or_find(
-                client,
-                lambda marker: client.checkpoints.fork(
-                    checkpoint_id,
-                    envs={**(envs or {}), **marker},
-                    metadata={**(metadata or {}), **tracking.ownership_tags()},
-                    memory_mb=memory_mb,
+    async with (
+        slot_for_create(concurrency_limit, strict=concurrency_strict) as slot,
+        credentials.get_client() as client,
+    ):
+        fork = await wait_out_full_quota(
+            lambda: finish_despite_cancellation(
+                create_or_find(
+                    client,
+                    lambda marker: client.checkpoints.fork(
+                        checkpoint_id,
+                        envs={**(envs or {}), **marker},
+                        metadata={**(metadata or {}), **tracking.ownership_tags()},
+                        memory_mb=memory_mb,
+                    ),
                 ),
+                timeout=600.0,
             ),
-            timeout=600.0,
+            patient=concurrency_limit is not None,
         )
-        fork = await adopt_new_sandbox(client, credentials, fork, tags=tags, idle_timeout=idle_timeout)
+        slot.bind(fork.sandbox_id)
+        fork = await adopt_new_sandbox(
+            client, credentials, fork, tags={**(tags or {}), **slot.tags}, idle_timeout=idle_timeout
+        )
         # The fork answer does not say whether patches applied; the sandbox's state does.
         try:
             state = await client.sandboxes.get(fork.sandbox_id)
@@ -310,6 +328,8 @@ async def create_sandbox_from_checkpoint(
         f"from {checkpoint_id[:8]}",
         fork.status,
         cleanup=not tracking.is_retained(fork.tags),
+        # A fork runs at its checkpoint's tier unless it asked for more.
+        memory_mb=memory_mb or fork.memory_mb or tracking.memory_of(source_sandbox_id),
     )
     tracking.emit_sandbox_event(
         tracking.SANDBOX_FORKED,

@@ -97,6 +97,8 @@ def open_sandbox(
     tags: dict[str, str] | None = None,
     image: Image | None = None,
     snapshot: str | None = None,
+    concurrency_limit: str | None = None,
+    concurrency_strict: bool = False,
 ) -> SandboxScope:
     """A sandbox that is killed when the block ends, however it ends.
 
@@ -112,6 +114,8 @@ def open_sandbox(
         tags: Tags of your own.
         image: A declarative image to start from.
         snapshot: A ready snapshot to start from.
+        concurrency_limit: A Prefect global concurrency limit: a slot of it is held while the block runs.
+        concurrency_strict: Fail when that limit does not exist, instead of going without it.
 
     Returns:
         A context manager whose value is the running sandbox.
@@ -130,6 +134,8 @@ def open_sandbox(
         "tags": tags,
         "image": image,
         "snapshot": snapshot,
+        "concurrency_limit": concurrency_limit,
+        "concurrency_strict": concurrency_strict,
     }
     return SandboxScope(
         options,
@@ -148,6 +154,8 @@ def open_fork(
     envs: dict[str, str] | None = None,
     tags: dict[str, str] | None = None,
     check_patches: bool = True,
+    concurrency_limit: str | None = None,
+    concurrency_strict: bool = False,
 ) -> SandboxScope:
     """A fork of a checkpoint that is killed when the block ends (`with` or `async with`).
 
@@ -158,6 +166,8 @@ def open_fork(
         envs: Environment variables over the checkpoint's.
         tags: Tags of your own.
         check_patches: Raise `PatchFailedError` (and kill the fork) if a patch failed in it.
+        concurrency_limit: A Prefect global concurrency limit: a slot of it is held while the block runs.
+        concurrency_strict: Fail when that limit does not exist, instead of going without it.
 
     Returns:
         A context manager whose value is the running fork.
@@ -174,6 +184,8 @@ def open_fork(
         "envs": envs,
         "tags": tags,
         "check_patches": check_patches,
+        "concurrency_limit": concurrency_limit,
+        "concurrency_strict": concurrency_strict,
     }
     return SandboxScope(
         options,
@@ -198,6 +210,7 @@ async def kill_flow_run_sandboxes(credentials: OpenComputerCredentials, flow_run
         except Exception as exc:
             logger.warning("Could not delete checkpoint %s of %s: %s", checkpoint_id, sandbox_id, exc)
     suspects = tracking.live_sandboxes(flow_run_id)
+    tags_of: dict[str, dict[str, str]] = {}
     async with credentials.get_client() as client:
         for sandbox in await client.sandboxes.list():
             if not is_ours(sandbox.tags) or sandbox.tags.get(TAG_FLOW_RUN) != flow_run_id:
@@ -206,10 +219,13 @@ async def kill_flow_run_sandboxes(credentials: OpenComputerCredentials, flow_run
                 suspects.discard(sandbox.sandbox_id)
             else:
                 suspects.add(sandbox.sandbox_id)
+                tags_of[sandbox.sandbox_id] = sandbox.tags
     reason = f"cleanup of flow run {flow_run_id}"
     outcomes = await asyncio.gather(
         *(
-            kill_sandbox_now(credentials, sandbox_id, reason=reason, flow_run_id=flow_run_id)
+            kill_sandbox_now(
+                credentials, sandbox_id, reason=reason, flow_run_id=flow_run_id, tags=tags_of.get(sandbox_id)
+            )
             for sandbox_id in sorted(suspects)
         ),
         return_exceptions=True,

@@ -44,3 +44,15 @@ class PatchFailedError(OpenComputerError):
         self.checkpoint_id = checkpoint_id
         self.patch_error = patch_error
         super().__init__(f"patches of checkpoint {checkpoint_id} failed in fork {sandbox_id}: {patch_error}")
+
+
+class ConcurrencyLimitMissingError(OpenComputerError):
+    """Raised by a create with `concurrency_strict=True` when its Prefect concurrency limit does not exist."""
+
+    def __init__(self, limit: str) -> None:
+        self.limit = limit
+        super().__init__(
+            f"Prefect concurrency limit {limit!r} does not exist: create it with "
+            f"`prefect gcl create {limit} --limit 50` (the service's running-sandbox quota), "
+            "or drop concurrency_strict to create sandboxes without it"
+        )

@@ -10,10 +10,12 @@ environment holds that value; a sandbox without it (anyone else's) is never adop
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar, cast
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import anyio
 from prefect.transactions import BaseTransaction, Transaction, get_transaction
@@ -23,11 +25,12 @@ from prefect_opencomputer.client import (
     NotFoundError,
     OpenComputerClient,
     OpenComputerError,
+    RateLimitedError,
     Sandbox,
     ServerError,
     TransportError,
 )
-from prefect_opencomputer.tasks import tracking
+from prefect_opencomputer.tasks import quota, tracking
 
 T = TypeVar("T")
 
@@ -35,6 +38,9 @@ CREATE_MARKER_ENV = "PREFECT_OPENCOMPUTER_CREATE_ID"
 # Allowance for the service's clock running behind ours.
 CLOCK_SKEW = timedelta(seconds=30)
 KILL_TIMEOUT = 30.0
+# How long a create under a concurrency limit waits out the service's 429: other tools share the quota.
+QUOTA_PATIENCE = 600.0
+_QUOTA_POLL_MAX = 10.0
 # The list may show a new sandbox a moment after its create (the hosted index is written asynchronously).
 _LOOKUPS = 3
 _LOOKUP_PAUSE = 0.5
@@ -185,28 +191,97 @@ async def kill_on_rollback(transaction: BaseTransaction) -> None:
 rollback_hook = cast("Callable[[Transaction], None]", kill_on_rollback)
 
 
+# -- Quota slots ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class SlotClaim:
+    """The concurrency slot a create holds (none without a limit, or when the limit does not exist)."""
+
+    limit: str | None
+    strict: bool
+    lease: UUID | None = None
+    bound: bool = False
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return quota.lease_tags(self.lease)
+
+    def bind(self, sandbox_id: str) -> None:
+        """The create answered: the slot is the sandbox's now, given back when it is killed."""
+        if self.limit is not None:
+            quota.bind(sandbox_id, self.lease, self.limit, strict=self.strict)
+        self.bound = True
+
+
+@contextlib.asynccontextmanager
+async def slot_for_create(limit: str | None, *, strict: bool) -> AsyncIterator[SlotClaim]:
+    """Wait for a slot of `limit` (none when None) for the length of a create; given back if it fails."""
+    claim = SlotClaim(limit, strict)
+    if limit is not None:
+        claim.lease = await quota.take_slot(limit, strict=strict)
+    try:
+        yield claim
+    except BaseException:
+        if claim.lease is not None and not claim.bound:
+            await finish_despite_cancellation(quota.give_back(claim.lease), timeout=KILL_TIMEOUT)
+        raise
+
+
+async def wait_out_full_quota(create: Callable[[], Awaitable[T]], *, patient: bool) -> T:
+    """`create()`, and when `patient`, again after each 429 (refused at the door: nothing was created)
+    for up to `QUOTA_PATIENCE` seconds; the 429 is raised as `RateLimitedError` past that, or at once."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + QUOTA_PATIENCE
+    delay = 1.0
+    while True:
+        try:
+            return await create()
+        except RateLimitedError as error:
+            if not patient or loop.time() + delay > deadline:
+                raise
+            tracking.run_logger().info(
+                "The service's sandbox quota is full (%s); trying again in %.0f s", error, delay
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _QUOTA_POLL_MAX)
+
+
 # -- Kills ----------------------------------------------------------------------------------------------
 
 
-async def kill_ignoring_missing(client: OpenComputerClient, sandbox_id: str) -> bool:
+async def kill_ignoring_missing(
+    client: OpenComputerClient, sandbox_id: str, *, tags: Mapping[str, str] | None = None
+) -> bool:
+    """Kill; False when it was already gone. Either way its concurrency slot (held here, or named in the
+    sandbox's `tags`) is given back."""
     try:
         await client.sandboxes.kill(sandbox_id)
+        killed = True
     except NotFoundError:
-        return False
-    return True
+        killed = False
+    await quota.release_slot_of(sandbox_id, tags)
+    quota.forget(sandbox_id)
+    return killed
 
 
 async def kill_sandbox_now(
-    credentials: OpenComputerCredentials, sandbox_id: str, *, reason: str, flow_run_id: str | None = None
+    credentials: OpenComputerCredentials,
+    sandbox_id: str,
+    *,
+    reason: str,
+    flow_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> bool:
     """Kill a sandbox outside any task run (cleanup paths); finishes even while the caller is cancelled.
 
-    Returns True when this call killed it, False when it was already gone.
+    Returns True when this call killed it, False when it was already gone. `tags`, the sandbox's, name its
+    concurrency slot when another process took it.
     """
 
     async def kill() -> bool:
         async with credentials.get_client() as client:
-            return await kill_ignoring_missing(client, sandbox_id)
+            return await kill_ignoring_missing(client, sandbox_id, tags=tags)
 
     killed = await finish_despite_cancellation(kill(), timeout=KILL_TIMEOUT)
     record_kill(sandbox_id, reason, killed, flow_run_id=flow_run_id)

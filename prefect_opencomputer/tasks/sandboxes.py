@@ -8,7 +8,7 @@ from prefect import get_run_logger
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import Image, Sandbox
-from prefect_opencomputer.tasks import tracking
+from prefect_opencomputer.tasks import quota, tracking
 from prefect_opencomputer.tasks.decorator import (
     RunName,
     SandboxRef,
@@ -26,6 +26,8 @@ from prefect_opencomputer.tasks.lifecycle import (
     kill_ignoring_missing,
     record_kill,
     rollback_hook,
+    slot_for_create,
+    wait_out_full_quota,
 )
 from prefect_opencomputer.tasks.output import build_log_handler
 from prefect_opencomputer.tasks.tracking import DEFAULT_IDLE_TIMEOUT
@@ -66,6 +68,8 @@ async def create_sandbox(
     tags: dict[str, str] | None = None,
     image: Image | None = None,
     snapshot: str | None = None,
+    concurrency_limit: str | None = None,
+    concurrency_strict: bool = False,
 ) -> Sandbox:
     """Create a sandbox tagged with this flow run, task run and deployment.
 
@@ -86,12 +90,18 @@ async def create_sandbox(
         tags: Tags of your own, besides the ownership tags this task adds.
         image: A declarative image to start from.
         snapshot: The name of a ready snapshot to start from.
+        concurrency_limit: A Prefect global concurrency limit (say `opencomputer-sandboxes`, the service's
+            running-sandbox quota): waits for one of its slots, held until the sandbox is killed; the
+            service's own 429 (other tools share the quota) is then waited out for up to 10 minutes.
+        concurrency_strict: Raise `ConcurrencyLimitMissingError` when that limit does not exist, instead
+            of creating the sandbox without it.
 
     Returns:
         The running sandbox, with its tags.
 
     Raises:
         BuildFailedError: The image did not build.
+        ConcurrencyLimitMissingError: `concurrency_strict` and no such concurrency limit.
 
     Example:
         ```python
@@ -102,29 +112,44 @@ async def create_sandbox(
     logger = get_run_logger()
     built = image is not None or snapshot is not None
     origin = _origin(template, image, snapshot)
-    async with credentials.get_client() as client:
+    async with (
+        slot_for_create(concurrency_limit, strict=concurrency_strict) as slot,
+        credentials.get_client() as client,
+    ):
         # Shielded: once the service has been asked, learn the id even if this task is being cancelled,
-        # so the sandbox can be tagged or killed instead of leaking.
-        sandbox = await finish_despite_cancellation(
-            create_or_find(
-                client,
-                lambda marker: client.sandboxes.create(
-                    template=template,
-                    timeout=idle_timeout,
-                    envs={**(envs or {}), **marker},
-                    metadata={**(metadata or {}), **tracking.ownership_tags()},
-                    memory_mb=memory_mb,
-                    image=image,
-                    snapshot=snapshot,
-                    on_build_log=build_log_handler(logger) if built else None,
+        # so the sandbox can be tagged or killed instead of leaking. Under a concurrency limit a full
+        # quota (429, other tools share it) is waited out, holding the slot.
+        sandbox = await wait_out_full_quota(
+            lambda: finish_despite_cancellation(
+                create_or_find(
+                    client,
+                    lambda marker: client.sandboxes.create(
+                        template=template,
+                        timeout=idle_timeout,
+                        envs={**(envs or {}), **marker},
+                        metadata={**(metadata or {}), **tracking.ownership_tags()},
+                        memory_mb=memory_mb,
+                        image=image,
+                        snapshot=snapshot,
+                        on_build_log=build_log_handler(logger) if built else None,
+                    ),
                 ),
+                timeout=_BUILD_TIMEOUT if built else max(credentials.request_timeout * 4, 120.0),
             ),
-            timeout=_BUILD_TIMEOUT if built else max(credentials.request_timeout * 4, 120.0),
+            patient=concurrency_limit is not None,
         )
-        sandbox = await adopt_new_sandbox(client, credentials, sandbox, tags=tags, idle_timeout=None)
+        slot.bind(sandbox.sandbox_id)
+        sandbox = await adopt_new_sandbox(
+            client, credentials, sandbox, tags={**(tags or {}), **slot.tags}, idle_timeout=None
+        )
     logger.info("Created sandbox %s from %s (idle timeout %s s)", sandbox.sandbox_id, origin, idle_timeout)
     tracking.record(
-        "sandbox", sandbox.sandbox_id, origin, sandbox.status, cleanup=not tracking.is_retained(sandbox.tags)
+        "sandbox",
+        sandbox.sandbox_id,
+        origin,
+        sandbox.status,
+        cleanup=not tracking.is_retained(sandbox.tags),
+        memory_mb=memory_mb or sandbox.memory_mb,
     )
     tracking.emit_sandbox_event(
         tracking.SANDBOX_CREATED,
@@ -279,6 +304,8 @@ async def hibernate_sandbox(
     credentials = await resolve_credentials(credentials)
     async with credentials.get_client() as client:
         hibernated = await client.sandboxes.hibernate(sandbox_id_of(sandbox))
+    # A hibernated sandbox does not count against the service's quota: neither does it hold a slot.
+    await quota.release_slot_of(hibernated.sandbox_id)
     tracking.record("hibernate", hibernated.sandbox_id, "", hibernated.status)
     return hibernated
 
@@ -307,8 +334,18 @@ async def wake_sandbox(
         ```
     """
     credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
-        woken = await client.sandboxes.wake(sandbox_id_of(sandbox), timeout=idle_timeout)
+    sandbox_id = sandbox_id_of(sandbox)
+    # Created under a concurrency limit: running again takes a slot again (given back if the wake fails).
+    lease = await quota.retake_slot(sandbox_id)
+    try:
+        async with credentials.get_client() as client:
+            woken = await client.sandboxes.wake(sandbox_id, timeout=idle_timeout)
+            if lease is not None:
+                current = await client.sandboxes.get_tags(sandbox_id)
+                await client.sandboxes.set_tags(sandbox_id, {**current.tags, **quota.lease_tags(lease)})
+    except BaseException:
+        await finish_despite_cancellation(quota.release_slot_of(sandbox_id), timeout=30.0)
+        raise
     tracking.record("wake", woken.sandbox_id, "", woken.status)
     return woken
 

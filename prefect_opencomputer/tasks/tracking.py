@@ -25,6 +25,8 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.logging.loggers import LoggingAdapter, get_logger
 
+from prefect_opencomputer.tasks import cost
+
 if TYPE_CHECKING:
     from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 
@@ -188,6 +190,8 @@ class _RunRecord:
     # How many task runs of each label (`fork[cp-…]`) the run has named.
     numbers: dict[str, int] = field(default_factory=dict)
     credentials: OpenComputerCredentials | None = None
+    # The memory tier of each sandbox the run created, for its cost estimate.
+    memory_mb: dict[str, int] = field(default_factory=dict)
 
     def holds_resources(self) -> bool:
         return bool(self.sandboxes or self.checkpoints)
@@ -225,11 +229,19 @@ def _current_record() -> _RunRecord | None:
     return _record_of(flow_run_id)
 
 
-def record(kind: str, sandbox_id: str, subject: str, outcome: str, *, cleanup: bool = True) -> None:
+def record(
+    kind: str,
+    sandbox_id: str,
+    subject: str,
+    outcome: str,
+    *,
+    cleanup: bool = True,
+    memory_mb: int | None = None,
+) -> None:
     """Add a row to the current flow run's report; outside a flow run there is no report.
 
     A created sandbox (`kind` "sandbox" or "fork") is also remembered for the run's cleanup unless
-    `cleanup` is False (it is meant to outlive the run).
+    `cleanup` is False (it is meant to outlive the run); `memory_mb`, its tier, prices its running time.
     """
     with _lock:
         run = _current_record()
@@ -237,10 +249,19 @@ def record(kind: str, sandbox_id: str, subject: str, outcome: str, *, cleanup: b
             return
         if len(run.entries) < MAX_ENTRIES_PER_RUN:
             run.entries.append(ReportEntry(kind, sandbox_id, subject, outcome))
+        if memory_mb:
+            run.memory_mb[sandbox_id] = memory_mb
         if kind in ("sandbox", "fork") and cleanup:
             run.sandboxes.add(sandbox_id)
         elif kind == "kill":
             run.sandboxes.discard(sandbox_id)
+
+
+def memory_of(sandbox_id: str | None) -> int | None:
+    """The memory tier the current run recorded for a sandbox it created (None: not known)."""
+    with _lock:
+        run = _current_record()
+        return None if run is None or sandbox_id is None else run.memory_mb.get(sandbox_id)
 
 
 def next_number(label: str) -> int:
@@ -322,12 +343,52 @@ def forget(flow_run_id: str) -> None:
         _runs.pop(flow_run_id, None)
 
 
-_REPORT_DESCRIPTION = "Sandboxes, commands and checkpoints of this flow run."
+_REPORT_DESCRIPTION = (
+    "Sandboxes, commands and checkpoints of this flow run, then each sandbox's running time, memory "
+    "GiB-seconds and estimated cost."
+)
 
 
-def _report_rows() -> list[dict[str, str]]:
-    flow_run_id = current_flow_run_id()
-    return [entry.row() for entry in entries(flow_run_id)] if flow_run_id else []
+def _report_rows(
+    flow_run_id: str | None, service_gb_seconds: dict[str, float] | None
+) -> list[dict[str, str]]:
+    """The operation rows, then the cost rows (`cost.with_cost_columns` adds their columns to all)."""
+    if flow_run_id is None:
+        return []
+    with _lock:
+        run = _runs.get(flow_run_id)
+        recorded, memory = (list(run.entries), dict(run.memory_mb)) if run else ([], {})
+    if not recorded:
+        return []
+    rows = [entry.row() for entry in recorded]
+    return cost.with_cost_columns(rows, cost.cost_rows(recorded, memory, service_gb_seconds))
+
+
+async def _aservice_gb_seconds(flow_run_id: str | None) -> dict[str, float] | None:
+    """The service's memory GiB-seconds of the run's sandboxes (by their flow-run tag); None if unknown."""
+    credentials = run_credentials(flow_run_id) if flow_run_id else None
+    if credentials is None or flow_run_id is None:
+        return None
+    try:
+        async with credentials.get_client() as client:
+            items = await client.usage.all_by_sandbox(tags={TAG_FLOW_RUN: flow_run_id})
+    except Exception as error:  # usage is a nicety of the report: the run's own count stands
+        run_logger().debug("Service usage not available for the report: %s", error)
+        return None
+    return {item.sandbox_id: item.memory_gb_seconds for item in items}
+
+
+def _service_gb_seconds(flow_run_id: str | None) -> dict[str, float] | None:
+    credentials = run_credentials(flow_run_id) if flow_run_id else None
+    if credentials is None or flow_run_id is None:
+        return None
+    try:
+        with credentials.get_sync_client() as client:
+            items = client.usage.all_by_sandbox(tags={TAG_FLOW_RUN: flow_run_id})
+    except Exception as error:
+        run_logger().debug("Service usage not available for the report: %s", error)
+        return None
+    return {item.sandbox_id: item.memory_gb_seconds for item in items}
 
 
 async def apublish_run_report(key: str | None = None, description: str | None = None) -> UUID | None:
@@ -341,7 +402,8 @@ async def apublish_run_report(key: str | None = None, description: str | None = 
     Returns:
         The artifact's id, or None outside a flow run or when the run did nothing with sandboxes.
     """
-    rows = _report_rows()
+    flow_run_id = current_flow_run_id()
+    rows = _report_rows(flow_run_id, await _aservice_gb_seconds(flow_run_id))
     if not rows:
         return None
     return await acreate_table_artifact(table=rows, key=key, description=description or _REPORT_DESCRIPTION)
@@ -350,7 +412,8 @@ async def apublish_run_report(key: str | None = None, description: str | None = 
 @async_dispatch(apublish_run_report)
 def publish_run_report(key: str | None = None, description: str | None = None) -> UUID | None:
     """Publish the current flow run's report as a table artifact (`apublish_run_report` in async code)."""
-    rows = _report_rows()
+    flow_run_id = current_flow_run_id()
+    rows = _report_rows(flow_run_id, _service_gb_seconds(flow_run_id))
     if not rows:
         return None
     # Prefect types this dispatching function as value-or-coroutine; called from sync code it is a value.

@@ -321,6 +321,12 @@ async def test_the_prefect_ui_shows_a_lifecycle_run_its_task_names_logs_and_arti
             await page.get_by_text("Sandboxes, commands and checkpoints").first.click()
             await page.get_by_text("open_sandbox").first.wait_for(timeout=30_000)  # the table's kill rows
             await page.screenshot(path=str(shots / "run-artifacts.png"))
+            # Its last rows: each sandbox's running time, memory GiB-seconds and cost estimate, and the total.
+            await page.set_viewport_size({"width": 2100, "height": 1000})  # room for the cost columns
+            await page.get_by_text("usage total").first.scroll_into_view_if_needed()
+            await page.get_by_text("cost USD (estimate)").first.wait_for(timeout=30_000)
+            await page.screenshot(path=str(shots / "run-cost.png"))
+            await page.set_viewport_size({"width": 1400, "height": 1000})
             # The run's events: sandboxes created, forked and killed, the checkpoint made and deleted.
             await page.goto(f"{origin}/events?resource=prefect.flow-run.{flow_run_id}")
             await page.get_by_text("opencomputer.sandbox.killed").first.wait_for(timeout=60_000)

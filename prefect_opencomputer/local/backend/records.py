@@ -35,6 +35,11 @@ def rfc3339_millis(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+def rfc3339_seconds(moment: datetime) -> str:
+    """Whole-second RFC3339 in UTC (Go's ``time.RFC3339``): the usage routes' windows."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def new_sandbox_id() -> str:
     return "sb-" + uuid.uuid4().hex[:8]
 
@@ -124,3 +129,26 @@ class PreviewRecord:
     hostname: str
     auth_config: object
     created_at: datetime
+
+
+@dataclass
+class RunningInterval:
+    """A stretch of time a sandbox ran at ``memory_mb``: what allocated memory is billed on.
+
+    ``ended_at`` is None while it runs; hibernated and stopped time lies between intervals.
+    """
+
+    sandbox_id: str
+    memory_mb: int
+    started_at: datetime
+    ended_at: datetime | None = None
+
+
+@dataclass
+class MemorySample:
+    """The sandbox's cgroup memory at ``sampled_at``, and the most it held since the sample before."""
+
+    sandbox_id: str
+    sampled_at: datetime
+    memory_bytes: int
+    peak_bytes: int

@@ -19,7 +19,13 @@ from pathlib import Path
 from prefect_opencomputer.local.backend import sizing
 from prefect_opencomputer.local.backend.exec import ExecSessionTable
 from prefect_opencomputer.local.backend.idle import IdleTracker
-from prefect_opencomputer.local.backend.records import SandboxRecord, SandboxStatus, new_sandbox_id
+from prefect_opencomputer.local.backend.records import (
+    MemorySample,
+    SandboxRecord,
+    SandboxStatus,
+    new_sandbox_id,
+    utc_now,
+)
 from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.errors import (
@@ -234,6 +240,7 @@ class Sandboxes:
         self._epochs[record.id] = self._epochs.get(record.id, 0) + 1
         record.status = "running"
         self.store.save_sandbox(record)
+        self.store.start_running(record.id, record.memory_mb, utc_now())
         self.idle.watch(record.id, record.timeout)
         self.peak = max(self.peak, len(self.runtime.running_ids()))
 
@@ -242,7 +249,9 @@ class Sandboxes:
         await self.exec_sessions.close_sandbox(record.id)
         self.idle.forget(record.id)
         self._epochs[record.id] = self._epochs.get(record.id, 0) + 1
+        last_sample = self.memory_sample(record.id)
         await self.runtime.stop(record.id)
+        self.store.stop_running(record.id, utc_now(), last_sample)
         record.status = status
         self.store.save_sandbox(record)
 
@@ -253,7 +262,10 @@ class Sandboxes:
         """
         await self.exec_sessions.close_sandbox(record.id)
         self.idle.forget(record.id)
+        last_sample = self.memory_sample(record.id)
         if await self.runtime.freeze(record.id):
+            # Frozen memory is not billed on the hosted service: its running interval ends here.
+            self.store.stop_running(record.id, utc_now(), last_sample)
             record.status = "hibernated"
             self.store.save_sandbox(record)
         else:
@@ -264,7 +276,28 @@ class Sandboxes:
         await self.exec_sessions.close_sandbox(sandbox_id)
         self.idle.forget(sandbox_id)
         self._epochs[sandbox_id] = self._epochs.get(sandbox_id, 0) + 1
+        last_sample = self.memory_sample(sandbox_id)
         await self.runtime.destroy(sandbox_id)
+        self.store.stop_running(sandbox_id, utc_now(), last_sample)
+
+    def memory_sample(self, sandbox_id: str) -> MemorySample | None:
+        """Its cgroup's memory now and its peak since the last sample; None when it is not running."""
+        if self.runtime.is_frozen(sandbox_id):
+            return None
+        reading = self.runtime.memory_sample(sandbox_id)
+        return None if reading is None else MemorySample(sandbox_id, utc_now(), *reading)
+
+    def sample_memory(self) -> None:
+        """Record a memory sample of every running sandbox (frozen ones hold still and are not billed)."""
+        samples = []
+        for sandbox_id in self.runtime.running_ids():
+            record = self.store.sandbox(sandbox_id)
+            if record is None or record.status != "running":
+                continue  # an image builder, or a sandbox between states
+            sample = self.memory_sample(sandbox_id)
+            if sample is not None:
+                samples.append(sample)
+        self.store.record_samples(samples)
 
     async def discard_sandbox(self, sandbox_id: str) -> None:
         """Remove every trace of a sandbox that was never acknowledged to a client."""

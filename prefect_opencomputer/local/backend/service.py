@@ -38,6 +38,14 @@ from prefect_opencomputer.local.backend.sandboxes import (
 from prefect_opencomputer.local.backend.signed_urls import UrlSigner
 from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.backend.tags import parse_tags
+from prefect_opencomputer.local.backend.usage import (
+    MemorySampler,
+    SandboxUsage,
+    UsageReport,
+    UsageService,
+    sandbox_window,
+    usage_query,
+)
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.errors import (
     Failed,
@@ -100,6 +108,7 @@ class LocalBackend:
         self.files = SandboxFiles(self.sandboxes)
         self.images = Images(self.sandboxes, self.checkpoints)
         self._signer: UrlSigner | None = None
+        self.memory_sampler = MemorySampler(self.sandboxes.sample_memory, config.usage_sample_seconds)
 
     def __repr__(self) -> str:
         return f"LocalBackend(data_dir={self.config.data_dir!r})"
@@ -153,6 +162,9 @@ class LocalBackend:
         except StoreUnavailable as error:
             raise RuntimeUnavailable(str(error)) from error
         self.sandboxes.open(StateStore(self.config.data_dir / "state.db"))
+        # A killed server could not close the running intervals of its sandboxes: they end at
+        # their last sample.
+        self.store.close_abandoned_intervals()
         secret = self.store.setting(_SIGNING_SECRET_KEY)
         if secret is None:
             secret = secrets.token_hex(32)
@@ -174,16 +186,20 @@ class LocalBackend:
         await self.images.start()
         self.sandboxes.peak = 0
         self.idle.start()
+        self.memory_sampler.start()
 
     async def close(self) -> None:
         """Stop every sandbox's processes; their disks and all state stay for the next start."""
         await self.idle.stop()
+        await self.memory_sampler.stop()
         await self.images.close()
         await self.checkpoints.finish_copies(_CLOSE_GRACE_SECONDS)
         await self.exec_sessions.close_all()
         opened = self.sandboxes.opened
         if opened is not None:
+            now = utc_now()
             for record in opened.sandboxes(status="running"):
+                opened.stop_running(record.id, now, self.sandboxes.memory_sample(record.id))
                 record.status = "hibernated"
                 self.store.save_sandbox(record)
         await self.runtime.shutdown()
@@ -340,6 +356,23 @@ class LocalBackend:
                 sandboxes[key] = sandboxes.get(key, 0) + 1
                 values.setdefault(key, set()).add(value)
         return [TagKeyStats(key, sandboxes[key], len(values[key])) for key in sorted(sandboxes)]
+
+    # -- usage -------------------------------------------------------------------------------
+
+    def sandbox_usage(self, sandbox_id: str, from_: str | None, to: str | None) -> SandboxUsage:
+        """Its 1-minute points over ``[from, to)`` (the last hour by default), sampled fresh first."""
+        record = self.sandbox(sandbox_id)
+        start, end = sandbox_window(from_, to, utc_now())
+        sample = self.sandboxes.memory_sample(sandbox_id) if record.status == "running" else None
+        if sample is not None:
+            self.store.record_samples([sample])
+        return UsageService(self.store).sandbox_usage(record, start, end)
+
+    def usage(self, params: Sequence[tuple[str, str]]) -> UsageReport:
+        """``GET /usage``: every sandbox's (or tag value's) usage over the window, largest first."""
+        query = usage_query(params, utc_now())
+        created = [record for record in self.store.sandboxes() if record.status != "pending"]
+        return UsageService(self.store).report(query, created)
 
     # -- the data plane ----------------------------------------------------------------------
 

@@ -19,8 +19,10 @@ from prefect_opencomputer.local.backend.records import (
     CheckpointKind,
     CheckpointRecord,
     CheckpointStatus,
+    MemorySample,
     PatchRecord,
     PreviewRecord,
+    RunningInterval,
     SandboxRecord,
     SandboxStatus,
 )
@@ -78,6 +80,20 @@ CREATE TABLE IF NOT EXISTS previews (
     created_at TEXT NOT NULL,
     UNIQUE (sandbox_id, port)
 );
+CREATE TABLE IF NOT EXISTS running_intervals (
+    sandbox_id TEXT NOT NULL,
+    memory_mb INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at TEXT
+);
+CREATE INDEX IF NOT EXISTS running_intervals_by_sandbox ON running_intervals (sandbox_id, started_at);
+CREATE TABLE IF NOT EXISTS memory_samples (
+    sandbox_id TEXT NOT NULL,
+    sampled_at TEXT NOT NULL,
+    memory_bytes INTEGER NOT NULL,
+    peak_bytes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS memory_samples_by_sandbox ON memory_samples (sandbox_id, sampled_at);
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -158,6 +174,8 @@ class StateStore:
     def delete_sandbox(self, sandbox_id: str) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM previews WHERE sandbox_id = ?", (sandbox_id,))
+            db.execute("DELETE FROM running_intervals WHERE sandbox_id = ?", (sandbox_id,))
+            db.execute("DELETE FROM memory_samples WHERE sandbox_id = ?", (sandbox_id,))
             db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
 
     def is_fork_source(self, checkpoint_id: str) -> bool:
@@ -297,18 +315,112 @@ class StateStore:
                 )
         return cursor.rowcount
 
+    # -- usage -------------------------------------------------------------------------------
+
+    def start_running(self, sandbox_id: str, memory_mb: int, at: datetime) -> None:
+        """Open a running interval, unless one is open already (a thaw of a sandbox still counted)."""
+        with self._transaction() as db:
+            open_row = db.execute(
+                "SELECT 1 FROM running_intervals WHERE sandbox_id = ? AND ended_at IS NULL",
+                (sandbox_id,),
+            ).fetchone()
+            if open_row is None:
+                db.execute(
+                    "INSERT INTO running_intervals VALUES (?, ?, ?, NULL)",
+                    (sandbox_id, memory_mb, _time(at)),
+                )
+
+    def stop_running(self, sandbox_id: str, at: datetime, sample: MemorySample | None = None) -> None:
+        """Close the sandbox's open running interval at ``at``, with its last memory sample."""
+        with self._transaction() as db:
+            if sample is not None:
+                _insert_sample(db, sample)
+            db.execute(
+                "UPDATE running_intervals SET ended_at = MAX(started_at, ?) "
+                "WHERE sandbox_id = ? AND ended_at IS NULL",
+                (_time(at), sandbox_id),
+            )
+
+    def close_abandoned_intervals(self) -> int:
+        """Close what a killed server left open, at the sandbox's last sample (or where it opened)."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE running_intervals SET ended_at = MAX(started_at, COALESCE(("
+                "SELECT MAX(sampled_at) FROM memory_samples s "
+                "WHERE s.sandbox_id = running_intervals.sandbox_id), started_at)) "
+                "WHERE ended_at IS NULL"
+            )
+        return cursor.rowcount
+
+    def record_samples(self, samples: list[MemorySample]) -> None:
+        if not samples:
+            return
+        with self._transaction() as db:
+            for sample in samples:
+                _insert_sample(db, sample)
+
+    def running_intervals(
+        self, start: datetime, end: datetime, *, sandbox_id: str | None = None
+    ) -> list[RunningInterval]:
+        """Intervals overlapping ``[start, end)`` (open ones too), oldest first."""
+        query = "SELECT * FROM running_intervals WHERE started_at < ? AND (ended_at IS NULL OR ended_at > ?)"
+        args: list[str | None] = [_time(end), _time(start)]
+        if sandbox_id is not None:
+            query, args = query + " AND sandbox_id = ?", [*args, sandbox_id]
+        rows = self._db.execute(query + " ORDER BY started_at, rowid", args).fetchall()
+        return [
+            RunningInterval(
+                row["sandbox_id"],
+                row["memory_mb"],
+                _required_time(row["started_at"]),
+                _parse_time(row["ended_at"]),
+            )
+            for row in rows
+        ]
+
+    def memory_samples(self, sandbox_id: str, start: datetime, end: datetime) -> list[MemorySample]:
+        """Samples taken in ``[start, end)``, oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM memory_samples WHERE sandbox_id = ? AND sampled_at >= ? AND sampled_at < ? "
+            "ORDER BY sampled_at, rowid",
+            (sandbox_id, _time(start), _time(end)),
+        ).fetchall()
+        return [
+            MemorySample(
+                row["sandbox_id"],
+                _required_time(row["sampled_at"]),
+                row["memory_bytes"],
+                row["peak_bytes"],
+            )
+            for row in rows
+        ]
+
     # -- whole store -------------------------------------------------------------------------
 
     def forget_everything(self) -> None:
         """Drop every resource; settings (the URL-signing secret) stay."""
         with self._transaction() as db:
-            for table in ("previews", "patches", "checkpoints", "sandboxes"):
+            for table in (
+                "previews",
+                "patches",
+                "checkpoints",
+                "running_intervals",
+                "memory_samples",
+                "sandboxes",
+            ):
                 db.execute(f"DELETE FROM {table}")
 
 
 def _time(moment: datetime | None) -> str | None:
     # Fixed width, so text order is time order.
     return None if moment is None else moment.isoformat(timespec="microseconds")
+
+
+def _insert_sample(db: sqlite3.Connection, sample: MemorySample) -> None:
+    db.execute(
+        "INSERT INTO memory_samples VALUES (?, ?, ?, ?)",
+        (sample.sandbox_id, _time(sample.sampled_at), sample.memory_bytes, sample.peak_bytes),
+    )
 
 
 def _parse_time(text: str | None) -> datetime | None:

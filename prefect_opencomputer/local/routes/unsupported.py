@@ -27,7 +27,6 @@ _UNSUPPORTED: list[tuple[str, str]] = [
     ("/sandboxes/{sandbox_id}/mounts/{rest:path}", "mounts"),
     ("/sandboxes/{sandbox_id}/agent", "the agent"),
     ("/sandboxes/{sandbox_id}/agent/{rest:path}", "the agent"),
-    ("/sandboxes/{sandbox_id}/usage", "usage"),
     ("/sandboxes/{sandbox_id}/logs", "sandbox logs"),
     ("/sandboxes/{sandbox_id}/allowed-hosts", "allowed hosts"),
     ("/sandboxes/{sandbox_id}/token/refresh", "token refresh"),
@@ -41,7 +40,6 @@ _UNSUPPORTED: list[tuple[str, str]] = [
     ("/secrets/{rest:path}", "secrets"),
     ("/templates", "templates"),
     ("/templates/{rest:path}", "templates"),
-    ("/usage", "usage"),
     ("/webhooks", "webhooks"),
     ("/webhooks/{rest:path}", "webhooks"),
 ]

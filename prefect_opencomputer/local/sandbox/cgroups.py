@@ -474,6 +474,23 @@ class SandboxCgroup:
         name = "memory.usage_in_bytes" if self.version == 1 else "memory.current"
         return int(_read(directory / name))
 
+    def memory_sample(self) -> tuple[int, int]:
+        """Bytes charged now, and the most charged since the last sample (v1 resets its high mark).
+
+        cgroup v2 keeps ``memory.peak`` since the group was made: there the peak is the group's.
+        """
+        directory = self._dir("memory")
+        if self.version == 1:
+            current = int(_read(directory / "memory.usage_in_bytes"))
+            peak_file = directory / "memory.max_usage_in_bytes"
+            peak = int(_read(peak_file))
+            _write(peak_file, "0")
+            return current, max(current, peak)
+        current = int(_read(directory / "memory.current"))
+        peak_file = directory / "memory.peak"
+        peak = int(_read(peak_file)) if peak_file.exists() else current
+        return current, max(current, peak)
+
     def kill_all(self) -> None:
         """SIGKILL every process, frozen ones too, and wait until the group is empty."""
         kill_file = self.dirs[0] / "cgroup.kill"

@@ -396,6 +396,16 @@ class SandboxRuntime:
             return None
         return Path(f"/proc/{machine.process.pid}/root")
 
+    def memory_sample(self, sandbox_id: str) -> tuple[int, int] | None:
+        """The sandbox's memory now and its peak since the last sample; None without a memory cgroup."""
+        machine = self._machines.get(sandbox_id)
+        if machine is None or machine.cgroup is None or machine.process.returncode is not None:
+            return None
+        try:
+            return machine.cgroup.memory_sample()
+        except (OSError, CgroupError, ValueError):
+            return None  # the group went with a stop racing the sample
+
     def running_ids(self) -> list[str]:
         return [sid for sid in self._machines if self.is_running(sid)]
 
