@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import stat
 import subprocess
 import sys
@@ -12,9 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
-from prefect_opencomputer.local import LocalServer
+from prefect_opencomputer.local import LocalServer, protocols
 
 pytestmark = pytest.mark.security
 
@@ -94,3 +96,23 @@ def test_local_serve_makes_a_new_data_dir_0700_and_its_database_0600(served: Ser
         time.sleep(0.1)
     assert database.exists()
     assert stat.S_IMODE(database.stat().st_mode) == 0o600
+
+
+async def test_a_local_user_holding_idle_connections_cannot_starve_the_api(local_server: LocalServer) -> None:
+    """Past the server's cap, the longest-idle connections go first and the API keeps answering."""
+    address = ("127.0.0.1", local_server.config.port)
+    idle = []
+    try:
+        for _ in range(protocols.MAX_CONNECTIONS + 100):
+            connection = socket.create_connection(address, timeout=10)
+            idle.append(connection)
+        async with httpx.AsyncClient(base_url=local_server.api_url, timeout=30) as client:
+            answered = await client.get("/sandboxes", headers={"X-API-Key": local_server.api_key})
+        assert answered.status_code == 200
+        # The first ones opened, idle longest, were dropped: the server read their end of file.
+        for connection in idle[:50]:
+            connection.settimeout(10)
+            assert connection.recv(1) == b""
+    finally:
+        for connection in idle:
+            connection.close()
