@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from prefect_opencomputer.local.backend import preview_auth, sizing
 from prefect_opencomputer.local.backend.checkpoints import Checkpoints
+from prefect_opencomputer.local.backend.command_start import start_error
 from prefect_opencomputer.local.backend.exec import ExecSession, Listener
 from prefect_opencomputer.local.backend.files import SandboxFiles
 from prefect_opencomputer.local.backend.images import BuildLogSink, Images
@@ -40,6 +41,8 @@ from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.backend.tags import parse_tags
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.errors import (
+    AGENT_ERROR,
+    CannotStart,
     Failed,
     Invalid,
     NotFound,
@@ -48,6 +51,7 @@ from prefect_opencomputer.local.errors import (
 from prefect_opencomputer.local.private_files import make_private_dir
 from prefect_opencomputer.local.sandbox.cgroups import CgroupsUnavailable
 from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
+from prefect_opencomputer.local.sandbox.ids import SANDBOX_HOME
 from prefect_opencomputer.local.sandbox.runtime import CommandResult
 
 logger = logging.getLogger(__name__)
@@ -351,6 +355,9 @@ class LocalBackend:
         # Outside the data plane, which first tells a sandbox restarted mid-call (503) from a refusal.
         with _exec_errors(sandbox_id):
             async with self.sandboxes.data_plane(sandbox_id) as record:
+                refusal = self._start_error(sandbox_id, argv[0], cwd)
+                if refusal is not None:
+                    raise CannotStart(f"exec in {sandbox_id}: {AGENT_ERROR}exec start: {refusal}")
                 result = await self.runtime.run(
                     sandbox_id,
                     argv,
@@ -381,6 +388,9 @@ class LocalBackend:
     ) -> ExecSession:
         with _exec_errors(sandbox_id):
             async with self.sandboxes.data_plane(sandbox_id) as record:
+                refusal = self._start_error(sandbox_id, command, cwd)
+                if refusal is not None:
+                    raise CannotStart(f"create exec session in VM: {AGENT_ERROR}start command: {refusal}")
                 process = await self.runtime.spawn(
                     sandbox_id,
                     [command, *args],
@@ -403,10 +413,22 @@ class LocalBackend:
                 self.exec_sessions.add(session)
                 return session
 
-    def exec_result(self, sandbox_id: str, exec_id: str) -> ExecSession:
-        """The session behind an async run, while its result is retained (404 after); no wake."""
+    def refused_run(self, sandbox_id: str, refusal: CannotStart) -> str:
+        """Keep an async run that could not start under a new exec id: its result tells why.
+
+        The service answers such a run 202 and reports the failure when the result is polled.
+        """
+        exec_id = new_session_id()
+        self.exec_sessions.add_refusal(sandbox_id, exec_id, refusal.message)
+        return exec_id
+
+    def exec_result(self, sandbox_id: str, exec_id: str) -> ExecSession | str:
+        """The session behind an async run, or why it did not start, while retained (404 after); no wake."""
         self.require_live(sandbox_id)
         self.touch(sandbox_id)
+        refusal = self.exec_sessions.refusal(sandbox_id, exec_id)
+        if refusal is not None:
+            return refusal
         session = self.exec_sessions.retained(sandbox_id, exec_id)
         if session is None:
             raise NotFound(f"exec {exec_id} not found")
@@ -461,6 +483,10 @@ class LocalBackend:
     # -- shared with the checkpoint and preview services -------------------------------------
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _start_error(self, sandbox_id: str, command: str, cwd: str | None) -> str | None:
+        """Why the command cannot start in the sandbox, as the hosted agent says it (None: it can)."""
+        return start_error(self.runtime.files(sandbox_id), command, cwd or SANDBOX_HOME)
 
     def _session(self, sandbox_id: str, session_id: str) -> ExecSession:
         session = self.exec_sessions.get(sandbox_id, session_id)
