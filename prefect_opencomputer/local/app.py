@@ -21,6 +21,7 @@ from prefect_opencomputer.local.routes import (
     patches,
     previews,
     sandboxes,
+    scaling,
     snapshots,
     unsupported,
 )
@@ -62,7 +63,17 @@ def create_app(backend: LocalBackend, config: LocalServerConfig) -> FastAPI:
     authenticated = [Depends(require_api_key)]
     # Signed URLs carry their own proof; they must not ask for the API key.
     app.include_router(files.public_router, prefix=API_PREFIX)
-    for module in (sandboxes, exec_routes, files, checkpoints, patches, previews, snapshots, image_routes):
+    for module in (
+        sandboxes,
+        scaling,
+        exec_routes,
+        files,
+        checkpoints,
+        patches,
+        previews,
+        snapshots,
+        image_routes,
+    ):
         app.include_router(module.router, prefix=API_PREFIX, dependencies=authenticated)
     # Last, so a route a resource router does implement always wins.
     app.include_router(unsupported.router, prefix=API_PREFIX, dependencies=authenticated)

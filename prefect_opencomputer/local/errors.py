@@ -54,6 +54,12 @@ class NotFound(BackendError):
     status = 404
 
 
+class Conflict(BackendError):
+    """The sandbox's state refuses the change (a memory limit below what its processes hold)."""
+
+    status = 409
+
+
 class NameTaken(BackendError):
     """A checkpoint or snapshot of that name already exists."""
 

@@ -36,6 +36,7 @@ from prefect_opencomputer.local.backend.sandboxes import (
     egress_allowed,
     template_root,
 )
+from prefect_opencomputer.local.backend.scaling import Scaling
 from prefect_opencomputer.local.backend.signed_urls import UrlSigner
 from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.backend.tags import parse_tags
@@ -102,6 +103,7 @@ class LocalBackend:
         self.previews = Previews(self.sandboxes)
         self.files = SandboxFiles(self.sandboxes)
         self.images = Images(self.sandboxes, self.checkpoints)
+        self.scaling = Scaling(self.sandboxes)
         self._signer: UrlSigner | None = None
 
     def __repr__(self) -> str:

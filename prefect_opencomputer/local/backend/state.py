@@ -23,6 +23,7 @@ from prefect_opencomputer.local.backend.records import (
     PreviewRecord,
     SandboxRecord,
     SandboxStatus,
+    ScalingRecord,
 )
 
 _SCHEMA = """
@@ -77,6 +78,13 @@ CREATE TABLE IF NOT EXISTS previews (
     auth_config TEXT NOT NULL,
     created_at TEXT NOT NULL,
     UNIQUE (sandbox_id, port)
+);
+CREATE TABLE IF NOT EXISTS scaling (
+    sandbox_id TEXT PRIMARY KEY,
+    autoscale_enabled INTEGER NOT NULL,
+    min_memory_mb INTEGER NOT NULL,
+    max_memory_mb INTEGER NOT NULL,
+    locked INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
@@ -158,7 +166,34 @@ class StateStore:
     def delete_sandbox(self, sandbox_id: str) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM previews WHERE sandbox_id = ?", (sandbox_id,))
+            db.execute("DELETE FROM scaling WHERE sandbox_id = ?", (sandbox_id,))
             db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
+
+    def scaling(self, sandbox_id: str) -> ScalingRecord:
+        """The sandbox's scaling settings (the defaults until some were saved)."""
+        row = self._db.execute("SELECT * FROM scaling WHERE sandbox_id = ?", (sandbox_id,)).fetchone()
+        if row is None:
+            return ScalingRecord(sandbox_id)
+        return ScalingRecord(
+            sandbox_id,
+            autoscale_enabled=bool(row["autoscale_enabled"]),
+            min_memory_mb=row["min_memory_mb"],
+            max_memory_mb=row["max_memory_mb"],
+            locked=bool(row["locked"]),
+        )
+
+    def save_scaling(self, scaling: ScalingRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO scaling VALUES (?, ?, ?, ?, ?)",
+                (
+                    scaling.sandbox_id,
+                    int(scaling.autoscale_enabled),
+                    scaling.min_memory_mb,
+                    scaling.max_memory_mb,
+                    int(scaling.locked),
+                ),
+            )
 
     def is_fork_source(self, checkpoint_id: str) -> bool:
         row = self._db.execute(
@@ -302,7 +337,7 @@ class StateStore:
     def forget_everything(self) -> None:
         """Drop every resource; settings (the URL-signing secret) stay."""
         with self._transaction() as db:
-            for table in ("previews", "patches", "checkpoints", "sandboxes"):
+            for table in ("previews", "patches", "checkpoints", "scaling", "sandboxes"):
                 db.execute(f"DELETE FROM {table}")
 
 

@@ -47,6 +47,10 @@ class CgroupError(RuntimeError):
     """A cgroup operation failed: a write refused, or a freeze or kill that did not finish in time."""
 
 
+class MemoryInUse(CgroupError):
+    """A memory limit below what the group's processes hold and the kernel cannot reclaim (EBUSY)."""
+
+
 class CgroupsUnavailable(CgroupError):
     """Sandbox cgroups cannot be made here; the message names the controller or file that is missing."""
 
@@ -77,7 +81,8 @@ def _write(path: Path, value: str) -> None:
     try:
         path.write_text(value)
     except OSError as exc:
-        raise CgroupError(f"writing {value!r} to {path}: {exc.strerror}") from exc
+        failure = MemoryInUse if exc.errno == errno.EBUSY and path.name.startswith("memory.") else CgroupError
+        raise failure(f"writing {value!r} to {path}: {exc.strerror}") from exc
 
 
 def _wait(done: Callable[[], bool], what: str, timeout: float = WAIT_SECONDS) -> None:

@@ -250,6 +250,17 @@ class SandboxRuntime:
             machine.frozen = True
         return True
 
+    async def resize(self, sandbox_id: str, limits: Limits) -> bool:
+        """Apply new limits to the running sandbox; False when it has no cgroup (``--no-limits``).
+
+        Raises `MemoryInUse` when its processes hold more memory than the new limit allows.
+        """
+        machine = self._machine(sandbox_id)
+        if machine.cgroup is None:
+            return False
+        await asyncio.to_thread(machine.cgroup.set_limits, limits)
+        return True
+
     @contextlib.asynccontextmanager
     async def quiesced(self, sandbox_id: str) -> AsyncIterator[None]:
         """Its processes frozen for the block, so a copy of its layer is consistent; thawed after.
