@@ -243,11 +243,12 @@ class Sandboxes:
         self.store.save_sandbox(record)
 
     async def suspend(self, record: SandboxRecord) -> None:
-        """Hibernate as the hosted service does: freeze the processes, memory kept (lock held).
+        """Hibernate as the hosted service pauses: freeze the processes, memory kept (lock held).
 
-        Without a freezer (``--no-limits``) the processes stop instead, the disk kept.
+        Exec sessions stay, as the service's pause keeps them: their commands are frozen with the
+        rest and carry on after the wake, and a client that attaches again gets the scrollback.
+        Without a freezer (``--no-limits``) the processes stop instead (their sessions end), the disk kept.
         """
-        await self.exec_sessions.close_sandbox(record.id)
         self.idle.forget(record.id)
         if await self.runtime.freeze(record.id):
             record.status = "hibernated"

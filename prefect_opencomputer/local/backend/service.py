@@ -299,7 +299,7 @@ class LocalBackend:
             self.idle.watch(sandbox_id, timeout)
 
     async def hibernate(self, sandbox_id: str) -> SandboxRecord:
-        """Stop its processes and keep its disk; idempotent for a hibernated sandbox."""
+        """Freeze its processes (exec sessions kept), as the service's pause; idempotent when hibernated."""
         self.sandbox(sandbox_id)
         async with self.sandboxes.lifecycle_lock(sandbox_id):
             record = self.sandbox(sandbox_id)
