@@ -28,6 +28,7 @@ from prefect_opencomputer.local.sandbox.fileops import RootedFiles
 from prefect_opencomputer.local.sandbox.helper import HelperUnavailable, helper_binary
 from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
 from prefect_opencomputer.local.sandbox.network import IPNetwork, SandboxNetwork
+from prefect_opencomputer.local.sandbox.rootfs import LOCALE
 
 SANDBOX_UID = ids.SANDBOX_UID
 SANDBOX_GID = ids.SANDBOX_GID
@@ -43,7 +44,7 @@ BASE_ENV: Mapping[str, str] = {
     "USER": "sandbox",
     "LOGNAME": "sandbox",
     "SHELL": "/bin/bash",
-    "LANG": "C.UTF-8",
+    "LANG": LOCALE,
     # The template trusts this host's CAs (see rootfs); tools with a bundle of their own are told too.
     "SSL_CERT_FILE": _CA_BUNDLE,
     "NODE_EXTRA_CA_CERTS": _CA_BUNDLE,
