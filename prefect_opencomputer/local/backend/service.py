@@ -53,6 +53,7 @@ from prefect_opencomputer.local.private_files import make_private_dir
 from prefect_opencomputer.local.sandbox.cgroups import CgroupsUnavailable
 from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
 from prefect_opencomputer.local.sandbox.ids import SANDBOX_HOME
+from prefect_opencomputer.local.sandbox.procview import ProcViews
 from prefect_opencomputer.local.sandbox.runtime import CommandResult
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,9 @@ class LocalBackend:
             raise RuntimeUnavailable(f"{error} (or start with --no-limits)") from error
         self.runtime.egress_allow = await asyncio.to_thread(egress_allowed, self.config)
         if self.runtime.cgroups is not None:
+            # What a sandbox's /proc shows comes from its cgroups: without limits there is nothing to show.
+            self.runtime.proc_views = await ProcViews.start(self.config.data_dir / "runtime" / "proc-views")
+        if self.runtime.cgroups is not None:
             # A killed server's sandboxes left their groups (and perhaps processes) behind: ours, and
             # the empty ones of servers whose data dir may never start again (temporary ones).
             await asyncio.to_thread(self.runtime.cgroups.sweep)
@@ -188,6 +192,9 @@ class LocalBackend:
                 record.status = "hibernated"
                 self.store.save_sandbox(record)
         await self.runtime.shutdown()
+        if self.runtime.proc_views is not None:
+            await self.runtime.proc_views.stop()
+            self.runtime.proc_views = None
         if self.runtime.cgroups is not None:
             await asyncio.to_thread(self.runtime.cgroups.release)
         if opened is not None:

@@ -28,6 +28,7 @@ from prefect_opencomputer.local.sandbox.fileops import RootedFiles
 from prefect_opencomputer.local.sandbox.helper import HelperUnavailable, helper_binary
 from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
 from prefect_opencomputer.local.sandbox.network import IPNetwork, SandboxNetwork
+from prefect_opencomputer.local.sandbox.procview import ProcViews
 from prefect_opencomputer.local.sandbox.rootfs import LOCALE
 
 SANDBOX_UID = ids.SANDBOX_UID
@@ -113,6 +114,8 @@ class SandboxRuntime:
         self._helper: str | None = None
         self._machines: dict[str, _Machine] = {}
         self._starting: dict[str, asyncio.Lock] = {}
+        # Per-sandbox views of /proc (its own memory and cores); None: sandboxes see the host's.
+        self.proc_views: ProcViews | None = None
 
     def check_available(self) -> None:
         """Raise `RuntimeUnavailable` with a readable reason when sandboxes cannot run here."""
@@ -168,6 +171,17 @@ class SandboxRuntime:
                 self.layers.boot_finished(sandbox_id, booted=False)
                 raise
             self.layers.boot_finished(sandbox_id, booted=True)
+            await self._show_own_size(sandbox_id)
+
+    async def _show_own_size(self, sandbox_id: str) -> None:
+        """Its /proc answers with its own memory and cores, where the host has the views to give."""
+        machine = self._machines.get(sandbox_id)
+        if self.proc_views is None or machine is None:
+            return
+        try:
+            await self.proc_views.attach(machine.init_pid)
+        except OSError as error:
+            logger.warning("sandbox %s sees the host's /proc: %s", sandbox_id, error)
 
     async def _boot(
         self,
