@@ -23,6 +23,7 @@ from prefect_opencomputer.local.routes import (
     sandboxes,
     scaling,
     snapshots,
+    terminals,
     unsupported,
 )
 from prefect_opencomputer.local.routes import exec as exec_routes
@@ -63,10 +64,12 @@ def create_app(backend: LocalBackend, config: LocalServerConfig) -> FastAPI:
     authenticated = [Depends(require_api_key)]
     # Signed URLs carry their own proof; they must not ask for the API key.
     app.include_router(files.public_router, prefix=API_PREFIX)
+    app.include_router(terminals.socket_router, prefix=API_PREFIX)
     for module in (
         sandboxes,
         scaling,
         exec_routes,
+        terminals,
         files,
         checkpoints,
         patches,

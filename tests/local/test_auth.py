@@ -86,3 +86,16 @@ async def test_api_key_in_a_websocket_query_never_reaches_the_log(
     assert "WebSocket" in logged
     assert local_server.api_key not in logged
     assert "api_key=***" in logged
+
+
+async def test_a_sandbox_token_in_a_pty_socket_query_never_reaches_the_log(
+    local_server: LocalServer, sandbox: str, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = (await http.get(f"/sandboxes/{sandbox}")).json()["token"]
+    ws_url = local_server.api_url.replace("http://", "ws://") + f"/sandboxes/{sandbox}/pty/deadbeef"
+    with caplog.at_level(logging.INFO, logger="uvicorn.error"), pytest.raises(InvalidStatus) as refused:
+        async with connect(f"{ws_url}?token={token}"):
+            pass
+    assert refused.value.response.status_code == 404  # the token was good: the session is what is missing
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "WebSocket" in logged and token not in logged and "token=***" in logged

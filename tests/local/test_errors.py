@@ -77,8 +77,6 @@ async def test_unknown_sandbox_is_404_sandbox_not_found(http: httpx.AsyncClient)
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("POST", "/sandboxes/{sb}/pty"),
-        ("POST", "/sandboxes/{sb}/pty/abc/resize"),
         ("POST", "/sandboxes/{sb}/migrate"),
         ("PUT", "/sandboxes/{sb}/limits"),
         ("GET", "/sandboxes/{sb}/mounts"),

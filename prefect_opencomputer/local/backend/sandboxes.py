@@ -21,6 +21,7 @@ from prefect_opencomputer.local.backend.exec import ExecSessionTable
 from prefect_opencomputer.local.backend.idle import IdleTracker
 from prefect_opencomputer.local.backend.records import SandboxRecord, SandboxStatus, new_sandbox_id
 from prefect_opencomputer.local.backend.state import StateStore
+from prefect_opencomputer.local.backend.terminals import TerminalTable
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.errors import (
     BackendError,
@@ -125,6 +126,7 @@ class Sandboxes:
         )
         self.idle = IdleTracker(self._hibernate_if_idle)
         self.exec_sessions = ExecSessionTable()
+        self.terminals = TerminalTable()
         self._store: StateStore | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         # Sandboxes whose layer is being copied into a checkpoint: data calls wait for the copy.
@@ -236,6 +238,7 @@ class Sandboxes:
     async def stop_processes(self, record: SandboxRecord, status: SandboxStatus) -> None:
         """Stop the sandbox's processes, keeping its layer, and record ``status`` (lock held)."""
         await self.exec_sessions.close_sandbox(record.id)
+        await self.terminals.close_sandbox(record.id)
         self.idle.forget(record.id)
         self._epochs[record.id] = self._epochs.get(record.id, 0) + 1
         await self.runtime.stop(record.id)
@@ -259,6 +262,7 @@ class Sandboxes:
     async def destroy(self, sandbox_id: str) -> None:
         """Its sessions, processes, mounts, cgroups and layer go for good (lock held)."""
         await self.exec_sessions.close_sandbox(sandbox_id)
+        await self.terminals.close_sandbox(sandbox_id)
         self.idle.forget(sandbox_id)
         self._epochs[sandbox_id] = self._epochs.get(sandbox_id, 0) + 1
         await self.runtime.destroy(sandbox_id)

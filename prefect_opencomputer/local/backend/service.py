@@ -40,6 +40,7 @@ from prefect_opencomputer.local.backend.scaling import Scaling
 from prefect_opencomputer.local.backend.signed_urls import UrlSigner
 from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.backend.tags import parse_tags
+from prefect_opencomputer.local.backend.terminals import DEFAULT_SHELL, Terminal
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.errors import (
     AGENT_ERROR,
@@ -186,6 +187,7 @@ class LocalBackend:
         await self.images.close()
         await self.checkpoints.finish_copies(_CLOSE_GRACE_SECONDS)
         await self.exec_sessions.close_all()
+        await self.sandboxes.terminals.close_all()
         opened = self.sandboxes.opened
         if opened is not None:
             for record in opened.sandboxes(status="running"):
@@ -206,6 +208,7 @@ class LocalBackend:
         await self.images.reset()
         await self.checkpoints.finish_copies(_CLOSE_GRACE_SECONDS)
         await self.exec_sessions.close_all()
+        await self.sandboxes.terminals.close_all()
         known = {record.id for record in self.store.sandboxes()}
         for sandbox_id in known | set(self.runtime.running_ids()):
             async with self.sandboxes.lifecycle_lock(sandbox_id):
@@ -492,6 +495,35 @@ class LocalBackend:
     # -- shared with the checkpoint and preview services -------------------------------------
 
     # -- internals ---------------------------------------------------------------------------
+
+    # -- PTY sessions --------------------------------------------------------------------------
+
+    async def start_terminal(self, sandbox_id: str, cols: int, rows: int, shell: str) -> Terminal:
+        """An interactive shell on a new pseudo-terminal (``/bin/bash`` unless ``shell`` names another)."""
+        async with self.sandboxes.data_plane(sandbox_id):
+            terminal = Terminal.start(self.runtime, sandbox_id, cols, rows, shell or DEFAULT_SHELL)
+            self.sandboxes.terminals.add(terminal)
+            return terminal
+
+    async def terminal(self, sandbox_id: str, session_id: str) -> Terminal:
+        """A running PTY session of the sandbox (waking it); 404 ``PTY session … not found`` otherwise."""
+        async with self.sandboxes.data_plane(sandbox_id):
+            terminal = self.sandboxes.terminals.get(sandbox_id, session_id)
+            if terminal is None:
+                raise NotFound(f"PTY session {session_id} not found")
+            return terminal
+
+    async def close_terminal(self, sandbox_id: str, session_id: str) -> None:
+        await (await self.terminal(sandbox_id, session_id)).close()
+
+    @contextlib.asynccontextmanager
+    async def attached_terminal(self, sandbox_id: str, session_id: str) -> AsyncIterator[Terminal]:
+        """A PTY session for one client; the sandbox stays awake while it is attached."""
+        async with self.sandboxes.data_plane(sandbox_id):
+            terminal = self.sandboxes.terminals.get(sandbox_id, session_id)
+            if terminal is None:
+                raise NotFound(f"PTY session {session_id} not found")
+            yield terminal
 
     def _start_error(self, sandbox_id: str, command: str, cwd: str | None) -> str | None:
         """Why the command cannot start in the sandbox, as the hosted agent says it (None: it can)."""

@@ -20,8 +20,6 @@ _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 # (path under /api, what the error message calls it)
 _UNSUPPORTED: list[tuple[str, str]] = [
-    ("/sandboxes/{sandbox_id}/pty", "PTY sessions"),
-    ("/sandboxes/{sandbox_id}/pty/{rest:path}", "PTY sessions"),
     ("/sandboxes/{sandbox_id}/migrate", "migration"),
     ("/sandboxes/{sandbox_id}/limits", "resource limits"),
     ("/sandboxes/{sandbox_id}/mounts", "mounts"),

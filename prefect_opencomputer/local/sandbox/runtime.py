@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -375,6 +376,24 @@ class SandboxRuntime:
             env={**base, **(env or {})},
             stdin=stdin,
             pass_fds=(machine.pidfd,),
+        )
+
+    def spawn_on_terminal(
+        self, sandbox_id: str, argv: Sequence[str], *, env: Mapping[str, str], terminal: int
+    ) -> subprocess.Popen[bytes]:
+        """Start a process inside the sandbox, as ``sandbox`` in its home, on the terminal ``terminal``.
+
+        ``terminal`` (a pseudo-terminal's far end) becomes its stdin, stdout and stderr.
+        """
+        machine = self._machine(sandbox_id)
+        return subprocess.Popen(
+            self._enter_argv(machine, argv, None, False),
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            env={**BASE_ENV, **env},
+            pass_fds=(machine.pidfd,),
+            start_new_session=True,
         )
 
     async def run(
