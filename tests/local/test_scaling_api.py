@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -63,6 +64,7 @@ async def test_scale_below_what_the_processes_hold_is_409_oom_floor(
     for _ in range(600):
         if await small.files.exists("/tmp/held"):
             break
+        await asyncio.sleep(0.05)
     else:
         raise AssertionError("the holder never allocated its memory")
     with pytest.raises(httpx.HTTPStatusError) as caught:

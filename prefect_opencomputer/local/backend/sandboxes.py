@@ -234,6 +234,7 @@ class Sandboxes:
         self.store.save_sandbox(record)
         self.idle.watch(record.id, record.timeout)
         self.peak = max(self.peak, len(self.runtime.running_ids()))
+        await self.runtime.settled(record.id)
 
     async def stop_processes(self, record: SandboxRecord, status: SandboxStatus) -> None:
         """Stop the sandbox's processes, keeping its layer, and record ``status`` (lock held)."""

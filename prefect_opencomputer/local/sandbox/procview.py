@@ -16,6 +16,7 @@ limit (the limits are the cgroups').
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import logging
@@ -90,7 +91,9 @@ class ProcViews:
         self.mountpoint = mountpoint
         self._lxcfs = lxcfs
         self._mounter: processes.ChildProcess | None = None
-        self._one_at_a_time = asyncio.Lock()
+        # The mounter answers in the order it was asked: one future per request sent, oldest first.
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._answers: asyncio.Task[None] | None = None
 
     @staticmethod
     def installed() -> bool:
@@ -131,22 +134,49 @@ class ProcViews:
         views._mounter = await processes.spawn(
             [sys.executable, "-I", "-S", "-c", _MOUNTER, str(mountpoint), *VIEWS], stdin=True, stderr=False
         )
+        views._answers = asyncio.create_task(views._read_answers())
         return views
 
-    async def attach(self, init_pid: int) -> None:
-        """Mount the views over the /proc files of the sandbox whose pid 1 is ``init_pid``."""
+    def attach(self, init_pid: int) -> asyncio.Future[None]:
+        """Start mounting the views over the /proc files of the sandbox whose pid 1 is ``init_pid``.
+
+        The request is on its way when this returns (the mounter works while the caller goes on);
+        the future says when the views are there, or raises OSError saying why they are not.
+        """
+        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         mounter = self._mounter
-        if mounter is None or mounter.stdin is None or mounter.stdout is None:
-            raise OSError("the /proc views are stopped")
-        async with self._one_at_a_time:
-            mounter.stdin.write(f"{init_pid}\n".encode())
-            await mounter.stdin.drain()
-            answer = (await mounter.stdout.readline()).decode(errors="replace").strip()
-        if answer != "ok":
-            raise OSError(f"mounting the /proc views failed: {answer or 'the mounter is gone'}")
+        if mounter is None or mounter.stdin is None or self._answers is None or self._answers.done():
+            answer.set_exception(OSError("the /proc views are stopped"))
+            return answer
+        mounter.stdin.write(f"{init_pid}\n".encode())
+        self._waiting.append(answer)
+        return answer
+
+    async def _read_answers(self) -> None:
+        assert self._mounter is not None and self._mounter.stdout is not None
+        try:
+            while line := await self._mounter.stdout.readline():
+                answer = line.decode(errors="replace").strip()
+                if self._waiting:
+                    waiting = self._waiting.popleft()
+                    if waiting.done():
+                        continue
+                    if answer == "ok":
+                        waiting.set_result(None)
+                    else:
+                        waiting.set_exception(OSError(f"mounting the /proc views failed: {answer}"))
+        finally:
+            while self._waiting:
+                waiting = self._waiting.popleft()
+                if not waiting.done():
+                    waiting.set_exception(OSError("the /proc views stopped"))
 
     async def stop(self) -> None:
         """Stop the mounter and lxcfs; lxcfs's mount goes with it."""
+        if self._answers is not None:
+            self._answers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._answers
         for process in (self._mounter, self._lxcfs):
             if process is None or process.returncode is not None:
                 continue

@@ -117,6 +117,7 @@ class SandboxRuntime:
         self._starting: dict[str, asyncio.Lock] = {}
         # Per-sandbox views of /proc (its own memory and cores); None: sandboxes see the host's.
         self.proc_views: ProcViews | None = None
+        self._views_mounting: dict[str, asyncio.Future[None]] = {}
 
     def check_available(self) -> None:
         """Raise `RuntimeUnavailable` with a readable reason when sandboxes cannot run here."""
@@ -172,15 +173,19 @@ class SandboxRuntime:
                 self.layers.boot_finished(sandbox_id, booted=False)
                 raise
             self.layers.boot_finished(sandbox_id, booted=True)
-            await self._show_own_size(sandbox_id)
+            machine = self._machines.get(sandbox_id)
+            if self.proc_views is not None and machine is not None:
+                # Its /proc will answer with its own memory and cores: mounted while the caller
+                # records the boot, and waited for in `settled`.
+                self._views_mounting[sandbox_id] = self.proc_views.attach(machine.init_pid)
 
-    async def _show_own_size(self, sandbox_id: str) -> None:
-        """Its /proc answers with its own memory and cores, where the host has the views to give."""
-        machine = self._machines.get(sandbox_id)
-        if self.proc_views is None or machine is None:
+    async def settled(self, sandbox_id: str) -> None:
+        """Wait until what a fresh boot still does in the background is done (the /proc views)."""
+        mounting = self._views_mounting.pop(sandbox_id, None)
+        if mounting is None:
             return
         try:
-            await self.proc_views.attach(machine.init_pid)
+            await mounting
         except OSError as error:
             logger.warning("sandbox %s sees the host's /proc: %s", sandbox_id, error)
 
@@ -301,6 +306,9 @@ class SandboxRuntime:
     async def stop(self, sandbox_id: str) -> None:
         """Kill every process of the sandbox; its mounts go with them. The layer stays."""
         machine = self._machines.pop(sandbox_id, None)
+        mounting = self._views_mounting.pop(sandbox_id, None)
+        if mounting is not None:
+            mounting.add_done_callback(lambda done: done.cancelled() or done.exception())
         if machine is None:
             return
         if machine.network is not None:
