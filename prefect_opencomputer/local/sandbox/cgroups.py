@@ -441,6 +441,9 @@ class SandboxCgroup:
             _write(self._dir("pids") / "pids.max", str(limits.max_processes))
             if "cpuset" in self._by_controller and self._host_cpus:
                 cpuset = self._dir("cpuset")
+                # The parent balances load over these cores anyway; a group of its own that does too
+                # would make the kernel rebuild its scheduling domains at every change and removal.
+                _write(cpuset / "cpuset.sched_load_balance", "0")
                 _write(cpuset / "cpuset.mems", _read(cpuset.parent / "cpuset.mems"))
                 _write(cpuset / "cpuset.cpus", ",".join(str(cpu) for cpu in self.cpus_for(limits)))
             cpu = self._dir("cpu")
