@@ -52,6 +52,9 @@ async def test_run_in_a_missing_working_directory_is_the_agents_500(sdk_sandbox:
     with pytest.raises(KeyError, match="exitCode"):
         await sdk_sandbox.exec.run("echo never", cwd="/no/such/dir", timeout=60)
     assert (await sdk_sandbox.exec.run("pwd", cwd="/tmp")).stdout == "/tmp\n"
+    # Directories on the sandbox's other mounts are found too.
+    assert (await sdk_sandbox.exec.run("pwd", cwd="/dev/shm", timeout=30)).stdout == "/dev/shm\n"
+    assert (await sdk_sandbox.exec.run("pwd", cwd="/run", timeout=30)).stdout == "/run\n"
 
 
 async def test_session_started_with_a_shell_string_is_refused_as_hosted(sdk_sandbox: Sandbox) -> None:

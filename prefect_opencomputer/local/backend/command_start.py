@@ -19,6 +19,7 @@ from prefect_opencomputer.local.sandbox.runtime import BASE_ENV
 
 # The agent looks names up on its own PATH (the base one), not on the command's environment.
 AGENT_PATH = BASE_ENV["PATH"]
+_ELSEWHERE = -1
 
 
 def start_error(files: RootedFiles, command: str, cwd: str, search_path: str = AGENT_PATH) -> str | None:
@@ -52,6 +53,8 @@ def _look_path(files: RootedFiles, command: str, cwd: str, search_path: str) -> 
 
 def _executable_problem(files: RootedFiles, path: str) -> str | None:
     mode = _mode(files, path)
+    if mode == _ELSEWHERE:
+        return None
     if mode is None:
         return "no such file or directory"
     if stat.S_ISDIR(mode):
@@ -63,6 +66,8 @@ def _executable_problem(files: RootedFiles, path: str) -> str | None:
 
 def _directory_problem(files: RootedFiles, path: str) -> str | None:
     mode = _mode(files, path)
+    if mode == _ELSEWHERE:
+        return None
     if mode is None:
         return "no such file or directory"
     if not stat.S_ISDIR(mode):
@@ -71,8 +76,14 @@ def _directory_problem(files: RootedFiles, path: str) -> str | None:
 
 
 def _mode(files: RootedFiles, path: str) -> int | None:
-    """The mode of what ``path`` names inside the sandbox (links followed inside it), None if nothing."""
+    """The mode of what ``path`` names inside the sandbox (links followed inside it), None if nothing.
+
+    `_ELSEWHERE` for a path the server's lookups do not follow (onto another mount such as /run or
+    /dev/shm, through /proc): the sandbox's own start then decides.
+    """
     try:
         return files.stat(path).st_mode
-    except (OSError, PathEscapeError):
+    except PathEscapeError:
+        return _ELSEWHERE
+    except OSError:
         return None
