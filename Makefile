@@ -41,9 +41,9 @@ docs: install
 install: system-deps $(VENV)/.installed
 
 # The local server's sandboxes: a C compiler builds their helper, mmdebstrap their root filesystems,
-# e2fsprogs formats their disks, xfsprogs the store that clones them, nft fences their networks.
-# As root we install what is missing, otherwise we say how.
-SYSTEM_DEPS := cc:gcc mmdebstrap:mmdebstrap nft:nftables mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs
+# e2fsprogs formats their disks, xfsprogs the store that clones them, nft fences their networks,
+# lxcfs shows each one its own size in /proc. As root we install what is missing, otherwise we say how.
+SYSTEM_DEPS := cc:gcc mmdebstrap:mmdebstrap nft:nftables mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs lxcfs:lxcfs
 system-deps:
 	@missing=""; for dep in $(SYSTEM_DEPS); do \
 		command -v "$${dep%%:*}" >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; \

@@ -38,6 +38,10 @@ class Checkpoints:
     ) -> Checkpoint:
         """Start a checkpoint of a running sandbox; it is "processing" until `wait_ready` says otherwise.
 
+        ``kind`` is stored and answered as given: on the hosted service a `full` checkpoint keeps the
+        sandbox's memory and disk (its forks and restores resume running processes) and a `disk_only`
+        one its disk; the local server keeps the disk for both.
+
         A request that may have reached the service is reconciled, not replayed: names are unique per
         sandbox, so the checkpoint is looked up by name, and created again only if it is not there.
         """
@@ -99,7 +103,11 @@ class Checkpoints:
             await asyncio.sleep(poll_interval)
 
     async def restore(self, sandbox_id: str, checkpoint_id: str) -> CheckpointRestore:
-        """Revert the sandbox to a ready checkpoint in place; patches are not applied."""
+        """Revert the sandbox to a ready checkpoint in place; patches are not applied.
+
+        On the local server the sandbox boots again over the checkpoint's disk: its processes start
+        fresh (on the hosted service a `full` checkpoint's processes resume).
+        """
         response = await self._transport.request(
             "POST", f"/sandboxes/{sandbox_id}/checkpoints/{checkpoint_id}/restore"
         )
@@ -118,6 +126,11 @@ class Checkpoints:
         timeout: int | None = None,
     ) -> Sandbox:
         """Boot a new sandbox from a checkpoint, running its patches before this returns.
+
+        The fork holds the checkpoint's files, envs and size. On the hosted service a fork of a `full`
+        checkpoint also resumes the processes that were running, with their memory; on the local
+        server (and from a `disk_only` checkpoint) it boots fresh over the disk, with no process
+        from before.
 
         A failing patch does not fail the fork: check `Sandbox.patch_error` on a later `get`. The service
         ignores a fork's idle timeout (forks start persistent), so a given `timeout` is applied afterwards.

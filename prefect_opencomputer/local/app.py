@@ -21,7 +21,9 @@ from prefect_opencomputer.local.routes import (
     patches,
     previews,
     sandboxes,
+    scaling,
     snapshots,
+    terminals,
     unsupported,
     usage,
 )
@@ -63,9 +65,12 @@ def create_app(backend: LocalBackend, config: LocalServerConfig) -> FastAPI:
     authenticated = [Depends(require_api_key)]
     # Signed URLs carry their own proof; they must not ask for the API key.
     app.include_router(files.public_router, prefix=API_PREFIX)
+    app.include_router(terminals.socket_router, prefix=API_PREFIX)
     for module in (
         sandboxes,
+        scaling,
         exec_routes,
+        terminals,
         files,
         checkpoints,
         patches,

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
+# How the service's messages carry an error its in-VM agent returned (a gRPC status).
+AGENT_ERROR = "rpc error: code = Unknown desc = "
+
 
 class BackendError(Exception):
     """A request the server will not (or could not) carry out; ``status`` is how the wire says so."""
@@ -34,7 +37,7 @@ class Invalid(BackendError):
 
 
 class Unauthorized(BackendError):
-    """No API key came with the request."""
+    """No valid API key came with the request."""
 
     status = 401
 
@@ -49,6 +52,12 @@ class NotFound(BackendError):
     """No such sandbox, checkpoint, patch, snapshot, file or exec session."""
 
     status = 404
+
+
+class Conflict(BackendError):
+    """The sandbox's state refuses the change (a memory limit below what its processes hold)."""
+
+    status = 409
 
 
 class NameTaken(BackendError):
@@ -80,6 +89,10 @@ class Failed(BackendError):
     """The operation failed here (the hosted service answers these with a 500 too)."""
 
     status = 500
+
+
+class CannotStart(Failed):
+    """A command whose program or working directory is missing: the service's 500, before it runs."""
 
 
 class Unsupported(BackendError):

@@ -39,7 +39,8 @@ _KEEP_ALIVE_SECONDS = 60
 # does: past the checkpoint copies' own grace (30 s), what is left is a crash that the next start
 # recovers from (state is committed with fsync; unfinished checkpoints end failed).
 STOP_DEADLINE_SECONDS = 45.0
-_API_KEY_IN_TEXT = re.compile(r"(api_key=)[^&\s\"']*", re.IGNORECASE)
+# The API key, or a sandbox's token (the PTY socket takes ``?token=``), in a logged URL.
+_API_KEY_IN_TEXT = re.compile(r"((?:api_key|token)=)[^&\s\"']*", re.IGNORECASE)
 
 
 class LocalServerError(RuntimeError):
@@ -96,7 +97,7 @@ class ApiKeyLogFilter(logging.Filter):
 
 
 def _scrub(value: object) -> object:
-    if isinstance(value, str) and "api_key=" in value.lower():
+    if isinstance(value, str) and ("api_key=" in value.lower() or "token=" in value.lower()):
         return _API_KEY_IN_TEXT.sub(r"\1***", value)
     return value
 

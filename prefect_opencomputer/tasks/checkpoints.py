@@ -102,7 +102,8 @@ async def create_checkpoint(
         sandbox: The sandbox, as its id or its model.
         name: Unique per sandbox.
         credentials: The OpenComputer block; default: the environment.
-        kind: `full` (memory and disk) or `disk_only`.
+        kind: `full` (memory and disk on the hosted service: forks and restores resume running processes)
+            or `disk_only` (disk only). The local server keeps the disk for both.
         retention: What the service deletes when the sandbox has too many checkpoints.
         wait_timeout: Seconds to wait for the checkpoint to be ready.
 
@@ -171,6 +172,9 @@ async def restore_checkpoint(
     sandbox: SandboxRef, checkpoint: CheckpointRef, *, credentials: OpenComputerCredentials | None = None
 ) -> CheckpointRestore:
     """Revert the sandbox in place to a ready checkpoint of its own; later calls wait for the restore.
+
+    Its files become the checkpoint's. Its processes resume from the checkpoint on the hosted service (a
+    `full` checkpoint); on the local server they start fresh.
 
     Args:
         sandbox: The sandbox, as its id or its model.
@@ -247,6 +251,10 @@ async def create_sandbox_from_checkpoint(
     concurrency_strict: bool = False,
 ) -> Sandbox:
     """Fork a new sandbox from a ready checkpoint; its patches run before this returns.
+
+    The fork holds the checkpoint's files, envs and size. A fork of a `full` checkpoint on the hosted
+    service also resumes the processes that were running, with their memory; on the local server (and
+    from `disk_only`) it boots fresh over the disk: start again what must run (a patch can).
 
     The service starts forks persistent, so `idle_timeout` is set right after. Inside `with transaction():`
     the fork is killed when the transaction rolls back. Task runs are numbered (`fork[cp-…] #2`) so the

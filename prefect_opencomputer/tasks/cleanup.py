@@ -159,6 +159,9 @@ def open_fork(
 ) -> SandboxScope:
     """A fork of a checkpoint that is killed when the block ends (`with` or `async with`).
 
+    It holds what `create_sandbox_from_checkpoint` says: the checkpoint's files, and on the hosted service
+    (a `full` checkpoint) its running processes too.
+
     Args:
         checkpoint: A ready checkpoint, as its id or its model.
         credentials: The OpenComputer block; default: the environment.

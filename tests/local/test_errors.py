@@ -77,13 +77,6 @@ async def test_unknown_sandbox_is_404_sandbox_not_found(http: httpx.AsyncClient)
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("POST", "/sandboxes/{sb}/pty"),
-        ("POST", "/sandboxes/{sb}/pty/abc/resize"),
-        ("POST", "/sandboxes/{sb}/scale"),
-        ("PUT", "/sandboxes/{sb}/autoscale"),
-        ("GET", "/sandboxes/{sb}/scaling-lock"),
-        ("POST", "/sandboxes/{sb}/reboot"),
-        ("POST", "/sandboxes/{sb}/power-cycle"),
         ("POST", "/sandboxes/{sb}/migrate"),
         ("PUT", "/sandboxes/{sb}/limits"),
         ("GET", "/sandboxes/{sb}/mounts"),
@@ -96,15 +89,34 @@ async def test_unknown_sandbox_is_404_sandbox_not_found(http: httpx.AsyncClient)
         ("PUT", "/secret-stores/abc/secrets/TOKEN"),
         ("GET", "/templates"),
         ("GET", "/usage"),
+        ("GET", "/capacity/calendar"),
+        ("POST", "/capacity/reservations"),
         ("POST", "/images/python/patches"),
     ],
 )
 async def test_unsupported_route_is_501_with_a_clear_error(
-    http: httpx.AsyncClient, method: str, path: str
+    http: httpx.AsyncClient, sandbox: str, method: str, path: str
 ) -> None:
-    response = await http.request(method, path.format(sb="sb-00000000"), json={})
+    response = await http.request(method, path.format(sb=sandbox), json={})
     assert response.status_code == 501, response.text
     assert response.json()["error"].endswith("is not supported by the local server")
+
+
+@pytest.mark.parametrize(
+    ("path", "missing"),
+    [
+        ("/sandboxes/sb-00000000/mounts", "sandbox not found"),
+        ("/sandboxes/sb-00000000/allowed-hosts", "sandbox not found"),
+        ("/sandboxes/checkpoints/00000000-0000-4000-8000-000000000000/publish", "checkpoint not found"),
+        ("/snapshots/no-such-snapshot/publish", "snapshot not found"),
+        ("/snapshots/no-such-snapshot/unpublish", "snapshot not found"),
+    ],
+)
+async def test_unsupported_route_about_something_missing_is_404_first(
+    http: httpx.AsyncClient, path: str, missing: str
+) -> None:
+    response = await http.post(path, json={})
+    assert (response.status_code, response.json()) == (404, {"error": missing})
 
 
 async def test_unsupported_routes_still_require_the_api_key(local_server: LocalServer) -> None:

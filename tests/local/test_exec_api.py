@@ -278,13 +278,15 @@ async def test_max_run_after_disconnect_kills_a_detached_session(
     assert next(item for item in listed if item["sessionID"] == session)["exitCode"] == -1
 
 
-async def test_sessions_list_is_empty_for_a_fresh_sandbox_and_forgotten_on_hibernate(
+async def test_sessions_list_is_empty_for_a_fresh_sandbox_kept_on_hibernate_and_forgotten_on_reboot(
     http: httpx.AsyncClient, sandbox: str
 ) -> None:
     assert (await http.get(f"/sandboxes/{sandbox}/exec")).json() == []
     await _start(http, sandbox, cmd="sleep", args=["60"])
     assert len((await http.get(f"/sandboxes/{sandbox}/exec")).json()) == 1
     await http.post(f"/sandboxes/{sandbox}/hibernate")
+    assert [item["running"] for item in (await http.get(f"/sandboxes/{sandbox}/exec")).json()] == [True]
+    await http.post(f"/sandboxes/{sandbox}/reboot")
     assert (await http.get(f"/sandboxes/{sandbox}/exec")).json() == []
 
 

@@ -88,12 +88,6 @@ async def test_missing_file_is_404_not_500(http: httpx.AsyncClient, sandbox: str
     assert response.status_code == 404
 
 
-async def test_reading_a_directory_is_400(http: httpx.AsyncClient, sandbox: str) -> None:
-    response = await http.get(_files(sandbox), params={"path": "/etc"})
-    assert response.status_code == 400
-    assert "is a directory" in response.json()["error"]
-
-
 @pytest.mark.parametrize(("method", "suffix"), [("GET", ""), ("PUT", ""), ("DELETE", ""), ("POST", "/mkdir")])
 async def test_missing_path_parameter_is_400(
     http: httpx.AsyncClient, sandbox: str, method: str, suffix: str

@@ -12,6 +12,7 @@ TOOLS = " ".join(
     (
         "python python3 pip pip3 node npm npx git git-lfs gcc g++ make cmake pkg-config curl wget jq",
         "sqlite3 ps top ip ifconfig dig rsync zip unzip file less strace htop tree nano vi supervisord sudo",
+        "busybox bzip2 gzip tar xz kmod locale-gen fusermount3",
     )
 )
 

@@ -1,6 +1,7 @@
 """The official TypeScript SDK (`@opencomputer/sdk`, pinned in tests/sdk_ts), unchanged, on the local server.
 
-Its `exec.run` goes through `exec/run-async` and `exec/{id}/result`, which the Python SDK never calls.
+Its `exec.run` goes through `exec/run-async` and `exec/{id}/result`, which the Python SDK never calls, and
+its PTY runs an interactive shell over the PTY WebSocket.
 """
 
 from __future__ import annotations
@@ -57,3 +58,26 @@ def test_typescript_sdk_runs_the_whole_lifecycle(node_project: Path, local_serve
     assert seen["previewHostname"].startswith(f"{seen['sandboxId']}-p8080.")
     assert seen["previewPorts"] == [8080]
     assert seen["runningAfterKill"] is False
+
+
+def test_typescript_sdk_runs_an_interactive_shell_on_a_pty(
+    node_project: Path, local_server: LocalServer
+) -> None:
+    env = {
+        **os.environ,
+        "OPENCOMPUTER_API_URL": local_server.url,
+        "OPENCOMPUTER_API_KEY": local_server.api_key,
+    }
+    run = subprocess.run(
+        ["node", "--experimental-websocket", "pty.mjs"],
+        cwd=node_project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    screen = json.loads(run.stdout.strip().splitlines()[-1])["screen"]
+    assert "typed-42" in screen  # typed in, run by the shell, echoed back
+    assert "40 120" in screen  # the size it asked for
+    assert "/dev/pts/0" in screen  # a terminal of the sandbox's own

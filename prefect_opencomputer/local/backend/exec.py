@@ -242,6 +242,8 @@ class ExecSessionTable:
 
     def __init__(self) -> None:
         self._by_sandbox: dict[str, dict[str, ExecSession]] = {}
+        # Async runs that never started: (sandbox, exec id) -> (why, when), kept as long as a result.
+        self._refusals: dict[tuple[str, str], tuple[str, float]] = {}
 
     def add(self, session: ExecSession) -> None:
         sessions = self._by_sandbox.setdefault(session.sandbox_id, {})
@@ -259,12 +261,27 @@ class ExecSessionTable:
             return None
         return session
 
+    def add_refusal(self, sandbox_id: str, exec_id: str, reason: str) -> None:
+        now = time.monotonic()
+        for key in [key for key, (_, at) in self._refusals.items() if now - at > FINISHED_RETENTION_SECONDS]:
+            del self._refusals[key]
+        self._refusals[(sandbox_id, exec_id)] = (reason, now)
+
+    def refusal(self, sandbox_id: str, exec_id: str) -> str | None:
+        """Why the async run ``exec_id`` did not start, while its result is kept."""
+        kept = self._refusals.get((sandbox_id, exec_id))
+        if kept is None or time.monotonic() - kept[1] > FINISHED_RETENTION_SECONDS:
+            return None
+        return kept[0]
+
     def for_sandbox(self, sandbox_id: str) -> list[ExecSession]:
         return sorted(self._by_sandbox.get(sandbox_id, {}).values(), key=lambda s: s.started_at)
 
     async def close_sandbox(self, sandbox_id: str) -> None:
         """Kill every session of a sandbox that stops; they are forgotten with its processes."""
         sessions = self._by_sandbox.pop(sandbox_id, {})
+        for key in [key for key in self._refusals if key[0] == sandbox_id]:
+            del self._refusals[key]
         await asyncio.gather(*(session.close() for session in sessions.values()))
 
     async def close_all(self) -> None:

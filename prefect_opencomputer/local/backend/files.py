@@ -4,7 +4,8 @@ File operations block, so they run in a few worker threads of their own (`FileWo
 bounded by a timeout that answers a retryable 503: whatever a sandbox does to its files, it cannot
 hold every server thread or a request for ever, and a stuck thread never delays the server's exit.
 Errors a client caused become 4xx `BackendError`s naming the path (a missing file is 404 here, where
-the service answers 500).
+the service answers 500), except reading a directory and listing a file, which answer the service's
+own 500 and message: a program that reads one or lists the other sees what it would see there.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from prefect_opencomputer.local.errors import (
+    AGENT_ERROR,
     BackendError,
     Failed,
     Forbidden,
@@ -180,7 +182,14 @@ class SandboxFiles:
         async with self._backend.data_plane(sandbox_id), self._turn(sandbox_id):
             files = self._backend.runtime.files(sandbox_id)
             with _file_errors("open", path):
-                handle = await self.workers.run(files.open_read, path)
+                try:
+                    handle = await self.workers.run(files.open_read, path)
+                except IsADirectoryError as error:
+                    # As the agent: it opens a directory, then fails its first read.
+                    raise Failed(
+                        f"recv first chunk: {AGENT_ERROR}read {error.filename}: read {error.filename}: "
+                        "is a directory"
+                    ) from None
             size = _size(handle)
             return Download(self._backend, self.workers, sandbox_id, handle, size)
 
@@ -222,7 +231,12 @@ class SandboxFiles:
         async with self._backend.data_plane(sandbox_id), self._turn(sandbox_id):
             files = self._backend.runtime.files(sandbox_id)
             with _file_errors("open", path):
-                return await self.workers.run(files.list, path)
+                try:
+                    return await self.workers.run(files.list, path)
+                except NotADirectoryError as error:
+                    raise Failed(
+                        f"{AGENT_ERROR}readdir {error.filename}: open {error.filename}: not a directory"
+                    ) from None
 
     async def mkdir(self, sandbox_id: str, path: str) -> None:
         async with self._backend.data_plane(sandbox_id), self._turn(sandbox_id):

@@ -98,6 +98,17 @@ class SandboxRecord:
 
 
 @dataclass
+class ScalingRecord:
+    """A sandbox's scaling settings (``PUT /autoscale``, ``PUT /scaling-lock``); all off by default."""
+
+    sandbox_id: str
+    autoscale_enabled: bool = False
+    min_memory_mb: int = 0
+    max_memory_mb: int = 0
+    locked: bool = False
+
+
+@dataclass
 class CheckpointRecord:
     id: str
     sandbox_id: str

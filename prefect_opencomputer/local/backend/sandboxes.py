@@ -27,6 +27,7 @@ from prefect_opencomputer.local.backend.records import (
     utc_now,
 )
 from prefect_opencomputer.local.backend.state import StateStore
+from prefect_opencomputer.local.backend.terminals import TerminalTable
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.errors import (
     BackendError,
@@ -135,6 +136,7 @@ class Sandboxes:
         )
         self.idle = IdleTracker(self._hibernate_if_idle)
         self.exec_sessions = ExecSessionTable()
+        self.terminals = TerminalTable()
         self._store: StateStore | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         # Sandboxes whose layer is being copied into a checkpoint: data calls wait for the copy.
@@ -243,10 +245,12 @@ class Sandboxes:
         self.store.start_running(record.id, record.memory_mb, utc_now())
         self.idle.watch(record.id, record.timeout)
         self.peak = max(self.peak, len(self.runtime.running_ids()))
+        await self.runtime.settled(record.id)
 
     async def stop_processes(self, record: SandboxRecord, status: SandboxStatus) -> None:
         """Stop the sandbox's processes, keeping its layer, and record ``status`` (lock held)."""
         await self.exec_sessions.close_sandbox(record.id)
+        await self.terminals.close_sandbox(record.id)
         self.idle.forget(record.id)
         self._epochs[record.id] = self._epochs.get(record.id, 0) + 1
         last_sample = self.memory_sample(record.id)
@@ -256,11 +260,12 @@ class Sandboxes:
         self.store.save_sandbox(record)
 
     async def suspend(self, record: SandboxRecord) -> None:
-        """Hibernate as the hosted service does: freeze the processes, memory kept (lock held).
+        """Hibernate as the hosted service pauses: freeze the processes, memory kept (lock held).
 
-        Without a freezer (``--no-limits``) the processes stop instead, the disk kept.
+        Exec sessions stay, as the service's pause keeps them: their commands are frozen with the
+        rest and carry on after the wake, and a client that attaches again gets the scrollback.
+        Without a freezer (``--no-limits``) the processes stop instead (their sessions end), the disk kept.
         """
-        await self.exec_sessions.close_sandbox(record.id)
         self.idle.forget(record.id)
         last_sample = self.memory_sample(record.id)
         if await self.runtime.freeze(record.id):
@@ -274,6 +279,7 @@ class Sandboxes:
     async def destroy(self, sandbox_id: str) -> None:
         """Its sessions, processes, mounts, cgroups and layer go for good (lock held)."""
         await self.exec_sessions.close_sandbox(sandbox_id)
+        await self.terminals.close_sandbox(sandbox_id)
         self.idle.forget(sandbox_id)
         self._epochs[sandbox_id] = self._epochs.get(sandbox_id, 0) + 1
         last_sample = self.memory_sample(sandbox_id)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from prefect_opencomputer.local.backend import preview_auth, sizing
 from prefect_opencomputer.local.backend.checkpoints import Checkpoints
+from prefect_opencomputer.local.backend.command_start import start_error
 from prefect_opencomputer.local.backend.exec import ExecSession, Listener
 from prefect_opencomputer.local.backend.files import SandboxFiles
 from prefect_opencomputer.local.backend.images import BuildLogSink, Images
@@ -35,9 +36,11 @@ from prefect_opencomputer.local.backend.sandboxes import (
     egress_allowed,
     template_root,
 )
+from prefect_opencomputer.local.backend.scaling import Scaling
 from prefect_opencomputer.local.backend.signed_urls import UrlSigner
 from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.backend.tags import parse_tags
+from prefect_opencomputer.local.backend.terminals import DEFAULT_SHELL, Terminal
 from prefect_opencomputer.local.backend.usage import (
     MemorySampler,
     SandboxUsage,
@@ -48,6 +51,8 @@ from prefect_opencomputer.local.backend.usage import (
 )
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.errors import (
+    AGENT_ERROR,
+    CannotStart,
     Failed,
     Invalid,
     NotFound,
@@ -56,6 +61,8 @@ from prefect_opencomputer.local.errors import (
 from prefect_opencomputer.local.private_files import make_private_dir
 from prefect_opencomputer.local.sandbox.cgroups import CgroupsUnavailable
 from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
+from prefect_opencomputer.local.sandbox.ids import SANDBOX_HOME
+from prefect_opencomputer.local.sandbox.procview import ProcViews
 from prefect_opencomputer.local.sandbox.runtime import CommandResult
 from prefect_opencomputer.local.sandbox.store import StoreUnavailable
 
@@ -107,6 +114,7 @@ class LocalBackend:
         self.previews = Previews(self.sandboxes)
         self.files = SandboxFiles(self.sandboxes)
         self.images = Images(self.sandboxes, self.checkpoints)
+        self.scaling = Scaling(self.sandboxes)
         self._signer: UrlSigner | None = None
         self.memory_sampler = MemorySampler(self.sandboxes.sample_memory, config.usage_sample_seconds)
 
@@ -152,6 +160,9 @@ class LocalBackend:
             raise RuntimeUnavailable(f"{error} (or start with --no-limits)") from error
         self.runtime.egress_allow = await asyncio.to_thread(egress_allowed, self.config)
         if self.runtime.cgroups is not None:
+            # What a sandbox's /proc shows comes from its cgroups: without limits there is nothing to show.
+            self.runtime.proc_views = await ProcViews.start(self.config.data_dir / "runtime" / "proc-views")
+        if self.runtime.cgroups is not None:
             # A killed server's sandboxes left their groups (and perhaps processes) behind: ours, and
             # the empty ones of servers whose data dir may never start again (temporary ones).
             await asyncio.to_thread(self.runtime.cgroups.sweep)
@@ -195,6 +206,7 @@ class LocalBackend:
         await self.images.close()
         await self.checkpoints.finish_copies(_CLOSE_GRACE_SECONDS)
         await self.exec_sessions.close_all()
+        await self.sandboxes.terminals.close_all()
         opened = self.sandboxes.opened
         if opened is not None:
             now = utc_now()
@@ -203,6 +215,9 @@ class LocalBackend:
                 record.status = "hibernated"
                 self.store.save_sandbox(record)
         await self.runtime.shutdown()
+        if self.runtime.proc_views is not None:
+            await self.runtime.proc_views.stop()
+            self.runtime.proc_views = None
         if self.runtime.cgroups is not None:
             await asyncio.to_thread(self.runtime.cgroups.release)
         if opened is not None:
@@ -214,6 +229,7 @@ class LocalBackend:
         await self.images.reset()
         await self.checkpoints.finish_copies(_CLOSE_GRACE_SECONDS)
         await self.exec_sessions.close_all()
+        await self.sandboxes.terminals.close_all()
         known = {record.id for record in self.store.sandboxes()}
         for sandbox_id in known | set(self.runtime.running_ids()):
             async with self.sandboxes.lifecycle_lock(sandbox_id):
@@ -314,7 +330,7 @@ class LocalBackend:
             self.idle.watch(sandbox_id, timeout)
 
     async def hibernate(self, sandbox_id: str) -> SandboxRecord:
-        """Stop its processes and keep its disk; idempotent for a hibernated sandbox."""
+        """Freeze its processes (exec sessions kept), as the service's pause; idempotent when hibernated."""
         self.sandbox(sandbox_id)
         async with self.sandboxes.lifecycle_lock(sandbox_id):
             record = self.sandbox(sandbox_id)
@@ -389,6 +405,9 @@ class LocalBackend:
         # Outside the data plane, which first tells a sandbox restarted mid-call (503) from a refusal.
         with _exec_errors(sandbox_id):
             async with self.sandboxes.data_plane(sandbox_id) as record:
+                refusal = self._start_error(sandbox_id, argv[0], cwd)
+                if refusal is not None:
+                    raise CannotStart(f"exec in {sandbox_id}: {AGENT_ERROR}exec start: {refusal}")
                 result = await self.runtime.run(
                     sandbox_id,
                     argv,
@@ -419,6 +438,9 @@ class LocalBackend:
     ) -> ExecSession:
         with _exec_errors(sandbox_id):
             async with self.sandboxes.data_plane(sandbox_id) as record:
+                refusal = self._start_error(sandbox_id, command, cwd)
+                if refusal is not None:
+                    raise CannotStart(f"create exec session in VM: {AGENT_ERROR}start command: {refusal}")
                 process = await self.runtime.spawn(
                     sandbox_id,
                     [command, *args],
@@ -441,10 +463,22 @@ class LocalBackend:
                 self.exec_sessions.add(session)
                 return session
 
-    def exec_result(self, sandbox_id: str, exec_id: str) -> ExecSession:
-        """The session behind an async run, while its result is retained (404 after); no wake."""
+    def refused_run(self, sandbox_id: str, refusal: CannotStart) -> str:
+        """Keep an async run that could not start under a new exec id: its result tells why.
+
+        The service answers such a run 202 and reports the failure when the result is polled.
+        """
+        exec_id = new_session_id()
+        self.exec_sessions.add_refusal(sandbox_id, exec_id, refusal.message)
+        return exec_id
+
+    def exec_result(self, sandbox_id: str, exec_id: str) -> ExecSession | str:
+        """The session behind an async run, or why it did not start, while retained (404 after); no wake."""
         self.require_live(sandbox_id)
         self.touch(sandbox_id)
+        refusal = self.exec_sessions.refusal(sandbox_id, exec_id)
+        if refusal is not None:
+            return refusal
         session = self.exec_sessions.retained(sandbox_id, exec_id)
         if session is None:
             raise NotFound(f"exec {exec_id} not found")
@@ -499,6 +533,39 @@ class LocalBackend:
     # -- shared with the checkpoint and preview services -------------------------------------
 
     # -- internals ---------------------------------------------------------------------------
+
+    # -- PTY sessions --------------------------------------------------------------------------
+
+    async def start_terminal(self, sandbox_id: str, cols: int, rows: int, shell: str) -> Terminal:
+        """An interactive shell on a new pseudo-terminal (``/bin/bash`` unless ``shell`` names another)."""
+        async with self.sandboxes.data_plane(sandbox_id):
+            terminal = Terminal.start(self.runtime, sandbox_id, cols, rows, shell or DEFAULT_SHELL)
+            self.sandboxes.terminals.add(terminal)
+            return terminal
+
+    async def terminal(self, sandbox_id: str, session_id: str) -> Terminal:
+        """A running PTY session of the sandbox (waking it); 404 ``PTY session … not found`` otherwise."""
+        async with self.sandboxes.data_plane(sandbox_id):
+            terminal = self.sandboxes.terminals.get(sandbox_id, session_id)
+            if terminal is None:
+                raise NotFound(f"PTY session {session_id} not found")
+            return terminal
+
+    async def close_terminal(self, sandbox_id: str, session_id: str) -> None:
+        await (await self.terminal(sandbox_id, session_id)).close()
+
+    @contextlib.asynccontextmanager
+    async def attached_terminal(self, sandbox_id: str, session_id: str) -> AsyncIterator[Terminal]:
+        """A PTY session for one client; the sandbox stays awake while it is attached."""
+        async with self.sandboxes.data_plane(sandbox_id):
+            terminal = self.sandboxes.terminals.get(sandbox_id, session_id)
+            if terminal is None:
+                raise NotFound(f"PTY session {session_id} not found")
+            yield terminal
+
+    def _start_error(self, sandbox_id: str, command: str, cwd: str | None) -> str | None:
+        """Why the command cannot start in the sandbox, as the hosted agent says it (None: it can)."""
+        return start_error(self.runtime.files(sandbox_id), command, cwd or SANDBOX_HOME)
 
     def _session(self, sandbox_id: str, session_id: str) -> ExecSession:
         session = self.exec_sessions.get(sandbox_id, session_id)

@@ -25,6 +25,7 @@ from prefect_opencomputer.local.backend.records import (
     RunningInterval,
     SandboxRecord,
     SandboxStatus,
+    ScalingRecord,
 )
 
 _SCHEMA = """
@@ -94,6 +95,13 @@ CREATE TABLE IF NOT EXISTS memory_samples (
     peak_bytes INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS memory_samples_by_sandbox ON memory_samples (sandbox_id, sampled_at);
+CREATE TABLE IF NOT EXISTS scaling (
+    sandbox_id TEXT PRIMARY KEY,
+    autoscale_enabled INTEGER NOT NULL,
+    min_memory_mb INTEGER NOT NULL,
+    max_memory_mb INTEGER NOT NULL,
+    locked INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -176,7 +184,34 @@ class StateStore:
             db.execute("DELETE FROM previews WHERE sandbox_id = ?", (sandbox_id,))
             db.execute("DELETE FROM running_intervals WHERE sandbox_id = ?", (sandbox_id,))
             db.execute("DELETE FROM memory_samples WHERE sandbox_id = ?", (sandbox_id,))
+            db.execute("DELETE FROM scaling WHERE sandbox_id = ?", (sandbox_id,))
             db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
+
+    def scaling(self, sandbox_id: str) -> ScalingRecord:
+        """The sandbox's scaling settings (the defaults until some were saved)."""
+        row = self._db.execute("SELECT * FROM scaling WHERE sandbox_id = ?", (sandbox_id,)).fetchone()
+        if row is None:
+            return ScalingRecord(sandbox_id)
+        return ScalingRecord(
+            sandbox_id,
+            autoscale_enabled=bool(row["autoscale_enabled"]),
+            min_memory_mb=row["min_memory_mb"],
+            max_memory_mb=row["max_memory_mb"],
+            locked=bool(row["locked"]),
+        )
+
+    def save_scaling(self, scaling: ScalingRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO scaling VALUES (?, ?, ?, ?, ?)",
+                (
+                    scaling.sandbox_id,
+                    int(scaling.autoscale_enabled),
+                    scaling.min_memory_mb,
+                    scaling.max_memory_mb,
+                    int(scaling.locked),
+                ),
+            )
 
     def is_fork_source(self, checkpoint_id: str) -> bool:
         row = self._db.execute(
@@ -404,6 +439,7 @@ class StateStore:
                 "previews",
                 "patches",
                 "checkpoints",
+                "scaling",
                 "running_intervals",
                 "memory_samples",
                 "sandboxes",

@@ -18,9 +18,9 @@ from prefect_opencomputer.local.backend.exec import (
     ExecSession,
     Listener,
 )
-from prefect_opencomputer.local.backend.records import rfc3339
+from prefect_opencomputer.local.backend.records import rfc3339, utc_now
 from prefect_opencomputer.local.backend.service import LocalBackend
-from prefect_opencomputer.local.errors import BackendError, Invalid
+from prefect_opencomputer.local.errors import BackendError, CannotStart, Invalid
 from prefect_opencomputer.local.routes.deps import BackendDep
 from prefect_opencomputer.local.routes.sandboxes import Int64
 from prefect_opencomputer.local.sandbox.runtime import CommandResult
@@ -158,15 +158,22 @@ async def run_async(sandbox_id: str, backend: BackendDep, body: RunBody | None =
     Otherwise 202 ``{"execId", "running", "startedAt"}``: poll ``exec/{execId}/result``.
     """
     body = body or RunBody()
-    session = await backend.start_session(
-        sandbox_id,
-        _command(body),
-        body.args or [],
-        envs=body.envs or {},
-        cwd=body.cwd,
-        timeout=_run_timeout(body),
-        max_run_after_disconnect=0,
-    )
+    try:
+        session = await backend.start_session(
+            sandbox_id,
+            _command(body),
+            body.args or [],
+            envs=body.envs or {},
+            cwd=body.cwd,
+            timeout=_run_timeout(body),
+            max_run_after_disconnect=0,
+        )
+    except CannotStart as refusal:
+        # As the service: accepted, and the result says why it never ran.
+        exec_id = backend.refused_run(sandbox_id, refusal)
+        return JSONResponse(
+            {"execId": exec_id, "running": True, "startedAt": rfc3339(utc_now())}, status_code=202
+        )
     if await session.wait_exit(INLINE_HOLD_SECONDS) and not session.truncated:
         stdout, stderr = session.output()
         return JSONResponse(result_json(CommandResult(session.exit_code or 0, stdout, stderr)))
@@ -178,6 +185,8 @@ async def run_async(sandbox_id: str, backend: BackendDep, body: RunBody | None =
 async def async_result(sandbox_id: str, exec_id: str, backend: BackendDep) -> dict[str, object]:
     """The run's state, long-polled briefly while it runs; output is the session's scrollback."""
     session = backend.exec_result(sandbox_id, exec_id)
+    if isinstance(session, str):
+        return {"running": False, "exitCode": -1, "stdout": "", "stderr": "", "error": session}
     running = not await session.wait_exit(RESULT_LONG_POLL_SECONDS)
     stdout, stderr = session.output()
     body: dict[str, object] = {"running": running}

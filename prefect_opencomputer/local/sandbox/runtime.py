@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from prefect_opencomputer.local.sandbox.fileops import RootedFiles
 from prefect_opencomputer.local.sandbox.helper import HelperUnavailable, helper_binary
 from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
 from prefect_opencomputer.local.sandbox.network import IPNetwork, SandboxNetwork
+from prefect_opencomputer.local.sandbox.procview import ProcViews
+from prefect_opencomputer.local.sandbox.rootfs import LOCALE
 
 SANDBOX_UID = ids.SANDBOX_UID
 SANDBOX_GID = ids.SANDBOX_GID
@@ -44,7 +47,7 @@ BASE_ENV: Mapping[str, str] = {
     "USER": "sandbox",
     "LOGNAME": "sandbox",
     "SHELL": "/bin/bash",
-    "LANG": "C.UTF-8",
+    "LANG": LOCALE,
     # The template trusts this host's CAs (see rootfs); tools with a bundle of their own are told too.
     "SSL_CERT_FILE": _CA_BUNDLE,
     "NODE_EXTRA_CA_CERTS": _CA_BUNDLE,
@@ -126,6 +129,9 @@ class SandboxRuntime:
         self._removals: set[asyncio.Task[None]] = set()
         # Id range slots held by a live sandbox or one whose processes are still dying.
         self._id_slots: set[int] = set()
+        # Per-sandbox views of /proc (its own memory and cores); None: sandboxes see the host's.
+        self.proc_views: ProcViews | None = None
+        self._views_mounting: dict[str, asyncio.Future[None]] = {}
 
     def check_available(self) -> None:
         """Raise `RuntimeUnavailable` with a readable reason when sandboxes cannot run here."""
@@ -175,6 +181,21 @@ class SandboxRuntime:
             if not await asyncio.to_thread(self.layers.ensure_disk, sandbox_id):
                 raise FileNotFoundError(f"no layer for sandbox {sandbox_id}")
             await self._boot(sandbox_id, template=template, hostname=hostname, network=network, limits=limits)
+            machine = self._machines.get(sandbox_id)
+            if self.proc_views is not None and machine is not None:
+                # Its /proc will answer with its own memory and cores: mounted while the caller
+                # records the boot, and waited for in `settled`.
+                self._views_mounting[sandbox_id] = self.proc_views.attach(machine.init_pid)
+
+    async def settled(self, sandbox_id: str) -> None:
+        """Wait until what a fresh boot still does in the background is done (the /proc views)."""
+        mounting = self._views_mounting.pop(sandbox_id, None)
+        if mounting is None:
+            return
+        try:
+            await mounting
+        except OSError as error:
+            logger.warning("sandbox %s sees the host's /proc: %s", sandbox_id, error)
 
     async def _boot(
         self,
@@ -273,6 +294,17 @@ class SandboxRuntime:
             machine.frozen = True
         return True
 
+    async def resize(self, sandbox_id: str, limits: Limits) -> bool:
+        """Apply new limits to the running sandbox; False when it has no cgroup (``--no-limits``).
+
+        Raises `MemoryInUse` when its processes hold more memory than the new limit allows.
+        """
+        machine = self._machine(sandbox_id)
+        if machine.cgroup is None:
+            return False
+        await asyncio.to_thread(machine.cgroup.set_limits, limits)
+        return True
+
     async def stop(self, sandbox_id: str) -> None:
         """Kill every process of the sandbox; its mounts go with them. The layer stays.
 
@@ -280,6 +312,9 @@ class SandboxRuntime:
         returns, and its cgroup goes then, in the background (`wait_stopped`).
         """
         machine = self._machines.pop(sandbox_id, None)
+        mounting = self._views_mounting.pop(sandbox_id, None)
+        if mounting is not None:
+            mounting.add_done_callback(lambda done: done.cancelled() or done.exception())
         if machine is None:
             return
         # Killing pid 1 of a PID namespace kills every process in it. The helper exits once the
@@ -450,6 +485,24 @@ class SandboxRuntime:
             env={**base, **(env or {})},
             stdin=stdin,
             pass_fds=(machine.pidfd,),
+        )
+
+    def spawn_on_terminal(
+        self, sandbox_id: str, argv: Sequence[str], *, env: Mapping[str, str], terminal: int
+    ) -> subprocess.Popen[bytes]:
+        """Start a process inside the sandbox, as ``sandbox`` in its home, on the terminal ``terminal``.
+
+        ``terminal`` (a pseudo-terminal's far end) becomes its stdin, stdout and stderr.
+        """
+        machine = self._machine(sandbox_id)
+        return subprocess.Popen(
+            self._enter_argv(machine, argv, None, False),
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            env={**BASE_ENV, **env},
+            pass_fds=(machine.pidfd,),
+            start_new_session=True,
         )
 
     async def run(

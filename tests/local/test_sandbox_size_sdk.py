@@ -1,0 +1,54 @@
+"""A sandbox sees its own size, as a VM of that size would: cores, memory and uptime, via the official SDK."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+from opencomputer import Sandbox
+
+from prefect_opencomputer.local import LocalServer
+
+pytestmark = pytest.mark.slow
+
+SIZE = (
+    "nproc; python3 -c 'import os; print(os.cpu_count())'; grep -c ^processor /proc/cpuinfo; "
+    "grep -c '^cpu[0-9]' /proc/stat; awk '/^MemTotal/ {print $2}' /proc/meminfo; "
+    "free -m | awk '/^Mem:/ {print $2}'"
+)
+HOST_CORES = len(os.sched_getaffinity(0))
+
+
+@pytest.fixture
+async def small(local_server: LocalServer) -> AsyncIterator[Sandbox]:
+    sandbox = await Sandbox.create(
+        api_url=local_server.url, api_key=local_server.api_key, memory_mb=1024, timeout=300
+    )
+    try:
+        yield sandbox
+    finally:
+        await sandbox.kill()
+        await sandbox.close()
+
+
+async def _size(sandbox: Sandbox) -> list[int]:
+    """[nproc, os.cpu_count(), cpuinfo processors, /proc/stat cpus, MemTotal kB, free's total MB]."""
+    result = await sandbox.exec.run(SIZE)
+    assert result.exit_code == 0 and result.stderr == "", result
+    return [int(line) for line in result.stdout.split()]
+
+
+async def test_a_1_vcpu_1024_mb_sandbox_sees_one_cpu_and_1024_mb(small: Sandbox) -> None:
+    assert await _size(small) == [1, 1, 1, 1, 1024 * 1024, 1024]
+
+
+async def test_the_view_follows_scale_hibernate_and_reboot(small: Sandbox) -> None:
+    await small.scale(8192)
+    cores = min(2, HOST_CORES)  # one core per vCPU where the host has them
+    assert await _size(small) == [cores, cores, cores, cores, 8192 * 1024, 8192]
+    await small.hibernate()
+    await small.wake()
+    assert await _size(small) == [cores, cores, cores, cores, 8192 * 1024, 8192]
+    await small.reboot()
+    assert await _size(small) == [cores, cores, cores, cores, 8192 * 1024, 8192]
