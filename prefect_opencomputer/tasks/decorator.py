@@ -20,6 +20,7 @@ from prefect import Task
 from prefect._internal.compatibility.async_dispatch import is_in_async_context
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.context import TaskRunContext
 from prefect.tasks import TaskRunNameCallbackWithParameters
 from prefect.utilities.annotations import unmapped
 from typing_extensions import ParamSpec
@@ -126,6 +127,18 @@ def is_replayable(error: BaseException) -> bool:
     return is_transient(error) or isinstance(error, TransportError)
 
 
+# The service's "not now" answers: the org's sandbox quota (429, no Retry-After on the hosted service) and
+# "unavailable" (503). The request did no work, so a caller who asks for retries gets them for these too.
+_REFUSED_STATUSES = frozenset({429, 503})
+# The longest Retry-After a task waits out before its next attempt, so a bad header cannot stall a flow.
+RETRY_AFTER_MAX = 60.0
+
+
+def is_refused(error: BaseException) -> bool:
+    """The service refused the request for now (quota, unavailable): nothing was done, a retry may pass."""
+    return isinstance(error, APIError) and error.status_code in _REFUSED_STATUSES
+
+
 def failure_of(state: State[Any]) -> BaseException | None:
     data = state.data
     return data if isinstance(data, BaseException) else None
@@ -141,6 +154,31 @@ def retry_if_replayable(task: Task[..., Any], task_run: TaskRun, state: State[An
     """`retry_condition_fn` for idempotent operations."""
     failure = failure_of(state)
     return failure is not None and is_replayable(failure)
+
+
+def or_if_refused(condition: RetryCondition) -> RetryCondition:
+    """`condition`, widened to the service's refusals (429, 503): what a caller's own `retries=` covers."""
+
+    def retry_if_refused_or(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+        failure = failure_of(state)
+        return (failure is not None and is_refused(failure)) or condition(task, task_run, state)
+
+    retry_if_refused_or.__name__ = f"{getattr(condition, '__name__', 'condition')}_or_refused"
+    return retry_if_refused_or
+
+
+async def wait_out_retry_after(error: BaseException) -> None:
+    """Before a task attempt that will be retried ends, wait the `Retry-After` the service asked for.
+
+    Prefect's retry delay is fixed per task; waiting here makes the next attempt come no sooner than the
+    service said (Prefect's own delay follows).
+    """
+    context = TaskRunContext.get()
+    if not isinstance(error, APIError) or error.retry_after is None or context is None:
+        return
+    if context.task_run.run_count > context.task.retries:
+        return  # the last attempt: nothing will follow it
+    await asyncio.sleep(min(error.retry_after, RETRY_AFTER_MAX))
 
 
 # -- Credentials ---------------------------------------------------------------------------------------
@@ -224,9 +262,10 @@ class OpenComputerTask(Task[P, R]):
     """A Prefect task that knows how a caller who sets `retries` wants to be retried, and that maps over
     sandboxes with the credentials block held fixed.
 
-    `with_options(retries=N)` alone applies `rerun_condition` (for `run_command`: a failing command runs
-    again); `with_options(retry_condition_fn=None)` clears the preset condition (every failure retries).
-    Prefect's own `with_options` can do neither (it keeps the preset condition for None).
+    `with_options(retries=N)` alone applies `rerun_condition` (the service's 429 and 503 refusals, and for
+    `run_command` a failing command, run again); `with_options(retry_condition_fn=None)` clears the preset
+    condition (every failure retries). Prefect's own `with_options` can do neither (it keeps the preset
+    condition for None).
     """
 
     rerun_condition: RetryCondition | None = None
@@ -284,7 +323,9 @@ def opencomputer_task(
     """Make the sync task `name` (its async twin is `.aio`) from one async implementation.
 
     `retry_condition` says which failures the preset retries cover; `rerun_condition` is what a caller's
-    own `retries=` covers (default: the same); `on_rollback` runs when an enclosing transaction rolls back.
+    own `retries=` covers (default: the same), always widened to the service's refusals (429 quota, 503
+    unavailable), whose `Retry-After` is waited out; `on_rollback` runs when an enclosing transaction rolls
+    back.
     """
 
     def decorate(fn: Callable[P, Coroutine[Any, Any, R]]) -> SyncAsyncTask[P, R]:
@@ -296,6 +337,9 @@ def opencomputer_task(
                 if not _is_key_refused(error):
                     raise
                 raise _with_key_hint(error) from error
+            except APIError as error:
+                await wait_out_retry_after(error)
+                raise
 
         @functools.wraps(fn)
         def run_sync(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -312,7 +356,7 @@ def opencomputer_task(
         }
         twin = OpenComputerTask[P, Coroutine[Any, Any, R]](fn=run_async, **options)
         task = SyncAsyncTask[P, R](fn=run_sync, **options)
-        twin.rerun_condition = task.rerun_condition = rerun_condition or retry_condition
+        twin.rerun_condition = task.rerun_condition = or_if_refused(rerun_condition or retry_condition)
         task.aio = twin
         if on_rollback is not None:
             task.on_rollback(on_rollback)
