@@ -7,6 +7,7 @@ id or its model, credentials as the keyword `credentials=` (default: the environ
 `opencomputer`, and retries only failures that cannot duplicate work.
 """
 
+from prefect_opencomputer.client import CommandTimedOutError
 from prefect_opencomputer.tasks.checkpoints import (
     acreate_checkpoint,
     acreate_sandbox_from_checkpoint,
@@ -108,6 +109,7 @@ __all__ = [
     "TASK_TAG",
     "CheckpointRef",
     "CommandFailedError",
+    "CommandTimedOutError",
     "Orphan",
     "OrphanedCheckpoint",
     "OutputLimits",

@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, TypedDict, cast
 
@@ -49,7 +50,9 @@ class SandboxScope:
         create_sync: Callable[..., Sandbox],
         create_async: Callable[..., Awaitable[Sandbox]],
         reason: str,
+        name: str,
     ) -> None:
+        self._name = name
         self._options = options
         self._credentials = credentials
         self._create_sync = create_sync
@@ -72,7 +75,16 @@ class SandboxScope:
         await self._kill()
 
     def __enter__(self) -> Sandbox:
-        self.sandbox = self._create_sync(credentials=self._credentials, **self._options)
+        created = self._create_sync(credentials=self._credentials, **self._options)
+        if inspect.isawaitable(created):
+            # In `async def` code the sync task hands back its async twin's call, not yet started.
+            if inspect.iscoroutine(created):
+                created.close()
+            raise TypeError(
+                f"{self._name}() is used with `with` inside async code: write `async with "
+                f"{self._name}(...) as sandbox:` in an `async def` flow or task"
+            )
+        self.sandbox = created
         return self.sandbox
 
     def __exit__(
@@ -137,6 +149,7 @@ def open_sandbox(
         create_sync=create_sandbox,
         create_async=create_sandbox.aio,
         reason="end of its `open_sandbox` block",
+        name="open_sandbox",
     )
 
 
@@ -181,6 +194,7 @@ def open_fork(
         create_sync=create_sandbox_from_checkpoint,
         create_async=create_sandbox_from_checkpoint.aio,
         reason="end of its `open_fork` block",
+        name="open_fork",
     )
 
 
@@ -249,29 +263,47 @@ class CleanupHooks(TypedDict):
     on_crashed: list[FlowStateHook[..., Any]]
 
 
-def cleanup_hooks(credentials_block: str | None = None) -> CleanupHooks:
+def cleanup_hooks(
+    credentials_block: str | None = None,
+    *,
+    on_running: Sequence[FlowStateHook[..., Any]] = (),
+    on_failure: Sequence[FlowStateHook[..., Any]] = (),
+    on_cancellation: Sequence[FlowStateHook[..., Any]] = (),
+    on_crashed: Sequence[FlowStateHook[..., Any]] = (),
+) -> CleanupHooks:
     """Flow hooks that kill the run's sandboxes (and delete its checkpoints) when it fails, is cancelled or
     crashes, and when a retry of the run begins.
 
-    Use as `@flow(**cleanup_hooks())`. Credentials come from the saved block `credentials_block`, else what
-    the run's tasks used, else the run's `credentials_block` / `credentials` parameter, else the environment.
+    Use as `@flow(**cleanup_hooks())`. Hooks of your own go through it, since Python refuses the same
+    keyword twice: `@flow(**cleanup_hooks(on_failure=[notify]))` runs `notify` after the cleanup. Credentials
+    come from the saved block `credentials_block`, else what the run's tasks used, else the run's
+    `credentials_block` / `credentials` parameter, else the environment.
 
     Args:
         credentials_block: Name of a saved OpenComputerCredentials block.
+        on_running: Your own hooks for when the run starts running.
+        on_failure: Your own hooks for when the run fails.
+        on_cancellation: Your own hooks for when the run is cancelled.
+        on_crashed: Your own hooks for when the run crashes.
 
     Returns:
         `on_running`, `on_failure`, `on_cancellation` and `on_crashed` hook lists for `@flow(...)`.
 
     Example:
         ```python
-        @flow(retries=1, **cleanup_hooks())
+        @flow(retries=1, **cleanup_hooks(on_failure=[notify_team]))
         def nightly() -> None: ...
         ```
     """
 
     hook = _cleanup_hook(credentials_block, on_retry=False)
     retry_hook = _cleanup_hook(credentials_block, on_retry=True)
-    return CleanupHooks(on_running=[retry_hook], on_failure=[hook], on_cancellation=[hook], on_crashed=[hook])
+    return CleanupHooks(
+        on_running=[retry_hook, *on_running],
+        on_failure=[hook, *on_failure],
+        on_cancellation=[hook, *on_cancellation],
+        on_crashed=[hook, *on_crashed],
+    )
 
 
 def _cleanup_hook(credentials_block: str | None, *, on_retry: bool) -> FlowStateHook[..., Any]:

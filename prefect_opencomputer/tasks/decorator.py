@@ -212,6 +212,15 @@ def _with_key_hint(error: APIError) -> APIError:
     )
 
 
+def _refuse_positional_credentials(task_name: str, args: Sequence[object]) -> None:
+    """A block given in the sandbox's or template's place: say where it goes instead of failing later."""
+    if any(isinstance(arg, OpenComputerCredentials) for arg in args):
+        raise TypeError(
+            f"{task_name}() got the credentials block as a positional argument: pass it as "
+            f"credentials=, e.g. {task_name}(..., credentials=block)"
+        )
+
+
 # -- Sync task bodies ------------------------------------------------------------------------------------
 
 _task_loop: EventLoopThread | None = None
@@ -331,6 +340,7 @@ def opencomputer_task(
     def decorate(fn: Callable[P, Coroutine[Any, Any, R]]) -> SyncAsyncTask[P, R]:
         @functools.wraps(fn)
         async def run_async(*args: P.args, **kwargs: P.kwargs) -> R:
+            _refuse_positional_credentials(name, args)
             try:
                 return await fn(*args, **kwargs)
             except (UnauthorizedError, ForbiddenError) as error:
