@@ -110,3 +110,14 @@ async def load_credentials(block_name: str | None = None) -> OpenComputerCredent
         assert isinstance(block, OpenComputerCredentials)
         return block
     return OpenComputerCredentials()
+
+
+def is_configured(credentials: OpenComputerCredentials) -> bool:
+    """Whether the credentials name a key or a URL, in the block or the environment: without either, a
+    client would ask the hosted service without a key."""
+    return bool(
+        (credentials.api_key is not None and credentials.api_key.get_secret_value())
+        or credentials.api_url
+        or os.environ.get(API_KEY_ENV)
+        or os.environ.get(API_URL_ENV)
+    )

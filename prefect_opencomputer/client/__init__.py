@@ -50,7 +50,7 @@ from prefect_opencomputer.client._previews import Previews
 from prefect_opencomputer.client._sandboxes import Sandboxes
 from prefect_opencomputer.client._snapshots import Snapshots
 from prefect_opencomputer.client._sse import BuildLogHandler
-from prefect_opencomputer.client._transport import RetryPolicy
+from prefect_opencomputer.client._transport import RetryPolicy, resolve_api_base
 
 __all__ = [
     "APIError",
@@ -101,4 +101,5 @@ __all__ = [
     "TagKey",
     "TransportError",
     "UnauthorizedError",
+    "resolve_api_base",
 ]

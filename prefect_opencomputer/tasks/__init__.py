@@ -29,7 +29,7 @@ from prefect_opencomputer.tasks.cleanup import (
 )
 from prefect_opencomputer.tasks.commands import arun_command, retry_failed_commands, run_command
 from prefect_opencomputer.tasks.decorator import TASK_TAG, CheckpointRef, SandboxRef
-from prefect_opencomputer.tasks.errors import CommandFailedError, PatchFailedError
+from prefect_opencomputer.tasks.errors import CommandFailedError, MissingCredentialsError, PatchFailedError
 from prefect_opencomputer.tasks.files import (
     afile_exists,
     aread_file,
@@ -110,6 +110,7 @@ __all__ = [
     "CheckpointRef",
     "CommandFailedError",
     "CommandTimedOutError",
+    "MissingCredentialsError",
     "Orphan",
     "OrphanedCheckpoint",
     "OutputLimits",

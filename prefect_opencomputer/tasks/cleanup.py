@@ -21,8 +21,8 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow, FlowStateHook
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from prefect_opencomputer.blocks.credentials import OpenComputerCredentials, load_credentials
-from prefect_opencomputer.client import Image, Sandbox
+from prefect_opencomputer.blocks.credentials import OpenComputerCredentials, is_configured, load_credentials
+from prefect_opencomputer.client import ForbiddenError, Image, Sandbox, TransportError, UnauthorizedError
 from prefect_opencomputer.tasks import tracking
 from prefect_opencomputer.tasks.checkpoints import create_sandbox_from_checkpoint
 from prefect_opencomputer.tasks.decorator import CheckpointRef
@@ -315,7 +315,17 @@ def _cleanup_hook(credentials_block: str | None, *, on_retry: bool) -> FlowState
         if on_retry and not tracking.is_new_attempt(str(flow_run.id), flow_run.run_count):
             return
         credentials = await credentials_of_run(flow_run, credentials_block)
-        killed = await kill_flow_run_sandboxes(credentials, str(flow_run.id))
+        if not is_configured(credentials):
+            return  # no task could reach the service either: nothing of this run exists there
+        try:
+            killed = await kill_flow_run_sandboxes(credentials, str(flow_run.id))
+        except (UnauthorizedError, ForbiddenError, TransportError) as exc:
+            # The run's own failure already says why (a refused key, an unreachable URL): one line, no
+            # second traceback for the same cause.
+            tracking.run_logger().warning(
+                "Could not clean up after flow run %s: %s", flow_run.name, exc.args[0] if exc.args else exc
+            )
+            return
         if killed:
             why = "is retrying: its failed attempt left" if on_retry else f"ended {state.name}: it left"
             tracking.run_logger().warning(

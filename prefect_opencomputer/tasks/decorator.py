@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import os
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
@@ -27,8 +28,10 @@ from typing_extensions import ParamSpec
 
 from prefect_opencomputer.blocks.credentials import (
     API_KEY_ENV,
+    API_URL_ENV,
     CREDENTIALS_BLOCK_ENV,
     OpenComputerCredentials,
+    is_configured,
     load_credentials,
 )
 from prefect_opencomputer.blocks.sync_client import EventLoopThread
@@ -40,8 +43,10 @@ from prefect_opencomputer.client import (
     ServerError,
     TransportError,
     UnauthorizedError,
+    resolve_api_base,
 )
 from prefect_opencomputer.tasks import tracking
+from prefect_opencomputer.tasks.errors import MissingCredentialsError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -187,11 +192,20 @@ async def wait_out_retry_after(error: BaseException) -> None:
 async def resolve_credentials(credentials: OpenComputerCredentials | None) -> OpenComputerCredentials:
     """The block given, else the saved block named by `OPENCOMPUTER_CREDENTIALS_BLOCK`, else the environment.
 
-    The run remembers them, so its cleanup hooks reach the same service.
+    The run remembers them, so its cleanup hooks reach the same service. With neither a key nor a URL
+    anywhere, fails at once instead of asking the hosted service without a key.
     """
     resolved = credentials if credentials is not None else await load_credentials()
+    if not is_configured(resolved):
+        raise MissingCredentialsError()
     tracking.remember_credentials(resolved)
     return resolved
+
+
+def _sent_key(credentials: OpenComputerCredentials | None) -> bool:
+    if credentials is not None and credentials.api_key is not None:
+        return bool(credentials.api_key.get_secret_value())
+    return bool(os.environ.get(API_KEY_ENV))
 
 
 def _is_key_refused(error: BaseException) -> bool:
@@ -201,15 +215,38 @@ def _is_key_refused(error: BaseException) -> bool:
     return isinstance(error, ForbiddenError) and "api key" in error.message.lower()
 
 
-def _with_key_hint(error: APIError) -> APIError:
-    hint = (
-        f"give an API key: set {API_KEY_ENV} in the environment of the process running the flow, or save an "
-        "OpenComputerCredentials block with api_key and pass it as credentials= (or name it in "
-        f"{CREDENTIALS_BLOCK_ENV})"
-    )
+def _with_key_hint(error: APIError, credentials: OpenComputerCredentials | None) -> APIError:
+    """The service's answer, saying which URL refused which key and how to give the right one."""
+    url = resolve_api_base(credentials.api_url if credentials is not None else None)
+    if _sent_key(credentials):
+        what = f"the API key was refused by {url}"
+        hint = (
+            f"check the key in {API_KEY_ENV} or in the credentials block, and that it belongs to this URL "
+            f"({API_URL_ENV} or the block's api_url)"
+        )
+    else:
+        what = f"no API key was sent to {url}"
+        hint = (
+            f"give an API key: set {API_KEY_ENV} in the environment of the process running the flow, or "
+            "save an OpenComputerCredentials block with api_key and pass it as credentials= (or name it in "
+            f"{CREDENTIALS_BLOCK_ENV})"
+        )
     return type(error)(
-        error.status_code, f"{error.message}; {hint}", code=error.code, method=error.method, path=error.path
+        error.status_code,
+        f"{error.message}: {what}; {hint}",
+        code=error.code,
+        method=error.method,
+        path=error.path,
     )
+
+
+def _credentials_in_use(kwargs: dict[str, Any]) -> OpenComputerCredentials | None:
+    """The block a task was given, else the one its run resolved (None: the environment)."""
+    given = kwargs.get("credentials")
+    if isinstance(given, OpenComputerCredentials):
+        return given
+    flow_run_id = tracking.current_flow_run_id()
+    return tracking.run_credentials(flow_run_id) if flow_run_id else None
 
 
 def _refuse_positional_credentials(task_name: str, args: Sequence[object]) -> None:
@@ -346,7 +383,7 @@ def opencomputer_task(
             except (UnauthorizedError, ForbiddenError) as error:
                 if not _is_key_refused(error):
                     raise
-                raise _with_key_hint(error) from error
+                raise _with_key_hint(error, _credentials_in_use(kwargs)) from error
             except APIError as error:
                 await wait_out_retry_after(error)
                 raise
