@@ -38,7 +38,13 @@ from prefect_opencomputer.tasks.files import (
     read_file,
     write_file,
 )
-from prefect_opencomputer.tasks.orphans import Orphan, OrphanedCheckpoint, afind_orphans, find_orphans
+from prefect_opencomputer.tasks.orphans import (
+    KeptSandbox,
+    Orphan,
+    OrphanedCheckpoint,
+    afind_orphans,
+    find_orphans,
+)
 from prefect_opencomputer.tasks.output import OutputLimits
 from prefect_opencomputer.tasks.patches import (
     acreate_checkpoint_patch,
@@ -110,6 +116,7 @@ __all__ = [
     "CheckpointRef",
     "CommandFailedError",
     "CommandTimedOutError",
+    "KeptSandbox",
     "MissingCredentialsError",
     "Orphan",
     "OrphanedCheckpoint",

@@ -25,6 +25,8 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.logging.loggers import LoggingAdapter, get_logger
 
+from prefect_opencomputer.tasks import leases
+
 if TYPE_CHECKING:
     from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 
@@ -45,8 +47,9 @@ DEFAULT_IDLE_TIMEOUT = 600
 
 
 def ownership_tags() -> dict[str, str]:
-    """Tags naming the current flow run, task run and deployment (whichever exist)."""
-    tags = {TAG_CREATED_BY: CREATED_BY}
+    """Tags naming the current flow run, task run and deployment (whichever exist), and the lease this
+    process renews while it lives (so the reaper knows when the owner is gone)."""
+    tags = {TAG_CREATED_BY: CREATED_BY, leases.TAG_OWNER_LEASE: leases.held_lease()}
     task_context = TaskRunContext.get()
     flow_context = FlowRunContext.get()
     if task_context is not None:
