@@ -21,7 +21,7 @@ from prefect import Task
 from prefect._internal.compatibility.async_dispatch import is_in_async_context
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
-from prefect.context import TaskRunContext
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.tasks import TaskRunNameCallbackWithParameters
 from prefect.utilities.annotations import unmapped
 from typing_extensions import ParamSpec
@@ -268,12 +268,33 @@ _WAIT_SLICE = 0.2
 _CLEANUP_TIMEOUT = 30.0
 
 
+class FlowRunInterruptedError(Exception):
+    """Raised in a sync task whose flow run is stopping: its remote work was cancelled and cleaned up."""
+
+
+def _runner_cancel_event() -> threading.Event | None:
+    """The event Prefect's thread-pool task runner sets for this task run when the flow stops (Ctrl-C,
+    SIGTERM: the runner shuts down and waits for its threads).
+
+    Prefect looks at it only between the steps of a task, never during its body: a body that waits on a
+    remote command must look at it itself, or the flow process hangs until the command ends.
+    """
+    task_context = TaskRunContext.get()
+    flow_context = FlowRunContext.get()
+    if task_context is None or flow_context is None:
+        return None
+    events = getattr(flow_context.task_runner, "_cancel_events", None)
+    event = events.get(task_context.task_run.id) if isinstance(events, dict) else None
+    return event if isinstance(event, threading.Event) else None
+
+
 def run_on_task_loop(coroutine: Coroutine[Any, Any, R]) -> R:
     """Run a task's async body from its sync task, on one private loop that all sync tasks share.
 
     The caller's context (the task run, its logger, its transaction) goes with the coroutine. If the sync
     task is interrupted (its timeout, a cancellation), the coroutine is cancelled and given time to clean
-    up (kill the remote command, tag or kill a new sandbox) before the interruption goes on.
+    up (kill the remote command, tag or kill a new sandbox) before the interruption goes on; so is it when
+    the flow run stops (Ctrl-C, SIGTERM) while the task runs.
     """
     global _task_loop
     with _task_loop_lock:
@@ -288,10 +309,15 @@ def run_on_task_loop(coroutine: Coroutine[Any, Any, R]) -> R:
         finally:
             finished.set()
 
+    interrupted = _runner_cancel_event()
     future = asyncio.run_coroutine_threadsafe(supervised(), loop.loop)
     try:
         while not future.done():
             concurrent.futures.wait([future], timeout=_WAIT_SLICE)
+            if interrupted is not None and interrupted.is_set() and not future.done():
+                raise FlowRunInterruptedError(
+                    "the flow run was interrupted (Ctrl-C, SIGTERM) while this task ran"
+                )
         return future.result()
     except BaseException:
         future.cancel()

@@ -252,3 +252,48 @@ async def test_one_reap_after_the_orphan_window_removes_a_sigkilled_local_runs_s
     assert f"flow run {flow_run_id} marked Crashed" in reaped
     async with get_client() as prefect:
         assert (await prefect.read_flow_run(UUID(flow_run_id))).state_name == "Crashed"
+
+
+FAN_OUT_FLOW = """
+from prefect import flow
+from prefect_opencomputer.tasks import cleanup_hooks, create_sandbox, run_command
+
+@flow(**cleanup_hooks())
+def fan_out() -> None:
+    sandboxes = create_sandbox.map(["base"] * 3).result()
+    run_command.map(sandboxes, "sleep 120").result()
+
+if __name__ == "__main__":
+    fan_out()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+async def test_a_def_flow_stopped_during_a_mapped_command_exits_kills_everything_and_ends_crashed(
+    local_server: Any, control: Any, oc: OpenComputerClient, tmp_path: Path, stop: signal.Signals
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    script = tmp_path / "flow.py"
+    script.write_text(FAN_OUT_FLOW)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API_")}
+    env.update(
+        PREFECT_API_URL=PREFECT_API_URL.value(),
+        OPENCOMPUTER_API_URL=local_server.url,
+        OPENCOMPUTER_API_KEY=local_server.api_key,
+    )
+    victim = _start_local_flow(script, env)
+    try:
+        sandboxes = await _wait_for_running_command(oc, victim, 3)
+        flow_run_id = (await oc.sandboxes.get_tags(sandboxes[0])).tags[TAG_FLOW_RUN]
+        victim.send_signal(stop)
+        # The remote commands would run 120 s: the process must not wait for them.
+        await asyncio.to_thread(victim.wait, 60)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+
+    assert await control.live_sandboxes() == 0
+    async with get_client() as prefect:
+        assert (await prefect.read_flow_run(UUID(flow_run_id))).state_name == "Crashed"
