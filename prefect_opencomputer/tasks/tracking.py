@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from prefect._internal.compatibility.async_dispatch import async_dispatch
-from prefect.artifacts import acreate_table_artifact, create_table_artifact
+from prefect.artifacts import TableArtifact, acreate_table_artifact, create_table_artifact
+from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.events import emit_event
 from prefect.exceptions import MissingContextError
@@ -28,6 +29,8 @@ from prefect.logging.loggers import LoggingAdapter, get_logger
 from prefect_opencomputer.tasks import leases
 
 if TYPE_CHECKING:
+    from prefect.flows import Flow, FlowStateHook
+
     from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 
 # -- Ownership tags -------------------------------------------------------------------------------------
@@ -191,6 +194,8 @@ class _RunRecord:
     # How many task runs of each label (`fork[cp-…]`) the run has named.
     numbers: dict[str, int] = field(default_factory=dict)
     credentials: OpenComputerCredentials | None = None
+    # How many entries the last published report showed: the end-of-run report is skipped if unchanged.
+    published_entries: int | None = None
 
     def holds_resources(self) -> bool:
         return bool(self.sandboxes or self.checkpoints)
@@ -244,6 +249,8 @@ def record(kind: str, sandbox_id: str, subject: str, outcome: str, *, cleanup: b
             run.sandboxes.add(sandbox_id)
         elif kind == "kill":
             run.sandboxes.discard(sandbox_id)
+    if kind in ("sandbox", "fork"):
+        _publish_report_at_the_end()
 
 
 def next_number(label: str) -> int:
@@ -326,40 +333,138 @@ def forget(flow_run_id: str) -> None:
 
 
 _REPORT_DESCRIPTION = "Sandboxes, commands and checkpoints of this flow run."
+# Kinds of rows that change what became of a sandbox, and what it became.
+_FATES = {
+    "sandbox": "left running",
+    "fork": "left running",
+    "wake": "left running",
+    "hibernate": "hibernated",
+    "retain": "retained (left running)",
+}
 
 
-def _report_rows() -> list[dict[str, str]]:
-    flow_run_id = current_flow_run_id()
-    return [entry.row() for entry in entries(flow_run_id)] if flow_run_id else []
+def _fates(run_entries: list[ReportEntry]) -> dict[str, str]:
+    """What became of each sandbox the report names, by its last row that says so."""
+    fates: dict[str, str] = {}
+    for entry in run_entries:
+        if entry.kind == "kill":
+            fates[entry.sandbox_id] = "killed" if entry.outcome == "killed" else "gone"
+        elif entry.kind in _FATES and not fates.get(entry.sandbox_id, "").startswith("retained"):
+            fates[entry.sandbox_id] = _FATES[entry.kind]
+    return fates
+
+
+def _report_rows(flow_run_id: str | None, *, final: bool = False) -> list[dict[str, str]]:
+    """The report's table, each created sandbox's outcome what became of it (`final`: at the run's end)."""
+    if flow_run_id is None:
+        return []
+    run_entries = entries(flow_run_id)
+    fates = _fates(run_entries)
+    rows = [entry.row() for entry in run_entries]
+    for entry, row in zip(run_entries, rows, strict=True):
+        if entry.kind in ("sandbox", "fork") and entry.sandbox_id in fates:
+            fate = fates[entry.sandbox_id]
+            # Before the run's end a sandbox it has not killed is still in use, not left.
+            row["outcome"] = fate if final else fate.replace("left running", "running")
+    return rows
+
+
+def _mark_published(flow_run_id: str, rows: int) -> None:
+    with _lock:
+        if (run := _runs.get(flow_run_id)) is not None:
+            run.published_entries = rows
+
+
+def report_key(flow_name: str) -> str:
+    """The Artifacts page files each flow's reports under one key, a version per run."""
+    slug = "".join(char if char.isalnum() else "-" for char in flow_name.lower()).strip("-")
+    return f"opencomputer-{slug or 'flow'}"[:100]
 
 
 async def apublish_run_report(key: str | None = None, description: str | None = None) -> UUID | None:
-    """Publish the current flow run's report as a table artifact; None when nothing was recorded.
+    """Publish the current flow run's report now, as a table artifact; None when nothing was recorded.
+
+    Every flow run that touched a sandbox publishes it at its end anyway; call this for a report mid-run.
 
     Args:
         key: Files the table under the Artifacts page, one version per run (lowercase letters, digits,
-            dashes).
+            dashes); default: `opencomputer-<flow name>`.
         description: Shown above the table.
 
     Returns:
         The artifact's id, or None outside a flow run or when the run did nothing with sandboxes.
     """
-    rows = _report_rows()
-    if not rows:
+    flow_run_id = current_flow_run_id()
+    rows = _report_rows(flow_run_id)
+    if not rows or flow_run_id is None:
         return None
-    return await acreate_table_artifact(table=rows, key=key, description=description or _REPORT_DESCRIPTION)
+    artifact_id = await acreate_table_artifact(
+        table=rows, key=key or _current_report_key(), description=description or _REPORT_DESCRIPTION
+    )
+    _mark_published(flow_run_id, len(rows))
+    return artifact_id
 
 
 @async_dispatch(apublish_run_report)
 def publish_run_report(key: str | None = None, description: str | None = None) -> UUID | None:
-    """Publish the current flow run's report as a table artifact (`apublish_run_report` in async code)."""
-    rows = _report_rows()
-    if not rows:
+    """Publish the current flow run's report now (`apublish_run_report` in async code)."""
+    flow_run_id = current_flow_run_id()
+    rows = _report_rows(flow_run_id)
+    if not rows or flow_run_id is None:
         return None
     # Prefect types this dispatching function as value-or-coroutine; called from sync code it is a value.
-    return cast(
-        UUID, create_table_artifact(table=rows, key=key, description=description or _REPORT_DESCRIPTION)
+    artifact_id = cast(
+        UUID,
+        create_table_artifact(
+            table=rows, key=key or _current_report_key(), description=description or _REPORT_DESCRIPTION
+        ),
     )
+    _mark_published(flow_run_id, len(rows))
+    return artifact_id
+
+
+def _current_report_key() -> str:
+    flow_context = FlowRunContext.get()
+    return report_key(flow_context.flow.name if flow_context and flow_context.flow else "flow")
+
+
+async def publish_report_hook(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """At the end of a flow run that touched a sandbox: its report, with what became of each sandbox."""
+    flow_run_id = str(flow_run.id)
+    rows = _report_rows(flow_run_id, final=True)
+    with _lock:
+        run = _runs.get(flow_run_id)
+        unchanged = run is not None and run.published_entries == len(rows) and not run.sandboxes
+    if not rows or unchanged:
+        return
+    try:
+        await TableArtifact(
+            key=report_key(flow.name),
+            table=rows,
+            description=f"Sandboxes, commands and checkpoints of flow run {flow_run.name} ({state.name}).",
+            flow_run_id=flow_run.id,
+        ).acreate()
+    except Exception as exc:  # the run's own outcome matters more than its report
+        run_logger().warning("Could not publish the sandbox report of %s: %s", flow_run.name, exc)
+        return
+    _mark_published(flow_run_id, len(rows))
+
+
+def _publish_report_at_the_end() -> None:
+    """Make the current flow publish its report whenever one of its runs ends (once per flow object)."""
+    flow_context = FlowRunContext.get()
+    flow = flow_context.flow if flow_context is not None else None
+    if flow is None:
+        return
+    with _lock:
+        for hooks in (
+            flow.on_completion_hooks,
+            flow.on_failure_hooks,
+            flow.on_crashed_hooks,
+            flow.on_cancellation_hooks,
+        ):
+            if publish_report_hook not in hooks:
+                hooks.append(cast("FlowStateHook[..., Any]", publish_report_hook))
 
 
 def is_retry_attempt() -> bool:
