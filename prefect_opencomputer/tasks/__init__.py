@@ -4,7 +4,8 @@ Every task comes twice: `create_sandbox` works in `def` flows (and hands back a 
 code, Prefect 3's sync/async dispatch) and `acreate_sandbox` is its async twin. Each takes a sandbox as its
 id or its model, credentials as the keyword `credentials=` (default: the environment, or the block named by
 `OPENCOMPUTER_CREDENTIALS_BLOCK`), uses `NO_CACHE` (they all have side effects), carries the tag
-`opencomputer`, and retries only failures that cannot duplicate work.
+`opencomputer`, and retries only failures that cannot duplicate work. In `async def` flows, fan out with
+`asyncio.gather` over the twins' calls (faster than `.map`, which gives every call a thread).
 """
 
 from prefect_opencomputer.client import CommandTimedOutError
