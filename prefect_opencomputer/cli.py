@@ -197,6 +197,10 @@ def reap(
     typer.echo(f"examined {report.examined}, kept {report.kept}, {outcome}")
     for orphan in report.orphans:
         typer.echo(f"  {orphan.sandbox_id}  flow run {orphan.flow_run_id}: {orphan.reason}")
+    for kept in report.kept_sandboxes:
+        typer.echo(f"  kept {kept.sandbox_id}  flow run {kept.flow_run_id}: {kept.reason}")
+    for flow_run_id in report.crashed_flow_runs:
+        typer.echo(f"  flow run {flow_run_id} marked Crashed: its process is gone")
     for checkpoint in report.checkpoints:
         typer.echo(
             f"  checkpoint {checkpoint.checkpoint_id} of {checkpoint.sandbox_id}  flow run "

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect.blocks.abstract import CredentialsBlock
-from pydantic import Field, SecretStr
+from prefect.blocks.core import Block, schema_extra
+from pydantic import ConfigDict, Field, SecretStr
 
 from prefect_opencomputer.blocks.sync_client import SyncOpenComputerClient
 from prefect_opencomputer.client import OpenComputerClient
@@ -23,6 +24,17 @@ LOGO_URL = (
     "https://raw.githubusercontent.com/prefect-opencomputer/prefect-opencomputer/main/"
     "prefect_opencomputer/assets/logo.png"
 )
+
+
+def _not_a_block_reference(schema: dict[str, Any], model: type[Block]) -> None:
+    """Prefect's block schema, which a `{"$ref": ...}` object does not match.
+
+    Every field is optional and extra keys are allowed, so without this a block reference (what the run
+    form's block picker sends) would match both branches of the `oneOf` Prefect's parameter validation
+    builds for a block parameter, and be refused.
+    """
+    schema_extra(schema, model)
+    schema["not"] = {"required": ["$ref"]}
 
 
 class OpenComputerCredentials(CredentialsBlock):
@@ -50,6 +62,8 @@ class OpenComputerCredentials(CredentialsBlock):
             sandboxes = await client.sandboxes.list()
         ```
     """
+
+    model_config = ConfigDict(json_schema_extra=_not_a_block_reference)
 
     _block_type_name = "OpenComputer Credentials"
     _logo_url = LOGO_URL  # type: ignore[assignment]
@@ -96,3 +110,14 @@ async def load_credentials(block_name: str | None = None) -> OpenComputerCredent
         assert isinstance(block, OpenComputerCredentials)
         return block
     return OpenComputerCredentials()
+
+
+def is_configured(credentials: OpenComputerCredentials) -> bool:
+    """Whether the credentials name a key or a URL, in the block or the environment: without either, a
+    client would ask the hosted service without a key."""
+    return bool(
+        (credentials.api_key is not None and credentials.api_key.get_secret_value())
+        or credentials.api_url
+        or os.environ.get(API_KEY_ENV)
+        or os.environ.get(API_URL_ENV)
+    )

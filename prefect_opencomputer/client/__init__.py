@@ -59,7 +59,7 @@ from prefect_opencomputer.client._previews import Previews
 from prefect_opencomputer.client._sandboxes import Sandboxes
 from prefect_opencomputer.client._snapshots import Snapshots
 from prefect_opencomputer.client._sse import BuildLogHandler
-from prefect_opencomputer.client._transport import RetryPolicy
+from prefect_opencomputer.client._transport import RetryPolicy, resolve_api_base
 from prefect_opencomputer.client._usage import Usage
 
 __all__ = [
@@ -121,4 +121,5 @@ __all__ = [
     "UsageBySandbox",
     "UsageByTag",
     "UsageTotals",
+    "resolve_api_base",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, SecretStr
@@ -76,6 +76,16 @@ class Sandbox(WireModel):
     @property
     def is_running(self) -> bool:
         return self.status == "running"
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """Pickled (Prefect's default result serializer, cloudpickle) without the tokens, as JSON is."""
+        state: dict[Any, Any] = super().__getstate__()
+        state["__dict__"] = {**state["__dict__"], **dict.fromkeys(_SANDBOX_SECRETS)}
+        state["__pydantic_fields_set__"] = state["__pydantic_fields_set__"] - _SANDBOX_SECRETS
+        return state
+
+
+_SANDBOX_SECRETS = frozenset({"token", "preview_auth_token"})
 
 
 class SandboxTags(WireModel):

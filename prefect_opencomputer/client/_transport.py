@@ -299,7 +299,7 @@ class Transport:
         detail = self.scrub(str(exc)) or type(exc).__name__
         effect = "the request may have taken effect" if sent else "the request never reached the service"
         return TransportError(
-            f"{method} {path}: {type(exc).__name__}: {detail} ({effect})",
+            f"{method} {self.api_base}{path}: {type(exc).__name__}: {detail} ({effect})",
             ambiguous=sent,
         )
 

@@ -13,11 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from prefect_opencomputer.blocks import OpenComputerCredentials
 from prefect_opencomputer.flows.accounting import credentials_for
 from prefect_opencomputer.tasks import (
+    KeptSandbox,
     Orphan,
     OrphanedCheckpoint,
     adelete_checkpoint,
     afind_orphans,
     akill_sandbox,
+    leases,
 )
 
 
@@ -37,6 +39,9 @@ class ReapReport(BaseModel):
     kept: int
     orphans: list[Orphan]
     checkpoints: list[OrphanedCheckpoint] = Field(default=[])
+    kept_sandboxes: list[KeptSandbox] = Field(default=[])
+    # Flow runs Prefect called live whose owning process is gone, proposed Crashed.
+    crashed_flow_runs: list[str] = Field(default=[])
 
     @property
     def killed(self) -> list[str]:
@@ -66,7 +71,8 @@ async def reap_orphaned_sandboxes(
     """
     credentials = await credentials_for(credentials, credentials_block)
     logger = get_run_logger()
-    examined, orphans, checkpoints = await afind_orphans(credentials=credentials)
+    examined, orphans, checkpoints, kept = await afind_orphans(credentials=credentials)
+    crashed: list[str] = []
     if not parameters.dry_run:
         # Checkpoints first: a checkpoint is deleted through its sandbox.
         deletions = await asyncio.gather(
@@ -90,12 +96,18 @@ async def reap_orphaned_sandboxes(
                 logger.warning("Could not kill %s: %s", orphan.sandbox_id, outcome)
             else:
                 orphan.killed = outcome
+        crashed = await _crash_runs_whose_owner_is_gone(orphans, kept)
+        await leases.delete_expired_leases()
+    for sandbox in kept:
+        logger.info("Kept %s (flow run %s): %s", sandbox.sandbox_id, sandbox.flow_run_id, sandbox.reason)
     report = ReapReport(
         dry_run=parameters.dry_run,
         examined=examined,
-        kept=examined - len(orphans),
+        kept=len(kept),
         orphans=orphans,
         checkpoints=checkpoints,
+        kept_sandboxes=kept,
+        crashed_flow_runs=crashed,
     )
     verb = "would kill" if parameters.dry_run else "killed"
     logger.info(
@@ -134,3 +146,23 @@ async def reap_orphaned_sandboxes(
             f"{len(checkpoints)} orphaned checkpoint(s).",
         )
     return report
+
+
+async def _crash_runs_whose_owner_is_gone(orphans: list[Orphan], kept: list[KeptSandbox]) -> list[str]:
+    """Propose Crashed for each flow run Prefect calls live whose sandboxes all outlived their owner."""
+    logger = get_run_logger()
+    alive = {sandbox.flow_run_id for sandbox in kept}
+    reasons = {
+        orphan.flow_run_id: orphan.reason
+        for orphan in orphans
+        if orphan.owner_gone and orphan.killed and orphan.flow_run_id not in alive
+    }
+    crashed: list[str] = []
+    for flow_run_id, reason in sorted(reasons.items()):
+        try:
+            if await leases.propose_crashed(flow_run_id, reason):
+                crashed.append(flow_run_id)
+                logger.info("Flow run %s is Crashed: %s", flow_run_id, reason)
+        except Exception as exc:
+            logger.warning("Could not mark flow run %s Crashed: %s", flow_run_id, exc)
+    return crashed

@@ -4,9 +4,11 @@ Every task comes twice: `create_sandbox` works in `def` flows (and hands back a 
 code, Prefect 3's sync/async dispatch) and `acreate_sandbox` is its async twin. Each takes a sandbox as its
 id or its model, credentials as the keyword `credentials=` (default: the environment, or the block named by
 `OPENCOMPUTER_CREDENTIALS_BLOCK`), uses `NO_CACHE` (they all have side effects), carries the tag
-`opencomputer`, and retries only failures that cannot duplicate work.
+`opencomputer`, and retries only failures that cannot duplicate work. In `async def` flows, fan out with
+`asyncio.gather` over the twins' calls (faster than `.map`, which gives every call a thread).
 """
 
+from prefect_opencomputer.client import CommandTimedOutError
 from prefect_opencomputer.tasks.checkpoints import (
     acreate_checkpoint,
     acreate_sandbox_from_checkpoint,
@@ -31,6 +33,7 @@ from prefect_opencomputer.tasks.decorator import TASK_TAG, CheckpointRef, Sandbo
 from prefect_opencomputer.tasks.errors import (
     CommandFailedError,
     ConcurrencyLimitMissingError,
+    MissingCredentialsError,
     PatchFailedError,
 )
 from prefect_opencomputer.tasks.files import (
@@ -41,7 +44,13 @@ from prefect_opencomputer.tasks.files import (
     read_file,
     write_file,
 )
-from prefect_opencomputer.tasks.orphans import Orphan, OrphanedCheckpoint, afind_orphans, find_orphans
+from prefect_opencomputer.tasks.orphans import (
+    KeptSandbox,
+    Orphan,
+    OrphanedCheckpoint,
+    afind_orphans,
+    find_orphans,
+)
 from prefect_opencomputer.tasks.output import OutputLimits
 from prefect_opencomputer.tasks.patches import (
     acreate_checkpoint_patch,
@@ -118,7 +127,10 @@ __all__ = [
     "TASK_TAG",
     "CheckpointRef",
     "CommandFailedError",
+    "CommandTimedOutError",
     "ConcurrencyLimitMissingError",
+    "KeptSandbox",
+    "MissingCredentialsError",
     "Orphan",
     "OrphanedCheckpoint",
     "OutputLimits",

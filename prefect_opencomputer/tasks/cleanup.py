@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, TypedDict, cast
 
@@ -20,8 +21,8 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow, FlowStateHook
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from prefect_opencomputer.blocks.credentials import OpenComputerCredentials, load_credentials
-from prefect_opencomputer.client import Image, Sandbox
+from prefect_opencomputer.blocks.credentials import OpenComputerCredentials, is_configured, load_credentials
+from prefect_opencomputer.client import ForbiddenError, Image, Sandbox, TransportError, UnauthorizedError
 from prefect_opencomputer.tasks import tracking
 from prefect_opencomputer.tasks.checkpoints import create_sandbox_from_checkpoint
 from prefect_opencomputer.tasks.decorator import CheckpointRef
@@ -49,7 +50,9 @@ class SandboxScope:
         create_sync: Callable[..., Sandbox],
         create_async: Callable[..., Awaitable[Sandbox]],
         reason: str,
+        name: str,
     ) -> None:
+        self._name = name
         self._options = options
         self._credentials = credentials
         self._create_sync = create_sync
@@ -72,7 +75,16 @@ class SandboxScope:
         await self._kill()
 
     def __enter__(self) -> Sandbox:
-        self.sandbox = self._create_sync(credentials=self._credentials, **self._options)
+        created = self._create_sync(credentials=self._credentials, **self._options)
+        if inspect.isawaitable(created):
+            # In `async def` code the sync task hands back its async twin's call, not yet started.
+            if inspect.iscoroutine(created):
+                created.close()
+            raise TypeError(
+                f"{self._name}() is used with `with` inside async code: write `async with "
+                f"{self._name}(...) as sandbox:` in an `async def` flow or task"
+            )
+        self.sandbox = created
         return self.sandbox
 
     def __exit__(
@@ -143,6 +155,7 @@ def open_sandbox(
         create_sync=create_sandbox,
         create_async=create_sandbox.aio,
         reason="end of its `open_sandbox` block",
+        name="open_sandbox",
     )
 
 
@@ -196,6 +209,7 @@ def open_fork(
         create_sync=create_sandbox_from_checkpoint,
         create_async=create_sandbox_from_checkpoint.aio,
         reason="end of its `open_fork` block",
+        name="open_fork",
     )
 
 
@@ -268,29 +282,47 @@ class CleanupHooks(TypedDict):
     on_crashed: list[FlowStateHook[..., Any]]
 
 
-def cleanup_hooks(credentials_block: str | None = None) -> CleanupHooks:
+def cleanup_hooks(
+    credentials_block: str | None = None,
+    *,
+    on_running: Sequence[FlowStateHook[..., Any]] = (),
+    on_failure: Sequence[FlowStateHook[..., Any]] = (),
+    on_cancellation: Sequence[FlowStateHook[..., Any]] = (),
+    on_crashed: Sequence[FlowStateHook[..., Any]] = (),
+) -> CleanupHooks:
     """Flow hooks that kill the run's sandboxes (and delete its checkpoints) when it fails, is cancelled or
     crashes, and when a retry of the run begins.
 
-    Use as `@flow(**cleanup_hooks())`. Credentials come from the saved block `credentials_block`, else what
-    the run's tasks used, else the run's `credentials_block` / `credentials` parameter, else the environment.
+    Use as `@flow(**cleanup_hooks())`. Hooks of your own go through it, since Python refuses the same
+    keyword twice: `@flow(**cleanup_hooks(on_failure=[notify]))` runs `notify` after the cleanup. Credentials
+    come from the saved block `credentials_block`, else what the run's tasks used, else the run's
+    `credentials_block` / `credentials` parameter, else the environment.
 
     Args:
         credentials_block: Name of a saved OpenComputerCredentials block.
+        on_running: Your own hooks for when the run starts running.
+        on_failure: Your own hooks for when the run fails.
+        on_cancellation: Your own hooks for when the run is cancelled.
+        on_crashed: Your own hooks for when the run crashes.
 
     Returns:
         `on_running`, `on_failure`, `on_cancellation` and `on_crashed` hook lists for `@flow(...)`.
 
     Example:
         ```python
-        @flow(retries=1, **cleanup_hooks())
+        @flow(retries=1, **cleanup_hooks(on_failure=[notify_team]))
         def nightly() -> None: ...
         ```
     """
 
     hook = _cleanup_hook(credentials_block, on_retry=False)
     retry_hook = _cleanup_hook(credentials_block, on_retry=True)
-    return CleanupHooks(on_running=[retry_hook], on_failure=[hook], on_cancellation=[hook], on_crashed=[hook])
+    return CleanupHooks(
+        on_running=[retry_hook, *on_running],
+        on_failure=[hook, *on_failure],
+        on_cancellation=[hook, *on_cancellation],
+        on_crashed=[hook, *on_crashed],
+    )
 
 
 def _cleanup_hook(credentials_block: str | None, *, on_retry: bool) -> FlowStateHook[..., Any]:
@@ -302,7 +334,17 @@ def _cleanup_hook(credentials_block: str | None, *, on_retry: bool) -> FlowState
         if on_retry and not tracking.is_new_attempt(str(flow_run.id), flow_run.run_count):
             return
         credentials = await credentials_of_run(flow_run, credentials_block)
-        killed = await kill_flow_run_sandboxes(credentials, str(flow_run.id))
+        if not is_configured(credentials):
+            return  # no task could reach the service either: nothing of this run exists there
+        try:
+            killed = await kill_flow_run_sandboxes(credentials, str(flow_run.id))
+        except (UnauthorizedError, ForbiddenError, TransportError) as exc:
+            # The run's own failure already says why (a refused key, an unreachable URL): one line, no
+            # second traceback for the same cause.
+            tracking.run_logger().warning(
+                "Could not clean up after flow run %s: %s", flow_run.name, exc.args[0] if exc.args else exc
+            )
+            return
         if killed:
             why = "is retrying: its failed attempt left" if on_retry else f"ended {state.name}: it left"
             tracking.run_logger().warning(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import os
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
@@ -20,14 +21,18 @@ from prefect import Task
 from prefect._internal.compatibility.async_dispatch import is_in_async_context
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.futures import PrefectFuture, PrefectFutureList
 from prefect.tasks import TaskRunNameCallbackWithParameters
 from prefect.utilities.annotations import unmapped
 from typing_extensions import ParamSpec
 
 from prefect_opencomputer.blocks.credentials import (
     API_KEY_ENV,
+    API_URL_ENV,
     CREDENTIALS_BLOCK_ENV,
     OpenComputerCredentials,
+    is_configured,
     load_credentials,
 )
 from prefect_opencomputer.blocks.sync_client import EventLoopThread
@@ -39,8 +44,10 @@ from prefect_opencomputer.client import (
     ServerError,
     TransportError,
     UnauthorizedError,
+    resolve_api_base,
 )
 from prefect_opencomputer.tasks import tracking
+from prefect_opencomputer.tasks.errors import MissingCredentialsError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -126,6 +133,18 @@ def is_replayable(error: BaseException) -> bool:
     return is_transient(error) or isinstance(error, TransportError)
 
 
+# The service's "not now" answers: the org's sandbox quota (429, no Retry-After on the hosted service) and
+# "unavailable" (503). The request did no work, so a caller who asks for retries gets them for these too.
+_REFUSED_STATUSES = frozenset({429, 503})
+# The longest Retry-After a task waits out before its next attempt, so a bad header cannot stall a flow.
+RETRY_AFTER_MAX = 60.0
+
+
+def is_refused(error: BaseException) -> bool:
+    """The service refused the request for now (quota, unavailable): nothing was done, a retry may pass."""
+    return isinstance(error, APIError) and error.status_code in _REFUSED_STATUSES
+
+
 def failure_of(state: State[Any]) -> BaseException | None:
     data = state.data
     return data if isinstance(data, BaseException) else None
@@ -143,17 +162,51 @@ def retry_if_replayable(task: Task[..., Any], task_run: TaskRun, state: State[An
     return failure is not None and is_replayable(failure)
 
 
+def or_if_refused(condition: RetryCondition) -> RetryCondition:
+    """`condition`, widened to the service's refusals (429, 503): what a caller's own `retries=` covers."""
+
+    def retry_if_refused_or(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+        failure = failure_of(state)
+        return (failure is not None and is_refused(failure)) or condition(task, task_run, state)
+
+    retry_if_refused_or.__name__ = f"{getattr(condition, '__name__', 'condition')}_or_refused"
+    return retry_if_refused_or
+
+
+async def wait_out_retry_after(error: BaseException) -> None:
+    """Before a task attempt that will be retried ends, wait the `Retry-After` the service asked for.
+
+    Prefect's retry delay is fixed per task; waiting here makes the next attempt come no sooner than the
+    service said (Prefect's own delay follows).
+    """
+    context = TaskRunContext.get()
+    if not isinstance(error, APIError) or error.retry_after is None or context is None:
+        return
+    if context.task_run.run_count > context.task.retries:
+        return  # the last attempt: nothing will follow it
+    await asyncio.sleep(min(error.retry_after, RETRY_AFTER_MAX))
+
+
 # -- Credentials ---------------------------------------------------------------------------------------
 
 
 async def resolve_credentials(credentials: OpenComputerCredentials | None) -> OpenComputerCredentials:
     """The block given, else the saved block named by `OPENCOMPUTER_CREDENTIALS_BLOCK`, else the environment.
 
-    The run remembers them, so its cleanup hooks reach the same service.
+    The run remembers them, so its cleanup hooks reach the same service. With neither a key nor a URL
+    anywhere, fails at once instead of asking the hosted service without a key.
     """
     resolved = credentials if credentials is not None else await load_credentials()
+    if not is_configured(resolved):
+        raise MissingCredentialsError()
     tracking.remember_credentials(resolved)
     return resolved
+
+
+def _sent_key(credentials: OpenComputerCredentials | None) -> bool:
+    if credentials is not None and credentials.api_key is not None:
+        return bool(credentials.api_key.get_secret_value())
+    return bool(os.environ.get(API_KEY_ENV))
 
 
 def _is_key_refused(error: BaseException) -> bool:
@@ -163,15 +216,47 @@ def _is_key_refused(error: BaseException) -> bool:
     return isinstance(error, ForbiddenError) and "api key" in error.message.lower()
 
 
-def _with_key_hint(error: APIError) -> APIError:
-    hint = (
-        f"give an API key: set {API_KEY_ENV} in the environment of the process running the flow, or save an "
-        "OpenComputerCredentials block with api_key and pass it as credentials= (or name it in "
-        f"{CREDENTIALS_BLOCK_ENV})"
-    )
+def _with_key_hint(error: APIError, credentials: OpenComputerCredentials | None) -> APIError:
+    """The service's answer, saying which URL refused which key and how to give the right one."""
+    url = resolve_api_base(credentials.api_url if credentials is not None else None)
+    if _sent_key(credentials):
+        what = f"the API key was refused by {url}"
+        hint = (
+            f"check the key in {API_KEY_ENV} or in the credentials block, and that it belongs to this URL "
+            f"({API_URL_ENV} or the block's api_url)"
+        )
+    else:
+        what = f"no API key was sent to {url}"
+        hint = (
+            f"give an API key: set {API_KEY_ENV} in the environment of the process running the flow, or "
+            "save an OpenComputerCredentials block with api_key and pass it as credentials= (or name it in "
+            f"{CREDENTIALS_BLOCK_ENV})"
+        )
     return type(error)(
-        error.status_code, f"{error.message}; {hint}", code=error.code, method=error.method, path=error.path
+        error.status_code,
+        f"{error.message}: {what}; {hint}",
+        code=error.code,
+        method=error.method,
+        path=error.path,
     )
+
+
+def _credentials_in_use(kwargs: dict[str, Any]) -> OpenComputerCredentials | None:
+    """The block a task was given, else the one its run resolved (None: the environment)."""
+    given = kwargs.get("credentials")
+    if isinstance(given, OpenComputerCredentials):
+        return given
+    flow_run_id = tracking.current_flow_run_id()
+    return tracking.run_credentials(flow_run_id) if flow_run_id else None
+
+
+def _refuse_positional_credentials(task_name: str, args: Sequence[object]) -> None:
+    """A block given in the sandbox's or template's place: say where it goes instead of failing later."""
+    if any(isinstance(arg, OpenComputerCredentials) for arg in args):
+        raise TypeError(
+            f"{task_name}() got the credentials block as a positional argument: pass it as "
+            f"credentials=, e.g. {task_name}(..., credentials=block)"
+        )
 
 
 # -- Sync task bodies ------------------------------------------------------------------------------------
@@ -184,12 +269,33 @@ _WAIT_SLICE = 0.2
 _CLEANUP_TIMEOUT = 30.0
 
 
+class FlowRunInterruptedError(Exception):
+    """Raised in a sync task whose flow run is stopping: its remote work was cancelled and cleaned up."""
+
+
+def _runner_cancel_event() -> threading.Event | None:
+    """The event Prefect's thread-pool task runner sets for this task run when the flow stops (Ctrl-C,
+    SIGTERM: the runner shuts down and waits for its threads).
+
+    Prefect looks at it only between the steps of a task, never during its body: a body that waits on a
+    remote command must look at it itself, or the flow process hangs until the command ends.
+    """
+    task_context = TaskRunContext.get()
+    flow_context = FlowRunContext.get()
+    if task_context is None or flow_context is None:
+        return None
+    events = getattr(flow_context.task_runner, "_cancel_events", None)
+    event = events.get(task_context.task_run.id) if isinstance(events, dict) else None
+    return event if isinstance(event, threading.Event) else None
+
+
 def run_on_task_loop(coroutine: Coroutine[Any, Any, R]) -> R:
     """Run a task's async body from its sync task, on one private loop that all sync tasks share.
 
     The caller's context (the task run, its logger, its transaction) goes with the coroutine. If the sync
     task is interrupted (its timeout, a cancellation), the coroutine is cancelled and given time to clean
-    up (kill the remote command, tag or kill a new sandbox) before the interruption goes on.
+    up (kill the remote command, tag or kill a new sandbox) before the interruption goes on; so is it when
+    the flow run stops (Ctrl-C, SIGTERM) while the task runs.
     """
     global _task_loop
     with _task_loop_lock:
@@ -204,10 +310,15 @@ def run_on_task_loop(coroutine: Coroutine[Any, Any, R]) -> R:
         finally:
             finished.set()
 
+    interrupted = _runner_cancel_event()
     future = asyncio.run_coroutine_threadsafe(supervised(), loop.loop)
     try:
         while not future.done():
             concurrent.futures.wait([future], timeout=_WAIT_SLICE)
+            if interrupted is not None and interrupted.is_set() and not future.done():
+                raise FlowRunInterruptedError(
+                    "the flow run was interrupted (Ctrl-C, SIGTERM) while this task ran"
+                )
         return future.result()
     except BaseException:
         future.cancel()
@@ -224,9 +335,10 @@ class OpenComputerTask(Task[P, R]):
     """A Prefect task that knows how a caller who sets `retries` wants to be retried, and that maps over
     sandboxes with the credentials block held fixed.
 
-    `with_options(retries=N)` alone applies `rerun_condition` (for `run_command`: a failing command runs
-    again); `with_options(retry_condition_fn=None)` clears the preset condition (every failure retries).
-    Prefect's own `with_options` can do neither (it keeps the preset condition for None).
+    `with_options(retries=N)` alone applies `rerun_condition` (the service's 429 and 503 refusals, and for
+    `run_command` a failing command, run again); `with_options(retry_condition_fn=None)` clears the preset
+    condition (every failure retries). Prefect's own `with_options` can do neither (it keeps the preset
+    condition for None).
     """
 
     rerun_condition: RetryCondition | None = None
@@ -258,10 +370,31 @@ class OpenComputerTask(Task[P, R]):
             return new
 
 
+class AsyncTwinTask(OpenComputerTask[P, Coroutine[Any, Any, R]]):
+    """The async twin of an operation (`arun_command`, `acreate_sandbox`, ...), for `async def` code.
+
+    Fan out with `asyncio.gather` over its calls: `await asyncio.gather(*(arun_command(sb, "make") for sb in
+    sandboxes))` runs each call as a task run on this event loop, where `.map` sends every call to a thread
+    of its own (2-4x slower). Its `.submit` and `.map` futures resolve to the result itself, and are typed
+    so (Prefect's own overloads type them as coroutines).
+    """
+
+    if TYPE_CHECKING:
+
+        def submit(  # type: ignore[override]
+            self, *args: P.args, **kwargs: P.kwargs
+        ) -> PrefectFuture[R]: ...
+
+        def map(self, *args: Any, **kwargs: Any) -> PrefectFutureList[R]: ...  # type: ignore[override]
+
+        # Read as an attribute (`create_sandbox.aio`) it stays a twin; Task's own `__get__` says plain Task.
+        def __get__(self, instance: Any, owner: Any) -> AsyncTwinTask[P, R]: ...
+
+
 class SyncAsyncTask(OpenComputerTask[P, R]):
     """The sync task of an operation; in async code a call returns its async twin's (`aio`) coroutine."""
 
-    aio: OpenComputerTask[P, Coroutine[Any, Any, R]]
+    aio: AsyncTwinTask[P, R]
 
     # Defined for the interpreter only: type checkers keep Prefect's overloads (a value in `def` code);
     # async code that wants precise types calls the `a`-prefixed twin.
@@ -284,18 +417,24 @@ def opencomputer_task(
     """Make the sync task `name` (its async twin is `.aio`) from one async implementation.
 
     `retry_condition` says which failures the preset retries cover; `rerun_condition` is what a caller's
-    own `retries=` covers (default: the same); `on_rollback` runs when an enclosing transaction rolls back.
+    own `retries=` covers (default: the same), always widened to the service's refusals (429 quota, 503
+    unavailable), whose `Retry-After` is waited out; `on_rollback` runs when an enclosing transaction rolls
+    back.
     """
 
     def decorate(fn: Callable[P, Coroutine[Any, Any, R]]) -> SyncAsyncTask[P, R]:
         @functools.wraps(fn)
         async def run_async(*args: P.args, **kwargs: P.kwargs) -> R:
+            _refuse_positional_credentials(name, args)
             try:
                 return await fn(*args, **kwargs)
             except (UnauthorizedError, ForbiddenError) as error:
                 if not _is_key_refused(error):
                     raise
-                raise _with_key_hint(error) from error
+                raise _with_key_hint(error, _credentials_in_use(kwargs)) from error
+            except APIError as error:
+                await wait_out_retry_after(error)
+                raise
 
         @functools.wraps(fn)
         def run_sync(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -310,9 +449,9 @@ def opencomputer_task(
             "retry_delay_seconds": RETRY_DELAYS,
             "retry_condition_fn": retry_condition,
         }
-        twin = OpenComputerTask[P, Coroutine[Any, Any, R]](fn=run_async, **options)
+        twin = AsyncTwinTask[P, R](fn=run_async, **options)
         task = SyncAsyncTask[P, R](fn=run_sync, **options)
-        twin.rerun_condition = task.rerun_condition = rerun_condition or retry_condition
+        twin.rerun_condition = task.rerun_condition = or_if_refused(rerun_condition or retry_condition)
         task.aio = twin
         if on_rollback is not None:
             task.on_rollback(on_rollback)

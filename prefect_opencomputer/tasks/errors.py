@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prefect_opencomputer.blocks.credentials import API_KEY_ENV, API_URL_ENV, CREDENTIALS_BLOCK_ENV
 from prefect_opencomputer.client import CommandResult, OpenComputerError
 
 # How much of each stream a failure message carries: the end, where the reason usually is.
@@ -55,4 +56,17 @@ class ConcurrencyLimitMissingError(OpenComputerError):
             f"Prefect concurrency limit {limit!r} does not exist: create it with "
             f"`prefect gcl create {limit} --limit 50` (the service's running-sandbox quota), "
             "or drop concurrency_strict to create sandboxes without it"
+        )
+
+
+class MissingCredentialsError(OpenComputerError):
+    """Raised by a task given no credentials block when neither an API key nor a URL is set anywhere."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"no OpenComputer credentials: set {API_KEY_ENV} (and {API_URL_ENV} for another endpoint than "
+            "the hosted service) in the environment of the process running the flow, pass an "
+            "OpenComputerCredentials block as credentials= (or name a saved one in "
+            f"{CREDENTIALS_BLOCK_ENV}), or start the local server (`prefect-opencomputer local serve`) "
+            f"and point {API_URL_ENV} and {API_KEY_ENV} at it"
         )

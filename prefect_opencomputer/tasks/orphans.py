@@ -2,10 +2,12 @@
 
 The backstop for what no in-process cleanup can cover (SIGKILL, OOM, a lost machine). A sandbox is an
 orphan when the flow run named in its `prefect.flow_run_id` tag is in a final state, or unknown to this
-Prefect API. Candidates are the listed (running) sandboxes plus those this integration announced in Prefect
-events and never killed, which finds orphans that have since hibernated on their idle timeout. A sandbox
-whose flow run is scheduled, pending, running, paused or cancelling is never touched; neither is one
-without this integration's tags, nor one tagged `prefect.retain`.
+Prefect API, or when the process that created it stopped renewing its owner lease (see `leases`): a
+locally run flow killed with SIGKILL stays Running in Prefect forever. Candidates are the listed
+(running) sandboxes plus those this integration announced in Prefect events and never killed, which finds
+orphans that have since hibernated on their idle timeout. Otherwise a sandbox whose flow run is scheduled,
+pending, running, paused or cancelling is kept; so is one without this integration's tags, and one tagged
+`prefect.retain`.
 
 A checkpoint is an orphan when the event announcing it names a flow run that ended without completing
 (failed, crashed, cancelled) or that is gone, no event says it was deleted, it still exists, and its
@@ -28,7 +30,7 @@ from pydantic import BaseModel
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import NotFoundError, OpenComputerClient, Sandbox
-from prefect_opencomputer.tasks import tracking
+from prefect_opencomputer.tasks import leases, tracking
 from prefect_opencomputer.tasks.decorator import opencomputer_task, resolve_credentials, retry_if_replayable
 
 # Prefect keeps events for 7 days by default: older announcements are gone anyway.
@@ -44,6 +46,16 @@ class Orphan(BaseModel):
     flow_run_id: str
     reason: str
     killed: bool = False
+    # Prefect still calls the flow run live, but the process that owned the sandbox is gone.
+    owner_gone: bool = False
+
+
+class KeptSandbox(BaseModel):
+    """A sandbox of this integration the reaper left alone, and why."""
+
+    sandbox_id: str
+    flow_run_id: str | None
+    reason: str
 
 
 class OrphanedCheckpoint(BaseModel):
@@ -169,37 +181,45 @@ async def _exists(client: OpenComputerClient, sandbox_id: str, checkpoint_id: st
 @opencomputer_task("find_orphans", run_name="find-orphans", retry_condition=retry_if_replayable)
 async def find_orphans(
     *, credentials: OpenComputerCredentials | None = None
-) -> tuple[int, list[Orphan], list[OrphanedCheckpoint]]:
-    """What this integration left for flow runs that are over.
+) -> tuple[int, list[Orphan], list[OrphanedCheckpoint], list[KeptSandbox]]:
+    """What this integration left for flow runs that are over, or whose owning process is gone.
 
     Args:
         credentials: The OpenComputer block; default: the environment.
 
     Returns:
-        How many reapable sandboxes of this integration exist, the orphans among them, and the orphaned
-        checkpoints.
+        How many sandboxes of this integration it examined (orphans plus kept, retained ones included),
+        the orphans, the orphaned checkpoints, and the sandboxes kept, each with the reason.
 
     Example:
         ```python
-        examined, sandboxes, checkpoints = find_orphans()
+        examined, sandboxes, checkpoints, kept = find_orphans()
         ```
     """
     credentials = await resolve_credentials(credentials)
     announced = await _announcements()
+    owner_leases = await leases.read_leases()
+    now = datetime.now(UTC)
     async with credentials.get_client() as client:
         listed = await client.sandboxes.list()
         unlisted = announced.sandboxes - {sb.sandbox_id for sb in listed}
         found = await asyncio.gather(
             *(_with_tags(client, sb) for sb in listed), *(_look_up(client, sid) for sid in sorted(unlisted))
         )
-        ours = [
-            sb
-            for sb in found
-            if sb is not None
-            and tracking.is_ours(sb.tags)
-            and sb.tags.get(tracking.TAG_FLOW_RUN)
-            and not tracking.is_retained(sb.tags)
-        ]
+        kept: list[KeptSandbox] = []
+        ours: list[Sandbox] = []
+        for sb in found:
+            if sb is None or not tracking.is_ours(sb.tags) or not sb.tags.get(tracking.TAG_FLOW_RUN):
+                continue
+            if tracking.is_retained(sb.tags):
+                retained = f"retained: {sb.tags[tracking.TAG_RETAIN]}"
+                kept.append(
+                    KeptSandbox(
+                        sandbox_id=sb.sandbox_id, flow_run_id=sb.tags[tracking.TAG_FLOW_RUN], reason=retained
+                    )
+                )
+            else:
+                ours.append(sb)
         flow_run_ids = sorted(
             {sb.tags[tracking.TAG_FLOW_RUN] for sb in ours}
             | {run for _, run in announced.checkpoints.values()}
@@ -207,11 +227,26 @@ async def find_orphans(
         verdicts = dict(
             zip(flow_run_ids, await asyncio.gather(*map(_flow_run_verdict, flow_run_ids)), strict=True)
         )
-        orphans = [
-            Orphan(sandbox_id=sb.sandbox_id, flow_run_id=sb.tags[tracking.TAG_FLOW_RUN], reason=reason)
-            for sb in ours
-            if (reason := verdicts[sb.tags[tracking.TAG_FLOW_RUN]].reason) is not None
-        ]
+        orphans: list[Orphan] = []
+        for sb in ours:
+            flow_run_id = sb.tags[tracking.TAG_FLOW_RUN]
+            if (over := verdicts[flow_run_id].reason) is not None:
+                orphans.append(Orphan(sandbox_id=sb.sandbox_id, flow_run_id=flow_run_id, reason=over))
+                continue
+            owner = leases.judge_owner(sb.tags, sb.started_at, owner_leases, now)
+            if owner.gone:
+                orphans.append(
+                    Orphan(
+                        sandbox_id=sb.sandbox_id,
+                        flow_run_id=flow_run_id,
+                        reason=owner.reason,
+                        owner_gone=True,
+                    )
+                )
+            else:
+                kept.append(
+                    KeptSandbox(sandbox_id=sb.sandbox_id, flow_run_id=flow_run_id, reason=owner.reason)
+                )
         checkpoints: list[OrphanedCheckpoint] = []
         for checkpoint_id, (sandbox_id, flow_run_id) in sorted(announced.checkpoints.items()):
             verdict = verdicts[flow_run_id]
@@ -227,7 +262,7 @@ async def find_orphans(
                     reason=verdict.reason,
                 )
             )
-    return len(ours), orphans, checkpoints
+    return len(orphans) + len(kept), orphans, checkpoints, kept
 
 
 afind_orphans = find_orphans.aio

@@ -61,6 +61,7 @@ async def create_preview_url(
     tracking.record("preview", sandbox_id, f"port {port}", preview.url)
     if link_artifact:
         await acreate_link_artifact(
+            key=f"preview-{sandbox_id}-{port}".lower(),
             link=preview.url,
             link_text=f"{sandbox_id} port {port}",
             description=f"Preview URL of port {port} of sandbox {sandbox_id}.",

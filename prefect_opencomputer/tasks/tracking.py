@@ -18,16 +18,19 @@ from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from prefect._internal.compatibility.async_dispatch import async_dispatch
-from prefect.artifacts import acreate_table_artifact, create_table_artifact
+from prefect.artifacts import TableArtifact, acreate_table_artifact, create_table_artifact
+from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.events import emit_event
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.logging.loggers import LoggingAdapter, get_logger
 
-from prefect_opencomputer.tasks import cost
+from prefect_opencomputer.tasks import cost, leases
 
 if TYPE_CHECKING:
+    from prefect.flows import Flow, FlowStateHook
+
     from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 
 # -- Ownership tags -------------------------------------------------------------------------------------
@@ -47,8 +50,9 @@ DEFAULT_IDLE_TIMEOUT = 600
 
 
 def ownership_tags() -> dict[str, str]:
-    """Tags naming the current flow run, task run and deployment (whichever exist)."""
-    tags = {TAG_CREATED_BY: CREATED_BY}
+    """Tags naming the current flow run, task run and deployment (whichever exist), and the lease this
+    process renews while it lives (so the reaper knows when the owner is gone)."""
+    tags = {TAG_CREATED_BY: CREATED_BY, leases.TAG_OWNER_LEASE: leases.held_lease()}
     task_context = TaskRunContext.get()
     flow_context = FlowRunContext.get()
     if task_context is not None:
@@ -192,6 +196,8 @@ class _RunRecord:
     credentials: OpenComputerCredentials | None = None
     # The memory tier of each sandbox the run created, for its cost estimate.
     memory_mb: dict[str, int] = field(default_factory=dict)
+    # How many entries the last published report showed: the end-of-run report is skipped if unchanged.
+    published_entries: int | None = None
 
     def holds_resources(self) -> bool:
         return bool(self.sandboxes or self.checkpoints)
@@ -255,6 +261,8 @@ def record(
             run.sandboxes.add(sandbox_id)
         elif kind == "kill":
             run.sandboxes.discard(sandbox_id)
+    if kind in ("sandbox", "fork"):
+        _publish_report_at_the_end()
 
 
 def memory_of(sandbox_id: str | None) -> int | None:
@@ -347,12 +355,32 @@ _REPORT_DESCRIPTION = (
     "Sandboxes, commands and checkpoints of this flow run, then each sandbox's running time, memory "
     "GiB-seconds and estimated cost."
 )
+# Kinds of rows that change what became of a sandbox, and what it became.
+_FATES = {
+    "sandbox": "left running",
+    "fork": "left running",
+    "wake": "left running",
+    "hibernate": "hibernated",
+    "retain": "retained (left running)",
+}
+
+
+def _fates(run_entries: list[ReportEntry]) -> dict[str, str]:
+    """What became of each sandbox the report names, by its last row that says so."""
+    fates: dict[str, str] = {}
+    for entry in run_entries:
+        if entry.kind == "kill":
+            fates[entry.sandbox_id] = "killed" if entry.outcome == "killed" else "gone"
+        elif entry.kind in _FATES and not fates.get(entry.sandbox_id, "").startswith("retained"):
+            fates[entry.sandbox_id] = _FATES[entry.kind]
+    return fates
 
 
 def _report_rows(
-    flow_run_id: str | None, service_gb_seconds: dict[str, float] | None
+    flow_run_id: str | None, service_gb_seconds: dict[str, float] | None = None, *, final: bool = False
 ) -> list[dict[str, str]]:
-    """The operation rows, then the cost rows (`cost.with_cost_columns` adds their columns to all)."""
+    """The operation rows, each created sandbox's outcome what became of it (`final`: at the run's
+    end), then the cost rows (`cost.with_cost_columns` adds their columns to all)."""
     if flow_run_id is None:
         return []
     with _lock:
@@ -360,7 +388,13 @@ def _report_rows(
         recorded, memory = (list(run.entries), dict(run.memory_mb)) if run else ([], {})
     if not recorded:
         return []
+    fates = _fates(recorded)
     rows = [entry.row() for entry in recorded]
+    for entry, row in zip(recorded, rows, strict=True):
+        if entry.kind in ("sandbox", "fork") and entry.sandbox_id in fates:
+            fate = fates[entry.sandbox_id]
+            # Before the run's end a sandbox it has not killed is still in use, not left.
+            row["outcome"] = fate if final else fate.replace("left running", "running")
     return cost.with_cost_columns(rows, cost.cost_rows(recorded, memory, service_gb_seconds))
 
 
@@ -391,12 +425,26 @@ def _service_gb_seconds(flow_run_id: str | None) -> dict[str, float] | None:
     return {item.sandbox_id: item.memory_gb_seconds for item in items}
 
 
+def _mark_published(flow_run_id: str, rows: int) -> None:
+    with _lock:
+        if (run := _runs.get(flow_run_id)) is not None:
+            run.published_entries = rows
+
+
+def report_key(flow_name: str) -> str:
+    """The Artifacts page files each flow's reports under one key, a version per run."""
+    slug = "".join(char if char.isalnum() else "-" for char in flow_name.lower()).strip("-")
+    return f"opencomputer-{slug or 'flow'}"[:100]
+
+
 async def apublish_run_report(key: str | None = None, description: str | None = None) -> UUID | None:
-    """Publish the current flow run's report as a table artifact; None when nothing was recorded.
+    """Publish the current flow run's report now, as a table artifact; None when nothing was recorded.
+
+    Every flow run that touched a sandbox publishes it at its end anyway; call this for a report mid-run.
 
     Args:
         key: Files the table under the Artifacts page, one version per run (lowercase letters, digits,
-            dashes).
+            dashes); default: `opencomputer-<flow name>`.
         description: Shown above the table.
 
     Returns:
@@ -404,22 +452,78 @@ async def apublish_run_report(key: str | None = None, description: str | None = 
     """
     flow_run_id = current_flow_run_id()
     rows = _report_rows(flow_run_id, await _aservice_gb_seconds(flow_run_id))
-    if not rows:
+    if not rows or flow_run_id is None:
         return None
-    return await acreate_table_artifact(table=rows, key=key, description=description or _REPORT_DESCRIPTION)
+    artifact_id = await acreate_table_artifact(
+        table=rows, key=key or _current_report_key(), description=description or _REPORT_DESCRIPTION
+    )
+    _mark_published(flow_run_id, len(rows))
+    return artifact_id
 
 
 @async_dispatch(apublish_run_report)
 def publish_run_report(key: str | None = None, description: str | None = None) -> UUID | None:
-    """Publish the current flow run's report as a table artifact (`apublish_run_report` in async code)."""
+    """Publish the current flow run's report now (`apublish_run_report` in async code)."""
     flow_run_id = current_flow_run_id()
     rows = _report_rows(flow_run_id, _service_gb_seconds(flow_run_id))
-    if not rows:
+    if not rows or flow_run_id is None:
         return None
     # Prefect types this dispatching function as value-or-coroutine; called from sync code it is a value.
-    return cast(
-        UUID, create_table_artifact(table=rows, key=key, description=description or _REPORT_DESCRIPTION)
+    artifact_id = cast(
+        UUID,
+        create_table_artifact(
+            table=rows, key=key or _current_report_key(), description=description or _REPORT_DESCRIPTION
+        ),
     )
+    _mark_published(flow_run_id, len(rows))
+    return artifact_id
+
+
+def _current_report_key() -> str:
+    flow_context = FlowRunContext.get()
+    return report_key(flow_context.flow.name if flow_context and flow_context.flow else "flow")
+
+
+async def publish_report_hook(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """At the end of a flow run that touched a sandbox: its report, with what became of each sandbox."""
+    flow_run_id = str(flow_run.id)
+    rows = _report_rows(flow_run_id, await _aservice_gb_seconds(flow_run_id), final=True)
+    with _lock:
+        run = _runs.get(flow_run_id)
+        unchanged = run is not None and run.published_entries == len(rows) and not run.sandboxes
+    if not rows or unchanged:
+        return
+    try:
+        await TableArtifact(
+            key=report_key(flow.name),
+            table=rows,
+            description=(
+                f"Sandboxes, commands and checkpoints of flow run {flow_run.name} ({state.name}), then "
+                "each sandbox's running time, memory GiB-seconds and estimated cost."
+            ),
+            flow_run_id=flow_run.id,
+        ).acreate()
+    except Exception as exc:  # the run's own outcome matters more than its report
+        run_logger().warning("Could not publish the sandbox report of %s: %s", flow_run.name, exc)
+        return
+    _mark_published(flow_run_id, len(rows))
+
+
+def _publish_report_at_the_end() -> None:
+    """Make the current flow publish its report whenever one of its runs ends (once per flow object)."""
+    flow_context = FlowRunContext.get()
+    flow = flow_context.flow if flow_context is not None else None
+    if flow is None:
+        return
+    with _lock:
+        for hooks in (
+            flow.on_completion_hooks,
+            flow.on_failure_hooks,
+            flow.on_crashed_hooks,
+            flow.on_cancellation_hooks,
+        ):
+            if publish_report_hook not in hooks:
+                hooks.append(cast("FlowStateHook[..., Any]", publish_report_hook))
 
 
 def is_retry_attempt() -> bool:

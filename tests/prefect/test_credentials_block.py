@@ -18,8 +18,8 @@ from pydantic import SecretStr
 import prefect_opencomputer
 from prefect_opencomputer.blocks import OpenComputerCredentials, load_credentials
 from prefect_opencomputer.blocks.credentials import LOGO_PATH, LOGO_URL
-from prefect_opencomputer.client import ForbiddenError, UnauthorizedError
-from prefect_opencomputer.tasks import list_sandboxes
+from prefect_opencomputer.client import ForbiddenError, TransportError, UnauthorizedError
+from prefect_opencomputer.tasks import MissingCredentialsError, cleanup_hooks, create_sandbox, list_sandboxes
 
 
 class _PackagedLogo(urllib.request.BaseHandler):
@@ -148,7 +148,52 @@ async def test_a_refused_key_says_how_to_give_one(
     with pytest.raises((UnauthorizedError, ForbiddenError)) as caught:
         await state.aresult()
     message = str(caught.value)
-    assert "OPENCOMPUTER_API_KEY" in message and "credentials=" in message
+    assert "OPENCOMPUTER_API_KEY" in message
+    if key is None:
+        assert "credentials=" in message
+    else:  # a key was given: which URL refused it
+        assert f"the API key was refused by {local_server.url}/api" in message
+
+
+async def test_with_no_key_and_no_url_a_task_fails_at_once_and_says_where_to_give_them(
+    control: Any, records: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("OPENCOMPUTER_API_KEY", "OPENCOMPUTER_API_URL", "OPENCOMPUTER_CREDENTIALS_BLOCK"):
+        monkeypatch.delenv(name, raising=False)
+
+    @flow(**cleanup_hooks())
+    async def no_credentials() -> None:
+        await create_sandbox()
+
+    state = await no_credentials(return_state=True)
+
+    with pytest.raises(MissingCredentialsError) as caught:
+        await state.aresult()
+    message = str(caught.value)
+    for named in ("OPENCOMPUTER_API_KEY", "OPENCOMPUTER_API_URL", "credentials=", "local serve"):
+        assert named in message
+    logs = await records.wait_for_log(state.state_details.flow_run_id, "Finished in state Failed")
+    # No retries of a request that cannot work, and the cleanup hook adds no error of its own.
+    assert not any("Retrying" in line or "AwaitingRetry" in line for line in logs)
+    assert not any("while running hook" in line for line in logs)
+
+
+async def test_an_unreachable_url_is_named_and_the_cleanup_hook_adds_no_error(
+    control: Any, records: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENCOMPUTER_API_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+
+    @flow(**cleanup_hooks())
+    async def unreachable() -> None:
+        await list_sandboxes.with_options(retries=0)()
+
+    state = await unreachable(return_state=True)
+
+    with pytest.raises(TransportError, match=r"http://127\.0\.0\.1:9/api/sandboxes"):
+        await state.aresult()
+    logs = await records.wait_for_log(state.state_details.flow_run_id, "Could not clean up")
+    assert any("Could not clean up" in line and "127.0.0.1:9" in line for line in logs)
+    assert not any("while running hook" in line for line in logs)
 
 
 def test_block_is_visible_at_the_package_top_level_for_block_register() -> None:

@@ -148,7 +148,9 @@ async def test_reaper_kills_sandboxes_of_finished_or_unknown_runs_and_spares_liv
     assert sorted(report.killed) == sorted([finished, unknown_run.sandbox_id])
     reasons = {orphan.sandbox_id: orphan.reason for orphan in report.orphans}
     assert reasons == {finished: "flow run Completed", unknown_run.sandbox_id: "flow run not found"}
-    assert report.kept == 1  # the live run's own sandbox
+    assert report.kept == 1  # the live run's own sandbox, and why
+    assert "its flow run is not over" in report.kept_sandboxes[0].reason
+    assert "renewed its lease" in report.kept_sandboxes[0].reason
     assert [sb.sandbox_id for sb in await oc.sandboxes.list()] == [not_ours.sandbox_id]
     await oc.sandboxes.kill(not_ours.sandbox_id)
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import pickle
 from pathlib import Path
 from typing import Any
 
+import cloudpickle  # type: ignore[import-untyped]
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventOccurredFilter
+from prefect.filesystems import LocalFileSystem
 from prefect.settings import PREFECT_HOME, PREFECT_SERVER_DATABASE_CONNECTION_URL
 from prefect.types._datetime import now
 from pydantic import SecretStr
 
 from prefect_opencomputer.blocks import OpenComputerCredentials
+from prefect_opencomputer.client import Sandbox
 from prefect_opencomputer.flows import (
     FanOutParameters,
     LifecycleParameters,
@@ -20,7 +25,7 @@ from prefect_opencomputer.flows import (
     reap_orphaned_sandboxes,
     sandbox_lifecycle,
 )
-from prefect_opencomputer.tasks import create_sandbox, open_sandbox, run_command
+from prefect_opencomputer.tasks import create_sandbox, kill_sandbox, open_sandbox, run_command
 
 
 async def _everything_prefect_stored(since: Any) -> list[str]:
@@ -91,3 +96,37 @@ async def test_api_key_appears_in_no_log_artifact_event_parameter_or_result(
     for path in paths:
         if path.exists():
             assert key.encode() not in path.read_bytes(), path
+
+
+def test_sandbox_tokens_stay_out_of_a_pickled_result_store(
+    control: Any, sync_live_sandboxes: Any, tmp_path: Path
+) -> None:
+    # Prefect's default result serializer is pickle: a flow that returns its sandbox persists it so.
+    tokens: list[str] = []
+    store = LocalFileSystem(basepath=str(tmp_path / "results"))
+    store.save("pickled-results", overwrite=True)
+
+    @flow(persist_result=True, result_storage=store, result_serializer="pickle")
+    def returns_its_sandboxes() -> list[Sandbox]:
+        sandbox = create_sandbox()
+        with OpenComputerCredentials().get_sync_client() as client:
+            gated = client.sandboxes.create(timeout=60, preview_auth={"token": "auto"})
+            client.sandboxes.kill(gated.sandbox_id)
+        assert sandbox.token is not None and gated.preview_auth_token is not None
+        tokens.extend([sandbox.token.get_secret_value(), gated.preview_auth_token.get_secret_value()])
+        kill_sandbox(sandbox)
+        return [sandbox, gated]
+
+    assert returns_its_sandboxes(return_state=True).is_completed()
+
+    written = _files_under(tmp_path / "results")
+    assert written, "the flow's result was not persisted"
+    for path in written:
+        pickled = base64.b64decode(path.read_bytes())  # the pickle serializer's bytes, base64-encoded
+        assert not any(token.encode() in pickled for token in tokens), path
+        stored = pickle.loads(pickled)
+        assert [sandbox.sandbox_id[:3] for sandbox in stored] == ["sb-", "sb-"]
+        assert all(sandbox.token is None and sandbox.preview_auth_token is None for sandbox in stored)
+        # cloudpickle, which Prefect uses to ship values to other processes, leaves them out too.
+        assert not any(token.encode() in cloudpickle.dumps(stored) for token in tokens)
+    assert sync_live_sandboxes() == 0
