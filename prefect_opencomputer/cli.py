@@ -80,6 +80,17 @@ def local_serve(
         int,
         typer.Option(help="Running sandboxes allowed at once; creates past it get 429 (hosted: 50).", min=0),
     ] = 50,
+    allow_host_port: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--allow-host-port",
+            min=1,
+            max=65535,
+            help="A port of this host's loopback that sandboxes may reach at host.opencomputer.internal "
+            "(a local Prefect API); repeatable. Off by default: read docs/security.md first.",
+            show_default=False,
+        ),
+    ] = None,
     max_disk_mb: Annotated[
         int | None,
         typer.Option(
@@ -127,6 +138,7 @@ def local_serve(
             max_running_sandboxes=max_running_sandboxes,
             egress_allow=tuple(egress_allow or ()),
             max_disk_mb=max_disk_mb,
+            allow_host_ports=tuple(allow_host_port or ()),
         )
         server, server_app = build_server(config, access_log=True, log_config=copy.deepcopy(LOGGING_CONFIG))
         shown_host = f"[{host}]" if ":" in host else host

@@ -141,6 +141,7 @@ class LocalBackend:
         except CgroupsUnavailable as error:
             raise RuntimeUnavailable(f"{error} (or start with --no-limits)") from error
         self.runtime.egress_allow = await asyncio.to_thread(egress_allowed, self.config)
+        self.runtime.host_ports = frozenset(self.config.allow_host_ports)
         if self.runtime.cgroups is not None:
             # A killed server's sandboxes left their groups (and perhaps processes) behind: ours, and
             # the empty ones of servers whose data dir may never start again (temporary ones).
