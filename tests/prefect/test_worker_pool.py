@@ -1,0 +1,140 @@
+"""The `opencomputer` work pool type without a sandbox running a flow: registration, the pool's template,
+cancellation's kill, bad credentials. Against the local server and the session's Prefect API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.exceptions import InfrastructureNotAvailable, InfrastructureNotFound
+from prefect.settings import PREFECT_API_URL
+from pydantic import SecretStr
+
+from prefect_opencomputer.blocks import OpenComputerCredentials
+from prefect_opencomputer.client import OpenComputerClient
+from prefect_opencomputer.worker import OpenComputerJobConfiguration, OpenComputerWorker
+from prefect_opencomputer.worker.worker import infrastructure_id
+
+
+def _prefect_cli(*args: str, api_url: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = os.environ["PREFECT_HOME"]
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return subprocess.run(
+        [sys.executable, "-m", "prefect", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_default_template_is_typed_and_described_with_no_server() -> None:
+    printed = _prefect_cli("work-pool", "get-default-base-job-template", "--type", "opencomputer")
+    assert printed.returncode == 0, printed.stdout + printed.stderr
+    template = json.loads(printed.stdout)
+    variables = template["variables"]["properties"]
+    for name in (
+        "credentials",
+        "template",
+        "snapshot",
+        "image",
+        "checkpoint_id",
+        "memory_mb",
+        "cpu_count",
+        "disk_mb",
+        "idle_timeout",
+        "env",
+        "tags",
+        "command",
+        "working_dir",
+        "kill_on_exit",
+        "output_lines",
+        "prefect_api_url",
+    ):
+        assert variables[name].get("description"), name
+    assert variables["idle_timeout"]["exclusiveMinimum"] == 0
+    assert variables["kill_on_exit"]["default"] is True
+    assert template["job_configuration"]["checkpoint_id"] == "{{ checkpoint_id }}"
+
+
+def test_prefect_work_pool_create_knows_the_opencomputer_type() -> None:
+    created = _prefect_cli(
+        "work-pool", "create", "made-by-the-cli", "--type", "opencomputer", api_url=PREFECT_API_URL.value()
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    shown = _prefect_cli("work-pool", "inspect", "made-by-the-cli", api_url=PREFECT_API_URL.value())
+    assert "opencomputer" in shown.stdout, shown.stdout
+
+
+def test_two_ways_to_start_are_refused() -> None:
+    with pytest.raises(ValueError, match="at most one of template, snapshot, image and checkpoint_id"):
+        OpenComputerJobConfiguration(template="base", checkpoint_id="0b6a-…")
+
+
+async def test_kill_infrastructure_kills_running_and_hibernated_sandboxes_and_knows_what_is_not_its_own(
+    credentials: OpenComputerCredentials, oc: OpenComputerClient, control: Any
+) -> None:
+    worker = OpenComputerWorker(work_pool_name="kills")
+    configuration = OpenComputerJobConfiguration(credentials=credentials)
+    running = await oc.sandboxes.create(timeout=300)
+    hibernated = await oc.sandboxes.create(timeout=300)
+    await oc.sandboxes.hibernate(hibernated.sandbox_id)
+
+    for sandbox in (running, hibernated):
+        await worker.kill_infrastructure(infrastructure_id(oc.api_base, sandbox.sandbox_id), configuration)
+        assert (await oc.sandboxes.get(sandbox.sandbox_id)).status == "stopped"
+    assert await control.live_sandboxes() == 0
+
+    with pytest.raises(InfrastructureNotFound):
+        await worker.kill_infrastructure(infrastructure_id(oc.api_base, running.sandbox_id), configuration)
+    with pytest.raises(InfrastructureNotFound):
+        await worker.kill_infrastructure(infrastructure_id(oc.api_base, "sb-00000000"), configuration)
+    elsewhere = await oc.sandboxes.create(timeout=300)
+    with pytest.raises(InfrastructureNotAvailable, match=r"runs on https://elsewhere\.example/api"):
+        await worker.kill_infrastructure(
+            infrastructure_id("https://elsewhere.example/api", elsewhere.sandbox_id), configuration
+        )
+    assert await oc.sandboxes.is_running(elsewhere.sandbox_id)
+    with pytest.raises(InfrastructureNotAvailable):
+        await worker.kill_infrastructure("12345", configuration)
+    await oc.sandboxes.kill(elsewhere.sandbox_id)
+
+
+async def test_a_bad_credentials_block_ends_the_run_crashed_saying_so(
+    local_server: Any, control: Any, records: Any
+) -> None:
+    wrong_key = "osb_this-key-is-wrong-0123456789"
+    block_id = await OpenComputerCredentials(api_key=SecretStr(wrong_key), api_url=local_server.url).save(
+        "wrong-key", overwrite=True
+    )
+    async with (
+        get_client() as prefect,
+        OpenComputerWorker(work_pool_name="bad-credentials", create_pool_if_not_found=True) as worker,
+    ):
+        await worker.sync_with_backend()
+        flow_id = await prefect.create_flow_from_name("never-runs")
+        deployment_id = await prefect.create_deployment(
+            flow_id,
+            "bad-credentials",
+            work_pool_name="bad-credentials",
+            entrypoint="flows.py:never_runs",
+            job_variables={"credentials": {"$ref": {"block_document_id": str(block_id)}}},
+        )
+        flow_run = await prefect.create_flow_run_from_deployment(deployment_id)
+        await worker.get_and_submit_flow_runs()
+        for _ in range(120):
+            state = (await prefect.read_flow_run(flow_run.id)).state
+            if state is not None and state.is_final():
+                break
+            await asyncio.sleep(0.5)
+    assert state is not None and state.is_crashed(), state
+    assert "refused the credentials" in (state.message or ""), state.message
+    logs = await records.logs(flow_run.id)
+    assert not any(wrong_key in line for line in logs)
+    assert wrong_key not in (state.message or "")
+    assert await control.live_sandboxes() == 0
