@@ -107,7 +107,7 @@ def local_serve(
     from uvicorn.config import LOGGING_CONFIG
 
     from prefect_opencomputer.local.backend.sandboxes import prepare_host
-    from prefect_opencomputer.local.config import LocalServerConfig
+    from prefect_opencomputer.local.config import HOST_ALIAS, LocalServerConfig
     from prefect_opencomputer.local.embedded import new_api_key
     from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
     from prefect_opencomputer.local.serve import (
@@ -145,6 +145,8 @@ def local_serve(
         url = f"http://{shown_host}:{config.port}"
         typer.echo(f"OpenComputer local server on {url} (data: {resolved_dir})")
         typer.echo(f"  {limits_line}")
+        for opened in config.allow_host_ports:
+            typer.echo(f"  sandboxes reach this host's 127.0.0.1:{opened} at {HOST_ALIAS}:{opened}")
         typer.echo(f"  export OPENCOMPUTER_API_URL={url}")
         if generated_key:
             # Printed once, here, for the person who started the server; never logged.

@@ -1,0 +1,235 @@
+"""The `opencomputer` work pool, end to end: `prefect worker start --pool P` against a real `prefect server
+start`, flow runs in sandboxes of a local server that opens the Prefect API's port to them.
+
+The first run builds the worker's image (Prefect from PyPI) once; the later runs start from the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from prefect_opencomputer.client import OpenComputerClient
+from prefect_opencomputer.local import LocalServer
+from tests.prefect.test_real_prefect_server import (
+    PrefectServer,
+    _free_port,
+    _start,
+    _stop,
+    _wait_for_state,
+)
+
+pytestmark = pytest.mark.slow
+
+POOL = "sandboxes"
+
+FLOWS = """
+import socket
+import time
+
+from prefect import flow, get_run_logger
+
+
+@flow
+def greet(name: str = "sandbox") -> str:
+    get_run_logger().info("hello %s from %s", name, socket.gethostname())
+    return name
+
+
+@flow
+def fail() -> None:
+    get_run_logger().info("about to fail")
+    raise ValueError("this flow fails on purpose")
+
+
+@flow
+def linger() -> None:
+    get_run_logger().info("lingering now")
+    time.sleep(600)
+"""
+
+DEPLOY = """
+import sys
+from prefect import flow
+
+for name in ("greet", "fail", "linger"):
+    source = flow.from_source(sys.argv[1], f"flows.py:{name}")
+    source.deploy(name=name, work_pool_name=sys.argv[2], print_next_steps=False)
+"""
+
+
+@dataclass
+class Setup:
+    prefect: PrefectServer
+    opencomputer: LocalServer
+    project: Path
+
+    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "prefect", *args],
+            env=self.prefect.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    async def sandboxes(self) -> list[str]:
+        async with OpenComputerClient(
+            api_key=self.opencomputer.api_key, api_url=self.opencomputer.url
+        ) as client:
+            return [
+                sandbox.sandbox_id
+                for sandbox in await client.sandboxes.list(status=None)
+                if sandbox.status in ("running", "hibernated")
+            ]
+
+    async def logs(self, flow_run_id: Any) -> list[str]:
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        async with self.prefect.client() as prefect:
+            logs = await prefect.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        return [log.message for log in logs]
+
+    async def wait_for_log(self, flow_run_id: Any, text: str, timeout: float = 60) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            logs = await self.logs(flow_run_id)
+            if any(text in line for line in logs) or time.monotonic() > deadline:
+                return logs
+            await asyncio.sleep(0.5)
+
+    async def no_sandbox_within(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while left := await self.sandboxes():
+            assert time.monotonic() < deadline, f"sandboxes left: {left}"
+            await asyncio.sleep(0.5)
+
+    async def run(self, deployment: str) -> Any:
+        async with self.prefect.client() as prefect:
+            found = await prefect.read_deployment_by_name(deployment)
+            return await prefect.create_flow_run_from_deployment(found.id)
+
+
+@pytest.fixture(scope="module")
+def setup() -> Iterator[Setup]:
+    home = tempfile.mkdtemp(prefix="prefect-worker-")
+    project = Path(tempfile.mkdtemp(prefix="flow-project-"))
+    (project / "flows.py").write_text(FLOWS)
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    with LocalServer(allow_host_ports=[port]) as opencomputer:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+        env.update(
+            PREFECT_HOME=home,
+            PREFECT_API_URL=api_url,
+            PREFECT_SERVER_API_PORT=str(port),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_UI_ENABLED="false",
+            PREFECT_WORKER_QUERY_SECONDS="1",
+            PREFECT_LOGGING_TO_API_BATCH_INTERVAL="0.5",
+            DO_NOT_TRACK="1",
+            OPENCOMPUTER_API_URL=opencomputer.url,
+            OPENCOMPUTER_API_KEY=opencomputer.api_key,
+        )
+        server = _start(
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            env=env,
+        )
+        worker: subprocess.Popen[bytes] | None = None
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert server.poll() is None, "prefect server start exited"
+                assert time.monotonic() < deadline, "prefect server did not become healthy"
+                time.sleep(0.5)
+            state = Setup(PrefectServer(api_url, env), opencomputer, project)
+            created = state.cli("work-pool", "create", POOL, "--type", "opencomputer")
+            assert created.returncode == 0, created.stdout + created.stderr
+            deployed = subprocess.run(
+                [sys.executable, "-c", DEPLOY, str(project), POOL],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
+            assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+            log = open(Path(home) / "worker.log", "wb")  # noqa: SIM115 (closed with the worker)
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL],
+                env=env,
+                cwd=tempfile.gettempdir(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            yield state
+        finally:
+            if worker is not None:
+                _stop(worker)
+            _stop(server)
+            shutil.rmtree(home, ignore_errors=True)
+            shutil.rmtree(project, ignore_errors=True)
+
+
+async def test_a_local_directory_deployment_completes_with_its_logs_and_leaves_no_sandbox(
+    setup: Setup,
+) -> None:
+    flow_run = await setup.run("greet/greet")
+    ended = await _wait_for_state(setup.prefect, flow_run.id, final=True, timeout=540)
+    assert ended.state is not None and ended.state.is_completed(), (
+        ended.state,
+        await setup.logs(flow_run.id),
+    )
+    logs = await setup.wait_for_log(flow_run.id, "hello sandbox from")
+    assert any("hello sandbox from" in line for line in logs), logs
+    assert ended.infrastructure_pid and ended.infrastructure_pid.endswith(
+        tuple(line.split()[2] for line in logs if line.startswith("Created sandbox"))
+    ), (ended.infrastructure_pid, logs)
+    await setup.no_sandbox_within(30)
+
+
+async def test_a_flow_that_raises_ends_failed_with_its_error_in_the_logs(setup: Setup) -> None:
+    flow_run = await setup.run("fail/fail")
+    ended = await _wait_for_state(setup.prefect, flow_run.id, final=True, timeout=300)
+    assert ended.state is not None and ended.state.is_failed(), ended.state
+    logs = await setup.wait_for_log(flow_run.id, "this flow fails on purpose")
+    assert any("this flow fails on purpose" in line for line in logs), logs
+    await setup.no_sandbox_within(30)
+
+
+async def test_cancelling_a_running_flow_run_kills_its_sandbox(setup: Setup) -> None:
+    flow_run = await setup.run("linger/linger")
+    await _wait_for_state(setup.prefect, flow_run.id, final=False, timeout=300)
+    logs = await setup.wait_for_log(flow_run.id, "lingering now", timeout=120)
+    assert any("lingering now" in line for line in logs), logs
+    assert len(await setup.sandboxes()) == 1
+    cancelled = setup.cli("flow-run", "cancel", str(flow_run.id))
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    ended = await _wait_for_state(setup.prefect, flow_run.id, final=True, timeout=60)
+    assert ended.state is not None and ended.state.is_cancelled(), ended.state
+    await setup.no_sandbox_within(30)
