@@ -19,6 +19,7 @@ from prefect_opencomputer.tasks import (
     afind_orphans,
     akill_sandbox,
 )
+from prefect_opencomputer.worker.reaping import crash_runs_whose_sandbox_is_gone
 
 
 class ReaperParameters(BaseModel):
@@ -90,6 +91,7 @@ async def reap_orphaned_sandboxes(
                 logger.warning("Could not kill %s: %s", orphan.sandbox_id, outcome)
             else:
                 orphan.killed = outcome
+    await _crash_worker_runs_whose_sandbox_is_gone(credentials, dry_run=parameters.dry_run)
     report = ReapReport(
         dry_run=parameters.dry_run,
         examined=examined,
@@ -134,3 +136,13 @@ async def reap_orphaned_sandboxes(
             f"{len(checkpoints)} orphaned checkpoint(s).",
         )
     return report
+
+
+async def _crash_worker_runs_whose_sandbox_is_gone(
+    credentials: OpenComputerCredentials, *, dry_run: bool
+) -> None:
+    """Flow runs of `opencomputer` work pools whose sandbox is gone: nothing else would ever end them."""
+    logger = get_run_logger()
+    for lost in await crash_runs_whose_sandbox_is_gone(credentials, dry_run=dry_run):
+        verb = "would mark" if dry_run else "marked" if lost.crashed else "could not mark"
+        logger.warning("Flow run %s: %s; %s it Crashed", lost.flow_run_id, lost.reason, verb)

@@ -32,7 +32,12 @@ from prefect_opencomputer.client import (
 )
 from prefect_opencomputer.tasks.lifecycle import finish_despite_cancellation, kill_ignoring_missing
 from prefect_opencomputer.tasks.output import CommandOutput, OutputLimits, Stream, build_log_handler
-from prefect_opencomputer.tasks.tracking import CREATED_BY, TAG_CREATED_BY, TAG_DEPLOYMENT
+from prefect_opencomputer.tasks.tracking import (
+    CREATED_BY,
+    TAG_CREATED_BY,
+    TAG_DEPLOYMENT,
+    TAG_WORKER_FLOW_RUN,
+)
 from prefect_opencomputer.worker.code import copy_directory_into, local_code_directory, pack_directory
 from prefect_opencomputer.worker.configuration import (
     OpenComputerJobConfiguration,
@@ -43,9 +48,6 @@ from prefect_opencomputer.worker.configuration import (
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
-# Names the flow run a sandbox runs: not `prefect.flow_run_id`, which the flow's own cleanup hooks use to
-# kill what the run created (they would kill the sandbox they run in).
-TAG_WORKER_FLOW_RUN = "prefect.worker.flow_run_id"
 # Between the API base and the sandbox id in an infrastructure id; neither contains it at its end.
 _ID_SEPARATOR = "|"
 # Quota (429) before the start: wait, doubling from the first pause up to the longest, for at most this long.
@@ -195,7 +197,8 @@ async def _start_sandbox(
     give_up_at = loop.time() + _QUOTA_PATIENCE
     while True:
         try:
-            return await _create(client, configuration, tags, logger)
+            sandbox = await _create(client, configuration, logger)
+            break
         except (UnauthorizedError, ForbiddenError) as error:
             raise RuntimeError(
                 f"the OpenComputer API at {client.api_base} refused the credentials "
@@ -211,18 +214,23 @@ async def _start_sandbox(
             logger.warning("Sandbox quota reached (%s); trying again in %.0f s", error.message, wait)
             await asyncio.sleep(wait)
             pause = min(pause * 2, _QUOTA_LONGEST_PAUSE)
+    # Tagged at once, so the reaper can tell whose it is if this worker dies from here on.
+    try:
+        await client.sandboxes.set_tags(sandbox.sandbox_id, tags)
+    except BaseException:
+        await _kill(client, sandbox.sandbox_id, logger)
+        raise
+    return sandbox
 
 
 async def _create(
     client: OpenComputerClient,
     configuration: OpenComputerJobConfiguration,
-    tags: dict[str, str],
     logger: LoggingAdapter,
 ) -> Sandbox:
     if configuration.checkpoint_id is not None:
         sandbox = await client.checkpoints.fork(
             configuration.checkpoint_id,
-            metadata=tags,
             memory_mb=configuration.memory_mb,
             timeout=configuration.idle_timeout,
         )
@@ -232,7 +240,6 @@ async def _create(
     sandbox = await client.sandboxes.create(
         template=configuration.template or "base",
         timeout=configuration.idle_timeout,
-        metadata=tags,
         memory_mb=configuration.memory_mb,
         cpu_count=configuration.cpu_count,
         disk_mb=configuration.disk_mb,

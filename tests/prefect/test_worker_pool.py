@@ -138,3 +138,49 @@ async def test_a_bad_credentials_block_ends_the_run_crashed_saying_so(
     assert not any(wrong_key in line for line in logs)
     assert wrong_key not in (state.message or "")
     assert await control.live_sandboxes() == 0
+
+
+async def test_the_reaper_kills_worker_sandboxes_of_ended_runs_and_crashes_runs_whose_sandbox_is_gone(
+    credentials: OpenComputerCredentials, oc: OpenComputerClient, control: Any
+) -> None:
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.states import Completed, Running
+
+    from prefect_opencomputer.flows import reap_orphaned_sandboxes
+    from prefect_opencomputer.tasks.tracking import CREATED_BY, TAG_CREATED_BY, TAG_WORKER_FLOW_RUN
+
+    async with get_client() as prefect:
+        await prefect.create_work_pool(WorkPoolCreate(name="reaped", type="opencomputer"), overwrite=True)
+        flow_id = await prefect.create_flow_from_name("reaped")
+        deployment_id = await prefect.create_deployment(
+            flow_id, "reaped", work_pool_name="reaped", entrypoint="flows.py:reaped"
+        )
+        ended, lost, alive = [await prefect.create_flow_run_from_deployment(deployment_id) for _ in range(3)]
+
+        async def worker_sandbox(flow_run: Any) -> str:
+            tags = {TAG_CREATED_BY: CREATED_BY, TAG_WORKER_FLOW_RUN: str(flow_run.id)}
+            sandbox = await oc.sandboxes.create(timeout=300)
+            await oc.sandboxes.set_tags(sandbox.sandbox_id, tags)
+            await prefect.update_flow_run(
+                flow_run.id, infrastructure_pid=infrastructure_id(oc.api_base, sandbox.sandbox_id)
+            )
+            return sandbox.sandbox_id
+
+        ended_sandbox, lost_sandbox, alive_sandbox = [
+            await worker_sandbox(run) for run in (ended, lost, alive)
+        ]
+        await oc.sandboxes.kill(lost_sandbox)  # as if the machine under it went away
+        await prefect.set_flow_run_state(ended.id, Completed(), force=True)
+        for run in (lost, alive):
+            await prefect.set_flow_run_state(run.id, Running(), force=True)
+
+        await reap_orphaned_sandboxes(credentials=credentials)
+
+        assert not await oc.sandboxes.is_running(ended_sandbox)
+        assert await oc.sandboxes.is_running(alive_sandbox)
+        crashed = (await prefect.read_flow_run(lost.id)).state
+        assert crashed is not None and crashed.is_crashed(), crashed
+        assert f"its sandbox {lost_sandbox} is stopped" in (crashed.message or "")
+        still = (await prefect.read_flow_run(alive.id)).state
+        assert still is not None and still.is_running(), still
+    await oc.sandboxes.kill(alive_sandbox)
