@@ -7,6 +7,7 @@ The first run builds the worker's image (Prefect from PyPI) once; the later runs
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 
 from prefect_opencomputer.client import OpenComputerClient
 from prefect_opencomputer.local import LocalServer
+from prefect_opencomputer.tasks.tracking import TAG_WORKER_FLOW_RUN
 from tests.prefect.test_real_prefect_server import (
     PrefectServer,
     _free_port,
@@ -67,6 +69,13 @@ from prefect import flow
 for name in ("greet", "fail", "linger"):
     source = flow.from_source(sys.argv[1], f"flows.py:{name}")
     source.deploy(name=name, work_pool_name=sys.argv[2], print_next_steps=False)
+# Its sandbox starts, but its engine does not for ten minutes: the run stays Pending.
+flow.from_source(sys.argv[1], "flows.py:greet").deploy(
+    name="held",
+    work_pool_name=sys.argv[2],
+    job_variables={"command": "sleep 600; prefect flow-run execute"},
+    print_next_steps=False,
+)
 """
 
 
@@ -76,10 +85,13 @@ class Setup:
     opencomputer: LocalServer
     project: Path
 
-    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 180, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "prefect", *args],
             env=self.prefect.env,
+            cwd=cwd,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -95,12 +107,12 @@ class Setup:
                 if sandbox.status in ("running", "hibernated")
             ]
 
-    async def logs(self, flow_run_id: Any) -> list[str]:
+    async def logs(self, flow_run_id: Any, *, min_level: int = 0) -> list[str]:
         from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
         async with self.prefect.client() as prefect:
             logs = await prefect.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-        return [log.message for log in logs]
+        return [log.message for log in logs if log.level >= min_level]
 
     async def wait_for_log(self, flow_run_id: Any, text: str, timeout: float = 60) -> list[str]:
         deadline = time.monotonic() + timeout
@@ -138,6 +150,10 @@ def setup() -> Iterator[Setup]:
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             PREFECT_UI_ENABLED="false",
             PREFECT_WORKER_QUERY_SECONDS="1",
+            PREFECT_WORKER_ENABLE_CANCELLATION="true",
+            # A run stuck in Cancelling is handed to its worker's kill_infrastructure after 15 s, not 300.
+            PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_CANCELLING_TIMEOUT_SECONDS="15",
+            PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS="2",
             PREFECT_LOGGING_TO_API_BATCH_INTERVAL="0.5",
             DO_NOT_TRACK="1",
             OPENCOMPUTER_API_URL=opencomputer.url,
@@ -227,9 +243,80 @@ async def test_cancelling_a_running_flow_run_kills_its_sandbox(setup: Setup) -> 
     await _wait_for_state(setup.prefect, flow_run.id, final=False, timeout=300)
     logs = await setup.wait_for_log(flow_run.id, "lingering now", timeout=120)
     assert any("lingering now" in line for line in logs), logs
-    assert len(await setup.sandboxes()) == 1
+    [sandbox] = await setup.sandboxes()
+    async with OpenComputerClient(
+        api_key=setup.opencomputer.api_key, api_url=setup.opencomputer.url
+    ) as client:
+        tags = (await client.sandboxes.get_tags(sandbox)).tags
+    # What the reaper reads if this worker dies: whose sandbox it is.
+    assert tags[TAG_WORKER_FLOW_RUN] == str(flow_run.id), tags
     cancelled = setup.cli("flow-run", "cancel", str(flow_run.id))
     assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
     ended = await _wait_for_state(setup.prefect, flow_run.id, final=True, timeout=60)
     assert ended.state is not None and ended.state.is_cancelled(), ended.state
+    await setup.no_sandbox_within(30)
+
+
+async def test_a_flow_process_killed_in_its_sandbox_ends_crashed_with_its_last_output_at_error(
+    setup: Setup,
+) -> None:
+    flow_run = await setup.run("linger/linger")
+    await _wait_for_state(setup.prefect, flow_run.id, final=False, timeout=300)
+    logs = await setup.wait_for_log(flow_run.id, "lingering now", timeout=120)
+    assert any("lingering now" in line for line in logs), logs
+    [sandbox] = await setup.sandboxes()
+    async with OpenComputerClient(
+        api_key=setup.opencomputer.api_key, api_url=setup.opencomputer.url
+    ) as client:
+        await client.exec.run(sandbox, "sudo pkill -KILL -f 'flow-run execute|prefect.engine|python'")
+    ended = await _wait_for_state(setup.prefect, flow_run.id, final=True, timeout=60)
+    assert ended.state is not None and ended.state.is_crashed(), ended.state
+    errors = await setup.logs(flow_run.id, min_level=logging.ERROR)
+    assert any("flow-run process exited with code" in line for line in errors), errors
+    # Its own output, as the process printed it, is in the run's logs at ERROR.
+    assert any(line.startswith("[") and "lingering now" in line for line in errors), errors
+    await setup.no_sandbox_within(30)
+
+
+async def test_a_run_stuck_in_cancelling_has_its_sandbox_killed_by_the_servers_teardown(setup: Setup) -> None:
+    # Its engine never starts (the command sleeps first), so nothing in the sandbox answers the cancel:
+    # only the server's CANCELLING-timeout message to the worker, handled by kill_infrastructure, ends it.
+    flow_run = await setup.run("greet/held")
+    deadline = time.monotonic() + 300
+    async with setup.prefect.client() as prefect:
+        while not (await prefect.read_flow_run(flow_run.id)).infrastructure_pid:
+            assert time.monotonic() < deadline, "the held run never got its sandbox"
+            await asyncio.sleep(0.5)
+    assert len(await setup.sandboxes()) == 1
+    cancelled = setup.cli("flow-run", "cancel", str(flow_run.id))
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    await setup.no_sandbox_within(90)
+    ended = await _wait_for_state(setup.prefect, flow_run.id, final=True, timeout=60)
+    assert ended.state is not None and ended.state.is_final(), ended.state
+
+
+async def test_prefect_deploy_in_a_project_folder_with_no_git_remote_runs_on_the_pool(setup: Setup) -> None:
+    # What the README shows: no prefect.yaml, no remote; the deployment pulls from the folder itself.
+    deployed = setup.cli(
+        "--no-prompt",
+        "deploy",
+        "flows.py:greet",
+        "--name",
+        "from-cli",
+        "--pool",
+        POOL,
+        "--cron",
+        "0 3 * * *",
+        cwd=setup.project,
+    )
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    flow_run = await setup.run("greet/from-cli")
+    ended = await _wait_for_state(setup.prefect, flow_run.id, final=True, timeout=300)
+    assert ended.state is not None and ended.state.is_completed(), (
+        ended.state,
+        await setup.logs(flow_run.id),
+    )
+    async with setup.prefect.client() as prefect:
+        deployment = await prefect.read_deployment_by_name("greet/from-cli")
+    assert [schedule.schedule.cron for schedule in deployment.schedules] == ["0 3 * * *"]  # type: ignore[union-attr]
     await setup.no_sandbox_within(30)
