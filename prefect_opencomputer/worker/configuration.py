@@ -112,6 +112,14 @@ class OpenComputerVariables(BaseVariables):
         gt=0,
         description="The largest local flow directory (MB) the worker copies into the sandbox.",
     )
+    lost_worker_grace: int = Field(
+        default=60,
+        gt=0,
+        description=(
+            "Seconds the flow-run process outlives a worker that lost it (killed, or cut off for good); "
+            "then it is killed, and the next reaper run ends the flow run Crashed and kills the sandbox."
+        ),
+    )
 
     @model_validator(mode="after")
     def _at_most_one_start(self) -> Self:
@@ -148,6 +156,7 @@ class OpenComputerJobConfiguration(BaseJobConfiguration):
     output_lines: int = Field(default=500, ge=0)
     prefect_api_url: str | None = Field(default=None)
     max_code_mb: int = Field(default=64, gt=0)
+    lost_worker_grace: int = Field(default=60, gt=0)
 
     @model_validator(mode="after")
     def _at_most_one_start(self) -> Self:

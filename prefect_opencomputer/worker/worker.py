@@ -269,8 +269,14 @@ async def _run_command(
     """Run the flow-run command as an exec session, forwarding its output, and return its exit code."""
     command = configuration.command or "prefect flow-run execute"
     env = configuration.command_env(local_server=is_loopback_url(client.api_base))
+    # A worker that dies takes its runs with it, as Prefect's process worker does; the reaper ends them.
     session = await client.exec.start(
-        sandbox_id, "sh", args=["-c", command], env=env, cwd=configuration.working_dir
+        sandbox_id,
+        "sh",
+        args=["-c", command],
+        env=env,
+        cwd=configuration.working_dir,
+        max_run_after_disconnect=configuration.lost_worker_grace,
     )
     logger.info(
         "Started %r in sandbox %s (session %s)", shlex.split(command)[:4], sandbox_id, session.session_id

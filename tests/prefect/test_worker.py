@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -95,6 +96,15 @@ class Setup:
             capture_output=True,
             text=True,
             timeout=timeout,
+        )
+
+    def python(self, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", script, *args],
+            env=self.prefect.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
 
     async def sandboxes(self) -> list[str]:
@@ -319,4 +329,55 @@ async def test_prefect_deploy_in_a_project_folder_with_no_git_remote_runs_on_the
     async with setup.prefect.client() as prefect:
         deployment = await prefect.read_deployment_by_name("greet/from-cli")
     assert [schedule.schedule.cron for schedule in deployment.schedules] == ["0 3 * * *"]  # type: ignore[union-attr]
+    await setup.no_sandbox_within(30)
+
+
+DOOMED = """
+import sys
+from prefect import flow
+
+flow.from_source(sys.argv[1], "flows.py:linger").deploy(
+    name="doomed", work_pool_name="doomed", job_variables={"lost_worker_grace": 3}, print_next_steps=False
+)
+"""
+REAP = """
+import asyncio
+from prefect_opencomputer.flows import reap_orphaned_sandboxes
+asyncio.run(reap_orphaned_sandboxes())
+"""
+
+
+async def test_a_sigkilled_worker_takes_its_run_down_and_the_next_reaper_run_crashes_it_and_kills_its_sandbox(
+    setup: Setup,
+) -> None:
+    created = setup.cli("work-pool", "create", "doomed", "--type", "opencomputer")
+    assert created.returncode == 0, created.stdout + created.stderr
+    deployed = setup.python(DOOMED, str(setup.project))
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    worker = _start(
+        sys.executable, "-m", "prefect", "worker", "start", "--pool", "doomed", env=setup.prefect.env
+    )
+    try:
+        flow_run = await setup.run("linger/doomed")
+        await _wait_for_state(setup.prefect, flow_run.id, final=False, timeout=300)
+        logs = await setup.wait_for_log(flow_run.id, "lingering now", timeout=120)
+        assert any("lingering now" in line for line in logs), logs
+        os.killpg(worker.pid, signal.SIGKILL)
+    finally:
+        _stop(worker)
+    [sandbox] = await setup.sandboxes()
+    async with OpenComputerClient(
+        api_key=setup.opencomputer.api_key, api_url=setup.opencomputer.url
+    ) as client:
+        deadline = time.monotonic() + 60
+        while any(session.running for session in await client.exec.list(sandbox)):
+            assert time.monotonic() < deadline, "the flow-run process outlived its worker's grace"
+            await asyncio.sleep(0.5)
+
+    reaped = setup.python(REAP)
+    assert reaped.returncode == 0, reaped.stdout + reaped.stderr
+    async with setup.prefect.client() as prefect:
+        state = (await prefect.read_flow_run(flow_run.id)).state
+    assert state is not None and state.is_crashed(), state
+    assert "the worker that ran it is gone" in (state.message or ""), state.message
     await setup.no_sandbox_within(30)

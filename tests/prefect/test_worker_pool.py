@@ -155,7 +155,9 @@ async def test_the_reaper_kills_worker_sandboxes_of_ended_runs_and_crashes_runs_
         deployment_id = await prefect.create_deployment(
             flow_id, "reaped", work_pool_name="reaped", entrypoint="flows.py:reaped"
         )
-        ended, lost, alive = [await prefect.create_flow_run_from_deployment(deployment_id) for _ in range(3)]
+        ended, lost, abandoned, alive = [
+            await prefect.create_flow_run_from_deployment(deployment_id) for _ in range(4)
+        ]
 
         async def worker_sandbox(flow_run: Any) -> str:
             tags = {TAG_CREATED_BY: CREATED_BY, TAG_WORKER_FLOW_RUN: str(flow_run.id)}
@@ -166,12 +168,14 @@ async def test_the_reaper_kills_worker_sandboxes_of_ended_runs_and_crashes_runs_
             )
             return sandbox.sandbox_id
 
-        ended_sandbox, lost_sandbox, alive_sandbox = [
-            await worker_sandbox(run) for run in (ended, lost, alive)
+        ended_sandbox, lost_sandbox, abandoned_sandbox, alive_sandbox = [
+            await worker_sandbox(run) for run in (ended, lost, abandoned, alive)
         ]
         await oc.sandboxes.kill(lost_sandbox)  # as if the machine under it went away
+        # The live run's process runs; the abandoned run's died with its worker.
+        await oc.exec.start(alive_sandbox, "sleep", args=["600"])
         await prefect.set_flow_run_state(ended.id, Completed(), force=True)
-        for run in (lost, alive):
+        for run in (lost, abandoned, alive):
             await prefect.set_flow_run_state(run.id, Running(), force=True)
 
         await reap_orphaned_sandboxes(credentials=credentials)
@@ -181,6 +185,10 @@ async def test_the_reaper_kills_worker_sandboxes_of_ended_runs_and_crashes_runs_
         crashed = (await prefect.read_flow_run(lost.id)).state
         assert crashed is not None and crashed.is_crashed(), crashed
         assert f"its sandbox {lost_sandbox} is stopped" in (crashed.message or "")
+        crashed = (await prefect.read_flow_run(abandoned.id)).state
+        assert crashed is not None and crashed.is_crashed(), crashed
+        assert "runs no flow-run process" in (crashed.message or ""), crashed.message
+        assert not await oc.sandboxes.is_running(abandoned_sandbox)
         still = (await prefect.read_flow_run(alive.id)).state
         assert still is not None and still.is_running(), still
     await oc.sandboxes.kill(alive_sandbox)
