@@ -54,7 +54,7 @@ _ID_SEPARATOR = "|"
 _QUOTA_FIRST_PAUSE = 2.0
 _QUOTA_LONGEST_PAUSE = 60.0
 _QUOTA_PATIENCE = 30 * 60.0
-# A dropped attachment is resumed (the process keeps running) this many times before giving up.
+# Attachments in a row that fail are retried (the process keeps running) this many times before giving up.
 _REATTACH_ATTEMPTS = 20
 _KILL_TIMEOUT = 60.0
 # On a non-zero exit, this many of the last lines of each stream go to the flow run's logs at ERROR.
@@ -284,25 +284,37 @@ async def _run_command(
     output = CommandOutput(logger, OutputLimits(max_lines=configuration.output_lines))
     exit_code: int | None = None
     seen_bytes = {"stdout": 0, "stderr": 0}
-    for _ in range(_REATTACH_ATTEMPTS):
+    failures = 0  # attachments in a row that delivered nothing: a long run may see many drops
+    while failures < _REATTACH_ATTEMPTS:
         replayed = {"stdout": 0, "stderr": 0}
-        async for event in client.exec.attach(sandbox_id, session.session_id):
-            if isinstance(event, ExecOutput):
-                # A re-attach replays the scrollback: skip what was already forwarded.
-                start = max(seen_bytes[event.stream] - replayed[event.stream], 0)
-                replayed[event.stream] += len(event.data)
-                if start < len(event.data):
-                    output.feed(event.stream, event.data[start:])
-                    seen_bytes[event.stream] += len(event.data) - start
-            elif isinstance(event, ExecExit):
-                exit_code = event.exit_code
+        delivered = False
+        try:
+            async for event in client.exec.attach(sandbox_id, session.session_id):
+                delivered = True
+                if isinstance(event, ExecOutput):
+                    # A re-attach replays the scrollback: skip what was already forwarded.
+                    start = max(seen_bytes[event.stream] - replayed[event.stream], 0)
+                    replayed[event.stream] += len(event.data)
+                    if start < len(event.data):
+                        output.feed(event.stream, event.data[start:])
+                        seen_bytes[event.stream] += len(event.data) - start
+                elif isinstance(event, ExecExit):
+                    exit_code = event.exit_code
+        except (OpenComputerError, OSError) as error:
+            logger.warning(
+                "Lost the output of sandbox %s for a moment (%s); attaching again", sandbox_id, error
+            )
         if exit_code is not None and exit_code != LOST_EXIT_CODE:
             break
-        # The socket closed without an exit code: ask the session; reattach if it still runs.
-        finished = await _session_exit_code(client, sandbox_id, session.session_id)
+        # The socket closed without an exit code: ask the session; attach again if it still runs.
+        try:
+            finished = await _session_exit_code(client, sandbox_id, session.session_id)
+        except (OpenComputerError, OSError):
+            finished = None
         if finished is not None:
             exit_code = finished
             break
+        failures = 0 if delivered else failures + 1
         await asyncio.sleep(1.0)
     output.finish()
     code = LOST_EXIT_CODE if exit_code is None else exit_code

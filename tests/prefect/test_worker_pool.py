@@ -192,3 +192,34 @@ async def test_the_reaper_kills_worker_sandboxes_of_ended_runs_and_crashes_runs_
         still = (await prefect.read_flow_run(alive.id)).state
         assert still is not None and still.is_running(), still
     await oc.sandboxes.kill(alive_sandbox)
+
+
+async def test_run_waits_out_a_full_quota_and_reports_a_failing_command_with_its_output(
+    credentials: OpenComputerCredentials, control: Any, records: Any
+) -> None:
+    async with (
+        get_client() as prefect,
+        OpenComputerWorker(work_pool_name="direct", create_pool_if_not_found=True) as worker,
+    ):
+        await worker.sync_with_backend()
+        flow_id = await prefect.create_flow_from_name("direct")
+        deployment_id = await prefect.create_deployment(
+            flow_id, "direct", work_pool_name="direct", entrypoint="flows.py:direct"
+        )
+        flow_run = await prefect.create_flow_run_from_deployment(deployment_id)
+        configuration = OpenComputerJobConfiguration(
+            credentials=credentials,
+            template="base",
+            command="echo first line; sleep 2; echo last words >&2; exit 3",
+        )
+        configuration.prepare_for_flow_run(flow_run)
+        # The org stays full past the client's own retries (4 attempts).
+        await control.fault("POST", "/api/sandboxes", status=429, times=5)
+        result = await worker.run(flow_run, configuration)
+    assert result.status_code == 3
+    logs = await records.wait_for_log(flow_run.id, "[stderr] last words")
+    assert sum("Sandbox quota reached" in line for line in logs) == 1, logs
+    assert "first line" in logs, logs
+    assert any("exited with code 3" in line for line in logs), logs
+    assert "[stderr] last words" in logs, logs
+    assert await control.live_sandboxes() == 0
