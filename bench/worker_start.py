@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,11 +44,19 @@ flow.from_source(sys.argv[1], "flows.py:trivial").deploy(
 
 
 def run(result: BenchmarkResult) -> None:
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
 
     project = Path(tempfile.mkdtemp(prefix="bench-flow-"))
     (project / "flows.py").write_text(FLOW)
+    try:
+        _run_in(project, result)
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
+
+
+def _run_in(project: Path, result: BenchmarkResult) -> None:
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
     with prefect_test_harness(server_startup_timeout=90):
         api_url = str(PREFECT_API_URL.value())
         port = urlsplit(api_url).port
