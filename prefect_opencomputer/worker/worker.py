@@ -14,6 +14,7 @@ import shlex
 from typing import TYPE_CHECKING
 
 import anyio.abc
+from prefect.client.schemas.objects import StateType
 from prefect.exceptions import InfrastructureNotAvailable, InfrastructureNotFound
 from prefect.logging.loggers import LoggingAdapter
 from prefect.workers.base import BaseWorker, BaseWorkerResult
@@ -113,6 +114,7 @@ class OpenComputerWorker(
             identifier = infrastructure_id(client.api_base, sandbox.sandbox_id)
             try:
                 await self._bring_code(client, sandbox.sandbox_id, flow_run, configuration, logger)
+                await self._refuse_if_cancelled(flow_run, sandbox.sandbox_id)
             except BaseException:
                 await _kill(client, sandbox.sandbox_id, logger)
                 raise
@@ -153,6 +155,16 @@ class OpenComputerWorker(
             len(packed) // 1024,
         )
         await copy_directory_into(client, sandbox_id, directory, packed)
+
+    async def _refuse_if_cancelled(self, flow_run: FlowRun, sandbox_id: str) -> None:
+        """A run cancelled while its sandbox started (an image build takes a while) must not start now."""
+        current = await self.client.read_flow_run(flow_run.id)
+        state = current.state
+        if state is not None and (state.is_final() or state.type == StateType.CANCELLING):
+            raise RuntimeError(
+                f"the flow run became {state.name} while its sandbox {sandbox_id} started; "
+                "the sandbox is killed and the flow does not run"
+            )
 
     async def kill_infrastructure(
         self,

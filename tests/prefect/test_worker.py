@@ -70,6 +70,13 @@ from prefect import flow
 for name in ("greet", "fail", "linger"):
     source = flow.from_source(sys.argv[1], f"flows.py:{name}")
     source.deploy(name=name, work_pool_name=sys.argv[2], print_next_steps=False)
+# A new image (one more package): its build keeps the run in the worker's hands for a while.
+flow.from_source(sys.argv[1], "flows.py:greet").deploy(
+    name="fresh-image",
+    work_pool_name=sys.argv[2],
+    job_variables={"pip_packages": ["six"]},
+    print_next_steps=False,
+)
 # Its sandbox starts, but its engine does not for ten minutes: the run stays Pending.
 flow.from_source(sys.argv[1], "flows.py:greet").deploy(
     name="held",
@@ -380,4 +387,22 @@ async def test_a_sigkilled_worker_takes_its_run_down_and_the_next_reaper_run_cra
         state = (await prefect.read_flow_run(flow_run.id)).state
     assert state is not None and state.is_crashed(), state
     assert "the worker that ran it is gone" in (state.message or ""), state.message
+    await setup.no_sandbox_within(30)
+
+
+async def test_cancelling_a_run_while_its_sandbox_starts_never_runs_it_and_leaves_no_sandbox(
+    setup: Setup,
+) -> None:
+    flow_run = await setup.run("greet/fresh-image")
+    # The worker builds the run's image: the run is Pending and in the worker's hands.
+    logs = await setup.wait_for_log(flow_run.id, "[build", timeout=120)
+    assert any("[build" in line for line in logs), logs
+    cancelled = setup.cli("flow-run", "cancel", str(flow_run.id))
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    ended = await _wait_for_state(setup.prefect, flow_run.id, final=True, timeout=60)
+    assert ended.state is not None and ended.state.is_cancelled(), ended.state
+    await setup.wait_for_log(flow_run.id, "the sandbox is killed", timeout=300)
+    logs = await setup.logs(flow_run.id)
+    assert any("the sandbox is killed and the flow does not run" in line for line in logs), logs
+    assert not any("hello sandbox from" in line for line in logs), logs
     await setup.no_sandbox_within(30)
