@@ -14,4 +14,5 @@ BENCHMARKS: Final[dict[str, tuple[str, str]]] = {
     "prefect": ("Prefect overhead", "bench.prefect_overhead"),
     "fanout": ("Fan-out from one checkpoint", "bench.fanout"),
     "scale": ("Scale: live sandboxes", "bench.scale"),
+    "worker": ("Flow runs on an opencomputer work pool", "bench.worker_start"),
 }

@@ -1,7 +1,8 @@
 """Prefect integration for OpenComputer sandboxes.
 
 Blocks are re-exported here so `prefect block register -m prefect_opencomputer` (and Prefect's collection
-loader) find them; tasks live in `prefect_opencomputer.tasks`, example flows in `prefect_opencomputer.flows`,
+loader) find them, and the `opencomputer` worker type is registered here (`prefect work-pool create`);
+tasks live in `prefect_opencomputer.tasks`, example flows in `prefect_opencomputer.flows`,
 the HTTP client in `prefect_opencomputer.client` and the local server in `prefect_opencomputer.local`.
 
 The client and the local server do not need Prefect, so importing them must not import it: the blocks are
@@ -35,3 +36,4 @@ def __dir__() -> list[str]:
 
 if "prefect" in sys.modules:
     from prefect_opencomputer.blocks import OpenComputerCredentials
+    from prefect_opencomputer.worker import OpenComputerWorker  # noqa: F401  (registers the type)

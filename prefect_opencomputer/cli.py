@@ -84,6 +84,17 @@ def local_serve(
         int,
         typer.Option(help="Running sandboxes allowed at once; creates past it get 429 (hosted: 50).", min=0),
     ] = 50,
+    allow_host_port: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--allow-host-port",
+            min=1,
+            max=65535,
+            help="A port of this host's loopback that sandboxes may reach at host.opencomputer.internal "
+            "(a local Prefect API); repeatable. Off by default: read docs/security.md first.",
+            show_default=False,
+        ),
+    ] = None,
     max_disk_mb: Annotated[
         int | None,
         typer.Option(
@@ -100,7 +111,7 @@ def local_serve(
     from uvicorn.config import LOGGING_CONFIG
 
     from prefect_opencomputer.local.backend.sandboxes import prepare_host
-    from prefect_opencomputer.local.config import LocalServerConfig
+    from prefect_opencomputer.local.config import HOST_ALIAS, LocalServerConfig
     from prefect_opencomputer.local.embedded import new_api_key
     from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
     from prefect_opencomputer.local.serve import (
@@ -131,12 +142,15 @@ def local_serve(
             max_running_sandboxes=max_running_sandboxes,
             egress_allow=tuple(egress_allow or ()),
             max_disk_mb=max_disk_mb,
+            allow_host_ports=tuple(allow_host_port or ()),
         )
         server, server_app = build_server(config, access_log=True, log_config=copy.deepcopy(LOGGING_CONFIG))
         shown_host = f"[{host}]" if ":" in host else host
         url = f"http://{shown_host}:{config.port}"
         typer.echo(f"OpenComputer local server on {url} (data: {resolved_dir})")
         typer.echo(f"  {limits_line}")
+        for opened in config.allow_host_ports:
+            typer.echo(f"  sandboxes reach this host's 127.0.0.1:{opened} at {HOST_ALIAS}:{opened}")
         typer.echo(f"  export OPENCOMPUTER_API_URL={url}")
         if generated_key:
             # Printed once, here, for the person who started the server; never logged.

@@ -21,6 +21,7 @@ from prefect_opencomputer.tasks import (
     akill_sandbox,
     leases,
 )
+from prefect_opencomputer.worker.reaping import crash_runs_whose_sandbox_is_gone
 
 
 class ReaperParameters(BaseModel):
@@ -100,6 +101,7 @@ async def reap_orphaned_sandboxes(
         await leases.delete_expired_leases()
     for sandbox in kept:
         logger.info("Kept %s (flow run %s): %s", sandbox.sandbox_id, sandbox.flow_run_id, sandbox.reason)
+    await _crash_worker_runs_whose_sandbox_is_gone(credentials, dry_run=parameters.dry_run)
     report = ReapReport(
         dry_run=parameters.dry_run,
         examined=examined,
@@ -166,3 +168,13 @@ async def _crash_runs_whose_owner_is_gone(orphans: list[Orphan], kept: list[Kept
         except Exception as exc:
             logger.warning("Could not mark flow run %s Crashed: %s", flow_run_id, exc)
     return crashed
+
+
+async def _crash_worker_runs_whose_sandbox_is_gone(
+    credentials: OpenComputerCredentials, *, dry_run: bool
+) -> None:
+    """Flow runs of `opencomputer` work pools whose sandbox is gone: nothing else would ever end them."""
+    logger = get_run_logger()
+    for lost in await crash_runs_whose_sandbox_is_gone(credentials, dry_run=dry_run):
+        verb = "would mark" if dry_run else "marked" if lost.crashed else "could not mark"
+        logger.warning("Flow run %s: %s; %s it Crashed", lost.flow_run_id, lost.reason, verb)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MIB = 1024 * 1024
+# The name by which a sandbox reaches the host's loopback ports the server was told to open to it.
+HOST_ALIAS = "host.opencomputer.internal"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class LocalServerConfig:
     usage_sample_seconds: float = 15.0
     # Every sandbox's disk is at most this big, whatever its diskMB (tests fill a small one quickly).
     max_disk_mb: int | None = None
+    # Host loopback ports sandboxes may reach at HOST_ALIAS (a local Prefect API); none by default.
+    allow_host_ports: tuple[int, ...] = ()
 
     def __repr__(self) -> str:
         # The API key never shows in a repr (logs, tracebacks, test output).

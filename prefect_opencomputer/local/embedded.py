@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -64,8 +65,10 @@ class LocalServer:
         limits: bool = True,
         max_running_sandboxes: int = 50,
         max_disk_mb: int | None = None,
+        allow_host_ports: Sequence[int] = (),
     ) -> None:
         self._requested_data_dir = data_dir
+        self._allow_host_ports = tuple(allow_host_ports)
         self._limits = limits
         self._max_running_sandboxes = max_running_sandboxes
         self._max_disk_mb = max_disk_mb
@@ -140,6 +143,7 @@ class LocalServer:
             limits=self._limits,
             max_running_sandboxes=self._max_running_sandboxes,
             max_disk_mb=self._max_disk_mb,
+            allow_host_ports=self._allow_host_ports,
         )
 
     def _launch(self, data_dir: Path) -> None:

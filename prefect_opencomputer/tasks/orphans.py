@@ -247,6 +247,10 @@ async def find_orphans(
                 kept.append(
                     KeptSandbox(sandbox_id=sb.sandbox_id, flow_run_id=flow_run_id, reason=owner.reason)
                 )
+        examined = len(orphans) + len(kept)
+        worker_sandboxes, worker_orphans = await _worker_orphans([sb for sb in found if sb is not None])
+        examined += worker_sandboxes
+        orphans += worker_orphans
         checkpoints: list[OrphanedCheckpoint] = []
         for checkpoint_id, (sandbox_id, flow_run_id) in sorted(announced.checkpoints.items()):
             verdict = verdicts[flow_run_id]
@@ -262,7 +266,26 @@ async def find_orphans(
                     reason=verdict.reason,
                 )
             )
-    return len(orphans) + len(kept), orphans, checkpoints, kept
+    return examined, orphans, checkpoints, kept
+
+
+async def _worker_orphans(sandboxes: list[Sandbox]) -> tuple[int, list[Orphan]]:
+    """Sandboxes an `opencomputer` worker runs flow runs in, and those whose flow run is over (a worker
+    that died before its kill leaves one). How many there are, and the orphans among them."""
+    runs = [
+        (sb, sb.tags[tracking.TAG_WORKER_FLOW_RUN])
+        for sb in sandboxes
+        if tracking.is_ours(sb.tags)
+        and sb.tags.get(tracking.TAG_WORKER_FLOW_RUN)
+        and not tracking.is_retained(sb.tags)
+    ]
+    verdicts = await asyncio.gather(*(_flow_run_verdict(flow_run_id) for _, flow_run_id in runs))
+    orphans = [
+        Orphan(sandbox_id=sb.sandbox_id, flow_run_id=flow_run_id, reason=f"worker sandbox: {verdict.reason}")
+        for (sb, flow_run_id), verdict in zip(runs, verdicts, strict=True)
+        if verdict.reason is not None
+    ]
+    return len(runs), orphans
 
 
 afind_orphans = find_orphans.aio

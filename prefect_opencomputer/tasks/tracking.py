@@ -39,6 +39,9 @@ TAG_CREATED_BY = "prefect.created_by"
 TAG_FLOW_RUN = "prefect.flow_run_id"
 TAG_TASK_RUN = "prefect.task_run_id"
 TAG_DEPLOYMENT = "prefect.deployment_id"
+# The flow run an `opencomputer` worker runs in the sandbox. Not TAG_FLOW_RUN: the flow's own cleanup hooks
+# kill every sandbox tagged with its run, and would kill the one they run in.
+TAG_WORKER_FLOW_RUN = "prefect.worker.flow_run_id"
 # A sandbox meant to outlive its flow run (say, the one holding a golden checkpoint): hooks and the reaper
 # leave it alone whatever the value.
 TAG_RETAIN = "prefect.retain"

@@ -106,3 +106,37 @@ def test_missing_host_tools_are_a_one_line_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("error: missing commands: cp, rm, setpriv, mmdebstrap")
     assert "Traceback" not in result.stderr
+
+
+def test_serve_with_allow_host_port_lets_sandboxes_reach_that_host_port_by_name(tmp_path: Path) -> None:
+    key = "osb_cli-test-key-0123456789"
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        server = Served(
+            ["--port", "0", "--data-dir", str(tmp_path / "data"), "--allow-host-port", str(port)],
+            environment(OPENCOMPUTER_LOCAL_API_KEY=key),
+            tmp_path / "out.log",
+        )
+        try:
+            wait_until_serving(server.url)
+            headers = {"X-API-Key": key}
+            created = httpx.post(server.url + "/api/sandboxes", headers=headers, json={}, timeout=60)
+            assert created.status_code == 201, created.text
+            sandbox_id = created.json()["sandboxID"]
+            command = f"exec 3<>/dev/tcp/host.opencomputer.internal/{port} && echo connected"
+            ran = httpx.post(
+                f"{server.url}/api/sandboxes/{sandbox_id}/exec/run",
+                headers=headers,
+                json={"cmd": "bash", "args": ["-c", command], "timeout": 20},
+                timeout=60,
+            )
+            assert ran.json()["stdout"].strip() == "connected", ran.json()
+            listener.settimeout(10)
+            accepted, _ = listener.accept()
+            accepted.close()
+            output = server.signal(signal.SIGTERM)
+        finally:
+            server.stop()
+    assert f"sandboxes reach this host's 127.0.0.1:{port} at host.opencomputer.internal:{port}" in output

@@ -159,6 +159,7 @@ class LocalBackend:
         except CgroupsUnavailable as error:
             raise RuntimeUnavailable(f"{error} (or start with --no-limits)") from error
         self.runtime.egress_allow = await asyncio.to_thread(egress_allowed, self.config)
+        self.runtime.host_ports = frozenset(self.config.allow_host_ports)
         if self.runtime.cgroups is not None:
             # What a sandbox's /proc shows comes from its cgroups: without limits there is nothing to show.
             self.runtime.proc_views = await ProcViews.start(self.config.data_dir / "runtime" / "proc-views")

@@ -24,6 +24,10 @@ What is enforced, and where:
   addresses is reset before it is redirected, UDP to them is dropped (``EPERM`` at the sender);
   everything else that does not leave through ``lo`` is dropped, so nothing reaches a device.
 
+One exception, off unless the operator asks for it: the host's loopback ports named in ``host_ports``
+(``local serve --allow-host-port``, a local Prefect API) are reachable at GATEWAY_ADDRESS, which the
+DNS relay gives as the address of ``HOST_ALIAS``; nothing else of the host is.
+
 What is not offered: ICMP (``ping``) and IPv6 egress (there is no IPv6 route, so IPv6 connects fail
 at once and programs fall back to IPv4). With networking disabled the namespace keeps only ``lo``:
 do not attach at all.
@@ -46,12 +50,14 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from prefect_opencomputer.local.config import HOST_ALIAS
 from prefect_opencomputer.local.sandbox import netns
 from prefect_opencomputer.local.sandbox.datagrams import DatagramRelay
 
 __all__ = [
     "DNS_ADDRESS",
     "GATEWAY_ADDRESS",
+    "HOST_ALIAS",
     "RESOLV_CONF",
     "SANDBOX_ADDRESS",
     "IPNetwork",
@@ -281,6 +287,7 @@ class SandboxNetwork:
         max_connections: int,
         resolver: tuple[str, int],
         also_public: Collection[IPNetwork],
+        host_ports: Collection[int],
         forward_listener: socket.socket,
         dns_listener: socket.socket,
         dns_datagrams: socket.socket,
@@ -291,6 +298,7 @@ class SandboxNetwork:
         self._max_connections = max_connections
         self._resolver = resolver
         self._also_public = tuple(also_public)
+        self._host_ports = frozenset(host_ports)
         self._sockets = (forward_listener, dns_listener, dns_datagrams)
         self._datagrams = datagrams
         datagrams.start()
@@ -314,12 +322,14 @@ class SandboxNetwork:
         name: str = "sandbox",
         resolver: tuple[str, int] | None = None,
         also_public: Collection[IPNetwork] = (),
+        host_ports: Collection[int] = (),
     ) -> SandboxNetwork:
         """Configure the namespace ``netns_fd`` (``lo`` already up or not) and start forwarding for it.
 
         Call before the sandbox's own programs start, so its first connection already goes through.
         ``netns_fd`` is only used during the call; the caller keeps and closes it. ``resolver``
-        defaults to the host's first nameserver; ``also_public`` is as in ``destination_allowed``.
+        defaults to the host's first nameserver; ``also_public`` is as in ``destination_allowed``;
+        ``host_ports`` are the host's loopback ports reachable at GATEWAY_ADDRESS (``HOST_ALIAS``).
         """
         if max_connections < 1 or max_udp_flows < 1:
             raise ValueError("max_connections and max_udp_flows must be at least 1")
@@ -354,6 +364,7 @@ class SandboxNetwork:
                     datagram=datagrams.port,
                 ),
                 also_public=also_public,
+                host_ports=host_ports,
             )
         except BaseException:
             for sock in opened:
@@ -366,6 +377,7 @@ class SandboxNetwork:
             max_connections=max_connections,
             resolver=resolver,
             also_public=also_public,
+            host_ports=host_ports,
             forward_listener=forward_listener,
             dns_listener=dns_listener,
             dns_datagrams=dns_datagrams,
@@ -427,6 +439,10 @@ class SandboxNetwork:
 
     async def _forward(self, client: socket.socket) -> None:
         address, port = _original_destination(client)
+        if address == GATEWAY_ADDRESS and port in self._host_ports:
+            # The operator's one exception: this port of the host's loopback, nothing else of the host.
+            await _pipe_to(client, "127.0.0.1", port)
+            return
         if not destination_allowed(address, port, also_public=self._also_public):
             self._log.warning(f"connection to {address}:{port} refused")
             return
@@ -479,6 +495,8 @@ class SandboxNetwork:
             raise OSError(0, f"DNS query dropped: over {DNS_QUERIES_PER_SECOND:g} queries a second")
         if len(query) < 12:  # shorter than a DNS header
             raise OSError(0, "not a DNS message")
+        if self._host_ports and (answer := answer_host_alias(query)) is not None:
+            return answer
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in self._resolver[0] else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as upstream:
@@ -491,6 +509,41 @@ class SandboxNetwork:
                 while answer[:2] != query[:2]:  # not the answer to this query's id
                     answer = await loop.sock_recv(upstream, _DNS_MAX_MESSAGE)
         return answer
+
+
+def answer_host_alias(query: bytes) -> bytes | None:
+    """The answer to a query for HOST_ALIAS (A: GATEWAY_ADDRESS; other types: none); None for other names."""
+    offset, labels = 12, []
+    try:
+        if int.from_bytes(query[4:6], "big") != 1:
+            return None
+        while (length := query[offset]) != 0:
+            if length > 63:  # a compression pointer: never in a question of one name
+                return None
+            labels.append(query[offset + 1 : offset + 1 + length].decode("ascii").lower())
+            offset += 1 + length
+        question_end = offset + 5  # the zero byte, QTYPE and QCLASS
+        qtype = int.from_bytes(query[offset + 1 : offset + 3], "big")
+        if question_end > len(query):
+            return None
+    except (IndexError, UnicodeDecodeError):
+        return None
+    if ".".join(labels) != HOST_ALIAS:
+        return None
+    # QR, the query's opcode and RD, AA, RA; no error.
+    flags = 0x8000 | (query[2] & 0x79) << 8 | 0x0400 | 0x0080
+    is_a = qtype == 1
+    header = (
+        query[:2]
+        + flags.to_bytes(2, "big")
+        + (1).to_bytes(2, "big")
+        + int(is_a).to_bytes(2, "big")
+        + bytes(4)
+    )
+    answer = b""
+    if is_a:
+        answer = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(GATEWAY_ADDRESS)
+    return header + query[12:question_end] + answer
 
 
 class _TokenBucket:
@@ -691,6 +744,7 @@ def ruleset(
     *,
     host: Collection[ipaddress.IPv4Address] = (),
     also_public: Collection[IPNetwork] = (),
+    host_ports: Collection[int] = (),
     replace: bool = False,
 ) -> str:
     """The nftables ruleset for ``nft -f -``, applied atomically.
@@ -700,6 +754,13 @@ def ruleset(
     flushes and refills the table instead, for attaching again to a namespace.
     """
     also_public_v4 = [network for network in also_public if network.version == 4]
+    # Only these ports of GATEWAY_ADDRESS, and only TCP: the server maps them to the host's loopback.
+    open_ports = ", ".join(str(port) for port in sorted(host_ports))
+    host_port_rule = (
+        f"ip daddr {GATEWAY_ADDRESS} tcp dport {{ {open_ports} }} accept"
+        if host_ports
+        else "# no host port is open to the sandbox"
+    )
     start = _NFT_REPLACE if replace else "create table inet prefect_sandbox\n"
     return f"""\
 {start}table inet prefect_sandbox {{
@@ -711,6 +772,7 @@ def ruleset(
         oif lo accept
         ip daddr {DNS_ADDRESS} meta l4proto {{ tcp, udp }} th dport 53 accept
         ip daddr @host meta l4proto tcp reject with tcp reset
+        {host_port_rule}
         ip daddr @also_public accept
         ip daddr @refused meta l4proto tcp reject with tcp reset
     }}
@@ -774,12 +836,18 @@ def _nft_set(name: str, members: Iterable[ipaddress.IPv4Address | IPNetwork]) ->
     return "\n".join([*lines, "    }"])
 
 
-async def configure(netns_fd: int, ports: ListenerPorts, *, also_public: Collection[IPNetwork] = ()) -> None:
+async def configure(
+    netns_fd: int,
+    ports: ListenerPorts,
+    *,
+    also_public: Collection[IPNetwork] = (),
+    host_ports: Collection[int] = (),
+) -> None:
     """Add ``eth0`` and the route for relayed datagrams, and load the nftables ruleset (the host's
     ``nft``) inside ``netns_fd``."""
     _refuse_own_namespace(netns_fd)
     host = sorted(address for address in host_addresses() if isinstance(address, ipaddress.IPv4Address))
-    rules = functools.partial(ruleset, ports, host=host, also_public=also_public)
+    rules = functools.partial(ruleset, ports, host=host, also_public=also_public, host_ports=host_ports)
 
     async def load_rules() -> None:
         try:

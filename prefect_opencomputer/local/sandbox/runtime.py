@@ -110,9 +110,11 @@ class SandboxRuntime:
         cgroups: CgroupHost | None,
         egress_allow: Collection[IPNetwork] = (),
         max_disk_mb: int | None = None,
+        host_ports: Collection[int] = (),
     ) -> None:
         self.root = root
         self.egress_allow = frozenset(egress_allow)
+        self.host_ports = frozenset(host_ports)
         self.cache = cache
         self.layers = layers.LayerStore(
             root / "layers", helper=lambda: self.helper, live_root=self._disk_root, max_disk_mb=max_disk_mb
@@ -253,7 +255,12 @@ class SandboxRuntime:
                 netns_fd = os.open(f"/proc/{process.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
                 if network:
                     attaching = asyncio.ensure_future(
-                        SandboxNetwork.attach(netns_fd, name=sandbox_id, also_public=self.egress_allow)
+                        SandboxNetwork.attach(
+                            netns_fd,
+                            name=sandbox_id,
+                            also_public=self.egress_allow,
+                            host_ports=self.host_ports,
+                        )
                     )
             ready = await pipe.line()
             init_pid = int(ready)

@@ -1,0 +1,11 @@
+"""The `opencomputer` work pool type: `prefect worker start --pool P` runs each flow run in a sandbox."""
+
+from prefect_opencomputer.worker.configuration import OpenComputerJobConfiguration, OpenComputerVariables
+from prefect_opencomputer.worker.worker import OpenComputerWorker, OpenComputerWorkerResult
+
+__all__ = [
+    "OpenComputerJobConfiguration",
+    "OpenComputerVariables",
+    "OpenComputerWorker",
+    "OpenComputerWorkerResult",
+]
