@@ -26,8 +26,8 @@ async def runtime(tmp_path: Path) -> AsyncIterator[SandboxRuntime]:
         cache=cache,
         rootfs=template_root,
         cgroups=cgroups,
-        egress_allow=registry_exceptions(),
     )
+    runtime.registries = registry_exceptions()
     yield runtime
     for sandbox_id in list(runtime.running_ids()):
         await runtime.destroy(sandbox_id)

@@ -27,11 +27,13 @@ from prefect_opencomputer.local.sandbox.network import (
     GATEWAY_ADDRESS,
     RESOLV_CONF,
     SANDBOX_ADDRESS,
+    ListenerPorts,
     NetworkSetupError,
     SandboxNetwork,
     destination_allowed,
     host_addresses,
     host_resolver,
+    ruleset,
 )
 
 REGISTRY = "pypi.org"
@@ -114,6 +116,18 @@ def test_declared_public_networks_open_special_ranges_but_never_loopback_or_link
     assert not destination_allowed("127.0.0.1", 443, also_public=lab)
     assert not destination_allowed("169.254.169.254", 80, also_public=lab)
     assert not destination_allowed("198.51.100.1", 443, also_public=lab)
+
+
+def test_the_registries_exception_opens_the_ports_package_clients_use_and_nothing_else() -> None:
+    registry = [ipaddress.ip_network("203.0.113.9/32")]
+    assert destination_allowed("203.0.113.9", 443, registries=registry)
+    assert destination_allowed("203.0.113.9", 80, registries=registry)
+    for port in (22, 53, 8080, 6379):
+        assert not destination_allowed("203.0.113.9", port, registries=registry), port
+    # Its UDP is refused by the rules (only TCP to those ports passes the fence).
+    rules = ruleset(ListenerPorts(1, 2, 3, 4), registries=registry)
+    assert "ip daddr @registries tcp dport { 80, 443 } accept" in rules
+    assert "203.0.113.9" not in rules.split("set also_public")[1].split("}")[0]
 
 
 def test_the_host_resolver_is_the_first_nameserver(tmp_path: Path) -> None:
@@ -214,7 +228,7 @@ def _registry_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
 
 @pytest.fixture
 async def network(namespace: Namespace) -> AsyncIterator[SandboxNetwork]:
-    attached = await SandboxNetwork.attach(namespace.fd, name="test", also_public=_registry_networks())
+    attached = await SandboxNetwork.attach(namespace.fd, name="test", registries=_registry_networks())
     try:
         yield attached
     finally:
@@ -485,7 +499,7 @@ async def test_connections_past_the_cap_are_reset_and_logged_once(
 ) -> None:
     cap = 3
     attached = await SandboxNetwork.attach(
-        namespace.fd, name="capped", max_connections=cap, also_public=_registry_networks()
+        namespace.fd, name="capped", max_connections=cap, registries=_registry_networks()
     )
     code = f"""
 import socket, time

@@ -40,7 +40,7 @@ from prefect_opencomputer.local.errors import (
 from prefect_opencomputer.local.sandbox import rootfs
 from prefect_opencomputer.local.sandbox.cgroups import CgroupHost, CgroupsUnavailable, Limits
 from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
-from prefect_opencomputer.local.sandbox.network import IPNetwork, registry_exceptions
+from prefect_opencomputer.local.sandbox.network import IPNetwork
 from prefect_opencomputer.local.sandbox.runtime import SandboxNotRunning, SandboxRuntime
 
 logger = logging.getLogger("prefect_opencomputer.local.backend.service")
@@ -111,10 +111,12 @@ def prepare_host(config: LocalServerConfig, progress: rootfs.Progress) -> str:
 
 
 def egress_allowed(config: LocalServerConfig) -> frozenset[IPNetwork]:
-    """Special-range networks sandboxes may reach: the registries as this host resolves them, and
-    whatever the server was told (``--egress-allow``)."""
-    declared = {ipaddress.ip_network(network, strict=False) for network in config.egress_allow}
-    return registry_exceptions() | declared
+    """Special-range networks sandboxes may reach whole: what the server was told (``--egress-allow``).
+
+    The package registries as this host resolves them are open too, on their ports only
+    (`registry_exceptions`, set on the runtime apart).
+    """
+    return frozenset(ipaddress.ip_network(network, strict=False) for network in config.egress_allow)
 
 
 async def template_root(template: str) -> Path:

@@ -62,6 +62,7 @@ from prefect_opencomputer.local.private_files import make_private_dir
 from prefect_opencomputer.local.sandbox.cgroups import CgroupsUnavailable
 from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
 from prefect_opencomputer.local.sandbox.ids import SANDBOX_HOME
+from prefect_opencomputer.local.sandbox.network import registry_exceptions
 from prefect_opencomputer.local.sandbox.procview import ProcViews
 from prefect_opencomputer.local.sandbox.runtime import CommandResult
 from prefect_opencomputer.local.sandbox.store import StoreUnavailable
@@ -158,7 +159,8 @@ class LocalBackend:
             self.runtime.cgroups = discover_cgroups(self.config)
         except CgroupsUnavailable as error:
             raise RuntimeUnavailable(f"{error} (or start with --no-limits)") from error
-        self.runtime.egress_allow = await asyncio.to_thread(egress_allowed, self.config)
+        self.runtime.egress_allow = egress_allowed(self.config)
+        self.runtime.registries = await asyncio.to_thread(registry_exceptions)
         self.runtime.host_ports = frozenset(self.config.allow_host_ports)
         if self.runtime.cgroups is not None:
             # What a sandbox's /proc shows comes from its cgroups: without limits there is nothing to show.

@@ -157,6 +157,8 @@ logger = logging.getLogger(__name__)
 
 # The package registries sandboxes install from: public by definition, whatever range they resolve to.
 REGISTRY_HOSTS = ("pypi.org", "files.pythonhosted.org", "deb.debian.org", "registry.npmjs.org")
+# What package clients use of them: HTTPS, and HTTP (apt): TCP only.
+REGISTRY_PORTS = frozenset({80, 443})
 # Never made reachable by an exception: this host's own networks in every usual sense.
 _NEVER_PUBLIC = tuple(
     ipaddress.ip_network(network)
@@ -193,12 +195,20 @@ class NetworkSetupError(RuntimeError):
     """Configuring a sandbox's network namespace failed; the message carries the tool's complaint."""
 
 
-def destination_allowed(address: str, port: int, *, also_public: Collection[IPNetwork] = ()) -> bool:
+def destination_allowed(
+    address: str,
+    port: int,
+    *,
+    also_public: Collection[IPNetwork] = (),
+    registries: Collection[IPNetwork] = (),
+) -> bool:
     """Whether a sandbox may open a connection to ``address:port`` (through the server).
 
     ``also_public`` names networks the operator declares public although they are in a special
-    range (a lab whose "internet" lives in documentation ranges, say). It never reaches loopback,
-    link-local or multicast addresses, nor this host's own addresses.
+    range (a lab whose "internet" lives in documentation ranges, say); ``registries`` are the
+    package registries' addresses (`registry_exceptions`), open on the ports package clients use
+    only (`REGISTRY_PORTS`). Neither ever reaches loopback, link-local or multicast addresses, nor
+    this host's own addresses.
     """
     if not 0 < port < 65536:
         return False
@@ -214,6 +224,8 @@ def destination_allowed(address: str, port: int, *, also_public: Collection[IPNe
         return False
     if any(ip in network for network in also_public):
         return True
+    if any(ip in network for network in registries):
+        return port in REGISTRY_PORTS
     return ip.is_global and not any(ip in network for network in _REFUSED_NETWORKS)
 
 
@@ -287,6 +299,7 @@ class SandboxNetwork:
         max_connections: int,
         resolver: tuple[str, int],
         also_public: Collection[IPNetwork],
+        registries: Collection[IPNetwork],
         host_ports: Collection[int],
         forward_listener: socket.socket,
         dns_listener: socket.socket,
@@ -298,6 +311,7 @@ class SandboxNetwork:
         self._max_connections = max_connections
         self._resolver = resolver
         self._also_public = tuple(also_public)
+        self._registries = tuple(registries)
         self._host_ports = frozenset(host_ports)
         self._sockets = (forward_listener, dns_listener, dns_datagrams)
         self._datagrams = datagrams
@@ -322,13 +336,15 @@ class SandboxNetwork:
         name: str = "sandbox",
         resolver: tuple[str, int] | None = None,
         also_public: Collection[IPNetwork] = (),
+        registries: Collection[IPNetwork] = (),
         host_ports: Collection[int] = (),
     ) -> SandboxNetwork:
         """Configure the namespace ``netns_fd`` (``lo`` already up or not) and start forwarding for it.
 
         Call before the sandbox's own programs start, so its first connection already goes through.
         ``netns_fd`` is only used during the call; the caller keeps and closes it. ``resolver``
-        defaults to the host's first nameserver; ``also_public`` is as in ``destination_allowed``;
+        defaults to the host's first nameserver; ``also_public`` and ``registries`` (TCP only, to
+        the datagram relay neither) are as in ``destination_allowed``;
         ``host_ports`` are the host's loopback ports reachable at GATEWAY_ADDRESS (``HOST_ALIAS``).
         """
         if max_connections < 1 or max_udp_flows < 1:
@@ -364,6 +380,7 @@ class SandboxNetwork:
                     datagram=datagrams.port,
                 ),
                 also_public=also_public,
+                registries=registries,
                 host_ports=host_ports,
             )
         except BaseException:
@@ -377,6 +394,7 @@ class SandboxNetwork:
             max_connections=max_connections,
             resolver=resolver,
             also_public=also_public,
+            registries=registries,
             host_ports=host_ports,
             forward_listener=forward_listener,
             dns_listener=dns_listener,
@@ -443,7 +461,7 @@ class SandboxNetwork:
             # The operator's one exception: this port of the host's loopback, nothing else of the host.
             await _pipe_to(client, "127.0.0.1", port)
             return
-        if not destination_allowed(address, port, also_public=self._also_public):
+        if not destination_allowed(address, port, also_public=self._also_public, registries=self._registries):
             self._log.warning(f"connection to {address}:{port} refused")
             return
         await _pipe_to(client, address, port)
@@ -744,6 +762,7 @@ def ruleset(
     *,
     host: Collection[ipaddress.IPv4Address] = (),
     also_public: Collection[IPNetwork] = (),
+    registries: Collection[IPNetwork] = (),
     host_ports: Collection[int] = (),
     replace: bool = False,
 ) -> str:
@@ -754,6 +773,8 @@ def ruleset(
     flushes and refills the table instead, for attaching again to a namespace.
     """
     also_public_v4 = [network for network in also_public if network.version == 4]
+    registries_v4 = [network for network in registries if network.version == 4]
+    registry_ports = ", ".join(str(port) for port in sorted(REGISTRY_PORTS))
     # Only these ports of GATEWAY_ADDRESS, and only TCP: the server maps them to the host's loopback.
     open_ports = ", ".join(str(port) for port in sorted(host_ports))
     host_port_rule = (
@@ -766,6 +787,7 @@ def ruleset(
 {start}table inet prefect_sandbox {{
 {_nft_set("host", host)}
 {_nft_set("also_public", also_public_v4)}
+{_nft_set("registries", registries_v4)}
 {_nft_set("refused", _REFUSED_IPV4)}
     chain refuse_fenced {{
         type filter hook output priority mangle; policy accept;
@@ -774,6 +796,7 @@ def ruleset(
         ip daddr @host meta l4proto tcp reject with tcp reset
         {host_port_rule}
         ip daddr @also_public accept
+        ip daddr @registries tcp dport {{ {registry_ports} }} accept
         ip daddr @refused meta l4proto tcp reject with tcp reset
     }}
     chain to_forwarders {{
@@ -814,6 +837,7 @@ _NFT_REPLACE = """\
 table inet prefect_sandbox {
     set host { type ipv4_addr; flags interval; }
     set also_public { type ipv4_addr; flags interval; }
+    set registries { type ipv4_addr; flags interval; }
     set refused { type ipv4_addr; flags interval; }
     chain refuse_fenced { type filter hook output priority mangle; policy accept; }
     chain to_forwarders { type nat hook output priority -100; policy accept; }
@@ -824,6 +848,7 @@ table inet prefect_sandbox {
 flush table inet prefect_sandbox
 flush set inet prefect_sandbox host
 flush set inet prefect_sandbox also_public
+flush set inet prefect_sandbox registries
 flush set inet prefect_sandbox refused
 """
 
@@ -841,13 +866,16 @@ async def configure(
     ports: ListenerPorts,
     *,
     also_public: Collection[IPNetwork] = (),
+    registries: Collection[IPNetwork] = (),
     host_ports: Collection[int] = (),
 ) -> None:
     """Add ``eth0`` and the route for relayed datagrams, and load the nftables ruleset (the host's
     ``nft``) inside ``netns_fd``."""
     _refuse_own_namespace(netns_fd)
     host = sorted(address for address in host_addresses() if isinstance(address, ipaddress.IPv4Address))
-    rules = functools.partial(ruleset, ports, host=host, also_public=also_public, host_ports=host_ports)
+    rules = functools.partial(
+        ruleset, ports, host=host, also_public=also_public, registries=registries, host_ports=host_ports
+    )
 
     async def load_rules() -> None:
         try:

@@ -114,6 +114,8 @@ class SandboxRuntime:
     ) -> None:
         self.root = root
         self.egress_allow = frozenset(egress_allow)
+        # The package registries' addresses, open on the ports package clients use only.
+        self.registries: frozenset[IPNetwork] = frozenset()
         self.host_ports = frozenset(host_ports)
         self.cache = cache
         self.layers = layers.LayerStore(
@@ -259,6 +261,7 @@ class SandboxRuntime:
                             netns_fd,
                             name=sandbox_id,
                             also_public=self.egress_allow,
+                            registries=self.registries,
                             host_ports=self.host_ports,
                         )
                     )
