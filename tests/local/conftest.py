@@ -8,7 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from opencomputer import Sandbox
 
+from prefect_opencomputer.local import LocalServer
 from prefect_opencomputer.local.backend.sandboxes import template_root
 from prefect_opencomputer.local.sandbox import rootfs
 from prefect_opencomputer.local.sandbox.cgroups import CgroupHost
@@ -43,3 +45,28 @@ async def created(http: httpx.AsyncClient) -> AsyncIterator[list[str]]:
     yield ids
     for sandbox_id in ids:
         await http.delete(f"/sandboxes/{sandbox_id}")
+
+
+async def _sdk_sandbox(local_server: LocalServer, **options: int) -> AsyncIterator[Sandbox]:
+    sandbox = await Sandbox.create(
+        api_url=local_server.url, api_key=local_server.api_key, timeout=300, **options
+    )
+    try:
+        yield sandbox
+    finally:
+        await sandbox.kill()
+        await sandbox.close()
+
+
+@pytest.fixture
+async def sdk_sandbox(local_server: LocalServer) -> AsyncIterator[Sandbox]:
+    """A sandbox of the default size made by the official Python SDK, killed after the test."""
+    async for sandbox in _sdk_sandbox(local_server):
+        yield sandbox
+
+
+@pytest.fixture
+async def small_sdk_sandbox(local_server: LocalServer) -> AsyncIterator[Sandbox]:
+    """A 1024 MB sandbox made by the official Python SDK, killed after the test."""
+    async for sandbox in _sdk_sandbox(local_server, memory_mb=1024):
+        yield sandbox

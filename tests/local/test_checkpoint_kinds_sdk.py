@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -12,16 +11,6 @@ from opencomputer import Sandbox
 from prefect_opencomputer.local import LocalServer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def source(local_server: LocalServer) -> AsyncIterator[Sandbox]:
-    sandbox = await Sandbox.create(api_url=local_server.url, api_key=local_server.api_key, timeout=300)
-    try:
-        yield sandbox
-    finally:
-        await sandbox.kill()
-        await sandbox.close()
 
 
 async def _ready(sandbox: Sandbox, checkpoint_id: str) -> dict[str, object]:
@@ -33,25 +22,25 @@ async def _ready(sandbox: Sandbox, checkpoint_id: str) -> dict[str, object]:
     raise AssertionError("checkpoint never became ready")
 
 
-async def test_kind_is_accepted_stored_and_answered(source: Sandbox) -> None:
-    full = await source.create_checkpoint("whole")
-    disk = await source.create_checkpoint("files", kind="disk_only")
+async def test_kind_is_accepted_stored_and_answered(sdk_sandbox: Sandbox) -> None:
+    full = await sdk_sandbox.create_checkpoint("whole")
+    disk = await sdk_sandbox.create_checkpoint("files", kind="disk_only")
     assert (full["kind"], disk["kind"]) == ("full", "disk_only")
-    assert (await _ready(source, full["id"]))["kind"] == "full"
-    assert (await _ready(source, disk["id"]))["kind"] == "disk_only"
+    assert (await _ready(sdk_sandbox, full["id"]))["kind"] == "full"
+    assert (await _ready(sdk_sandbox, disk["id"]))["kind"] == "disk_only"
     with pytest.raises(httpx.HTTPStatusError) as caught:
-        await source.create_checkpoint("odd", kind="memory")
+        await sdk_sandbox.create_checkpoint("odd", kind="memory")
     assert caught.value.response.json() == {"error": "kind must be full or disk_only"}
 
 
 @pytest.mark.parametrize("kind", ["full", "disk_only"])
 async def test_a_fork_holds_the_disk_and_no_process_of_its_source(
-    source: Sandbox, local_server: LocalServer, kind: str
+    sdk_sandbox: Sandbox, local_server: LocalServer, kind: str
 ) -> None:
-    await source.files.write("state.txt", "prepared")
-    await source.exec.run("nohup sleep 600 >/dev/null 2>&1 &")
-    checkpoint = await source.create_checkpoint("prepared", kind=kind)
-    await _ready(source, checkpoint["id"])
+    await sdk_sandbox.files.write("state.txt", "prepared")
+    await sdk_sandbox.exec.run("nohup sleep 600 >/dev/null 2>&1 &")
+    checkpoint = await sdk_sandbox.create_checkpoint("prepared", kind=kind)
+    await _ready(sdk_sandbox, checkpoint["id"])
 
     fork = await Sandbox.create_from_checkpoint(
         checkpoint["id"], api_url=local_server.url, api_key=local_server.api_key
@@ -62,4 +51,4 @@ async def test_a_fork_holds_the_disk_and_no_process_of_its_source(
     finally:
         await fork.kill()
         await fork.close()
-    assert (await source.exec.run("pgrep -x sleep >/dev/null && echo running")).stdout == "running\n"
+    assert (await sdk_sandbox.exec.run("pgrep -x sleep >/dev/null && echo running")).stdout == "running\n"

@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from opencomputer import Sandbox
-
-from prefect_opencomputer.local import LocalServer
 
 pytestmark = pytest.mark.slow
 
 # Counts for ever, one line every 0.2 s: a restarted command would start again at 0.
 COUNTER = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"
-
-
-@pytest.fixture
-async def sdk_sandbox(local_server: LocalServer) -> AsyncIterator[Sandbox]:
-    sandbox = await Sandbox.create(api_url=local_server.url, api_key=local_server.api_key, timeout=300)
-    try:
-        yield sandbox
-    finally:
-        await sandbox.kill()
-        await sandbox.close()
 
 
 def _ticks(output: bytearray) -> list[int]:

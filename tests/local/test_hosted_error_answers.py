@@ -6,8 +6,6 @@ handles them here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 from opencomputer import Sandbox
@@ -17,16 +15,6 @@ from prefect_opencomputer.local import LocalServer
 pytestmark = pytest.mark.slow
 
 AGENT = "rpc error: code = Unknown desc = "
-
-
-@pytest.fixture
-async def sdk_sandbox(local_server: LocalServer) -> AsyncIterator[Sandbox]:
-    sandbox = await Sandbox.create(api_url=local_server.url, api_key=local_server.api_key, timeout=300)
-    try:
-        yield sandbox
-    finally:
-        await sandbox.kill()
-        await sandbox.close()
 
 
 def _refusal(caught: pytest.ExceptionInfo[httpx.HTTPStatusError]) -> tuple[int, str]:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 
 import pytest
 from opencomputer import Sandbox
-
-from prefect_opencomputer.local import LocalServer
 
 pytestmark = pytest.mark.slow
 
@@ -20,18 +17,6 @@ SIZE = (
 HOST_CORES = len(os.sched_getaffinity(0))
 
 
-@pytest.fixture
-async def small(local_server: LocalServer) -> AsyncIterator[Sandbox]:
-    sandbox = await Sandbox.create(
-        api_url=local_server.url, api_key=local_server.api_key, memory_mb=1024, timeout=300
-    )
-    try:
-        yield sandbox
-    finally:
-        await sandbox.kill()
-        await sandbox.close()
-
-
 async def _size(sandbox: Sandbox) -> list[int]:
     """[nproc, os.cpu_count(), cpuinfo processors, /proc/stat cpus, MemTotal kB, free's total MB]."""
     result = await sandbox.exec.run(SIZE)
@@ -39,16 +24,16 @@ async def _size(sandbox: Sandbox) -> list[int]:
     return [int(line) for line in result.stdout.split()]
 
 
-async def test_a_1_vcpu_1024_mb_sandbox_sees_one_cpu_and_1024_mb(small: Sandbox) -> None:
-    assert await _size(small) == [1, 1, 1, 1, 1024 * 1024, 1024]
+async def test_a_1_vcpu_1024_mb_sandbox_sees_one_cpu_and_1024_mb(small_sdk_sandbox: Sandbox) -> None:
+    assert await _size(small_sdk_sandbox) == [1, 1, 1, 1, 1024 * 1024, 1024]
 
 
-async def test_the_view_follows_scale_hibernate_and_reboot(small: Sandbox) -> None:
-    await small.scale(8192)
+async def test_the_view_follows_scale_hibernate_and_reboot(small_sdk_sandbox: Sandbox) -> None:
+    await small_sdk_sandbox.scale(8192)
     cores = min(2, HOST_CORES)  # one core per vCPU where the host has them
-    assert await _size(small) == [cores, cores, cores, cores, 8192 * 1024, 8192]
-    await small.hibernate()
-    await small.wake()
-    assert await _size(small) == [cores, cores, cores, cores, 8192 * 1024, 8192]
-    await small.reboot()
-    assert await _size(small) == [cores, cores, cores, cores, 8192 * 1024, 8192]
+    assert await _size(small_sdk_sandbox) == [cores, cores, cores, cores, 8192 * 1024, 8192]
+    await small_sdk_sandbox.hibernate()
+    await small_sdk_sandbox.wake()
+    assert await _size(small_sdk_sandbox) == [cores, cores, cores, cores, 8192 * 1024, 8192]
+    await small_sdk_sandbox.reboot()
+    assert await _size(small_sdk_sandbox) == [cores, cores, cores, cores, 8192 * 1024, 8192]

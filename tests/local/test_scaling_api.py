@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from opencomputer import Sandbox, ScalingLockedError
 
-from prefect_opencomputer.local import LocalServer
-
 pytestmark = pytest.mark.slow
 
 # Holds 1.5 GiB: more than the 1024 MB tier allows, well within the 4096 MB one.
 GRAB = "python3 -c \"b = b'x' * (1536 << 20); print('allocated')\"; echo code=$?"
-
-
-@pytest.fixture
-async def small(local_server: LocalServer) -> AsyncIterator[Sandbox]:
-    sandbox = await Sandbox.create(
-        api_url=local_server.url, api_key=local_server.api_key, memory_mb=1024, timeout=300
-    )
-    try:
-        yield sandbox
-    finally:
-        await sandbox.kill()
-        await sandbox.close()
 
 
 async def _size(http: httpx.AsyncClient, sandbox: Sandbox) -> tuple[int, int]:
@@ -35,14 +20,14 @@ async def _size(http: httpx.AsyncClient, sandbox: Sandbox) -> tuple[int, int]:
 
 
 async def test_scale_changes_the_running_sandboxs_memory_limit(
-    small: Sandbox, http: httpx.AsyncClient
+    small_sdk_sandbox: Sandbox, http: httpx.AsyncClient
 ) -> None:
-    assert (await small.exec.run(GRAB)).stdout == "code=137\n"  # the 1024 MB tier's OOM killer
-    await small.exec.run("nohup sleep 600 >/dev/null 2>&1 &")
+    assert (await small_sdk_sandbox.exec.run(GRAB)).stdout == "code=137\n"  # the 1024 MB tier's OOM killer
+    await small_sdk_sandbox.exec.run("nohup sleep 600 >/dev/null 2>&1 &")
 
-    scaled = await small.scale(8192)
+    scaled = await small_sdk_sandbox.scale(8192)
     assert scaled == {
-        "sandboxID": small.sandbox_id,
+        "sandboxID": small_sdk_sandbox.sandbox_id,
         "workerID": "local",
         "memoryMB": 8192,
         "cpuPercent": 200,
@@ -50,33 +35,33 @@ async def test_scale_changes_the_running_sandboxs_memory_limit(
         "ok": True,
         "autoscaleDisabled": False,
     }
-    assert (await small.exec.run(GRAB)).stdout == "allocated\ncode=0\n"
-    assert (await small.exec.run("pgrep -x sleep >/dev/null && echo kept")).stdout == "kept\n"
-    assert await _size(http, small) == (8192, 2)
+    assert (await small_sdk_sandbox.exec.run(GRAB)).stdout == "allocated\ncode=0\n"
+    assert (await small_sdk_sandbox.exec.run("pgrep -x sleep >/dev/null && echo kept")).stdout == "kept\n"
+    assert await _size(http, small_sdk_sandbox) == (8192, 2)
 
 
 async def test_scale_below_what_the_processes_hold_is_409_oom_floor(
-    small: Sandbox, http: httpx.AsyncClient
+    small_sdk_sandbox: Sandbox, http: httpx.AsyncClient
 ) -> None:
-    await small.scale(4096)
+    await small_sdk_sandbox.scale(4096)
     hold = "import time; b = b'x' * (1536 << 20); open('/tmp/held', 'w').close(); time.sleep(600)"
-    await small.exec.run(f'nohup python3 -c "{hold}" >/dev/null 2>&1 &')
+    await small_sdk_sandbox.exec.run(f'nohup python3 -c "{hold}" >/dev/null 2>&1 &')
     for _ in range(600):
-        if await small.files.exists("/tmp/held"):
+        if await small_sdk_sandbox.files.exists("/tmp/held"):
             break
         await asyncio.sleep(0.05)
     else:
         raise AssertionError("the holder never allocated its memory")
     with pytest.raises(httpx.HTTPStatusError) as caught:
-        await small.scale(1024)
+        await small_sdk_sandbox.scale(1024)
     body = caught.value.response.json()
     assert (caught.value.response.status_code, body["code"]) == (409, "oom_floor")
     assert body["error"] == "memory limit below guest working set — would OOM-kill processes"
-    assert await _size(http, small) == (4096, 1)
+    assert await _size(http, small_sdk_sandbox) == (4096, 1)
 
 
 async def test_scale_refuses_sizes_that_are_not_a_tier_as_hosted(
-    small: Sandbox, http: httpx.AsyncClient
+    small_sdk_sandbox: Sandbox, http: httpx.AsyncClient
 ) -> None:
     for body, message in [
         ({"memoryMB": 2048}, "memoryMB must be one of: 1024, 4096, 8192, 16384 (got 2048)"),
@@ -88,65 +73,73 @@ async def test_scale_refuses_sizes_that_are_not_a_tier_as_hosted(
         ({}, "memoryMB is required and must be positive"),
         ({"memoryMB": "big"}, "memoryMB is required and must be positive"),
     ]:
-        response = await http.post(f"/sandboxes/{small.sandbox_id}/scale", json=body)
+        response = await http.post(f"/sandboxes/{small_sdk_sandbox.sandbox_id}/scale", json=body)
         assert (response.status_code, response.json()) == (400, {"error": message})
     missing = await http.post("/sandboxes/sb-00000000/scale", json={"memoryMB": 4096})
     assert (missing.status_code, missing.json()) == (404, {"error": "sandbox not found"})
-    await small.hibernate()
-    asleep = await http.post(f"/sandboxes/{small.sandbox_id}/scale", json={"memoryMB": 4096})
+    await small_sdk_sandbox.hibernate()
+    asleep = await http.post(f"/sandboxes/{small_sdk_sandbox.sandbox_id}/scale", json={"memoryMB": 4096})
     assert (asleep.status_code, asleep.json()) == (400, {"error": "sandbox is not running"})
 
 
-async def test_autoscale_and_the_scaling_lock_are_stored_and_answered(small: Sandbox) -> None:
-    assert await small.get_autoscale() == {
-        "sandboxID": small.sandbox_id,
+async def test_autoscale_and_the_scaling_lock_are_stored_and_answered(small_sdk_sandbox: Sandbox) -> None:
+    assert await small_sdk_sandbox.get_autoscale() == {
+        "sandboxID": small_sdk_sandbox.sandbox_id,
         "enabled": False,
         "minMemoryMB": 0,
         "maxMemoryMB": 0,
     }
-    enabled = await small.set_autoscale(True, min_memory_mb=1024, max_memory_mb=8192)
+    enabled = await small_sdk_sandbox.set_autoscale(True, min_memory_mb=1024, max_memory_mb=8192)
     assert enabled == {
-        "sandboxID": small.sandbox_id,
+        "sandboxID": small_sdk_sandbox.sandbox_id,
         "enabled": True,
         "minMemoryMB": 1024,
         "maxMemoryMB": 8192,
     }
-    assert await small.get_autoscale() == enabled
+    assert await small_sdk_sandbox.get_autoscale() == enabled
     with pytest.raises(httpx.HTTPStatusError) as caught:
-        await small.set_autoscale(True, min_memory_mb=8192, max_memory_mb=1024)
+        await small_sdk_sandbox.set_autoscale(True, min_memory_mb=8192, max_memory_mb=1024)
     assert caught.value.response.json() == {"error": "minMemoryMB must be ≤ maxMemoryMB"}
 
     # A manual scale turns autoscale off, and says it did.
-    assert (await small.scale(4096))["autoscaleDisabled"] is True
-    assert (await small.get_autoscale())["enabled"] is False
+    assert (await small_sdk_sandbox.scale(4096))["autoscaleDisabled"] is True
+    assert (await small_sdk_sandbox.get_autoscale())["enabled"] is False
 
-    assert await small.get_scaling_lock() == {"sandboxID": small.sandbox_id, "locked": False}
-    await small.set_autoscale(True, min_memory_mb=1024, max_memory_mb=4096)
-    assert await small.set_scaling_lock(True) == {"sandboxID": small.sandbox_id, "locked": True}
-    assert (await small.get_autoscale())["enabled"] is False  # the lock turned it off
+    assert await small_sdk_sandbox.get_scaling_lock() == {
+        "sandboxID": small_sdk_sandbox.sandbox_id,
+        "locked": False,
+    }
+    await small_sdk_sandbox.set_autoscale(True, min_memory_mb=1024, max_memory_mb=4096)
+    assert await small_sdk_sandbox.set_scaling_lock(True) == {
+        "sandboxID": small_sdk_sandbox.sandbox_id,
+        "locked": True,
+    }
+    assert (await small_sdk_sandbox.get_autoscale())["enabled"] is False  # the lock turned it off
     with pytest.raises(ScalingLockedError, match="unlock via PUT /scaling-lock to allow size changes"):
-        await small.scale(8192)
+        await small_sdk_sandbox.scale(8192)
     with pytest.raises(ScalingLockedError, match="to enable autoscale"):
-        await small.set_autoscale(True, min_memory_mb=1024, max_memory_mb=4096)
-    await small.set_scaling_lock(False)
-    assert (await small.scale(8192))["memoryMB"] == 8192
+        await small_sdk_sandbox.set_autoscale(True, min_memory_mb=1024, max_memory_mb=4096)
+    await small_sdk_sandbox.set_scaling_lock(False)
+    assert (await small_sdk_sandbox.scale(8192))["memoryMB"] == 8192
 
 
 @pytest.mark.parametrize("restart", ["reboot", "power_cycle"])
 async def test_reboot_and_power_cycle_restart_processes_and_keep_the_disk(
-    small: Sandbox, restart: str
+    small_sdk_sandbox: Sandbox, restart: str
 ) -> None:
-    await small.files.write("kept.txt", "on disk")
-    await small.exec.run("nohup sleep 600 >/dev/null 2>&1 &")
-    session = await small.exec.start("sleep", args=["600"])
+    await small_sdk_sandbox.files.write("kept.txt", "on disk")
+    await small_sdk_sandbox.exec.run("nohup sleep 600 >/dev/null 2>&1 &")
+    session = await small_sdk_sandbox.exec.start("sleep", args=["600"])
     await session.close()
     # When pid 1 started, in clock ticks: a new pid 1 started later.
-    before = (await small.exec.run("cut -d' ' -f22 /proc/1/stat")).stdout
+    before = (await small_sdk_sandbox.exec.run("cut -d' ' -f22 /proc/1/stat")).stdout
 
-    await getattr(small, restart)()
+    await getattr(small_sdk_sandbox, restart)()
 
-    assert (await small.exec.run("pgrep -x sleep || echo none")).stdout == "none\n"
-    assert await small.exec.list() == []
-    assert await small.files.read("kept.txt") == "on disk"
-    assert (await small.exec.run("cut -d' ' -f22 /proc/1/stat")).stdout != before
-    assert (await small.exec.run("hostname; whoami")).stdout == f"{small.sandbox_id}\nsandbox\n"
+    assert (await small_sdk_sandbox.exec.run("pgrep -x sleep || echo none")).stdout == "none\n"
+    assert await small_sdk_sandbox.exec.list() == []
+    assert await small_sdk_sandbox.files.read("kept.txt") == "on disk"
+    assert (await small_sdk_sandbox.exec.run("cut -d' ' -f22 /proc/1/stat")).stdout != before
+    assert (
+        await small_sdk_sandbox.exec.run("hostname; whoami")
+    ).stdout == f"{small_sdk_sandbox.sandbox_id}\nsandbox\n"
