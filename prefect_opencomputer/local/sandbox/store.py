@@ -217,10 +217,6 @@ class DiskStore:
         finally:
             os.close(fd)
 
-    def free_bytes(self) -> int:
-        stats = os.statvfs(self.path("."))
-        return stats.f_bavail * stats.f_frsize
-
 
 def allocated_bytes(path: Path) -> int:
     """What an image holds on the store (its written blocks), not its apparent size."""
