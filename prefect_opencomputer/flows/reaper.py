@@ -21,7 +21,7 @@ from prefect_opencomputer.tasks import (
     akill_sandbox,
     leases,
 )
-from prefect_opencomputer.worker.reaping import crash_runs_whose_sandbox_is_gone
+from prefect_opencomputer.worker import crash_runs_whose_sandbox_is_gone
 
 
 class ReaperParameters(BaseModel):

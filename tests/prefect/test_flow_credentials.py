@@ -53,6 +53,7 @@ def test_flows_import_only_the_public_surface() -> None:
         "prefect_opencomputer.blocks",
         "prefect_opencomputer.client",
         "prefect_opencomputer.tasks",
+        "prefect_opencomputer.worker",
         "prefect_opencomputer.flows.accounting",
     }
     for module in FLOWS.glob("*.py"):
