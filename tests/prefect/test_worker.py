@@ -131,10 +131,13 @@ class Setup:
             logs = await prefect.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
         return [log.message for log in logs if log.level >= min_level]
 
-    async def wait_for_log(self, flow_run_id: Any, text: str, timeout: float = 60) -> list[str]:
+    async def wait_for_log(
+        self, flow_run_id: Any, text: str, timeout: float = 60, *, min_level: int = 0
+    ) -> list[str]:
+        """The run's log lines once one holds ``text`` (logs reach the API in batches, after states)."""
         deadline = time.monotonic() + timeout
         while True:
-            logs = await self.logs(flow_run_id)
+            logs = await self.logs(flow_run_id, min_level=min_level)
             if any(text in line for line in logs) or time.monotonic() > deadline:
                 return logs
             await asyncio.sleep(0.5)
@@ -288,8 +291,9 @@ async def test_a_flow_process_killed_in_its_sandbox_ends_crashed_with_its_last_o
         await client.exec.run(sandbox, "sudo pkill -KILL -f 'flow-run execute|prefect.engine|python'")
     ended = await _wait_for_state(setup.prefect, flow_run.id, final=True, timeout=60)
     assert ended.state is not None and ended.state.is_crashed(), ended.state
-    errors = await setup.logs(flow_run.id, min_level=logging.ERROR)
-    assert any("flow-run process exited with code" in line for line in errors), errors
+    exited = "flow-run process exited with code"
+    errors = await setup.wait_for_log(flow_run.id, exited, min_level=logging.ERROR)
+    assert any(exited in line for line in errors), errors
     # Its own output, as the process printed it, is in the run's logs at ERROR.
     assert any(line.startswith("[") and "lingering now" in line for line in errors), errors
     await setup.no_sandbox_within(30)
