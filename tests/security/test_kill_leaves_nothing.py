@@ -114,3 +114,20 @@ async def test_kill_during_an_uninterruptible_syscall_answers_and_leaves_nothing
     assert processes_naming(sandbox) == []
     assert cgroup_dirs_of(sandbox, group) == []
     assert not layer.exists()
+
+
+async def test_kill_of_a_hibernated_sandbox_leaves_nothing(
+    http: httpx.AsyncClient, new_sandbox: NewSandbox, local_server: LocalServer
+) -> None:
+    sandbox = await new_sandbox()
+    await run_ok(http, sandbox, "nohup sleep 600 >/dev/null 2>&1 &")
+    assert (await http.post(f"/sandboxes/{sandbox}/hibernate")).status_code == 200
+    assert processes_naming(sandbox)  # frozen, not gone
+    assert (await http.delete(f"/sandboxes/{sandbox}")).status_code == 204
+    layer = local_server.data_dir / "runtime" / "layers" / "sandboxes" / sandbox
+    group = cgroup_group(local_server.data_dir)
+    # Frozen processes die only once thawed: the kill must not leave them in the refrigerator.
+    await _until_gone(sandbox, group, layer, seconds=30)
+    assert processes_naming(sandbox) == []
+    assert cgroup_dirs_of(sandbox, group) == []
+    assert not layer.exists()

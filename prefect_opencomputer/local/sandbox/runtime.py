@@ -332,6 +332,8 @@ class SandboxRuntime:
         with contextlib.suppress(OSError):
             signal.pidfd_send_signal(machine.pidfd, signal.SIGKILL)
         os.close(machine.pidfd)
+        # A frozen (hibernated) sandbox dies only once thawed: killed first, it runs nothing more.
+        await _thaw(machine)
         if machine.network is not None:
             await machine.network.close()
         os.close(machine.netns_fd)
