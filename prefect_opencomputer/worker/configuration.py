@@ -92,6 +92,14 @@ class OpenComputerVariables(BaseVariables):
     kill_on_exit: bool = Field(
         default=True, description="Kill the sandbox once the flow-run process has exited."
     )
+    concurrency_limit: str | None = Field(
+        default=None,
+        description=(
+            "A Prefect global concurrency limit (say opencomputer-sandboxes, made with `prefect gcl create`) "
+            "of which the run's sandbox holds one slot from create to kill, shared with the tasks' "
+            "concurrency_limit; a limit that does not exist is not waited for."
+        ),
+    )
     output_lines: int = Field(
         default=500,
         ge=0,
@@ -153,6 +161,7 @@ class OpenComputerJobConfiguration(BaseJobConfiguration):
     tags: dict[str, str] = Field(default_factory=dict)
     working_dir: str | None = Field(default=None)
     kill_on_exit: bool = Field(default=True)
+    concurrency_limit: str | None = Field(default=None)
     output_lines: int = Field(default=500, ge=0)
     prefect_api_url: str | None = Field(default=None)
     max_code_mb: int = Field(default=64, gt=0)

@@ -31,6 +31,7 @@ from prefect_opencomputer.client import (
     Sandbox,
     UnauthorizedError,
 )
+from prefect_opencomputer.tasks import quota
 from prefect_opencomputer.tasks.lifecycle import finish_despite_cancellation, kill_ignoring_missing
 from prefect_opencomputer.tasks.output import CommandOutput, OutputLimits, Stream, build_log_handler
 from prefect_opencomputer.tasks.tracking import (
@@ -196,7 +197,7 @@ async def _start_sandbox(
     flow_run: FlowRun,
     logger: LoggingAdapter,
 ) -> Sandbox:
-    """Create or fork the run's sandbox, waiting out a quota; bad credentials raise a clear error."""
+    """Create or fork the run's sandbox, holding a slot of the pool's concurrency limit if it names one."""
     tags = {
         **configuration.tags,
         TAG_CREATED_BY: CREATED_BY,
@@ -204,6 +205,31 @@ async def _start_sandbox(
     }
     if flow_run.deployment_id is not None:
         tags[TAG_DEPLOYMENT] = str(flow_run.deployment_id)
+    limit = configuration.concurrency_limit
+    # One slot of the pool's limit from create to kill (`_kill` gives it back, as every kill does).
+    lease = await quota.take_slot(limit, strict=False) if limit else None
+    tags.update(quota.lease_tags(lease))
+    try:
+        sandbox = await _create_waiting_out_the_quota(client, configuration, logger)
+    except BaseException:
+        if lease is not None:
+            await quota.give_back(lease)
+        raise
+    if limit:
+        quota.bind(sandbox.sandbox_id, lease, limit, strict=False)
+    # Tagged at once, so the reaper can tell whose it is if this worker dies from here on.
+    try:
+        await client.sandboxes.set_tags(sandbox.sandbox_id, tags)
+    except BaseException:
+        await _kill(client, sandbox.sandbox_id, logger)
+        raise
+    return sandbox
+
+
+async def _create_waiting_out_the_quota(
+    client: OpenComputerClient, configuration: OpenComputerJobConfiguration, logger: LoggingAdapter
+) -> Sandbox:
+    """Create or fork, waiting out a full quota; bad credentials raise a clear error."""
     pause = _QUOTA_FIRST_PAUSE
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + _QUOTA_PATIENCE
@@ -226,12 +252,6 @@ async def _start_sandbox(
             logger.warning("Sandbox quota reached (%s); trying again in %.0f s", error.message, wait)
             await asyncio.sleep(wait)
             pause = min(pause * 2, _QUOTA_LONGEST_PAUSE)
-    # Tagged at once, so the reaper can tell whose it is if this worker dies from here on.
-    try:
-        await client.sandboxes.set_tags(sandbox.sandbox_id, tags)
-    except BaseException:
-        await _kill(client, sandbox.sandbox_id, logger)
-        raise
     return sandbox
 
 

@@ -277,6 +277,33 @@ async def test_cancelling_a_running_flow_run_kills_its_sandbox(setup: Setup) -> 
     await setup.no_sandbox_within(30)
 
 
+async def test_a_pools_concurrency_limit_holds_one_slot_while_the_run_has_its_sandbox(setup: Setup) -> None:
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    limit = "worker-sandboxes"
+    async with setup.prefect.client() as prefect:
+        await prefect.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=3))
+        deployment = await prefect.read_deployment_by_name("linger/linger")
+        flow_run = await prefect.create_flow_run_from_deployment(
+            deployment.id, job_variables={"concurrency_limit": limit}
+        )
+
+    async def active_slots() -> int:
+        async with setup.prefect.client() as prefect:
+            return (await prefect.read_global_concurrency_limit_by_name(limit)).active_slots
+
+    await setup.wait_for_log(flow_run.id, "lingering now", timeout=300)
+    assert await active_slots() == 1
+    cancelled = setup.cli("flow-run", "cancel", str(flow_run.id))
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    await setup.no_sandbox_within(60)
+    for _ in range(120):  # given back by the kill, through the worker's keeper thread
+        if await active_slots() == 0:
+            break
+        await asyncio.sleep(0.5)
+    assert await active_slots() == 0
+
+
 async def test_a_flow_process_killed_in_its_sandbox_ends_crashed_with_its_last_output_at_error(
     setup: Setup,
 ) -> None:
