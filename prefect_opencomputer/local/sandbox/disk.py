@@ -57,20 +57,27 @@ def check_host() -> None:
 
 def make_image(path: Path, size_mb: int, skeleton: Path) -> None:
     """Format a fresh image at ``path`` holding ``skeleton``'s tree (written aside, then renamed)."""
+    format_sparse(
+        path, size_mb * MIB, [_mkfs(), *MKFS_OPTIONS, "-d", str(skeleton)], f"a {size_mb} MB sandbox disk"
+    )
+
+
+def format_sparse(path: Path, size_bytes: int, mkfs: list[str], what: str) -> None:
+    """Run ``mkfs`` on a sparse file of ``size_bytes`` made aside, renamed to ``path`` once whole.
+
+    A killed or failed format never leaves a file under ``path``; a failure raises OSError with the
+    tool's own words.
+    """
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
         with partial.open("wb") as handle:
-            handle.truncate(size_mb * MIB)
-        subprocess.run(
-            [_mkfs(), *MKFS_OPTIONS, "-d", str(skeleton), str(partial)],
-            check=True,
-            capture_output=True,
-        )
+            handle.truncate(size_bytes)
+        subprocess.run([*mkfs, str(partial)], check=True, capture_output=True)
         partial.rename(path)
     except subprocess.CalledProcessError as error:
         partial.unlink(missing_ok=True)
         reason = error.stderr.decode(errors="replace").strip()
-        raise OSError(f"formatting a {size_mb} MB sandbox disk failed: {reason}") from None
+        raise OSError(f"formatting {what} failed: {reason}") from None
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

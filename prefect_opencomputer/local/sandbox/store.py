@@ -257,20 +257,11 @@ def _make_xfs_image(path: Path, size_bytes: int) -> None:
     """A sparse XFS image with reflinks, made aside and renamed once whole."""
     mkfs = _mkfs_xfs()
     assert mkfs is not None
-    partial = path.with_name(f".{path.name}.partial")
     try:
-        with partial.open("wb") as handle:
-            handle.truncate(size_bytes)
-        subprocess.run([mkfs, "-q", "-m", "reflink=1", str(partial)], check=True, capture_output=True)
-        os.chmod(partial, 0o600)
-        partial.rename(path)
-    except subprocess.CalledProcessError as error:
-        partial.unlink(missing_ok=True)
-        reason = error.stderr.decode(errors="replace").strip()
-        raise StoreUnavailable(f"formatting the sandbox disk store failed: {reason}") from None
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+        disk.format_sparse(path, size_bytes, [mkfs, "-q", "-m", "reflink=1"], "the sandbox disk store")
+    except OSError as error:
+        raise StoreUnavailable(str(error)) from None
+    os.chmod(path, 0o600)
 
 
 def _sparse_copy(source: int, target: int) -> None:
