@@ -53,6 +53,17 @@ LIST_LIMIT = 10_000
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (``os.umask`` would race other threads)."""
+    with open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
 _MAX_LINK_HOPS = 40  # as the kernel's own limit
 
 
@@ -217,8 +228,9 @@ class RootedFiles:
     def mkdir(self, path: str) -> None:
         """``mkdir -p``, one component at a time so no lookup leaves the root.
 
-        Each directory made is given ``owner`` and mode 0755 through a descriptor opened without
-        following links; directories that already exist are left as they are.
+        Each directory is made as the sandbox's root, so it is born with ``owner`` and mode 0755:
+        no step after the ``mkdir`` has to reach it again by name, which a sandbox could race.
+        Directories that already exist are left as they are.
         """
         resolved = self.resolve(path)
         parts = [p for p in resolved.split("/") if p]
@@ -231,31 +243,30 @@ class RootedFiles:
                 pass
             parent_fd = self._open(posixpath.dirname(prefix), _O_PATH | os.O_DIRECTORY)
             try:
-                try:
-                    with as_sandbox_root(self.owner):
-                        os.mkdir(parts[depth - 1], 0o700, dir_fd=parent_fd)
-                except FileExistsError:
-                    # A file (or a dangling link) is in the way.
-                    raise NotADirectoryError(errno.ENOTDIR, "not a directory", prefix) from None
-                made = os.open(
-                    parts[depth - 1],
-                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    dir_fd=parent_fd,
-                )
-                try:
-                    # The sandbox may have moved a mount onto the new name meanwhile: only the
-                    # directory just made (on the parent's filesystem, its root's own) is touched.
-                    info, parent = os.fstat(made), os.fstat(parent_fd)
-                    if info.st_dev != parent.st_dev or info.st_uid != self.owner[0]:
-                        raise OSError(
-                            errno.EBUSY, "the directory was replaced while it was being made", prefix
-                        )
-                    os.fchown(made, *self.owner)
-                    os.fchmod(made, DIR_MODE)
-                finally:
-                    os.close(made)
+                with as_sandbox_root(self.owner):
+                    os.mkdir(parts[depth - 1], DIR_MODE, dir_fd=parent_fd)
+                    if _umask() & DIR_MODE:
+                        self._widen_to_dir_mode(parts[depth - 1], parent_fd, prefix)
+            except FileExistsError:
+                # A file (or a dangling link) is in the way.
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", prefix) from None
             finally:
                 os.close(parent_fd)
+
+    def _widen_to_dir_mode(self, name: str, parent_fd: int, prefix: str) -> None:
+        """Undo a server umask stricter than 022 on a directory just made.
+
+        The sandbox may have moved a mount onto the new name meanwhile: only the directory just
+        made (on the parent's filesystem, its root's own) is touched.
+        """
+        made = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        try:
+            info, parent = os.fstat(made), os.fstat(parent_fd)
+            if info.st_dev != parent.st_dev or info.st_uid != self.owner[0]:
+                raise OSError(errno.EBUSY, "the directory was replaced while it was being made", prefix)
+            os.fchmod(made, DIR_MODE)
+        finally:
+            os.close(made)
 
     def remove(self, path: str) -> None:
         """``rm -rf``: a missing path is not an error."""
