@@ -338,3 +338,34 @@ async def test_the_prefect_ui_shows_a_lifecycle_run_its_task_names_logs_and_arti
             await page.screenshot(path=str(shots / "block-form.png"))
         finally:
             await browser.close()
+
+
+@pytest.mark.browser
+async def test_the_prefect_ui_shows_an_opencomputer_pools_job_variable_form(
+    prefect_server: PrefectServer, tmp_path: Path
+) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("no browser: `make test` installs Debian's chromium when run as root")
+    from playwright.async_api import async_playwright
+
+    from prefect_opencomputer.blocks.credentials import LOGO_PATH, LOGO_URL
+
+    shots = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    created = _prefect(prefect_server, "work-pool", "create", "sandboxes", "--type", "opencomputer")
+    assert created.returncode == 0, created.stdout + created.stderr
+    origin = prefect_server.api_url.removesuffix("/api")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 1600})
+            await page.route(LOGO_URL, lambda route: route.fulfill(path=str(LOGO_PATH)))
+            # The pool's edit page: its base job template's defaults, as a form of the job variables.
+            await page.goto(f"{origin}/work-pools/work-pool/sandboxes/edit")
+            for text in ("Memory of the sandbox in MB.", "Fork a prepared checkpoint"):
+                await page.get_by_text(text).first.wait_for(timeout=60_000)
+            await page.get_by_text("The OpenComputer credentials block").first.scroll_into_view_if_needed()
+            await page.wait_for_timeout(1000)  # let the form finish laying out before the picture
+            await page.screenshot(path=str(shots / "work-pool-form.png"))
+        finally:
+            await browser.close()
