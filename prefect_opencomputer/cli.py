@@ -9,6 +9,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from prefect_opencomputer._settings import (
+    API_KEY_ENV,
+    API_URL_ENV,
+    CREDENTIALS_BLOCK_ENV,
+    LOCAL_API_KEY_ENV,
+    USD_PER_GB_HOUR_ENV,
+)
+
 if TYPE_CHECKING:
     from prefect_opencomputer.client import SandboxUsageItem
 
@@ -23,7 +31,10 @@ local_app = typer.Typer(
 )
 app.add_typer(local_app, name="local")
 
-API_KEY_ENV = "OPENCOMPUTER_LOCAL_API_KEY"
+_CREDENTIALS_BLOCK_HELP = (
+    f"Name of a saved OpenComputerCredentials block (default: the block named by {CREDENTIALS_BLOCK_ENV}, "
+    f"else {API_KEY_ENV} and {API_URL_ENV})."
+)
 
 
 def default_data_dir() -> Path:
@@ -46,7 +57,7 @@ def local_serve(
     api_key: Annotated[
         str | None,
         typer.Option(
-            envvar=API_KEY_ENV,
+            envvar=LOCAL_API_KEY_ENV,
             show_default=False,
             show_envvar=True,
             help=(
@@ -151,10 +162,10 @@ def local_serve(
         typer.echo(f"  {limits_line}")
         for opened in config.allow_host_ports:
             typer.echo(f"  sandboxes reach this host's 127.0.0.1:{opened} at {HOST_ALIAS}:{opened}")
-        typer.echo(f"  export OPENCOMPUTER_API_URL={url}")
+        typer.echo(f"  export {API_URL_ENV}={url}")
         if generated_key:
             # Printed once, here, for the person who started the server; never logged.
-            typer.echo(f"  export OPENCOMPUTER_API_KEY={key}")
+            typer.echo(f"  export {API_KEY_ENV}={key}")
         with asyncio.Runner() as runner:
             runner.run(serve(server, server_app, sock))
     except (LocalServerError, RuntimeUnavailable) as exc:
@@ -181,7 +192,7 @@ def local_build_rootfs(
 
 @app.command("demo")
 def demo() -> None:
-    """Run the example lifecycle flow (on the embedded local server unless OPENCOMPUTER_API_KEY is set)."""
+    """Run the example lifecycle flow (on the embedded local server unless credentials are configured)."""
     from prefect_opencomputer.demo import main as run_demo
 
     raise typer.Exit(run_demo())
@@ -192,7 +203,7 @@ def reap(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report orphaned sandboxes, kill none.")] = False,
     credentials_block: Annotated[
         str | None,
-        typer.Option(help="Name of a saved OpenComputerCredentials block (default: OPENCOMPUTER_* env)."),
+        typer.Option(help=_CREDENTIALS_BLOCK_HELP),
     ] = None,
 ) -> None:
     """Kill sandboxes this integration created whose Prefect flow run has finished or no longer exists, and
@@ -238,7 +249,7 @@ def usage(
     ] = None,
     credentials_block: Annotated[
         str | None,
-        typer.Option(help="Name of a saved OpenComputerCredentials block (default: OPENCOMPUTER_* env)."),
+        typer.Option(help=_CREDENTIALS_BLOCK_HELP),
     ] = None,
 ) -> None:
     """Print a flow run's or a day's sandbox usage as a table: memory GiB-seconds and an estimated cost."""
@@ -275,9 +286,9 @@ def usage(
 async def _usage_items(
     credentials_block: str | None, tags: dict[str, str] | None, start: datetime | None, end: datetime | None
 ) -> list[SandboxUsageItem]:
-    from prefect_opencomputer.blocks.credentials import load_credentials
+    from prefect_opencomputer.blocks.credentials import aload_credentials
 
-    credentials = await load_credentials(credentials_block)
+    credentials = await aload_credentials(credentials_block)
     async with credentials.get_client() as client:
         return await client.usage.all_by_sandbox(from_=start, to=end, tags=tags)
 
@@ -307,7 +318,7 @@ def _print_usage_table(what: str, items: list[SandboxUsageItem], rate: float) ->
     console = Console(width=max(120, Console().width))
     console.print(table)
     console.print(
-        f"Estimate at ${rate:.3f} per GB-hour (OPENCOMPUTER_USD_PER_GB_HOUR), as the service meters memory."
+        f"Estimate at ${rate:.3f} per GB-hour ({USD_PER_GB_HOUR_ENV}), as the service meters memory."
     )
 
 
