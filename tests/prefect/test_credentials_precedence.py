@@ -8,13 +8,16 @@ judging the key each source carries. Only the source that should win holds the k
 from __future__ import annotations
 
 from typing import Any
+from uuid import uuid4
 
 import pytest
+from prefect.client.schemas.objects import FlowRun
 from pydantic import SecretStr
 
 from prefect_opencomputer._settings import API_KEY_ENV, API_URL_ENV, CREDENTIALS_BLOCK_ENV
 from prefect_opencomputer.blocks import OpenComputerCredentials, aload_credentials, load_credentials
 from prefect_opencomputer.client import UnauthorizedError
+from prefect_opencomputer.tasks.cleanup import credentials_of_run
 
 WRONG_KEY = "osb_" + "0" * 64
 SOURCES = ("code", "name", "environment block", "environment")
@@ -104,3 +107,25 @@ async def test_a_saved_block_without_a_key_reads_the_key_from_the_environment(
 
     assert chosen.api_key is None
     assert await _accepted(chosen)
+
+
+async def test_a_hook_in_another_process_reads_a_runs_parameters_in_the_same_order(
+    local_server: Any, control: Any
+) -> None:
+    # A run given both a block (stored as a reference) and a block name: its tasks used the block, so the
+    # cleanup hook, which finds the run's credentials from its parameters, must use the block too.
+    document_id = await _block(local_server, local_server.api_key).save(
+        "precedence-run-block", overwrite=True
+    )
+    await _block(local_server, WRONG_KEY).save("precedence-run-name", overwrite=True)
+    run = FlowRun(
+        id=uuid4(),
+        flow_id=uuid4(),
+        parameters={
+            "credentials": {"$ref": {"block_document_id": str(document_id)}},
+            "credentials_block": "precedence-run-name",
+        },
+    )
+
+    assert await _accepted(await credentials_of_run(run))
+    assert not await _accepted(await credentials_of_run(run, "precedence-run-name"))
