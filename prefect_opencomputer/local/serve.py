@@ -190,6 +190,7 @@ def prepare_server(
     sentence the person starting the server can act on.
     """
     config = replace(config, data_dir=prepare_data_dir(config.data_dir))
+    # The sandbox runtime's host setup, and below the backend, are made here only, for both start paths.
     host_report = prepare_host(config, progress=progress)
     sock = bind_socket(config.host, config.port)
     try:
