@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 
 from prefect_opencomputer.client import OpenComputerClient
-from prefect_opencomputer.local import LocalServer
+from prefect_opencomputer.local import LocalServer, LocalServerConfig
 
 
 @contextmanager
@@ -19,8 +21,12 @@ def local_server(*, test_routes: bool = False, max_running: int = 50) -> Iterato
     request-counting middleware that every request then passes through: only the fan-out needs it.
     `max_running` lifts the hosted cap of 50 running sandboxes, for the scale benchmark.
     """
-    with LocalServer(enable_test_routes=test_routes, max_running_sandboxes=max_running) as server:
-        yield server
+    with tempfile.TemporaryDirectory(prefix="bench-local-", ignore_cleanup_errors=True) as data_dir:
+        config = LocalServerConfig(
+            data_dir=Path(data_dir), enable_test_routes=test_routes, max_running_sandboxes=max_running
+        )
+        with LocalServer(config) as server:
+            yield server
 
 
 def our_client(server: LocalServer) -> OpenComputerClient:

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench.results import BenchmarkResult, Samples
-from prefect_opencomputer.local import LocalServer
+from prefect_opencomputer.local import LocalServer, LocalServerConfig
 
 ROUNDS = 3
 FLOW = """
@@ -57,11 +57,15 @@ def _run_in(project: Path, result: BenchmarkResult) -> None:
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=90):
+    with (
+        prefect_test_harness(server_startup_timeout=90),
+        tempfile.TemporaryDirectory(prefix="bench-local-", ignore_cleanup_errors=True) as data_dir,
+    ):
         api_url = str(PREFECT_API_URL.value())
         port = urlsplit(api_url).port
         assert port is not None
-        with LocalServer(allow_host_ports=[port]) as server:
+        config = LocalServerConfig(data_dir=Path(data_dir), allow_host_ports=(port,))
+        with LocalServer(config) as server:
             env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
             env.update(
                 PREFECT_API_URL=api_url,

@@ -9,6 +9,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from prefect_opencomputer._settings import (
+    API_KEY_ENV,
+    API_URL_ENV,
+    CREDENTIALS_BLOCK_ENV,
+    LOCAL_API_KEY_ENV,
+    USD_PER_GB_HOUR_ENV,
+)
+from prefect_opencomputer.local.config import LocalServerConfig
+
 if TYPE_CHECKING:
     from prefect_opencomputer.client import SandboxUsageItem
 
@@ -23,7 +32,13 @@ local_app = typer.Typer(
 )
 app.add_typer(local_app, name="local")
 
-API_KEY_ENV = "OPENCOMPUTER_LOCAL_API_KEY"
+# The defaults of `local serve` are the config's (a dataclass keeps each default as a class attribute);
+# only the port differs, so that a server started by hand is found at a URL a person can remember.
+_SERVE_DEFAULTS = LocalServerConfig
+_CREDENTIALS_BLOCK_HELP = (
+    f"Name of a saved OpenComputerCredentials block (default: the block named by {CREDENTIALS_BLOCK_ENV}, "
+    f"else {API_KEY_ENV} and {API_URL_ENV})."
+)
 
 
 def default_data_dir() -> Path:
@@ -34,7 +49,9 @@ def default_data_dir() -> Path:
 
 @local_app.command("serve")
 def local_serve(
-    host: Annotated[str, typer.Option(help="Address to listen on; loopback keeps it private.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; loopback keeps it private.")
+    ] = _SERVE_DEFAULTS.host,
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0 = a free one).")] = 8000,
     data_dir: Annotated[
         Path | None,
@@ -46,7 +63,7 @@ def local_serve(
     api_key: Annotated[
         str | None,
         typer.Option(
-            envvar=API_KEY_ENV,
+            envvar=LOCAL_API_KEY_ENV,
             show_default=False,
             show_envvar=True,
             help=(
@@ -60,10 +77,10 @@ def local_serve(
         typer.Option(
             "--enable-test-routes", help="Serve the /_test control routes (reset, stats, fault injection)."
         ),
-    ] = False,
+    ] = _SERVE_DEFAULTS.enable_test_routes,
     preview_domain: Annotated[
         str, typer.Option(help="Domain of preview hostnames (default: localhost:<port>).", show_default=False)
-    ] = "",
+    ] = _SERVE_DEFAULTS.preview_domain,
     egress_allow: Annotated[
         list[str] | None,
         typer.Option(
@@ -83,7 +100,7 @@ def local_serve(
     max_running_sandboxes: Annotated[
         int,
         typer.Option(help="Running sandboxes allowed at once; creates past it get 429 (hosted: 50).", min=0),
-    ] = 50,
+    ] = _SERVE_DEFAULTS.max_running_sandboxes,
     allow_host_port: Annotated[
         list[int] | None,
         typer.Option(
@@ -102,7 +119,7 @@ def local_serve(
             help="Cap every sandbox's disk at this many MB, whatever its diskMB (tests fill one quickly).",
             show_default=False,
         ),
-    ] = None,
+    ] = _SERVE_DEFAULTS.max_disk_mb,
 ) -> None:
     """Serve the OpenComputer API on this machine until Ctrl-C or SIGTERM."""
     import asyncio
@@ -110,53 +127,41 @@ def local_serve(
 
     from uvicorn.config import LOGGING_CONFIG
 
-    from prefect_opencomputer.local.backend.sandboxes import prepare_host
-    from prefect_opencomputer.local.config import HOST_ALIAS, LocalServerConfig
-    from prefect_opencomputer.local.embedded import new_api_key
+    from prefect_opencomputer.local.config import HOST_ALIAS, new_api_key
     from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
-    from prefect_opencomputer.local.serve import (
-        LocalServerError,
-        bind_socket,
-        build_server,
-        prepare_data_dir,
-        serve,
-    )
+    from prefect_opencomputer.local.serve import LocalServerError, prepare_server
 
-    generated_key = not api_key
-    key = api_key or new_api_key()
+    config = LocalServerConfig(
+        data_dir=data_dir or default_data_dir(),
+        api_key=api_key or new_api_key(),
+        host=host,
+        port=port,
+        preview_domain=preview_domain,
+        enable_test_routes=enable_test_routes,
+        limits=not no_limits,
+        max_running_sandboxes=max_running_sandboxes,
+        egress_allow=tuple(egress_allow or ()),
+        max_disk_mb=max_disk_mb,
+        allow_host_ports=tuple(allow_host_port or ()),
+    )
     try:
-        resolved_dir = prepare_data_dir(data_dir or default_data_dir())
-        limits_line = prepare_host(
-            LocalServerConfig(data_dir=resolved_dir, api_key=key, limits=not no_limits),
+        prepared = prepare_server(
+            config,
             progress=lambda line: typer.echo(line, err=True),
+            access_log=True,
+            log_config=copy.deepcopy(LOGGING_CONFIG),
         )
-        sock = bind_socket(host, port)
-        config = LocalServerConfig(
-            data_dir=resolved_dir,
-            api_key=key,
-            host=host,
-            port=sock.getsockname()[1],
-            preview_domain=preview_domain,
-            enable_test_routes=enable_test_routes,
-            limits=not no_limits,
-            max_running_sandboxes=max_running_sandboxes,
-            egress_allow=tuple(egress_allow or ()),
-            max_disk_mb=max_disk_mb,
-            allow_host_ports=tuple(allow_host_port or ()),
-        )
-        server, server_app = build_server(config, access_log=True, log_config=copy.deepcopy(LOGGING_CONFIG))
-        shown_host = f"[{host}]" if ":" in host else host
-        url = f"http://{shown_host}:{config.port}"
-        typer.echo(f"OpenComputer local server on {url} (data: {resolved_dir})")
-        typer.echo(f"  {limits_line}")
-        for opened in config.allow_host_ports:
+        served = prepared.config
+        typer.echo(f"OpenComputer local server on {served.url} (data: {served.data_dir})")
+        typer.echo(f"  {prepared.host_report}")
+        for opened in served.allow_host_ports:
             typer.echo(f"  sandboxes reach this host's 127.0.0.1:{opened} at {HOST_ALIAS}:{opened}")
-        typer.echo(f"  export OPENCOMPUTER_API_URL={url}")
-        if generated_key:
+        typer.echo(f"  export {API_URL_ENV}={served.url}")
+        if not api_key:
             # Printed once, here, for the person who started the server; never logged.
-            typer.echo(f"  export OPENCOMPUTER_API_KEY={key}")
+            typer.echo(f"  export {API_KEY_ENV}={served.api_key}")
         with asyncio.Runner() as runner:
-            runner.run(serve(server, server_app, sock))
+            runner.run(prepared.serve())
     except (LocalServerError, RuntimeUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -181,7 +186,7 @@ def local_build_rootfs(
 
 @app.command("demo")
 def demo() -> None:
-    """Run the example lifecycle flow (on the embedded local server unless OPENCOMPUTER_API_KEY is set)."""
+    """Run the example lifecycle flow (on the embedded local server unless credentials are configured)."""
     from prefect_opencomputer.demo import main as run_demo
 
     raise typer.Exit(run_demo())
@@ -192,7 +197,7 @@ def reap(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report orphaned sandboxes, kill none.")] = False,
     credentials_block: Annotated[
         str | None,
-        typer.Option(help="Name of a saved OpenComputerCredentials block (default: OPENCOMPUTER_* env)."),
+        typer.Option(help=_CREDENTIALS_BLOCK_HELP),
     ] = None,
 ) -> None:
     """Kill sandboxes this integration created whose Prefect flow run has finished or no longer exists, and
@@ -238,7 +243,7 @@ def usage(
     ] = None,
     credentials_block: Annotated[
         str | None,
-        typer.Option(help="Name of a saved OpenComputerCredentials block (default: OPENCOMPUTER_* env)."),
+        typer.Option(help=_CREDENTIALS_BLOCK_HELP),
     ] = None,
 ) -> None:
     """Print a flow run's or a day's sandbox usage as a table: memory GiB-seconds and an estimated cost."""
@@ -275,9 +280,9 @@ def usage(
 async def _usage_items(
     credentials_block: str | None, tags: dict[str, str] | None, start: datetime | None, end: datetime | None
 ) -> list[SandboxUsageItem]:
-    from prefect_opencomputer.blocks.credentials import load_credentials
+    from prefect_opencomputer.blocks.credentials import aload_credentials
 
-    credentials = await load_credentials(credentials_block)
+    credentials = await aload_credentials(credentials_block)
     async with credentials.get_client() as client:
         return await client.usage.all_by_sandbox(from_=start, to=end, tags=tags)
 
@@ -307,7 +312,7 @@ def _print_usage_table(what: str, items: list[SandboxUsageItem], rate: float) ->
     console = Console(width=max(120, Console().width))
     console.print(table)
     console.print(
-        f"Estimate at ${rate:.3f} per GB-hour (OPENCOMPUTER_USD_PER_GB_HOUR), as the service meters memory."
+        f"Estimate at ${rate:.3f} per GB-hour ({USD_PER_GB_HOUR_ENV}), as the service meters memory."
     )
 
 

@@ -1,10 +1,10 @@
 """`make demo`: run `sandbox_lifecycle` end to end and print what happened.
 
-With no `OPENCOMPUTER_API_KEY` in the environment it starts the embedded local server (real sandboxes on
-this machine) and points the flow at it; with the key set, the same flow runs against the service at
-`OPENCOMPUTER_API_URL` (the hosted service by default). With no `PREFECT_API_URL`, Prefect starts a
-temporary server of its own, as it does for any flow. Exit code 0 means the flow completed and left no
-sandbox running.
+The flow finds its credentials as every flow does (`aload_credentials`: the block named by
+`OPENCOMPUTER_CREDENTIALS_BLOCK`, else `OPENCOMPUTER_API_KEY` / `OPENCOMPUTER_API_URL`). With none of them
+set it starts the embedded local server (real sandboxes on this machine) and points the flow at it. With no
+`PREFECT_API_URL`, Prefect starts a temporary server of its own, as it does for any flow. Exit code 0 means
+the flow completed and left no sandbox running.
 """
 
 from __future__ import annotations
@@ -17,15 +17,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from uuid import UUID
 
-API_KEY_ENV = "OPENCOMPUTER_API_KEY"
-API_URL_ENV = "OPENCOMPUTER_API_URL"
+from prefect_opencomputer._settings import API_KEY_ENV, API_URL_ENV
 
 
 @contextmanager
 def _opencomputer_target() -> Iterator[str]:
-    """Point OPENCOMPUTER_* at a service for the duration; yields a line saying which one."""
-    if os.environ.get(API_KEY_ENV):
-        yield f"OpenComputer: {os.environ.get(API_URL_ENV) or 'the hosted service'} ({API_KEY_ENV} is set)"
+    """The service the flow's credentials name, else an embedded local server for the duration (the
+    environment points at it meanwhile); yields a line saying which one."""
+    from prefect_opencomputer.blocks.credentials import is_configured, load_credentials
+    from prefect_opencomputer.client import resolve_api_base
+
+    credentials = load_credentials()
+    if is_configured(credentials):
+        yield f"OpenComputer: {resolve_api_base(credentials.api_url)} (credentials are configured)"
         return
     from prefect_opencomputer.local import LocalServer
 
@@ -33,7 +37,7 @@ def _opencomputer_target() -> Iterator[str]:
     with LocalServer() as server:
         os.environ[API_KEY_ENV], os.environ[API_URL_ENV] = server.api_key, server.url
         try:
-            yield f"OpenComputer: embedded local server at {server.url} ({API_KEY_ENV} is not set)"
+            yield f"OpenComputer: embedded local server at {server.url} (no credentials are configured)"
         finally:
             for name, value in saved.items():
                 if value is None:
@@ -65,7 +69,7 @@ async def _flow_run_seconds(flow_run_id: UUID) -> float | None:
 
 
 async def _run() -> int:
-    from prefect_opencomputer.blocks import OpenComputerCredentials
+    from prefect_opencomputer.blocks import aload_credentials
     from prefect_opencomputer.flows import sandbox_lifecycle
     from prefect_opencomputer.tasks import TAG_FLOW_RUN
 
@@ -75,7 +79,8 @@ async def _run() -> int:
     flow_run_id = state.state_details.flow_run_id
     assert flow_run_id is not None
     flow_seconds = await _flow_run_seconds(flow_run_id)
-    async with OpenComputerCredentials().get_client() as client:
+    credentials = await aload_credentials()
+    async with credentials.get_client() as client:
         left = [
             sb.sandbox_id
             for sb in await client.sandboxes.list()

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from prefect_opencomputer.client import OpenComputerClient
-from prefect_opencomputer.local import LocalServer
+from prefect_opencomputer.local import LocalServer, LocalServerConfig
 
 # Prefect must never phone home or share state with a developer's own profile.
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -17,9 +17,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 @pytest.fixture(scope="session")
-def local_server() -> Iterator[LocalServer]:
+def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """The embedded OpenComputer-compatible server, with the test control routes on."""
-    with LocalServer(enable_test_routes=True) as server:
+    config = LocalServerConfig(data_dir=tmp_path_factory.mktemp("local-server"), enable_test_routes=True)
+    with LocalServer(config) as server:
         yield server
 
 

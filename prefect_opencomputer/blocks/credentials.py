@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prefect.blocks.abstract import CredentialsBlock
 from prefect.blocks.core import Block, schema_extra
+from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import ConfigDict, Field, SecretStr
 
+from prefect_opencomputer._settings import (
+    API_KEY_ENV,
+    API_URL_ENV,
+    CREDENTIALS_BLOCK_ENV,
+    DEFAULT_REQUEST_TIMEOUT,
+)
 from prefect_opencomputer.blocks.sync_client import SyncOpenComputerClient
 from prefect_opencomputer.client import OpenComputerClient
-
-API_KEY_ENV = "OPENCOMPUTER_API_KEY"
-API_URL_ENV = "OPENCOMPUTER_API_URL"
-# Names the saved block that tasks, flows and hooks use when they are given none.
-CREDENTIALS_BLOCK_ENV = "OPENCOMPUTER_CREDENTIALS_BLOCK"
 
 # The logo ships in the package; the UI loads it from the published copy of the same file.
 LOGO_PATH = Path(__file__).resolve().parent.parent / "assets" / "logo.png"
@@ -71,19 +73,19 @@ class OpenComputerCredentials(CredentialsBlock):
 
     api_key: SecretStr | None = Field(
         default=None,
-        description="OpenComputer API key; unset reads OPENCOMPUTER_API_KEY from the environment.",
+        description=f"OpenComputer API key; unset reads {API_KEY_ENV} from the environment.",
         title="API Key",
     )
     api_url: str | None = Field(
         default=None,
         description=(
             "Base URL of the OpenComputer API (the hosted service or a local server); "
-            "unset reads OPENCOMPUTER_API_URL, then defaults to the hosted service."
+            f"unset reads {API_URL_ENV}, then defaults to the hosted service."
         ),
         title="API URL",
     )
     request_timeout: float = Field(
-        default=30.0,
+        default=DEFAULT_REQUEST_TIMEOUT,
         gt=0,
         description="Seconds to wait for one HTTP request before giving up.",
     )
@@ -98,18 +100,51 @@ class OpenComputerCredentials(CredentialsBlock):
         return SyncOpenComputerClient(self.get_client)
 
 
-async def load_credentials(block_name: str | None = None) -> OpenComputerCredentials:
-    """The saved block `block_name`, else the one named by `OPENCOMPUTER_CREDENTIALS_BLOCK`, else credentials
-    read from the environment (`OPENCOMPUTER_API_KEY`, `OPENCOMPUTER_API_URL`).
+async def aload_credentials(
+    block_name: str | None = None, *, credentials: OpenComputerCredentials | None = None
+) -> OpenComputerCredentials:
+    """The OpenComputer credentials to use: the one resolver, which tasks, flows, hooks, the worker and the
+    CLI all call. The first of these that is given wins:
 
-    Cleanup hooks take a block *name*, so a hook running in another process finds the same credentials.
+    1. `credentials`, a block given in code (a task's `credentials=`, a flow's block parameter);
+    2. the saved block named `block_name`;
+    3. the saved block named by the `OPENCOMPUTER_CREDENTIALS_BLOCK` environment variable;
+    4. the environment: `OPENCOMPUTER_API_KEY` and `OPENCOMPUTER_API_URL` (unset URL: the hosted service).
+
+    What code says beats what the environment says, as with Prefect's own settings. A block's unset
+    `api_key` or `api_url` reads the same variable, so a saved block need not hold the key.
+
+    Args:
+        block_name: Name of a saved OpenComputerCredentials block.
+        credentials: A block already in hand; when given, it is returned as it is.
+
+    Returns:
+        The block to build clients from.
+
+    Example:
+        ```python
+        credentials = await aload_credentials("opencomputer")
+        async with credentials.get_client() as client:
+            sandboxes = await client.sandboxes.list()
+        ```
     """
+    if credentials is not None:
+        return credentials
     name = block_name or os.environ.get(CREDENTIALS_BLOCK_ENV)
     if name:
         block = await OpenComputerCredentials.aload(name)
         assert isinstance(block, OpenComputerCredentials)
         return block
     return OpenComputerCredentials()
+
+
+def load_credentials(
+    block_name: str | None = None, *, credentials: OpenComputerCredentials | None = None
+) -> OpenComputerCredentials:
+    """`aload_credentials` for `def` code: the same credentials by the same precedence."""
+    return cast(
+        OpenComputerCredentials, run_coro_as_sync(aload_credentials(block_name, credentials=credentials))
+    )
 
 
 def is_configured(credentials: OpenComputerCredentials) -> bool:

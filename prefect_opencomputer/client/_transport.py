@@ -24,6 +24,7 @@ from typing import Final
 
 import httpx
 
+from prefect_opencomputer._settings import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
 from prefect_opencomputer.client._errors import (
     APIError,
     BadRequestError,
@@ -37,10 +38,6 @@ from prefect_opencomputer.client._errors import (
     TransportError,
     UnauthorizedError,
 )
-
-DEFAULT_API_URL: Final = "https://app.opencomputer.dev"
-API_KEY_ENV: Final = "OPENCOMPUTER_API_KEY"
-API_URL_ENV: Final = "OPENCOMPUTER_API_URL"
 
 _REPLAYABLE_METHODS: Final = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 # Raised before a single byte of the request left this machine.

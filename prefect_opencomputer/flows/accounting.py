@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from prefect.runtime import flow_run
 
-from prefect_opencomputer.blocks import OpenComputerCredentials, load_credentials
+from prefect_opencomputer.blocks import OpenComputerCredentials
 from prefect_opencomputer.tasks import TAG_FLOW_RUN, alist_sandboxes, apublish_run_report
-
-
-async def credentials_for(
-    credentials: OpenComputerCredentials | None, credentials_block: str | None
-) -> OpenComputerCredentials:
-    """The block parameter, else the saved block named by the name parameter, else the environment."""
-    return credentials if credentials is not None else await load_credentials(credentials_block)
 
 
 async def sandboxes_left_by_this_run(credentials: OpenComputerCredentials) -> int:

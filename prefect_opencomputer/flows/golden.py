@@ -18,9 +18,9 @@ from prefect import flow, get_run_logger
 from prefect.variables import Variable
 from pydantic import BaseModel, ConfigDict, Field
 
-from prefect_opencomputer.blocks import OpenComputerCredentials
+from prefect_opencomputer.blocks import OpenComputerCredentials, aload_credentials
 from prefect_opencomputer.client import OpenComputerError
-from prefect_opencomputer.flows.accounting import credentials_for, publish_report
+from prefect_opencomputer.flows.accounting import publish_report
 from prefect_opencomputer.tasks import (
     acreate_checkpoint,
     acreate_checkpoint_patch,
@@ -94,7 +94,7 @@ async def rebuild_golden_checkpoint(
         credentials_block: Or the name of one; with neither, OPENCOMPUTER_API_KEY and OPENCOMPUTER_API_URL
             are read from the environment.
     """
-    credentials = await credentials_for(credentials, credentials_block)
+    credentials = await aload_credentials(credentials_block, credentials=credentials)
     logger = get_run_logger()
     stored = await Variable.aget(parameters.variable_name)
     previous = GoldenCheckpoint.model_validate(stored) if isinstance(stored, dict) else None

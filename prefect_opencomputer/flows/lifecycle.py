@@ -6,8 +6,8 @@
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from prefect_opencomputer.blocks import OpenComputerCredentials
-from prefect_opencomputer.flows.accounting import credentials_for, publish_report, sandboxes_left_by_this_run
+from prefect_opencomputer.blocks import OpenComputerCredentials, aload_credentials
+from prefect_opencomputer.flows.accounting import publish_report, sandboxes_left_by_this_run
 from prefect_opencomputer.tasks import (
     acreate_checkpoint,
     acreate_checkpoint_patch,
@@ -74,7 +74,7 @@ async def sandbox_lifecycle(
         credentials_block: Or the name of one; with neither, OPENCOMPUTER_API_KEY and OPENCOMPUTER_API_URL
             are read from the environment.
     """
-    credentials = await credentials_for(credentials, credentials_block)
+    credentials = await aload_credentials(credentials_block, credentials=credentials)
     logger = get_run_logger()
     try:
         async with open_sandbox(

@@ -10,8 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
-from prefect_opencomputer.blocks import OpenComputerCredentials
-from prefect_opencomputer.flows.accounting import credentials_for
+from prefect_opencomputer.blocks import OpenComputerCredentials, aload_credentials
 from prefect_opencomputer.tasks import (
     KeptSandbox,
     Orphan,
@@ -70,7 +69,7 @@ async def reap_orphaned_sandboxes(
         credentials_block: Or the name of one; with neither, OPENCOMPUTER_API_KEY and OPENCOMPUTER_API_URL
             are read from the environment.
     """
-    credentials = await credentials_for(credentials, credentials_block)
+    credentials = await aload_credentials(credentials_block, credentials=credentials)
     logger = get_run_logger()
     examined, orphans, checkpoints, kept = await afind_orphans(credentials=credentials)
     crashed: list[str] = []

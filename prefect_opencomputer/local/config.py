@@ -1,8 +1,14 @@
-"""How one local server is configured: where its state lives, which key it accepts, what it binds."""
+"""How one local server is configured: where its state lives, which key it accepts, what it binds.
+
+`LocalServerConfig` is the one declaration of the server's settings and their defaults: `LocalServer`
+takes one, and ``prefect-opencomputer local serve`` builds one from its options (whose defaults it reads
+from here).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MIB = 1024 * 1024
@@ -10,16 +16,22 @@ MIB = 1024 * 1024
 HOST_ALIAS = "host.opencomputer.internal"
 
 
+def new_api_key() -> str:
+    """A random key in the hosted service's format (``osb_`` + 64 hex)."""
+    return "osb_" + secrets.token_hex(32)
+
+
 @dataclass(frozen=True)
 class LocalServerConfig:
     """Settings of one local OpenComputer-compatible server.
 
-    ``preview_domain`` empty means ``localhost:<port>`` once the port is bound, so preview
-    hostnames resolve to this machine without any DNS setup.
+    ``api_key`` unset is a fresh random key (read it back from the config, or from ``LocalServer.api_key``).
+    ``port`` 0 binds a free port. ``preview_domain`` empty means ``localhost:<port>`` once the port is
+    bound, so preview hostnames resolve to this machine without any DNS setup.
     """
 
     data_dir: Path
-    api_key: str
+    api_key: str = field(default_factory=new_api_key)
     host: str = "127.0.0.1"
     port: int = 0
     preview_domain: str = ""
@@ -51,6 +63,12 @@ class LocalServerConfig:
             f"enable_test_routes={self.enable_test_routes!r}, region={self.region!r}, "
             f"max_running_sandboxes={self.max_running_sandboxes!r})"
         )
+
+    @property
+    def url(self) -> str:
+        """The server's base URL, ``http://host:port`` (an IPv6 host in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def effective_preview_domain(self) -> str:

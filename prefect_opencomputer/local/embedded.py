@@ -9,74 +9,46 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import secrets
 import shutil
-import socket
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
 import anyio.to_thread
 import uvicorn
-from fastapi import FastAPI
 
-from prefect_opencomputer.local.backend.sandboxes import prepare_host
-from prefect_opencomputer.local.config import LocalServerConfig
-from prefect_opencomputer.local.serve import (
-    LocalServerError,
-    bind_socket,
-    build_server,
-    prepare_data_dir,
-    serve,
-)
+from prefect_opencomputer.local.config import LocalServerConfig, new_api_key
+from prefect_opencomputer.local.serve import LocalServerError, PreparedServer, prepare_server
 
 _STARTUP_TIMEOUT_SECONDS = 60.0
 _STOP_TIMEOUT_SECONDS = 30.0
 
 
-def new_api_key() -> str:
-    """A random key in the hosted service's format (``osb_`` + 64 hex)."""
-    return "osb_" + secrets.token_hex(32)
-
-
 class LocalServer:
     """An OpenComputer-compatible server on a loopback port, for as long as the ``with`` block runs.
+
+    With no config: a temporary data directory (removed when the server stops), a random key, a free
+    loopback port and every other setting at its default. Give a `LocalServerConfig` for anything else;
+    its data directory is then the caller's, and outlives the server (a restart finds its state).
 
     Example:
         ```python
         with LocalServer() as server:
             os.environ["OPENCOMPUTER_API_URL"] = server.url
             os.environ["OPENCOMPUTER_API_KEY"] = server.api_key
+
+        config = LocalServerConfig(data_dir=Path("state"), enable_test_routes=True)
+        with LocalServer(config) as server:
+            ...
         ```
     """
 
-    def __init__(
-        self,
-        data_dir: Path | None = None,
-        api_key: str | None = None,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        enable_test_routes: bool = False,
-        preview_domain: str = "",
-        limits: bool = True,
-        max_running_sandboxes: int = 50,
-        max_disk_mb: int | None = None,
-        allow_host_ports: Sequence[int] = (),
-    ) -> None:
-        self._requested_data_dir = data_dir
-        self._allow_host_ports = tuple(allow_host_ports)
-        self._limits = limits
-        self._max_running_sandboxes = max_running_sandboxes
-        self._max_disk_mb = max_disk_mb
-        self._requested_port = port
-        self._host = host
-        self._enable_test_routes = enable_test_routes
-        self._preview_domain = preview_domain
-        self.api_key = api_key or new_api_key()
+    def __init__(self, config: LocalServerConfig | None = None) -> None:
+        self._requested_config = config
+        self.api_key = config.api_key if config is not None else new_api_key()
         self._config: LocalServerConfig | None = None
         self._temporary_dir: Path | None = None
         self._server: uvicorn.Server | None = None
@@ -103,9 +75,7 @@ class LocalServer:
 
     @property
     def url(self) -> str:
-        config = self.config
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        return f"http://{host}:{config.port}"
+        return self.config.url
 
     @property
     def api_url(self) -> str:
@@ -118,49 +88,26 @@ class LocalServer:
         with self._lock:
             if self._thread is not None:
                 raise RuntimeError("the local server is already running")
-            data_dir = self._requested_data_dir
-            if data_dir is None:
+            config = self._requested_config
+            if config is None:
                 self._temporary_dir = Path(tempfile.mkdtemp(prefix="opencomputer-local-"))
-                data_dir = self._temporary_dir
+                config = LocalServerConfig(data_dir=self._temporary_dir, api_key=self.api_key)
             try:
-                data_dir = prepare_data_dir(data_dir)
-                prepare_host(self._config_for(data_dir, port=0), progress=_say)
-                self._launch(data_dir)
+                self._launch(prepare_server(config, progress=_say, access_log=False, log_config=None))
             except BaseException:
                 self._cleanup()
                 raise
             atexit.register(self.stop)
             return self
 
-    def _config_for(self, data_dir: Path, *, port: int) -> LocalServerConfig:
-        return LocalServerConfig(
-            data_dir=data_dir,
-            api_key=self.api_key,
-            host=self._host,
-            port=port,
-            preview_domain=self._preview_domain,
-            enable_test_routes=self._enable_test_routes,
-            limits=self._limits,
-            max_running_sandboxes=self._max_running_sandboxes,
-            max_disk_mb=self._max_disk_mb,
-            allow_host_ports=self._allow_host_ports,
-        )
-
-    def _launch(self, data_dir: Path) -> None:
-        sock = bind_socket(self._host, self._requested_port)
-        try:
-            config = self._config_for(data_dir, port=sock.getsockname()[1])
-            server, app = build_server(config, access_log=False, log_config=None)
-        except BaseException:
-            sock.close()
-            raise
-        self._config, self._server = config, server
+    def _launch(self, prepared: PreparedServer) -> None:
+        self._config, self._server = prepared.config, prepared.server
         self._thread = threading.Thread(
-            target=self._run, args=(server, app, sock), name="opencomputer-local-server", daemon=True
+            target=self._run, args=(prepared,), name="opencomputer-local-server", daemon=True
         )
         self._thread.start()
         deadline = time.monotonic() + _STARTUP_TIMEOUT_SECONDS
-        while not server.started:
+        while not prepared.server.started:
             if not self._thread.is_alive():
                 failure = self._failure
                 if isinstance(failure, LocalServerError):
@@ -171,10 +118,10 @@ class LocalServer:
                 raise LocalServerError(f"the local server did not start within {seconds}")
             time.sleep(0.005)
 
-    def _run(self, server: uvicorn.Server, app: FastAPI, sock: socket.socket) -> None:
+    def _run(self, prepared: PreparedServer) -> None:
         try:
             with asyncio.Runner() as runner:
-                runner.run(serve(server, app, sock))
+                runner.run(prepared.serve())
         except BaseException as exc:  # reported by start(); a thread cannot raise to its caller
             self._failure = exc
 

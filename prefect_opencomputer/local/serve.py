@@ -15,7 +15,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -24,6 +25,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from prefect_opencomputer.local.app import create_app
+from prefect_opencomputer.local.backend.sandboxes import prepare_host
 from prefect_opencomputer.local.backend.service import LocalBackend
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.log_limits import limit_server_logs
@@ -150,12 +152,61 @@ def _exit_after_deadline() -> None:
     os._exit(1)
 
 
-def build_server(
-    config: LocalServerConfig, *, access_log: bool, log_config: dict[str, Any] | None
-) -> tuple[uvicorn.Server, FastAPI]:
-    """A uvicorn server for a fresh backend and app; ``log_config=None`` leaves logging alone."""
-    backend = LocalBackend(config)
-    app = create_app(backend, config)
+@dataclass(frozen=True)
+class PreparedServer:
+    """A server ready to serve and not yet serving: the host checked, the socket bound, the app built."""
+
+    config: LocalServerConfig  # as served: its data dir resolved, its port the one bound
+    host_report: str  # the limits and disks lines of the start-up output
+    server: uvicorn.Server
+    app: FastAPI
+    sock: socket.socket
+
+    async def serve(self) -> None:
+        """Serve until the server is told to exit; the socket is closed afterwards."""
+        try:
+            await self.server.serve(sockets=[self.sock])
+        except SystemExit as exc:
+            # uvicorn exits the process when the app's startup fails; report why instead.
+            reason = getattr(self.app.state, "startup_error", None)
+            raise LocalServerError(f"the local server failed to start: {reason or exc}") from reason
+        finally:
+            self.sock.close()
+
+
+def prepare_server(
+    config: LocalServerConfig,
+    *,
+    progress: Callable[[str], None],
+    access_log: bool,
+    log_config: dict[str, Any] | None,
+) -> PreparedServer:
+    """The one start sequence, of ``local serve`` and `LocalServer` alike: a private data dir, the host
+    ready for sandboxes, the port bound, then the backend and its app.
+
+    The host is prepared before the port is bound: a first run builds a root filesystem for minutes, and
+    clients must not queue on a port that does not answer. ``progress`` hears about that build;
+    ``log_config=None`` leaves logging alone. Raises `LocalServerError` or `RuntimeUnavailable` with a
+    sentence the person starting the server can act on.
+    """
+    config = replace(config, data_dir=prepare_data_dir(config.data_dir))
+    # The sandbox runtime's host setup, and below the backend, are made here only, for both start paths.
+    host_report = prepare_host(config, progress=progress)
+    sock = bind_socket(config.host, config.port)
+    try:
+        config = replace(config, port=sock.getsockname()[1])
+        backend = LocalBackend(config)
+        app = create_app(backend, config)
+        server = _uvicorn_server(app, config, access_log=access_log, log_config=log_config)
+    except BaseException:
+        sock.close()
+        raise
+    return PreparedServer(config, host_report, server, app, sock)
+
+
+def _uvicorn_server(
+    app: FastAPI, config: LocalServerConfig, *, access_log: bool, log_config: dict[str, Any] | None
+) -> uvicorn.Server:
     uvicorn_config = uvicorn.Config(
         app,
         host=config.host,
@@ -173,16 +224,4 @@ def build_server(
     )
     scrub_api_keys_from_uvicorn_logs()
     limit_server_logs()
-    return _Server(uvicorn_config), app
-
-
-async def serve(server: uvicorn.Server, app: FastAPI, sock: socket.socket) -> None:
-    """Serve on ``sock`` until the server is told to exit; the socket is closed afterwards."""
-    try:
-        await server.serve(sockets=[sock])
-    except SystemExit as exc:
-        # uvicorn exits the process when the app's startup fails; report why instead.
-        reason = getattr(app.state, "startup_error", None)
-        raise LocalServerError(f"the local server failed to start: {reason or exc}") from reason
-    finally:
-        sock.close()
+    return _Server(uvicorn_config)

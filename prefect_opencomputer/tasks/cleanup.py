@@ -21,7 +21,7 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow, FlowStateHook
 from prefect.utilities.asyncutils import run_coro_as_sync
 
-from prefect_opencomputer.blocks.credentials import OpenComputerCredentials, is_configured, load_credentials
+from prefect_opencomputer.blocks.credentials import OpenComputerCredentials, aload_credentials, is_configured
 from prefect_opencomputer.client import ForbiddenError, Image, Sandbox, TransportError, UnauthorizedError
 from prefect_opencomputer.tasks import tracking
 from prefect_opencomputer.tasks.checkpoints import create_sandbox_from_checkpoint
@@ -95,7 +95,7 @@ class SandboxScope:
     async def _kill(self) -> None:
         if self.sandbox is None or self._kept:
             return
-        credentials = self._credentials or await load_credentials()
+        credentials = await aload_credentials(credentials=self._credentials)
         await kill_sandbox_now(credentials, self.sandbox.sandbox_id, reason=self._reason)
 
 
@@ -258,19 +258,20 @@ async def kill_flow_run_sandboxes(credentials: OpenComputerCredentials, flow_run
 
 async def credentials_of_run(flow_run: FlowRun, block_name: str | None = None) -> OpenComputerCredentials:
     """The credentials a flow run's tasks used: this process's record of the run, else the saved block
-    `block_name`, else the run's `credentials_block` (a name) or `credentials` (a block) parameter, else
-    the environment."""
+    `block_name`, else the run's own parameters in the order `aload_credentials` gives them (its
+    `credentials` block, then its `credentials_block` name), else the environment."""
     if block_name is None and (used := tracking.run_credentials(str(flow_run.id))) is not None:
         return used
-    name = block_name or flow_run.parameters.get(CREDENTIALS_BLOCK_PARAMETER)
-    if isinstance(name, str) and name:
-        return await load_credentials(name)
+    if block_name:
+        return await aload_credentials(block_name)
     given = flow_run.parameters.get(CREDENTIALS_PARAMETER)
-    if isinstance(given, OpenComputerCredentials):
-        return given
     if isinstance(given, dict) and isinstance(reference := given.get("$ref"), dict | str):
-        return await OpenComputerCredentials.aload_from_ref(reference)
-    return await load_credentials()
+        given = await OpenComputerCredentials.aload_from_ref(reference)
+    name = flow_run.parameters.get(CREDENTIALS_BLOCK_PARAMETER)
+    return await aload_credentials(
+        name if isinstance(name, str) else None,
+        credentials=given if isinstance(given, OpenComputerCredentials) else None,
+    )
 
 
 class CleanupHooks(TypedDict):

@@ -15,11 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-# The rate in US dollars per GB-hour of memory; unset: the hosted on-demand rate below.
-RATE_ENV = "OPENCOMPUTER_USD_PER_GB_HOUR"
-# OpenComputer's published on-demand ("instant") rate: $0.060 per GB-hour (its documentation, "Reserved
-# capacity" overview, on-demand vs pre-booked rates).
-DEFAULT_USD_PER_GB_HOUR = 0.060
+from prefect_opencomputer._settings import DEFAULT_USD_PER_GB_HOUR, USD_PER_GB_HOUR_ENV
+
 # The service's tier when a create does not name one.
 DEFAULT_MEMORY_MB = 4096
 # The service's figure is shown once it reaches this share of what the integration counted.
@@ -49,7 +46,7 @@ class MeteredEntry(Protocol):
 
 def usd_per_gb_hour() -> float:
     """The rate from `OPENCOMPUTER_USD_PER_GB_HOUR`, else the hosted on-demand rate."""
-    text = os.environ.get(RATE_ENV, "").strip()
+    text = os.environ.get(USD_PER_GB_HOUR_ENV, "").strip()
     if not text:
         return DEFAULT_USD_PER_GB_HOUR
     try:
@@ -57,7 +54,9 @@ def usd_per_gb_hour() -> float:
     except ValueError:
         rate = -1.0
     if not rate >= 0:
-        raise ValueError(f"{RATE_ENV} must be a non-negative number of US dollars per GB-hour, not {text!r}")
+        raise ValueError(
+            f"{USD_PER_GB_HOUR_ENV} must be a non-negative number of US dollars per GB-hour, not {text!r}"
+        )
     return rate
 
 

@@ -27,14 +27,8 @@ from prefect.tasks import TaskRunNameCallbackWithParameters
 from prefect.utilities.annotations import unmapped
 from typing_extensions import ParamSpec
 
-from prefect_opencomputer.blocks.credentials import (
-    API_KEY_ENV,
-    API_URL_ENV,
-    CREDENTIALS_BLOCK_ENV,
-    OpenComputerCredentials,
-    is_configured,
-    load_credentials,
-)
+from prefect_opencomputer._settings import API_KEY_ENV, API_URL_ENV, CREDENTIALS_BLOCK_ENV
+from prefect_opencomputer.blocks.credentials import OpenComputerCredentials, aload_credentials, is_configured
 from prefect_opencomputer.blocks.sync_client import EventLoopThread
 from prefect_opencomputer.client import (
     APIError,
@@ -196,7 +190,7 @@ async def resolve_credentials(credentials: OpenComputerCredentials | None) -> Op
     The run remembers them, so its cleanup hooks reach the same service. With neither a key nor a URL
     anywhere, fails at once instead of asking the hosted service without a key.
     """
-    resolved = credentials if credentials is not None else await load_credentials()
+    resolved = await aload_credentials(credentials=credentials)
     if not is_configured(resolved):
         raise MissingCredentialsError()
     tracking.remember_credentials(resolved)

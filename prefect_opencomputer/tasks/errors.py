@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect_opencomputer.blocks.credentials import API_KEY_ENV, API_URL_ENV, CREDENTIALS_BLOCK_ENV
+from prefect_opencomputer._settings import API_KEY_ENV, API_URL_ENV, CREDENTIALS_BLOCK_ENV
 from prefect_opencomputer.client import CommandResult, OpenComputerError
 
 # How much of each stream a failure message carries: the end, where the reason usually is.

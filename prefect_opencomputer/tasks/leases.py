@@ -27,10 +27,8 @@ from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.client.schemas.objects import State
 from prefect.states import Crashed
 
-ORPHAN_AFTER_ENV = "PREFECT_OPENCOMPUTER_ORPHAN_AFTER_SECONDS"
-# Long enough that a busy process renews many times over; short enough that a crashed run's sandboxes
-# do not bill for long.
-DEFAULT_ORPHAN_AFTER_SECONDS = 300.0
+from prefect_opencomputer._settings import DEFAULT_ORPHAN_AFTER_SECONDS, ORPHAN_AFTER_ENV
+
 # The sandbox tag naming the lease of the process that created it.
 TAG_OWNER_LEASE = "prefect.owner_lease"
 LEASE_PREFIX = "opencomputer_lease_"

@@ -20,6 +20,7 @@ from uuid import UUID, uuid4
 import anyio
 from prefect.transactions import BaseTransaction, Transaction, get_transaction
 
+from prefect_opencomputer._settings import CREATE_MARKER_ENV
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import (
     NotFoundError,
@@ -34,7 +35,6 @@ from prefect_opencomputer.tasks import quota, tracking
 
 T = TypeVar("T")
 
-CREATE_MARKER_ENV = "PREFECT_OPENCOMPUTER_CREATE_ID"
 # Allowance for the service's clock running behind ours.
 CLOCK_SKEW = timedelta(seconds=30)
 KILL_TIMEOUT = 30.0

@@ -9,6 +9,7 @@ import prefect
 from prefect.workers.base import BaseJobConfiguration, BaseVariables
 from pydantic import Field, JsonValue, model_validator
 
+from prefect_opencomputer._settings import API_KEY_ENV, API_URL_ENV, CREDENTIALS_BLOCK_ENV
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import Image
 from prefect_opencomputer.local.config import HOST_ALIAS
@@ -53,8 +54,8 @@ class OpenComputerVariables(BaseVariables):
     credentials: OpenComputerCredentials | None = Field(
         default=None,
         description=(
-            "The OpenComputer credentials block; unset, the worker reads OPENCOMPUTER_API_KEY and "
-            "OPENCOMPUTER_API_URL from its environment."
+            f"The OpenComputer credentials block; unset, the worker uses the saved block named by "
+            f"{CREDENTIALS_BLOCK_ENV}, else {API_KEY_ENV} and {API_URL_ENV} from its environment."
         ),
     )
     template: str | None = Field(
@@ -184,9 +185,6 @@ class OpenComputerJobConfiguration(BaseJobConfiguration):
         super().prepare_for_flow_run(flow_run, deployment, flow, work_pool, worker_name, worker_id)
         for name in _HOST_ONLY_SETTINGS:
             self.env.pop(name, None)
-
-    def get_credentials(self) -> OpenComputerCredentials:
-        return self.credentials or OpenComputerCredentials()
 
     def start_image(self) -> Image | None:
         """The image to start from, Prefect added; None when a template, snapshot or checkpoint is named."""

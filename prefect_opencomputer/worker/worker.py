@@ -19,7 +19,8 @@ from prefect.exceptions import InfrastructureNotAvailable, InfrastructureNotFoun
 from prefect.logging.loggers import LoggingAdapter
 from prefect.workers.base import BaseWorker, BaseWorkerResult
 
-from prefect_opencomputer.blocks.credentials import LOGO_URL
+from prefect_opencomputer._settings import API_KEY_ENV
+from prefect_opencomputer.blocks.credentials import LOGO_URL, aload_credentials
 from prefect_opencomputer.client import (
     ExecExit,
     ExecOutput,
@@ -109,7 +110,7 @@ class OpenComputerWorker(
         task_status: anyio.abc.TaskStatus[str] | None = None,  # type: ignore[override]
     ) -> OpenComputerWorkerResult:
         logger = self.get_flow_run_logger(flow_run)
-        credentials = configuration.get_credentials()
+        credentials = await aload_credentials(credentials=configuration.credentials)
         async with credentials.get_client() as client:
             sandbox = await _start_sandbox(client, configuration, flow_run, logger)
             identifier = infrastructure_id(client.api_base, sandbox.sandbox_id)
@@ -175,7 +176,8 @@ class OpenComputerWorker(
     ) -> None:
         """Kill the run's sandbox, running or hibernated; only one on the endpoint this pool talks to."""
         api_base, sandbox_id = parse_infrastructure_id(infrastructure_pid)
-        async with configuration.get_credentials().get_client() as client:
+        credentials = await aload_credentials(credentials=configuration.credentials)
+        async with credentials.get_client() as client:
             if api_base != client.api_base:
                 raise InfrastructureNotAvailable(
                     f"sandbox {sandbox_id} runs on {api_base}, but this worker's credentials point at "
@@ -241,7 +243,7 @@ async def _create_waiting_out_the_quota(
             raise RuntimeError(
                 f"the OpenComputer API at {client.api_base} refused the credentials "
                 f"(HTTP {error.status_code}): check the API key of the pool's credentials block "
-                "(or OPENCOMPUTER_API_KEY where the worker runs)"
+                f"(or {API_KEY_ENV} where the worker runs)"
             ) from None
         except RateLimitedError as error:
             wait = min(max(error.retry_after or pause, 0.5), _QUOTA_LONGEST_PAUSE)

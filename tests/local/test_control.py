@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from prefect_opencomputer.local import LocalServer
+from prefect_opencomputer.local import LocalServer, LocalServerConfig
 
 
 @pytest.fixture(scope="module")
-def own_server() -> Iterator[LocalServer]:
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     # Reset kills every sandbox: it gets a server of its own, not the session's shared one.
-    with LocalServer(enable_test_routes=True) as server:
+    config = LocalServerConfig(data_dir=tmp_path_factory.mktemp("control"), enable_test_routes=True)
+    with LocalServer(config) as server:
         yield server
 
 

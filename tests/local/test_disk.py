@@ -24,7 +24,7 @@ import httpx
 import pytest
 from serving import processes_mentioning
 
-from prefect_opencomputer.local import LocalServer
+from prefect_opencomputer.local import LocalServer, LocalServerConfig
 from prefect_opencomputer.local.backend.sandboxes import template_root
 from prefect_opencomputer.local.sandbox import disk, rootfs
 from prefect_opencomputer.local.sandbox.runtime import SandboxRuntime
@@ -40,7 +40,7 @@ def _client(server: LocalServer) -> httpx.Client:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     data_dir = tmp_path_factory.mktemp("disk") / "state"
-    with LocalServer(data_dir=data_dir, api_key=API_KEY, max_disk_mb=DISK_MB) as running:
+    with LocalServer(LocalServerConfig(data_dir=data_dir, api_key=API_KEY, max_disk_mb=DISK_MB)) as running:
         yield running
 
 
@@ -246,7 +246,10 @@ def test_a_sigkilled_server_leaves_no_loop_device_or_mount_and_the_disk_survives
             process.wait()
 
     # The image is the sandbox's state: a new server boots it again.
-    with LocalServer(data_dir=data_dir, api_key=API_KEY, max_disk_mb=DISK_MB) as again, _client(again) as api:
+    with (
+        LocalServer(LocalServerConfig(data_dir=data_dir, api_key=API_KEY, max_disk_mb=DISK_MB)) as again,
+        _client(again) as api,
+    ):
         assert api.get(f"/sandboxes/{sandbox}").json()["status"] == "hibernated"
         assert out(api, sandbox, "cat kept.txt") == "survived\n"
         assert api.delete(f"/sandboxes/{sandbox}").status_code == 204

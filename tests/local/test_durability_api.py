@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from prefect_opencomputer.local import LocalServer
+from prefect_opencomputer.local import LocalServer, LocalServerConfig
 from prefect_opencomputer.local.backend.records import CheckpointRecord, utc_now
 from prefect_opencomputer.local.backend.state import StateStore
 
@@ -32,7 +32,7 @@ def _wait_ready(api: httpx.Client, sandbox_id: str, checkpoint_id: str) -> None:
 @pytest.mark.slow
 def test_sandboxes_checkpoints_patches_and_previews_survive_a_restart(tmp_path: Path) -> None:
     data_dir = tmp_path / "state"
-    with LocalServer(data_dir=data_dir, api_key=API_KEY) as server, _client(server) as api:
+    with LocalServer(LocalServerConfig(data_dir=data_dir, api_key=API_KEY)) as server, _client(server) as api:
         sandbox = api.post("/sandboxes", json={"envs": {"KEPT": "yes"}}).json()["sandboxID"]
         api.put(f"/sandboxes/{sandbox}/tags", json={"owner": "durability"})
         api.put(f"/sandboxes/{sandbox}/files", params={"path": "notes/disk.txt"}, content=b"on disk")
@@ -62,7 +62,7 @@ def test_sandboxes_checkpoints_patches_and_previews_survive_a_restart(tmp_path: 
     )
     store.close()
 
-    with LocalServer(data_dir=data_dir, api_key=API_KEY) as server, _client(server) as api:
+    with LocalServer(LocalServerConfig(data_dir=data_dir, api_key=API_KEY)) as server, _client(server) as api:
         body = api.get(f"/sandboxes/{sandbox}").json()
         assert body["status"] == "hibernated"
         assert body["tags"] == {"owner": "durability"}
@@ -103,9 +103,9 @@ def test_sandboxes_checkpoints_patches_and_previews_survive_a_restart(tmp_path: 
 @pytest.mark.slow
 def test_a_sandbox_created_just_before_shutdown_comes_back(tmp_path: Path) -> None:
     data_dir = tmp_path / "state"
-    with LocalServer(data_dir=data_dir, api_key=API_KEY) as server, _client(server) as api:
+    with LocalServer(LocalServerConfig(data_dir=data_dir, api_key=API_KEY)) as server, _client(server) as api:
         ids = [api.post("/sandboxes", json={}).json()["sandboxID"] for _ in range(3)]
-    with LocalServer(data_dir=data_dir, api_key=API_KEY) as server, _client(server) as api:
+    with LocalServer(LocalServerConfig(data_dir=data_dir, api_key=API_KEY)) as server, _client(server) as api:
         for sandbox_id in ids:
             assert api.get(f"/sandboxes/{sandbox_id}").json()["status"] == "hibernated"
             woken = api.post(f"/sandboxes/{sandbox_id}/exec/run", json={"cmd": "echo awake"})

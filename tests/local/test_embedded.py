@@ -9,7 +9,7 @@ import httpx
 import pytest
 from serving import processes_mentioning
 
-from prefect_opencomputer.local import LocalServer, LocalServerError
+from prefect_opencomputer.local import LocalServer, LocalServerConfig, LocalServerError
 
 
 def accepts_connections(port: int) -> bool:
@@ -48,7 +48,7 @@ def test_control_routes_are_off_by_default() -> None:
 
 def test_given_data_dir_and_key_are_used_and_kept(tmp_path: Path) -> None:
     data_dir = tmp_path / "state"
-    with LocalServer(data_dir=data_dir, api_key="osb_given-key") as server:
+    with LocalServer(LocalServerConfig(data_dir=data_dir, api_key="osb_given-key")) as server:
         assert server.data_dir == data_dir.resolve()
         assert server.api_key == "osb_given-key"
         with httpx.Client(base_url=server.api_url) as client:
@@ -60,11 +60,12 @@ def test_a_restarted_server_on_the_same_data_dir_still_has_the_sandbox_and_its_f
     def client(server: LocalServer) -> httpx.Client:
         return httpx.Client(base_url=server.api_url, headers={"X-API-Key": server.api_key}, timeout=60)
 
-    with LocalServer(data_dir=tmp_path, api_key="osb_restart") as first, client(first) as api:
+    config = LocalServerConfig(data_dir=tmp_path, api_key="osb_restart")
+    with LocalServer(config) as first, client(first) as api:
         sandbox = api.post("/sandboxes", json={}).json()["sandboxID"]
         assert api.put(f"/sandboxes/{sandbox}/files", params={"path": "kept.txt"}, content=b"kept").is_success
 
-    with LocalServer(data_dir=tmp_path, api_key="osb_restart") as second, client(second) as api:
+    with LocalServer(config) as second, client(second) as api:
         assert api.get(f"/sandboxes/{sandbox}").json()["status"] == "hibernated"
         assert api.get(f"/sandboxes/{sandbox}/files", params={"path": "kept.txt"}).content == b"kept"
         api.delete(f"/sandboxes/{sandbox}")
@@ -78,20 +79,20 @@ def test_a_missing_key_becomes_a_random_one_that_never_shows_in_a_repr() -> None
         assert first.api_key not in repr(first.config)
 
 
-def test_a_port_in_use_is_a_readable_error() -> None:
+def test_a_port_in_use_is_a_readable_error(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(LocalServerError, match=f"port {port} on 127.0.0.1 is already in use"):
-            LocalServer(port=port).start()
+            LocalServer(LocalServerConfig(data_dir=tmp_path, port=port)).start()
 
 
 def test_a_data_dir_that_cannot_be_written_is_a_readable_error(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     with pytest.raises(LocalServerError, match="is not writable"):
-        LocalServer(data_dir=not_a_dir / "state").start()
+        LocalServer(LocalServerConfig(data_dir=not_a_dir / "state")).start()
 
 
 async def test_async_with_starts_and_stops_without_blocking_the_callers_loop() -> None:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from prefect_opencomputer.client import Image
-from prefect_opencomputer.local import LocalServer
+from prefect_opencomputer.local import LocalServer, LocalServerConfig
 from prefect_opencomputer.local.routes import images as image_routes
 
 # Every test here builds at least one image in a builder sandbox.
@@ -348,7 +348,7 @@ async def test_snapshot_patches_run_in_sandboxes_started_from_it(
 async def test_the_build_cache_survives_a_server_restart(tmp_path: Any) -> None:
     image = unique_image()
     for attempt in ("build", "cache_hit"):
-        with LocalServer(data_dir=tmp_path / "data") as server:
+        with LocalServer(LocalServerConfig(data_dir=tmp_path / "data")) as server:
             async with httpx.AsyncClient(
                 base_url=server.api_url, headers={"X-API-Key": server.api_key}, timeout=60
             ) as http:

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import httpx
 
-from prefect_opencomputer.local import LocalServer
+from prefect_opencomputer.local import LocalServer, LocalServerConfig
 from prefect_opencomputer.local.backend.sandboxes import cgroup_group, prepare_host
-from prefect_opencomputer.local.config import LocalServerConfig
 
 
 def test_without_limits_the_server_says_nothing_is_enforced(tmp_path: Path) -> None:
@@ -23,9 +22,9 @@ def test_with_limits_the_server_names_the_cgroups_in_force(tmp_path: Path) -> No
     assert "memory" in line and "pids" in line and "freezer" in line
 
 
-def test_without_limits_sandboxes_run_and_hibernate_stops_their_processes() -> None:
+def test_without_limits_sandboxes_run_and_hibernate_stops_their_processes(tmp_path: Path) -> None:
     with (
-        LocalServer(limits=False) as server,
+        LocalServer(LocalServerConfig(data_dir=tmp_path, limits=False)) as server,
         httpx.Client(base_url=server.api_url, headers={"X-API-Key": server.api_key}, timeout=60) as http,
     ):
         sandbox = http.post("/sandboxes", json={"timeout": 0}).json()["sandboxID"]
@@ -42,7 +41,7 @@ def test_without_limits_sandboxes_run_and_hibernate_stops_their_processes() -> N
 
 def test_a_stopped_server_leaves_no_cgroup_of_its_own(tmp_path: Path) -> None:
     with (
-        LocalServer(data_dir=tmp_path / "data") as server,
+        LocalServer(LocalServerConfig(data_dir=tmp_path / "data")) as server,
         httpx.Client(base_url=server.api_url, headers={"X-API-Key": server.api_key}, timeout=60) as http,
     ):
         sandbox = http.post("/sandboxes", json={"timeout": 0}).json()["sandboxID"]

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from opencomputer import Usage
 
-from prefect_opencomputer.local import LocalServer
+from prefect_opencomputer.local import LocalServer, LocalServerConfig
 from prefect_opencomputer.local.backend.records import MemorySample, RunningInterval
 from prefect_opencomputer.local.backend.usage import sandbox_points, totals_of
 
@@ -206,7 +206,7 @@ def test_usage_survives_a_restart_and_a_running_sandbox_counts_nothing_while_the
     tmp_path: Path,
 ) -> None:
     data_dir, key = tmp_path / "state", "osb_" + "u" * 64
-    with LocalServer(data_dir=data_dir, api_key=key) as server:
+    with LocalServer(LocalServerConfig(data_dir=data_dir, api_key=key)) as server:
         api = httpx.Client(base_url=server.api_url, headers={"X-API-Key": key}, timeout=60)
         killed = api.post("/sandboxes", json={"memoryMB": 1024}).json()["sandboxID"]
         running = api.post("/sandboxes", json={"memoryMB": 1024}).json()["sandboxID"]
@@ -214,7 +214,7 @@ def test_usage_survives_a_restart_and_a_running_sandbox_counts_nothing_while_the
         api.delete(f"/sandboxes/{killed}")
         before = {sid: api.get(f"/sandboxes/{sid}/usage").json()["totals"] for sid in (killed, running)}
     time.sleep(3)  # the server is down: nothing runs, nothing counts
-    with LocalServer(data_dir=data_dir, api_key=key) as server:
+    with LocalServer(LocalServerConfig(data_dir=data_dir, api_key=key)) as server:
         api = httpx.Client(base_url=server.api_url, headers={"X-API-Key": key}, timeout=60)
         after = {sid: api.get(f"/sandboxes/{sid}/usage").json()["totals"] for sid in (killed, running)}
         items = api.get("/usage", params={"groupBy": "sandbox"}).json()["items"]

@@ -16,7 +16,7 @@ from prefect.testing.standard_test_suites.blocks import BlockStandardTestSuite
 from pydantic import SecretStr
 
 import prefect_opencomputer
-from prefect_opencomputer.blocks import OpenComputerCredentials, load_credentials
+from prefect_opencomputer.blocks import OpenComputerCredentials, aload_credentials
 from prefect_opencomputer.blocks.credentials import LOGO_PATH, LOGO_URL
 from prefect_opencomputer.client import ForbiddenError, TransportError, UnauthorizedError
 from prefect_opencomputer.tasks import MissingCredentialsError, cleanup_hooks, create_sandbox, list_sandboxes
@@ -214,7 +214,7 @@ async def test_unset_fields_fall_back_to_the_environment(
 ) -> None:
     monkeypatch.setenv("OPENCOMPUTER_API_URL", local_server.url)
     monkeypatch.setenv("OPENCOMPUTER_API_KEY", local_server.api_key)
-    credentials = await load_credentials(None)
+    credentials = await aload_credentials(None)
     assert credentials.api_key is None and credentials.api_url is None
     async with credentials.get_client() as client:
         assert isinstance(await client.sandboxes.list(), list)
@@ -234,7 +234,7 @@ async def test_saved_block_loads_by_name_and_the_stored_document_masks_the_key(l
     await OpenComputerCredentials(api_key=SecretStr(local_server.api_key), api_url=local_server.url).save(
         "test-local", overwrite=True
     )
-    loaded = await load_credentials("test-local")
+    loaded = await aload_credentials("test-local")
     assert loaded.api_key is not None and loaded.api_key.get_secret_value() == local_server.api_key
     async with get_client() as prefect:
         document = await prefect.read_block_document_by_name(

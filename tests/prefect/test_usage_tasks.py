@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from prefect import flow
 
+from prefect_opencomputer._settings import USD_PER_GB_HOUR_ENV
 from prefect_opencomputer.blocks import OpenComputerCredentials
 from prefect_opencomputer.client import SandboxUsage, SandboxUsageItem
 from prefect_opencomputer.tasks import (
@@ -48,7 +49,7 @@ async def test_a_flow_run_reads_the_usage_of_the_sandboxes_it_ran(
 async def test_the_run_report_shows_usage_and_an_estimated_cost_per_sandbox_and_in_total(
     credentials: OpenComputerCredentials, control: Any, records: Any, monkeypatch: Any
 ) -> None:
-    monkeypatch.setenv(cost.RATE_ENV, "0.5")
+    monkeypatch.setenv(USD_PER_GB_HOUR_ENV, "0.5")
 
     @flow
     async def two_sandboxes() -> list[str]:
@@ -114,8 +115,8 @@ def test_the_run_counts_running_time_without_hibernation_and_shows_the_service_o
 
 
 def test_a_bad_rate_setting_says_what_it_wants(monkeypatch: Any) -> None:
-    monkeypatch.setenv(cost.RATE_ENV, "cheap")
+    monkeypatch.setenv(USD_PER_GB_HOUR_ENV, "cheap")
     with pytest.raises(ValueError, match="OPENCOMPUTER_USD_PER_GB_HOUR must be a non-negative number"):
         cost.usd_per_gb_hour()
-    monkeypatch.delenv(cost.RATE_ENV)
+    monkeypatch.delenv(USD_PER_GB_HOUR_ENV)
     assert cost.usd_per_gb_hour() == 0.06

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from prefect_opencomputer.client import OpenComputerClient
-from prefect_opencomputer.local import LocalServer
+from prefect_opencomputer.local import LocalServer, LocalServerConfig
 from prefect_opencomputer.tasks.tracking import TAG_WORKER_FLOW_RUN
 from tests.prefect.test_real_prefect_server import (
     PrefectServer,
@@ -155,13 +155,14 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup() -> Iterator[Setup]:
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     home = tempfile.mkdtemp(prefix="prefect-worker-")
     project = Path(tempfile.mkdtemp(prefix="flow-project-"))
     (project / "flows.py").write_text(FLOWS)
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    with LocalServer(allow_host_ports=[port]) as opencomputer:
+    config = LocalServerConfig(data_dir=tmp_path_factory.mktemp("opencomputer"), allow_host_ports=(port,))
+    with LocalServer(config) as opencomputer:
         env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
         env.update(
             PREFECT_HOME=home,

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from prefect_opencomputer.local import LocalServer
+from prefect_opencomputer.local import LocalServer, LocalServerConfig
 from tests.security.conftest import NewSandbox, checkpoint_ready, run_ok
 
 pytestmark = pytest.mark.security
@@ -108,7 +108,7 @@ async def test_without_limits_checkpoints_hold_only_the_sandboxs_own_disk_too(
     tmp_path: Path, host_canary: tuple[Path, str]
 ) -> None:
     host_dir, host_token = host_canary
-    with LocalServer(data_dir=tmp_path / "data", limits=False) as server:
+    with LocalServer(LocalServerConfig(data_dir=tmp_path / "data", limits=False)) as server:
         async with httpx.AsyncClient(
             base_url=server.api_url, headers={"X-API-Key": server.api_key}, timeout=120
         ) as http:

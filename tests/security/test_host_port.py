@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from prefect_opencomputer.local import LocalServer
+from prefect_opencomputer.local import LocalServer, LocalServerConfig
 from prefect_opencomputer.local.config import HOST_ALIAS
 from tests.security.conftest import run
 from tests.security.test_egress import Listener, host_interface_address
@@ -47,8 +48,9 @@ async def loopback_pair() -> AsyncIterator[tuple[Listener, Listener]]:
 
 
 @pytest.fixture
-def opened_server(loopback_pair: tuple[Listener, Listener]) -> Iterator[LocalServer]:
-    with LocalServer(allow_host_ports=[loopback_pair[0].port]) as server:
+def opened_server(loopback_pair: tuple[Listener, Listener], tmp_path: Path) -> Iterator[LocalServer]:
+    config = LocalServerConfig(data_dir=tmp_path, allow_host_ports=(loopback_pair[0].port,))
+    with LocalServer(config) as server:
         yield server
 
 

@@ -28,6 +28,7 @@ from types import MappingProxyType
 
 import httpx
 
+from prefect_opencomputer._settings import ROOTFS_CACHE_ENV
 from prefect_opencomputer.local.sandbox.ids import (
     HOST_ID_BASE,
     ID_COUNT,
@@ -175,7 +176,7 @@ def template_recipe(name: str) -> Recipe:
 
 def cache_dir() -> Path:
     """Where built trees live: private to root, since a tree is every sandbox's lower layer."""
-    configured = os.environ.get("PREFECT_OPENCOMPUTER_CACHE")
+    configured = os.environ.get(ROOTFS_CACHE_ENV)
     if configured:
         path = Path(configured)
     else:
