@@ -23,18 +23,17 @@ from pathlib import Path
 
 import pytest
 
-from prefect_opencomputer.local.sandbox.network import (
+from prefect_opencomputer.local.sandbox.egress import (
     GATEWAY_ADDRESS,
     RESOLV_CONF,
     SANDBOX_ADDRESS,
-    ListenerPorts,
-    NetworkSetupError,
-    SandboxNetwork,
     destination_allowed,
     host_addresses,
     host_resolver,
-    ruleset,
 )
+from prefect_opencomputer.local.sandbox.forwarding import SandboxNetwork
+from prefect_opencomputer.local.sandbox.netns import NetworkSetupError
+from prefect_opencomputer.local.sandbox.nftables import ListenerPorts, ruleset
 
 REGISTRY = "pypi.org"
 _PROXY_VARIABLES = {"http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"}
@@ -518,7 +517,7 @@ print(" ".join(outcomes), flush=True)
 time.sleep(2)
 """
     try:
-        with caplog.at_level(logging.WARNING, "prefect_opencomputer.local.sandbox.network"):
+        with caplog.at_level(logging.WARNING, "prefect_opencomputer.local.sandbox.forwarding"):
             client = asyncio.create_task(namespace.python(code))
             deadline = time.monotonic() + 20
             while attached.active_connections < cap and time.monotonic() < deadline:

@@ -1,4 +1,4 @@
-"""UDP from a sandbox to public addresses, relayed by the server as its TCP is (see `network`).
+"""UDP from a sandbox to public addresses, relayed by the server as its TCP is (see `forwarding`).
 
 nftables marks the sandbox's outgoing datagrams that are neither DNS nor bound for a refused
 address; a policy route takes marked packets back in through ``lo``, where TPROXY hands them, their
