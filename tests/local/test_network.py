@@ -27,6 +27,7 @@ from prefect_opencomputer.local.sandbox.egress import (
     GATEWAY_ADDRESS,
     RESOLV_CONF,
     SANDBOX_ADDRESS,
+    EgressPolicy,
     destination_allowed,
     host_addresses,
     host_resolver,
@@ -124,7 +125,7 @@ def test_the_registries_exception_opens_the_ports_package_clients_use_and_nothin
     for port in (22, 53, 8080, 6379):
         assert not destination_allowed("203.0.113.9", port, registries=registry), port
     # Its UDP is refused by the rules (only TCP to those ports passes the fence).
-    rules = ruleset(ListenerPorts(1, 2, 3, 4), registries=registry)
+    rules = ruleset(ListenerPorts(1, 2, 3, 4), EgressPolicy(registries=tuple(registry)))
     assert "ip daddr @registries tcp dport { 80, 443 } accept" in rules
     assert "203.0.113.9" not in rules.split("set also_public")[1].split("}")[0]
 

@@ -24,6 +24,7 @@ import ipaddress
 import socket
 import time
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect_opencomputer.local.sandbox.netns import NetworkSetupError
@@ -36,6 +37,7 @@ __all__ = [
     "REGISTRY_PORTS",
     "RESOLV_CONF",
     "SANDBOX_ADDRESS",
+    "EgressPolicy",
     "IPAddress",
     "IPNetwork",
     "destination_allowed",
@@ -162,6 +164,27 @@ def destination_allowed(
     if any(ip in network for network in registries):
         return port in REGISTRY_PORTS
     return ip.is_global and not any(ip in network for network in _REFUSED_NETWORKS)
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    """One sandbox's exceptions to the default policy, as the operator set them (none by default)."""
+
+    also_public: tuple[IPNetwork, ...] = ()
+    registries: tuple[IPNetwork, ...] = ()
+    host_ports: frozenset[int] = frozenset()
+
+    def allows_connection(self, address: str, port: int) -> bool:
+        """TCP: the declared public networks, and the registries' addresses on the registry ports."""
+        return destination_allowed(address, port, also_public=self.also_public, registries=self.registries)
+
+    def allows_datagram(self, address: str, port: int) -> bool:
+        """UDP: the declared public networks; never the registries' addresses (their clients use TCP)."""
+        return destination_allowed(address, port, also_public=self.also_public)
+
+    def reaches_host_port(self, address: str, port: int) -> bool:
+        """The operator's one exception: this port of the host's loopback, at GATEWAY_ADDRESS."""
+        return address == GATEWAY_ADDRESS and port in self.host_ports
 
 
 def host_addresses() -> frozenset[IPAddress]:

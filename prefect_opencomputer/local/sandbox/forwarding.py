@@ -29,14 +29,15 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
 
 from prefect_opencomputer.local.config import HOST_ALIAS
 from prefect_opencomputer.local.sandbox import netns
 from prefect_opencomputer.local.sandbox.datagrams import DatagramRelay
 from prefect_opencomputer.local.sandbox.egress import (
     GATEWAY_ADDRESS,
+    EgressPolicy,
     IPNetwork,
-    destination_allowed,
     host_addresses,
     host_resolver,
 )
@@ -85,41 +86,52 @@ class _QuietLog:
         self._quiet_until = now + _LOG_INTERVAL
 
 
+@dataclass(frozen=True)
+class _Listeners:
+    """The server's sockets inside one sandbox's namespace (127.0.0.1), where the rules send traffic."""
+
+    forward: socket.socket  # TCP
+    dns_stream: socket.socket  # DNS over TCP
+    dns_datagrams: socket.socket  # DNS over UDP
+    datagrams: DatagramRelay  # other UDP
+
+    def ports(self) -> ListenerPorts:
+        return ListenerPorts(
+            forward=self.forward.getsockname()[1],
+            dns_stream=self.dns_stream.getsockname()[1],
+            dns_datagram=self.dns_datagrams.getsockname()[1],
+            datagram=self.datagrams.port,
+        )
+
+
 class SandboxNetwork:
     """The forwarders and rules of one running sandbox with networking enabled."""
 
     def __init__(
         self,
+        listeners: _Listeners,
+        policy: EgressPolicy,
         *,
-        name: str,
         max_connections: int,
         resolver: tuple[str, int],
-        also_public: Collection[IPNetwork],
-        registries: Collection[IPNetwork],
-        host_ports: Collection[int],
-        forward_listener: socket.socket,
-        dns_listener: socket.socket,
-        dns_datagrams: socket.socket,
-        datagrams: DatagramRelay,
         log: _QuietLog,
     ) -> None:
         self._log = log
-        self._max_connections = max_connections
-        self._resolver = resolver
-        self._also_public = tuple(also_public)
-        self._registries = tuple(registries)
-        self._host_ports = frozenset(host_ports)
-        self._sockets = (forward_listener, dns_listener, dns_datagrams)
-        self._datagrams = datagrams
-        datagrams.start()
+        self._policy = policy
+        self._listeners = listeners
+        listeners.datagrams.start()
+        # TCP: the forwarded connections (DNS over TCP included), at most max_connections at once.
         self._connections: set[asyncio.Task[None]] = set()
+        self._max_connections = max_connections
+        # DNS: queries relayed to the resolver, bounded in flight and in rate.
+        self._resolver = resolver
         self._queries: set[asyncio.Task[None]] = set()
         self._dns_budget = _TokenBucket(DNS_QUERIES_PER_SECOND, DNS_QUERY_BURST)
         self.dns_queries_dropped = 0  # over the rate: never sent to the resolver
         self._loops = [
-            asyncio.create_task(self._accept(forward_listener, self._forward)),
-            asyncio.create_task(self._accept(dns_listener, self._relay_dns_stream)),
-            asyncio.create_task(self._receive_dns(dns_datagrams)),
+            asyncio.create_task(self._accept(listeners.forward, self._forward)),
+            asyncio.create_task(self._accept(listeners.dns_stream, self._relay_dns_stream)),
+            asyncio.create_task(self._receive_dns(listeners.dns_datagrams)),
         ]
 
     @classmethod
@@ -139,15 +151,15 @@ class SandboxNetwork:
 
         Call before the sandbox's own programs start, so its first connection already goes through.
         ``netns_fd`` is only used during the call; the caller keeps and closes it. ``resolver``
-        defaults to the host's first nameserver; ``also_public`` and ``registries`` (TCP only, to
-        the datagram relay neither) are as in ``destination_allowed``;
-        ``host_ports`` are the host's loopback ports reachable at GATEWAY_ADDRESS (``HOST_ALIAS``).
+        defaults to the host's first nameserver; ``also_public``, ``registries`` and ``host_ports``
+        make the sandbox's `EgressPolicy`.
         """
         if max_connections < 1 or max_udp_flows < 1:
             raise ValueError("max_connections and max_udp_flows must be at least 1")
         netns.refuse_own_namespace(netns_fd)
         netns.require_host_owned(netns_fd)
         resolver = resolver or host_resolver()
+        policy = EgressPolicy(tuple(also_public), tuple(registries), frozenset(host_ports))
         log = _QuietLog(name)
         opened: list[socket.socket] = []
         datagrams: DatagramRelay | None = None
@@ -162,42 +174,17 @@ class SandboxNetwork:
             forward_listener = _listener(netns.socket_in(netns_fd), opened)
             dns_listener = _listener(netns.socket_in(netns_fd), opened)
             datagrams = DatagramRelay(
-                netns_fd,
-                allowed=functools.partial(destination_allowed, also_public=tuple(also_public)),
-                max_flows=max_udp_flows,
-                log=log,
+                netns_fd, allowed=policy.allows_datagram, max_flows=max_udp_flows, log=log
             )
-            await configure(
-                netns_fd,
-                ListenerPorts(
-                    forward=forward_listener.getsockname()[1],
-                    dns_stream=dns_listener.getsockname()[1],
-                    dns_datagram=dns_datagrams.getsockname()[1],
-                    datagram=datagrams.port,
-                ),
-                also_public=also_public,
-                registries=registries,
-                host_ports=host_ports,
-            )
+            listeners = _Listeners(forward_listener, dns_listener, dns_datagrams, datagrams)
+            await configure(netns_fd, listeners.ports(), policy)
         except BaseException:
             for sock in opened:
                 sock.close()
             if datagrams is not None:
                 await datagrams.close()
             raise
-        return cls(
-            name=name,
-            max_connections=max_connections,
-            resolver=resolver,
-            also_public=also_public,
-            registries=registries,
-            host_ports=host_ports,
-            forward_listener=forward_listener,
-            dns_listener=dns_listener,
-            dns_datagrams=dns_datagrams,
-            datagrams=datagrams,
-            log=log,
-        )
+        return cls(listeners, policy, max_connections=max_connections, resolver=resolver, log=log)
 
     @property
     def active_connections(self) -> int:
@@ -207,7 +194,7 @@ class SandboxNetwork:
     @property
     def udp_flows(self) -> int:
         """UDP flows (other than DNS) open right now."""
-        return self._datagrams.flows
+        return self._listeners.datagrams.flows
 
     async def close(self) -> None:
         """Stop listening and drop every forwarded connection, UDP flow and DNS query in flight."""
@@ -215,8 +202,8 @@ class SandboxNetwork:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self._datagrams.close()
-        for sock in self._sockets:
+        await self._listeners.datagrams.close()
+        for sock in (self._listeners.forward, self._listeners.dns_stream, self._listeners.dns_datagrams):
             sock.close()
 
     async def _accept(
@@ -253,11 +240,10 @@ class SandboxNetwork:
 
     async def _forward(self, client: socket.socket) -> None:
         address, port = _original_destination(client)
-        if address == GATEWAY_ADDRESS and port in self._host_ports:
-            # The operator's one exception: this port of the host's loopback, nothing else of the host.
+        if self._policy.reaches_host_port(address, port):
             await _pipe_to(client, "127.0.0.1", port)
             return
-        if not destination_allowed(address, port, also_public=self._also_public, registries=self._registries):
+        if not self._policy.allows_connection(address, port):
             self._log.warning(f"connection to {address}:{port} refused")
             return
         await _pipe_to(client, address, port)
@@ -309,7 +295,7 @@ class SandboxNetwork:
             raise OSError(0, f"DNS query dropped: over {DNS_QUERIES_PER_SECOND:g} queries a second")
         if len(query) < 12:  # shorter than a DNS header
             raise OSError(0, "not a DNS message")
-        if self._host_ports and (answer := answer_host_alias(query)) is not None:
+        if self._policy.host_ports and (answer := answer_host_alias(query)) is not None:
             return answer
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in self._resolver[0] else socket.AF_INET
@@ -446,20 +432,11 @@ def _describe(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-async def configure(
-    netns_fd: int,
-    ports: ListenerPorts,
-    *,
-    also_public: Collection[IPNetwork] = (),
-    registries: Collection[IPNetwork] = (),
-    host_ports: Collection[int] = (),
-) -> None:
+async def configure(netns_fd: int, ports: ListenerPorts, policy: EgressPolicy) -> None:
     """Add ``eth0`` and the route for relayed datagrams, and load the nftables ruleset (the host's
     ``nft``) inside ``netns_fd``."""
     netns.refuse_own_namespace(netns_fd)
     host = sorted(address for address in host_addresses() if isinstance(address, ipaddress.IPv4Address))
     add_eth0(netns_fd)
     route_marked_datagrams_to_lo(netns_fd)
-    await load_ruleset(
-        netns_fd, ports, host=host, also_public=also_public, registries=registries, host_ports=host_ports
-    )
+    await load_ruleset(netns_fd, ports, policy, host=host)

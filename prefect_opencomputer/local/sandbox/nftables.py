@@ -19,6 +19,7 @@ from prefect_opencomputer.local.sandbox.egress import (
     GATEWAY_ADDRESS,
     REFUSED_IPV4,
     REGISTRY_PORTS,
+    EgressPolicy,
     IPNetwork,
 )
 from prefect_opencomputer.local.sandbox.netns import NetworkSetupError
@@ -39,11 +40,9 @@ class ListenerPorts:
 
 def ruleset(
     ports: ListenerPorts,
+    policy: EgressPolicy,
     *,
     host: Collection[ipaddress.IPv4Address] = (),
-    also_public: Collection[IPNetwork] = (),
-    registries: Collection[IPNetwork] = (),
-    host_ports: Collection[int] = (),
     replace: bool = False,
 ) -> str:
     """The nftables ruleset for ``nft -f -``, applied atomically.
@@ -52,14 +51,14 @@ def ruleset(
     removes makes nft fetch the kernel's whole state first, 10 ms more here. ``replace`` declares,
     flushes and refills the table instead, for attaching again to a namespace.
     """
-    also_public_v4 = [network for network in also_public if network.version == 4]
-    registries_v4 = [network for network in registries if network.version == 4]
+    also_public_v4 = [network for network in policy.also_public if network.version == 4]
+    registries_v4 = [network for network in policy.registries if network.version == 4]
     registry_ports = ", ".join(str(port) for port in sorted(REGISTRY_PORTS))
     # Only these ports of GATEWAY_ADDRESS, and only TCP: the server maps them to the host's loopback.
-    open_ports = ", ".join(str(port) for port in sorted(host_ports))
+    open_ports = ", ".join(str(port) for port in sorted(policy.host_ports))
     host_port_rule = (
         f"ip daddr {GATEWAY_ADDRESS} tcp dport {{ {open_ports} }} accept"
-        if host_ports
+        if policy.host_ports
         else "# no host port is open to the sandbox"
     )
     start = _NFT_REPLACE if replace else "create table inet prefect_sandbox\n"
@@ -144,16 +143,12 @@ def _nft_set(name: str, members: Iterable[ipaddress.IPv4Address | IPNetwork]) ->
 async def load_ruleset(
     netns_fd: int,
     ports: ListenerPorts,
+    policy: EgressPolicy,
     *,
-    host: Collection[ipaddress.IPv4Address] = (),
-    also_public: Collection[IPNetwork] = (),
-    registries: Collection[IPNetwork] = (),
-    host_ports: Collection[int] = (),
+    host: Collection[ipaddress.IPv4Address],
 ) -> None:
     """Load the `ruleset` inside ``netns_fd``; a namespace attached before gets it replaced."""
-    rules = functools.partial(
-        ruleset, ports, host=host, also_public=also_public, registries=registries, host_ports=host_ports
-    )
+    rules = functools.partial(ruleset, ports, policy, host=host)
     try:
         await _run_in(netns_fd, ["nft", "-f", "-"], rules())
     except NetworkSetupError as error:
