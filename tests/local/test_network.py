@@ -118,6 +118,17 @@ def test_declared_public_networks_open_special_ranges_but_never_loopback_or_link
     assert not destination_allowed("198.51.100.1", 443, also_public=lab)
 
 
+def test_a_sandboxs_policy_opens_registries_to_tcp_only_and_host_ports_only_at_the_gateway() -> None:
+    policy = EgressPolicy(registries=(ipaddress.ip_network("203.0.113.9/32"),), host_ports=frozenset({4200}))
+    assert policy.allows_connection("203.0.113.9", 443)
+    assert not policy.allows_datagram("203.0.113.9", 443)
+    assert policy.reaches_host_port(GATEWAY_ADDRESS, 4200)
+    assert not policy.reaches_host_port(GATEWAY_ADDRESS, 4201)
+    assert not policy.reaches_host_port("127.0.0.1", 4200)
+    # The gateway's opened port is the host's loopback, never an ordinary destination.
+    assert not policy.allows_connection(GATEWAY_ADDRESS, 4200)
+
+
 def test_the_registries_exception_opens_the_ports_package_clients_use_and_nothing_else() -> None:
     registry = [ipaddress.ip_network("203.0.113.9/32")]
     assert destination_allowed("203.0.113.9", 443, registries=registry)
