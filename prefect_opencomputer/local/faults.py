@@ -104,12 +104,12 @@ class FaultRegistry:
         return None
 
 
+@dataclass
 class FaultMiddleware:
     """Applies registered faults to HTTP requests outside the test routes."""
 
-    def __init__(self, app: ASGIApp, *, registry: FaultRegistry) -> None:
-        self.app = app
-        self.registry = registry
+    app: ASGIApp
+    registry: FaultRegistry = field(kw_only=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         fault = None
