@@ -1,9 +1,10 @@
-"""What a sandbox may reach: the egress policy, pure, so it can be read and tested without root.
+"""What a sandbox may reach: the egress policy, which needs no root and no namespace to be read or tested.
 
 A sandbox sees an ordinary network, as in a VM: it is SANDBOX_ADDRESS, its gateway GATEWAY_ADDRESS
 and its DNS server DNS_ADDRESS. Everything it sends goes through the server (`forwarding`,
-`datagrams`), which asks `destination_allowed`; the namespace's nftables rules (`nftables`) refuse
-the same ranges before the server sees them.
+`datagrams`), which asks the sandbox's `EgressPolicy` (the default policy, `destination_allowed`, with
+the operator's exceptions); the namespace's nftables rules (`nftables`) refuse the same ranges before
+the server sees them.
 
 - Only global unicast destinations (``ipaddress.is_global`` plus an explicit list of special ranges
   that Python 3.11 misses, or networks the operator declares public), never an address of this

@@ -2,7 +2,7 @@
 
 nftables (`nftables`) turns every outgoing TCP connection of the sandbox into a connection to the
 server's own listener inside the namespace. The server reads the original destination
-(``SO_ORIGINAL_DST``), asks the egress policy (`egress.destination_allowed`), and if allowed connects
+(``SO_ORIGINAL_DST``), asks the sandbox's `egress.EgressPolicy`, and if allowed connects
 from the host and pipes bytes both ways. DNS sent to DNS_ADDRESS is relayed to the host's resolver
 the same way, and other UDP to public addresses goes through the server's datagram relay
 (`datagrams`). Programs need no proxy settings: node's ``fetch``, plain sockets, ``curl`` and
