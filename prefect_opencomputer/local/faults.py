@@ -104,12 +104,12 @@ class FaultRegistry:
         return None
 
 
+@dataclass
 class FaultMiddleware:
     """Applies registered faults to HTTP requests outside the test routes."""
 
-    def __init__(self, app: ASGIApp, *, registry: FaultRegistry) -> None:
-        self.app = app
-        self.registry = registry
+    app: ASGIApp
+    registry: FaultRegistry = field(kw_only=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         fault = None
@@ -120,29 +120,30 @@ class FaultMiddleware:
             return
         spec = fault.spec
         if spec.when == "before":
-            await asyncio.sleep(spec.delay)
-            if spec.drop:
-                await _drop_connection(scope, receive)
-            elif spec.status is not None:
-                await _fault_response(spec)(scope, receive, send)
-            else:
+
+            async def deliver() -> None:
                 await self.app(scope, receive, send)
-            return
 
-        held: list[Message] = []
+        else:
+            # The operation takes effect first; its response is held back, then given or lost.
+            held: list[Message] = []
 
-        async def hold(message: Message) -> None:
-            held.append(message)
+            async def hold(message: Message) -> None:
+                held.append(message)
 
-        await self.app(scope, receive, hold)
+            await self.app(scope, receive, hold)
+
+            async def deliver() -> None:
+                for message in held:
+                    await send(message)
+
         await asyncio.sleep(spec.delay)
         if spec.drop:
             await _drop_connection(scope, receive)
         elif spec.status is not None:
             await _fault_response(spec)(scope, receive, send)
         else:
-            for message in held:
-                await send(message)
+            await deliver()
 
 
 def _fault_response(spec: FaultSpec) -> ASGIApp:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import prefect
@@ -14,13 +14,6 @@ from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import Image
 from prefect_opencomputer.local.config import HOST_ALIAS
 from prefect_opencomputer.tasks.tracking import DEFAULT_IDLE_TIMEOUT
-
-if TYPE_CHECKING:
-    from uuid import UUID
-
-    from prefect.client.schemas.objects import Flow as APIFlow
-    from prefect.client.schemas.objects import FlowRun, WorkPool
-    from prefect.client.schemas.responses import DeploymentResponse
 
 # Settings that name places on the worker's machine: inside the sandbox Prefect uses its own defaults.
 _HOST_ONLY_SETTINGS = ("PREFECT_HOME", "PREFECT_PROFILES_PATH", "PREFECT_LOCAL_STORAGE_PATH")
@@ -173,19 +166,6 @@ class OpenComputerJobConfiguration(BaseJobConfiguration):
         _require_one_start(self)
         return self
 
-    def prepare_for_flow_run(
-        self,
-        flow_run: FlowRun,
-        deployment: DeploymentResponse | None = None,
-        flow: APIFlow | None = None,
-        work_pool: WorkPool | None = None,
-        worker_name: str | None = None,
-        worker_id: UUID | None = None,
-    ) -> None:
-        super().prepare_for_flow_run(flow_run, deployment, flow, work_pool, worker_name, worker_id)
-        for name in _HOST_ONLY_SETTINGS:
-            self.env.pop(name, None)
-
     def start_image(self) -> Image | None:
         """The image to start from, Prefect added; None when a template, snapshot or checkpoint is named."""
         if self.template is not None or self.snapshot is not None or self.checkpoint_id is not None:
@@ -195,7 +175,11 @@ class OpenComputerJobConfiguration(BaseJobConfiguration):
 
     def command_env(self, *, local_server: bool) -> dict[str, str]:
         """The environment of the flow-run command, with the Prefect API URL the sandbox can reach."""
-        env = {key: value for key, value in self.env.items() if value is not None}
+        env = {
+            key: value
+            for key, value in self.env.items()
+            if value is not None and key not in _HOST_ONLY_SETTINGS
+        }
         if self.prefect_api_url:
             env["PREFECT_API_URL"] = self.prefect_api_url
         elif local_server and env.get("PREFECT_API_URL"):

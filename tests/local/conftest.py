@@ -14,7 +14,7 @@ from prefect_opencomputer.local import LocalServer
 from prefect_opencomputer.local.backend.sandboxes import template_root
 from prefect_opencomputer.local.sandbox import rootfs
 from prefect_opencomputer.local.sandbox.cgroups import CgroupHost
-from prefect_opencomputer.local.sandbox.network import registry_exceptions
+from prefect_opencomputer.local.sandbox.egress import registry_exceptions
 from prefect_opencomputer.local.sandbox.runtime import SandboxRuntime
 
 

@@ -23,18 +23,18 @@ from pathlib import Path
 
 import pytest
 
-from prefect_opencomputer.local.sandbox.network import (
+from prefect_opencomputer.local.sandbox.egress import (
     GATEWAY_ADDRESS,
     RESOLV_CONF,
     SANDBOX_ADDRESS,
-    ListenerPorts,
-    NetworkSetupError,
-    SandboxNetwork,
+    EgressPolicy,
     destination_allowed,
     host_addresses,
     host_resolver,
-    ruleset,
 )
+from prefect_opencomputer.local.sandbox.forwarding import SandboxNetwork
+from prefect_opencomputer.local.sandbox.netns import NetworkSetupError
+from prefect_opencomputer.local.sandbox.nftables import ListenerPorts, ruleset
 
 REGISTRY = "pypi.org"
 _PROXY_VARIABLES = {"http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"}
@@ -118,6 +118,17 @@ def test_declared_public_networks_open_special_ranges_but_never_loopback_or_link
     assert not destination_allowed("198.51.100.1", 443, also_public=lab)
 
 
+def test_a_sandboxs_policy_opens_registries_to_tcp_only_and_host_ports_only_at_the_gateway() -> None:
+    policy = EgressPolicy(registries=(ipaddress.ip_network("203.0.113.9/32"),), host_ports=frozenset({4200}))
+    assert policy.allows_connection("203.0.113.9", 443)
+    assert not policy.allows_datagram("203.0.113.9", 443)
+    assert policy.reaches_host_port(GATEWAY_ADDRESS, 4200)
+    assert not policy.reaches_host_port(GATEWAY_ADDRESS, 4201)
+    assert not policy.reaches_host_port("127.0.0.1", 4200)
+    # The gateway's opened port is the host's loopback, never an ordinary destination.
+    assert not policy.allows_connection(GATEWAY_ADDRESS, 4200)
+
+
 def test_the_registries_exception_opens_the_ports_package_clients_use_and_nothing_else() -> None:
     registry = [ipaddress.ip_network("203.0.113.9/32")]
     assert destination_allowed("203.0.113.9", 443, registries=registry)
@@ -125,7 +136,7 @@ def test_the_registries_exception_opens_the_ports_package_clients_use_and_nothin
     for port in (22, 53, 8080, 6379):
         assert not destination_allowed("203.0.113.9", port, registries=registry), port
     # Its UDP is refused by the rules (only TCP to those ports passes the fence).
-    rules = ruleset(ListenerPorts(1, 2, 3, 4), registries=registry)
+    rules = ruleset(ListenerPorts(1, 2, 3, 4), EgressPolicy(registries=tuple(registry)))
     assert "ip daddr @registries tcp dport { 80, 443 } accept" in rules
     assert "203.0.113.9" not in rules.split("set also_public")[1].split("}")[0]
 
@@ -518,7 +529,7 @@ print(" ".join(outcomes), flush=True)
 time.sleep(2)
 """
     try:
-        with caplog.at_level(logging.WARNING, "prefect_opencomputer.local.sandbox.network"):
+        with caplog.at_level(logging.WARNING, "prefect_opencomputer.local.sandbox.forwarding"):
             client = asyncio.create_task(namespace.python(code))
             deadline = time.monotonic() + 20
             while attached.active_connections < cap and time.monotonic() < deadline:

@@ -17,8 +17,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prefect_opencomputer.local.sandbox import network as network_module
-from prefect_opencomputer.local.sandbox.network import SandboxNetwork
+from prefect_opencomputer.local.sandbox import egress, forwarding
+from prefect_opencomputer.local.sandbox.forwarding import SandboxNetwork
 
 HOST_SIDE, PEER = "198.51.100.1", "198.51.100.7"
 # Declared public for the lab, then made one of the host's addresses after the rules were written:
@@ -115,11 +115,11 @@ async def attach_and_probe(sandbox: int) -> dict[str, object]:
             "ip", "addr", "add", f"{LATE_HOST_ADDRESS}/32", "dev", "lab-host"
         )
         assert await added.wait() == 0
-        network_module._host_addresses.cache_clear()
+        egress._host_addresses.cache_clear()
         warnings: list[str] = []
         handler = logging.Handler()
         handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
-        logging.getLogger(network_module.__name__).addHandler(handler)
+        logging.getLogger(forwarding.__name__).addHandler(handler)
         program = await asyncio.create_subprocess_exec(
             *inside(sandbox, sys.executable, "-c", PROGRAM), stdout=asyncio.subprocess.PIPE
         )

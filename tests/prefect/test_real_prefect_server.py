@@ -190,7 +190,8 @@ async def test_cancelling_a_served_run_mid_command_leaves_zero_sandboxes(
 def _prefect(server: PrefectServer, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "prefect", *args],
-        env=server.env,
+        # PWD as a shell in the repository sets it: prefect.yaml reads it as `{{ $PWD }}`.
+        env={**server.env, "PWD": str(REPOSITORY)},
         cwd=REPOSITORY,
         capture_output=True,
         text=True,
@@ -205,6 +206,8 @@ async def test_deploy_all_then_a_worker_completes_a_lifecycle_run(
     assert registered.returncode == 0 and "OpenComputer Credentials" in registered.stdout, registered.stdout
     created = _prefect(prefect_server, "work-pool", "create", "opencomputer", "--type", "process")
     assert created.returncode == 0, created.stdout + created.stderr
+    created = _prefect(prefect_server, "work-pool", "create", "sandboxes", "--type", "opencomputer")
+    assert created.returncode == 0, created.stdout + created.stderr
     deployed = _prefect(prefect_server, "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
 
@@ -214,8 +217,17 @@ async def test_deploy_all_then_a_worker_completes_a_lifecycle_run(
             "checkpoint-fan-out/fan-out",
             "reap-orphaned-sandboxes/reaper",
             "rebuild-golden-checkpoint/golden-checkpoint-nightly",
+            "sandbox-lifecycle/lifecycle-in-a-sandbox",
         }
         deployments = {name: await prefect.read_deployment_by_name(name) for name in names}
+        in_a_sandbox = deployments["sandbox-lifecycle/lifecycle-in-a-sandbox"]
+        assert in_a_sandbox.work_pool_name == "sandboxes"
+        pool = await prefect.read_work_pool("sandboxes")
+        assert pool.type == "opencomputer"
+        # The checkout it was deployed from, which the worker copies into the run's sandbox.
+        assert in_a_sandbox.pull_steps == [
+            {"prefect.deployments.steps.set_working_directory": {"directory": str(REPOSITORY)}}
+        ]
         reaper = deployments["reap-orphaned-sandboxes/reaper"]
         assert [schedule.schedule.interval.total_seconds() for schedule in reaper.schedules] == [900]  # type: ignore[union-attr]
         golden = deployments["rebuild-golden-checkpoint/golden-checkpoint-nightly"]

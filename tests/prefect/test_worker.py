@@ -19,14 +19,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from prefect_opencomputer.blocks import OpenComputerCredentials
 from prefect_opencomputer.client import OpenComputerClient
 from prefect_opencomputer.local import LocalServer, LocalServerConfig
+from prefect_opencomputer.local.config import HOST_ALIAS
 from prefect_opencomputer.tasks.tracking import TAG_WORKER_FLOW_RUN
 from tests.prefect.test_real_prefect_server import (
+    REPOSITORY,
     PrefectServer,
     _free_port,
     _start,
@@ -98,7 +102,8 @@ class Setup:
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "prefect", *args],
-            env=self.prefect.env,
+            # PWD as a shell in `cwd` sets it (prefect.yaml may read it as `{{ $PWD }}`).
+            env={**self.prefect.env, "PWD": str(cwd)} if cwd else self.prefect.env,
             cwd=cwd,
             capture_output=True,
             text=True,
@@ -161,7 +166,13 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     (project / "flows.py").write_text(FLOWS)
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    config = LocalServerConfig(data_dir=tmp_path_factory.mktemp("opencomputer"), allow_host_ports=(port,))
+    # Sandboxes reach the Prefect API, and (for flows that make sandboxes themselves) this server's own API.
+    opencomputer_port = _free_port()
+    config = LocalServerConfig(
+        data_dir=tmp_path_factory.mktemp("opencomputer"),
+        port=opencomputer_port,
+        allow_host_ports=(port, opencomputer_port),
+    )
     with LocalServer(config) as opencomputer:
         env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
         env.update(
@@ -368,6 +379,41 @@ async def test_prefect_deploy_in_a_project_folder_with_no_git_remote_runs_on_the
     async with setup.prefect.client() as prefect:
         deployment = await prefect.read_deployment_by_name("greet/from-cli")
     assert [schedule.schedule.cron for schedule in deployment.schedules] == ["0 3 * * *"]  # type: ignore[union-attr]
+    await setup.no_sandbox_within(30)
+
+
+async def test_the_lifecycle_deployment_in_prefect_yaml_completes_in_a_sandbox_of_the_pool(
+    setup: Setup,
+) -> None:
+    # deployments/prefect.yaml's entry for this pool, deployed from the repository root as its README says.
+    deployed = setup.cli(
+        "deploy",
+        "--name",
+        "lifecycle-in-a-sandbox",
+        "--prefect-file",
+        "deployments/prefect.yaml",
+        cwd=REPOSITORY,
+    )
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    # The flow makes sandboxes itself: its credentials name this server as a sandbox reaches it.
+    async with setup.prefect.client() as prefect:
+        await OpenComputerCredentials.aregister_type_and_schema(client=prefect)
+        reachable = OpenComputerCredentials(
+            api_key=setup.opencomputer.api_key,
+            api_url=f"http://{HOST_ALIAS}:{urlsplit(setup.opencomputer.url).port}",
+        )
+        block_id = await reachable.asave("from-the-sandbox", overwrite=True, client=prefect)
+        deployment = await prefect.read_deployment_by_name("sandbox-lifecycle/lifecycle-in-a-sandbox")
+        flow_run = await prefect.create_flow_run_from_deployment(
+            deployment.id, parameters={"credentials": {"$ref": {"block_document_id": str(block_id)}}}
+        )
+
+    ended = await _wait_for_state(setup.prefect, flow_run.id, final=True, timeout=540)
+
+    assert ended.state is not None and ended.state.is_completed(), (
+        ended.state,
+        await setup.logs(flow_run.id),
+    )
     await setup.no_sandbox_within(30)
 
 

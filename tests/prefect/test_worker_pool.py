@@ -76,6 +76,21 @@ def test_two_ways_to_start_are_refused() -> None:
         OpenComputerJobConfiguration(template="base", checkpoint_id="0b6a-…")
 
 
+def test_the_flow_run_command_gets_no_worker_paths_and_a_prefect_api_the_sandbox_reaches() -> None:
+    configuration = OpenComputerJobConfiguration(
+        env={
+            "PREFECT_HOME": "/home/worker/.prefect",
+            "PREFECT_LOCAL_STORAGE_PATH": "/home/worker/.prefect/storage",
+            "PREFECT_API_URL": "http://127.0.0.1:4200/api",
+            "GREETING": "hello",
+        }
+    )
+
+    env = configuration.command_env(local_server=True)
+
+    assert env == {"PREFECT_API_URL": "http://host.opencomputer.internal:4200/api", "GREETING": "hello"}
+
+
 async def test_kill_infrastructure_kills_running_and_hibernated_sandboxes_and_knows_what_is_not_its_own(
     credentials: OpenComputerCredentials, oc: OpenComputerClient, control: Any
 ) -> None:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from prefect_opencomputer.local import LocalServer
-from prefect_opencomputer.local.sandbox.network import destination_allowed
+from prefect_opencomputer.local.sandbox.egress import destination_allowed
 from tests.security.conftest import run
 
 pytestmark = pytest.mark.security

@@ -39,8 +39,8 @@ from prefect_opencomputer.local.errors import (
 )
 from prefect_opencomputer.local.sandbox import rootfs
 from prefect_opencomputer.local.sandbox.cgroups import CgroupHost, CgroupsUnavailable, Limits
+from prefect_opencomputer.local.sandbox.egress import IPNetwork
 from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
-from prefect_opencomputer.local.sandbox.network import IPNetwork
 from prefect_opencomputer.local.sandbox.runtime import SandboxNotRunning, SandboxRuntime
 
 logger = logging.getLogger("prefect_opencomputer.local.backend.service")

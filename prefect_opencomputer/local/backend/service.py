@@ -60,9 +60,9 @@ from prefect_opencomputer.local.errors import (
 )
 from prefect_opencomputer.local.private_files import make_private_dir
 from prefect_opencomputer.local.sandbox.cgroups import CgroupsUnavailable
+from prefect_opencomputer.local.sandbox.egress import registry_exceptions
 from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
 from prefect_opencomputer.local.sandbox.ids import SANDBOX_HOME
-from prefect_opencomputer.local.sandbox.network import registry_exceptions
 from prefect_opencomputer.local.sandbox.procview import ProcViews
 from prefect_opencomputer.local.sandbox.runtime import CommandResult
 from prefect_opencomputer.local.sandbox.store import StoreUnavailable

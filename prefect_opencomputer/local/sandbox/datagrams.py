@@ -1,4 +1,4 @@
-"""UDP from a sandbox to public addresses, relayed by the server as its TCP is (see `network`).
+"""UDP from a sandbox to public addresses, relayed by the server as its TCP is (see `forwarding`).
 
 nftables marks the sandbox's outgoing datagrams that are neither DNS nor bound for a refused
 address; a policy route takes marked packets back in through ``lo``, where TPROXY hands them, their
@@ -61,10 +61,11 @@ class DatagramRelay:
         max_flows: int,
         log: _Log,
     ) -> None:
-        self._allowed = allowed
-        self._max_flows = max_flows
         self._log = log
+        self._allowed = allowed
+        # The open flows by (program, destination), at most max_flows at once.
         self._flows: dict[tuple[Address, Address], _Flow] = {}
+        self._max_flows = max_flows
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
         # Each flow's inside socket is made later, in the namespace: keep a handle on it.

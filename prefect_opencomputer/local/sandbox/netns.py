@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import socket
+import struct
 from collections.abc import Iterator
 
 _CLONE_NEWNET = 0x40000000
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1  # linux/sockios.h, linux/if.h
+_NS_GET_USERNS = 0xB701  # linux/nsfs.h: a descriptor of the namespace's owning user namespace
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -64,3 +68,43 @@ def rtnetlink_in(netns_fd: int) -> socket.socket:
     """A blocking rtnetlink socket of ``netns_fd``: what it adds (links, addresses, routes) lands there."""
     with _inside(netns_fd):
         return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+
+
+class NetworkSetupError(RuntimeError):
+    """Configuring a sandbox's network namespace failed; the message carries the tool's complaint."""
+
+
+def allow_low_ports(netns_fd: int) -> None:
+    """Let the sandbox's root bind ports below 1024 (a web server on port 80), as in a VM.
+
+    The namespace belongs to the host's user namespace, so without this the sandbox's root lacks
+    ``CAP_NET_BIND_SERVICE`` there. ``SandboxNetwork.attach`` does it; call it yourself for sandboxes
+    without network.
+    """
+    set_sysctl(netns_fd, "net.ipv4.ip_unprivileged_port_start", "0")
+
+
+def refuse_own_namespace(netns_fd: int) -> None:
+    """A wrong descriptor must never turn into rules or routes in the host's own namespace."""
+    if os.fstat(netns_fd).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
+        raise NetworkSetupError("refusing to configure the server's own network namespace")
+
+
+def require_host_owned(netns_fd: int) -> None:
+    """The fence holds only if the sandbox's root lacks CAP_NET_ADMIN over the namespace."""
+    owner = fcntl.ioctl(netns_fd, _NS_GET_USERNS)
+    try:
+        owned_by_us = os.fstat(owner).st_ino == os.stat("/proc/self/ns/user").st_ino
+    finally:
+        os.close(owner)
+    if not owned_by_us:
+        raise NetworkSetupError("the sandbox's network namespace must belong to the server's user namespace")
+
+
+def bring_up_loopback(sock: socket.socket) -> None:
+    """Set ``lo`` up in the namespace ``sock`` belongs to, with two ioctls instead of a spawn."""
+    name = b"lo"
+    request = struct.pack("16sH22x", name, 0)
+    (flags,) = struct.unpack_from("H", fcntl.ioctl(sock, _SIOCGIFFLAGS, request), 16)
+    if not flags & _IFF_UP:
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH22x", name, flags | _IFF_UP))

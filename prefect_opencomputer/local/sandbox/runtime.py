@@ -26,10 +26,11 @@ from pathlib import Path
 
 from prefect_opencomputer.local.sandbox import disk, host, ids, layers, netns, processes
 from prefect_opencomputer.local.sandbox.cgroups import CgroupError, CgroupHost, Limits, SandboxCgroup
+from prefect_opencomputer.local.sandbox.egress import IPNetwork
 from prefect_opencomputer.local.sandbox.fileops import RootedFiles
+from prefect_opencomputer.local.sandbox.forwarding import SandboxNetwork
 from prefect_opencomputer.local.sandbox.helper import HelperUnavailable, helper_binary
 from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
-from prefect_opencomputer.local.sandbox.network import IPNetwork, SandboxNetwork
 from prefect_opencomputer.local.sandbox.procview import ProcViews
 from prefect_opencomputer.local.sandbox.rootfs import LOCALE
 
