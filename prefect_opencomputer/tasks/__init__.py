@@ -23,19 +23,20 @@ from prefect_opencomputer.tasks.checkpoints import (
 )
 from prefect_opencomputer.tasks.cleanup import (
     SandboxScope,
+    akill_flow_run_sandboxes,
     cleanup_hooks,
     kill_flow_run_sandboxes,
     open_fork,
     open_sandbox,
 )
 from prefect_opencomputer.tasks.commands import arun_command, retry_failed_commands, run_command
-from prefect_opencomputer.tasks.decorator import TASK_TAG, CheckpointRef, SandboxRef
 from prefect_opencomputer.tasks.errors import (
     CommandFailedError,
     ConcurrencyLimitMissingError,
     MissingCredentialsError,
     PatchFailedError,
 )
+from prefect_opencomputer.tasks.factory import TASK_TAG
 from prefect_opencomputer.tasks.files import (
     afile_exists,
     aread_file,
@@ -52,6 +53,15 @@ from prefect_opencomputer.tasks.orphans import (
     find_orphans,
 )
 from prefect_opencomputer.tasks.output import OutputLimits
+from prefect_opencomputer.tasks.ownership import (
+    CREATED_BY,
+    DEFAULT_IDLE_TIMEOUT,
+    TAG_CREATED_BY,
+    TAG_DEPLOYMENT,
+    TAG_FLOW_RUN,
+    TAG_RETAIN,
+    TAG_TASK_RUN,
+)
 from prefect_opencomputer.tasks.patches import (
     acreate_checkpoint_patch,
     adelete_checkpoint_patch,
@@ -70,6 +80,8 @@ from prefect_opencomputer.tasks.previews import (
     list_preview_urls,
     rotate_preview_token,
 )
+from prefect_opencomputer.tasks.references import CheckpointRef, SandboxRef
+from prefect_opencomputer.tasks.run_report import apublish_run_report, publish_run_report
 from prefect_opencomputer.tasks.sandboxes import (
     acreate_sandbox,
     aget_sandbox,
@@ -97,17 +109,6 @@ from prefect_opencomputer.tasks.snapshots import (
     create_snapshot,
     delete_snapshot,
     list_snapshots,
-)
-from prefect_opencomputer.tasks.tracking import (
-    CREATED_BY,
-    DEFAULT_IDLE_TIMEOUT,
-    TAG_CREATED_BY,
-    TAG_DEPLOYMENT,
-    TAG_FLOW_RUN,
-    TAG_RETAIN,
-    TAG_TASK_RUN,
-    apublish_run_report,
-    publish_run_report,
 )
 from prefect_opencomputer.tasks.usage import (
     aget_flow_run_usage,
@@ -154,6 +155,7 @@ __all__ = [
     "aget_sandbox_usage",
     "ahibernate_sandbox",
     "ais_sandbox_running",
+    "akill_flow_run_sandboxes",
     "akill_sandbox",
     "alist_checkpoint_patches",
     "alist_checkpoints",

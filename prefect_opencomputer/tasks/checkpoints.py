@@ -17,21 +17,10 @@ from prefect_opencomputer.client import (
     RetentionPolicy,
     Sandbox,
 )
-from prefect_opencomputer.tasks import tracking
-from prefect_opencomputer.tasks.decorator import (
-    CheckpointRef,
-    SandboxRef,
-    checkpoint_id_of,
-    on_checkpoint,
-    on_sandbox,
-    opencomputer_task,
-    resolve_credentials,
-    retry_if_replayable,
-    retry_if_transient,
-    sandbox_id_of,
-)
+from prefect_opencomputer.tasks import events, ownership, run_registry, run_report
 from prefect_opencomputer.tasks.errors import PatchFailedError
-from prefect_opencomputer.tasks.lifecycle import (
+from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials
+from prefect_opencomputer.tasks.leakproof import (
     KILL_TIMEOUT,
     adopt_new_sandbox,
     create_or_find,
@@ -43,7 +32,10 @@ from prefect_opencomputer.tasks.lifecycle import (
     slot_for_create,
     wait_out_full_quota,
 )
-from prefect_opencomputer.tasks.tracking import DEFAULT_IDLE_TIMEOUT
+from prefect_opencomputer.tasks.ownership import DEFAULT_IDLE_TIMEOUT
+from prefect_opencomputer.tasks.references import CheckpointRef, SandboxRef, checkpoint_id_of, sandbox_id_of
+from prefect_opencomputer.tasks.retries import retry_if_replayable, retry_if_transient
+from prefect_opencomputer.tasks.run_names import on_checkpoint, on_sandbox
 
 
 async def _find_by_name(client: OpenComputerClient, sandbox_id: str, name: str) -> Checkpoint | None:
@@ -66,7 +58,7 @@ async def _create_or_find_checkpoint(
         return await client.checkpoints.create(sandbox_id, name, kind=kind, retention=retention)
     except ConflictError:
         existing = await _find_by_name(client, sandbox_id, name)
-        if existing is None or not tracking.is_retry_attempt():
+        if existing is None or not run_registry.is_retry_attempt():
             raise
         return existing
     except OpenComputerError as error:
@@ -75,7 +67,7 @@ async def _create_or_find_checkpoint(
         existing = await _find_by_name(client, sandbox_id, name)
         if existing is None:
             raise
-        tracking.run_logger().warning(
+        run_registry.run_logger().warning(
             "Lost the answer to creating checkpoint %r (%s); it was made: %s", name, error, existing.id
         )
         return existing
@@ -122,23 +114,23 @@ async def create_checkpoint(
     sandbox_id = sandbox_id_of(sandbox)
     async with credentials.get_client() as client:
         checkpoint = await _create_or_find_checkpoint(client, sandbox_id, name, kind, retention)
-        tracking.remember_checkpoint(sandbox_id, checkpoint.id)
+        run_registry.remember_checkpoint(sandbox_id, checkpoint.id)
         # Announced before the wait: a checkpoint that never gets ready still exists, and the reaper finds
         # what a dead run left through this event.
-        tracking.emit_sandbox_event(
-            tracking.CHECKPOINT_CREATED,
+        events.emit_sandbox_event(
+            events.CHECKPOINT_CREATED,
             sandbox_id,
             checkpoint_id=checkpoint.id,
             payload={
                 "name": name,
                 "kind": checkpoint.kind,
                 "checkpoint_id": checkpoint.id,
-                "flow_run_id": tracking.current_flow_run_id(),
+                "flow_run_id": run_registry.current_flow_run_id(),
             },
         )
         checkpoint = await client.checkpoints.wait_ready(sandbox_id, checkpoint.id, timeout=wait_timeout)
     get_run_logger().info("Checkpoint %r (%s) of %s is ready", name, checkpoint.id, sandbox_id)
-    tracking.record("checkpoint", sandbox_id, f"{name} ({checkpoint.id[:8]})", checkpoint.status)
+    run_report.record("checkpoint", sandbox_id, f"{name} ({checkpoint.id[:8]})", checkpoint.status)
     return checkpoint
 
 
@@ -193,7 +185,7 @@ async def restore_checkpoint(
     sandbox_id = sandbox_id_of(sandbox)
     async with credentials.get_client() as client:
         restore = await client.checkpoints.restore(sandbox_id, checkpoint_id_of(checkpoint))
-    tracking.record("restore", sandbox_id, checkpoint_id_of(checkpoint)[:8], restore.status)
+    run_report.record("restore", sandbox_id, checkpoint_id_of(checkpoint)[:8], restore.status)
     return restore
 
 
@@ -301,7 +293,7 @@ async def create_sandbox_from_checkpoint(
                     lambda marker: client.checkpoints.fork(
                         checkpoint_id,
                         envs={**(envs or {}), **marker},
-                        metadata={**(metadata or {}), **tracking.ownership_tags()},
+                        metadata={**(metadata or {}), **ownership.ownership_tags()},
                         memory_mb=memory_mb,
                     ),
                 ),
@@ -326,21 +318,21 @@ async def create_sandbox_from_checkpoint(
             await finish_despite_cancellation(
                 kill_ignoring_missing(client, fork.sandbox_id), timeout=KILL_TIMEOUT
             )
-            tracking.record("fork", fork.sandbox_id, f"from {checkpoint_id[:8]}", "patch failed")
-            tracking.record("kill", fork.sandbox_id, "patch failed", "killed")
+            run_report.record("fork", fork.sandbox_id, f"from {checkpoint_id[:8]}", "patch failed")
+            run_report.record("kill", fork.sandbox_id, "patch failed", "killed")
             raise PatchFailedError(fork.sandbox_id, checkpoint_id, fork.patch_error)
     get_run_logger().info("Forked %s from checkpoint %s", fork.sandbox_id, checkpoint_id)
-    tracking.record(
+    run_report.record(
         "fork",
         fork.sandbox_id,
         f"from {checkpoint_id[:8]}",
         fork.status,
-        cleanup=not tracking.is_retained(fork.tags),
+        cleanup=not ownership.is_retained(fork.tags),
         # A fork runs at its checkpoint's tier unless it asked for more.
-        memory_mb=memory_mb or fork.memory_mb or tracking.memory_of(source_sandbox_id),
+        memory_mb=memory_mb or fork.memory_mb or run_registry.memory_of(source_sandbox_id),
     )
-    tracking.emit_sandbox_event(
-        tracking.SANDBOX_FORKED,
+    events.emit_sandbox_event(
+        events.SANDBOX_FORKED,
         fork.sandbox_id,
         checkpoint_id=checkpoint_id,
         source_sandbox_id=source_sandbox_id,

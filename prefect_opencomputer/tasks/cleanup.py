@@ -2,8 +2,8 @@
 
 - `open_sandbox` / `open_fork`: context managers (`with` and `async with`) that kill on exit, also when
   cancelled.
-- `kill_flow_run_sandboxes`: kills every sandbox a flow run created and deletes the checkpoints it made
-  (found by tag, and by this process's own record for what the service does not list).
+- `kill_flow_run_sandboxes` / `akill_flow_run_sandboxes`: kill every sandbox a flow run created and delete
+  the checkpoints it made (found by tag, and by this process's own record for what the service does not list).
 - `cleanup_hooks()`: flow hooks doing the above when a run fails, is cancelled or crashes, and when a retry
   begins (so the new attempt starts with nothing of the failed one alive). They may run in another process
   (the runner, for cancellation), so they find credentials by block name, block reference or environment.
@@ -19,16 +19,16 @@ from typing import Any, TypedDict, cast
 
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow, FlowStateHook
-from prefect.utilities.asyncutils import run_coro_as_sync
 
+from prefect_opencomputer._sync import run_sync
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials, is_configured, load_credentials
 from prefect_opencomputer.client import ForbiddenError, Image, Sandbox, TransportError, UnauthorizedError
-from prefect_opencomputer.tasks import tracking
+from prefect_opencomputer.tasks import run_registry
 from prefect_opencomputer.tasks.checkpoints import create_sandbox_from_checkpoint
-from prefect_opencomputer.tasks.decorator import CheckpointRef
-from prefect_opencomputer.tasks.lifecycle import delete_checkpoint_now, kill_sandbox_now
+from prefect_opencomputer.tasks.leakproof import delete_checkpoint_now, kill_sandbox_now
+from prefect_opencomputer.tasks.ownership import DEFAULT_IDLE_TIMEOUT, TAG_FLOW_RUN, is_ours, is_retained
+from prefect_opencomputer.tasks.references import CheckpointRef
 from prefect_opencomputer.tasks.sandboxes import create_sandbox
-from prefect_opencomputer.tasks.tracking import DEFAULT_IDLE_TIMEOUT, TAG_FLOW_RUN, is_ours, is_retained
 
 # The flow parameters a hook reads to find the credentials of the run it cleans up after.
 CREDENTIALS_BLOCK_PARAMETER = "credentials_block"
@@ -90,7 +90,7 @@ class SandboxScope:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        run_coro_as_sync(self._kill())
+        run_sync(self._kill())
 
     async def _kill(self) -> None:
         if self.sandbox is None or self._kept:
@@ -213,20 +213,20 @@ def open_fork(
     )
 
 
-async def kill_flow_run_sandboxes(credentials: OpenComputerCredentials, flow_run_id: str) -> list[str]:
+async def akill_flow_run_sandboxes(credentials: OpenComputerCredentials, flow_run_id: str) -> list[str]:
     """Delete the checkpoints the flow run made, then kill every sandbox it created that is still alive.
 
     Sandboxes tagged `prefect.retain` are left alone. Returns the ids of the sandboxes it killed.
     """
-    logger = tracking.run_logger()
-    for sandbox_id, checkpoint_id in sorted(tracking.live_checkpoints(flow_run_id)):
+    logger = run_registry.run_logger()
+    for sandbox_id, checkpoint_id in sorted(run_registry.live_checkpoints(flow_run_id)):
         try:
             await delete_checkpoint_now(
                 credentials, sandbox_id, checkpoint_id, reason=f"cleanup of flow run {flow_run_id}"
             )
         except Exception as exc:
             logger.warning("Could not delete checkpoint %s of %s: %s", checkpoint_id, sandbox_id, exc)
-    suspects = tracking.live_sandboxes(flow_run_id)
+    suspects = run_registry.live_sandboxes(flow_run_id)
     tags_of: dict[str, dict[str, str]] = {}
     async with credentials.get_client() as client:
         for sandbox in await client.sandboxes.list():
@@ -256,11 +256,20 @@ async def kill_flow_run_sandboxes(credentials: OpenComputerCredentials, flow_run
     return killed
 
 
+def kill_flow_run_sandboxes(credentials: OpenComputerCredentials, flow_run_id: str) -> list[str]:
+    """Delete the checkpoints the flow run made, then kill every sandbox it created that is still alive
+    (`akill_flow_run_sandboxes` in async code).
+
+    Sandboxes tagged `prefect.retain` are left alone. Returns the ids of the sandboxes it killed.
+    """
+    return run_sync(akill_flow_run_sandboxes(credentials, flow_run_id))
+
+
 async def credentials_of_run(flow_run: FlowRun, block_name: str | None = None) -> OpenComputerCredentials:
     """The credentials a flow run's tasks used: this process's record of the run, else the saved block
     `block_name`, else the run's `credentials_block` (a name) or `credentials` (a block) parameter, else
     the environment."""
-    if block_name is None and (used := tracking.run_credentials(str(flow_run.id))) is not None:
+    if block_name is None and (used := run_registry.run_credentials(str(flow_run.id))) is not None:
         return used
     name = block_name or flow_run.parameters.get(CREDENTIALS_BLOCK_PARAMETER)
     if isinstance(name, str) and name:
@@ -331,23 +340,23 @@ def _cleanup_hook(credentials_block: str | None, *, on_retry: bool) -> FlowState
     async def kill_flow_run_sandboxes_hook(
         flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]
     ) -> None:
-        if on_retry and not tracking.is_new_attempt(str(flow_run.id), flow_run.run_count):
+        if on_retry and not run_registry.is_new_attempt(str(flow_run.id), flow_run.run_count):
             return
         credentials = await credentials_of_run(flow_run, credentials_block)
         if not is_configured(credentials):
             return  # no task could reach the service either: nothing of this run exists there
         try:
-            killed = await kill_flow_run_sandboxes(credentials, str(flow_run.id))
+            killed = await akill_flow_run_sandboxes(credentials, str(flow_run.id))
         except (UnauthorizedError, ForbiddenError, TransportError) as exc:
             # The run's own failure already says why (a refused key, an unreachable URL): one line, no
             # second traceback for the same cause.
-            tracking.run_logger().warning(
+            run_registry.run_logger().warning(
                 "Could not clean up after flow run %s: %s", flow_run.name, exc.args[0] if exc.args else exc
             )
             return
         if killed:
             why = "is retrying: its failed attempt left" if on_retry else f"ended {state.name}: it left"
-            tracking.run_logger().warning(
+            run_registry.run_logger().warning(
                 "Flow run %s %s %d sandbox(es), killed: %s",
                 flow_run.name,
                 why,

@@ -22,21 +22,14 @@ from prefect_opencomputer.client import (
     OpenComputerError,
     TransportError,
 )
-from prefect_opencomputer.tasks import tracking
-from prefect_opencomputer.tasks.decorator import (
-    RunName,
-    SandboxRef,
-    failure_of,
-    is_transient,
-    opencomputer_task,
-    resolve_credentials,
-    retry_if_transient,
-    sandbox_id_of,
-    short_command,
-)
+from prefect_opencomputer.tasks import run_report
 from prefect_opencomputer.tasks.errors import CommandFailedError
-from prefect_opencomputer.tasks.lifecycle import finish_despite_cancellation
+from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials
+from prefect_opencomputer.tasks.leakproof import finish_despite_cancellation
 from prefect_opencomputer.tasks.output import CommandOutput, OutputLimits
+from prefect_opencomputer.tasks.references import SandboxRef, sandbox_id_of
+from prefect_opencomputer.tasks.retries import failure_of, is_transient, retry_if_transient
+from prefect_opencomputer.tasks.run_names import RunName, short_command
 
 TIMED_OUT_SUFFIX = "\nProcess timed out"
 # If this process dies (SIGKILL, lost machine) the service kills the command this long after we detach.
@@ -159,7 +152,7 @@ async def run_command(
         stderr += TIMED_OUT_SUFFIX
     result = CommandResult(exit_code=exit_code, stdout=output.text("stdout"), stderr=stderr)
     outcome = "timed out" if result.timed_out else f"exit {exit_code}"
-    tracking.record("command", sandbox_id, short_command(command), f"{outcome} ({elapsed:.1f} s)")
+    run_report.record("command", sandbox_id, short_command(command), f"{outcome} ({elapsed:.1f} s)")
     logger.info("%r in %s: %s after %.1f s", label, sandbox_id, outcome, elapsed)
     if check and result.timed_out:
         raise CommandTimedOutError(f"command {label!r} in {sandbox_id} timed out after {timeout} s")

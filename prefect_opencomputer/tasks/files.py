@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
-from prefect_opencomputer.tasks.decorator import (
-    SandboxRef,
-    on_sandbox,
-    opencomputer_task,
-    resolve_credentials,
-    retry_if_replayable,
-    sandbox_id_of,
-)
+from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials
+from prefect_opencomputer.tasks.references import SandboxRef, sandbox_id_of
+from prefect_opencomputer.tasks.retries import retry_if_replayable
+from prefect_opencomputer.tasks.run_names import on_sandbox
 
 
 @opencomputer_task("write_file", run_name=on_sandbox("write", "path"), retry_condition=retry_if_replayable)

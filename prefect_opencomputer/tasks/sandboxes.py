@@ -8,18 +8,9 @@ from prefect import get_run_logger
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import Image, Sandbox
-from prefect_opencomputer.tasks import quota, tracking
-from prefect_opencomputer.tasks.decorator import (
-    RunName,
-    SandboxRef,
-    on_sandbox,
-    opencomputer_task,
-    resolve_credentials,
-    retry_if_replayable,
-    retry_if_transient,
-    sandbox_id_of,
-)
-from prefect_opencomputer.tasks.lifecycle import (
+from prefect_opencomputer.tasks import events, ownership, quota, run_registry, run_report
+from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials
+from prefect_opencomputer.tasks.leakproof import (
     adopt_new_sandbox,
     create_or_find,
     finish_despite_cancellation,
@@ -30,7 +21,10 @@ from prefect_opencomputer.tasks.lifecycle import (
     wait_out_full_quota,
 )
 from prefect_opencomputer.tasks.output import build_log_handler
-from prefect_opencomputer.tasks.tracking import DEFAULT_IDLE_TIMEOUT
+from prefect_opencomputer.tasks.ownership import DEFAULT_IDLE_TIMEOUT
+from prefect_opencomputer.tasks.references import SandboxRef, sandbox_id_of
+from prefect_opencomputer.tasks.retries import retry_if_replayable, retry_if_transient
+from prefect_opencomputer.tasks.run_names import RunName, on_sandbox
 
 
 def _origin(template: str, image: Image | None, snapshot: str | None) -> str:
@@ -127,7 +121,7 @@ async def create_sandbox(
                         template=template,
                         timeout=idle_timeout,
                         envs={**(envs or {}), **marker},
-                        metadata={**(metadata or {}), **tracking.ownership_tags()},
+                        metadata={**(metadata or {}), **ownership.ownership_tags()},
                         memory_mb=memory_mb,
                         image=image,
                         snapshot=snapshot,
@@ -143,16 +137,16 @@ async def create_sandbox(
             client, credentials, sandbox, tags={**(tags or {}), **slot.tags}, idle_timeout=None
         )
     logger.info("Created sandbox %s from %s (idle timeout %s s)", sandbox.sandbox_id, origin, idle_timeout)
-    tracking.record(
+    run_report.record(
         "sandbox",
         sandbox.sandbox_id,
         origin,
         sandbox.status,
-        cleanup=not tracking.is_retained(sandbox.tags),
+        cleanup=not ownership.is_retained(sandbox.tags),
         memory_mb=memory_mb or sandbox.memory_mb,
     )
-    tracking.emit_sandbox_event(
-        tracking.SANDBOX_CREATED,
+    events.emit_sandbox_event(
+        events.SANDBOX_CREATED,
         sandbox.sandbox_id,
         payload={"template": template, "origin": origin, "idle_timeout": idle_timeout},
     )
@@ -306,7 +300,7 @@ async def hibernate_sandbox(
         hibernated = await client.sandboxes.hibernate(sandbox_id_of(sandbox))
     # A hibernated sandbox does not count against the service's quota: neither does it hold a slot.
     await quota.release_slot_of(hibernated.sandbox_id)
-    tracking.record("hibernate", hibernated.sandbox_id, "", hibernated.status)
+    run_report.record("hibernate", hibernated.sandbox_id, "", hibernated.status)
     return hibernated
 
 
@@ -346,7 +340,7 @@ async def wake_sandbox(
     except BaseException:
         await finish_despite_cancellation(quota.release_slot_of(sandbox_id), timeout=30.0)
         raise
-    tracking.record("wake", woken.sandbox_id, "", woken.status)
+    run_report.record("wake", woken.sandbox_id, "", woken.status)
     return woken
 
 
@@ -375,10 +369,10 @@ async def retain_sandbox(
     sandbox_id = sandbox_id_of(sandbox)
     async with credentials.get_client() as client:
         current = await client.sandboxes.get_tags(sandbox_id)
-        applied = await client.sandboxes.set_tags(sandbox_id, {**current.tags, tracking.TAG_RETAIN: reason})
+        applied = await client.sandboxes.set_tags(sandbox_id, {**current.tags, ownership.TAG_RETAIN: reason})
         state = await client.sandboxes.get(sandbox_id)
-    tracking.release(sandbox_id)
-    tracking.record("retain", sandbox_id, reason, "retained", cleanup=False)
+    run_registry.release(sandbox_id)
+    run_report.record("retain", sandbox_id, reason, "retained", cleanup=False)
     return state.model_copy(
         update={"tags": applied.tags, "tags_last_updated_at": applied.tags_last_updated_at}
     )

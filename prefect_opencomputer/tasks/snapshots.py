@@ -6,14 +6,10 @@ from prefect import get_run_logger
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import ConflictError, Image, NotFoundError, Snapshot
-from prefect_opencomputer.tasks import tracking
-from prefect_opencomputer.tasks.decorator import (
-    opencomputer_task,
-    resolve_credentials,
-    retry_if_replayable,
-    retry_if_transient,
-)
+from prefect_opencomputer.tasks import run_report
+from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials
 from prefect_opencomputer.tasks.output import build_log_handler
+from prefect_opencomputer.tasks.retries import retry_if_replayable, retry_if_transient
 
 
 @opencomputer_task("create_snapshot", run_name="snapshot[{name}]", retry_condition=retry_if_transient)
@@ -55,7 +51,7 @@ async def create_snapshot(
                 raise
             snapshot = await client.snapshots.wait_ready(name)
     logger.info("Snapshot %r is ready (image %s)", name, snapshot.content_hash[:12])
-    tracking.record("snapshot", "-", name, snapshot.status)
+    run_report.record("snapshot", "-", name, snapshot.status)
     return snapshot
 
 

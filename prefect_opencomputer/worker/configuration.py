@@ -12,7 +12,7 @@ from pydantic import Field, JsonValue, model_validator
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import Image
 from prefect_opencomputer.local.config import HOST_ALIAS
-from prefect_opencomputer.tasks.tracking import DEFAULT_IDLE_TIMEOUT
+from prefect_opencomputer.tasks.ownership import DEFAULT_IDLE_TIMEOUT
 
 if TYPE_CHECKING:
     from uuid import UUID

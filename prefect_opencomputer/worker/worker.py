@@ -32,9 +32,9 @@ from prefect_opencomputer.client import (
     UnauthorizedError,
 )
 from prefect_opencomputer.tasks import quota
-from prefect_opencomputer.tasks.lifecycle import finish_despite_cancellation, kill_ignoring_missing
+from prefect_opencomputer.tasks.leakproof import finish_despite_cancellation, kill_ignoring_missing
 from prefect_opencomputer.tasks.output import CommandOutput, OutputLimits, Stream, build_log_handler
-from prefect_opencomputer.tasks.tracking import (
+from prefect_opencomputer.tasks.ownership import (
     CREATED_BY,
     TAG_CREATED_BY,
     TAG_DEPLOYMENT,

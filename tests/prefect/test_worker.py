@@ -25,7 +25,7 @@ import pytest
 
 from prefect_opencomputer.client import OpenComputerClient
 from prefect_opencomputer.local import LocalServer
-from prefect_opencomputer.tasks.tracking import TAG_WORKER_FLOW_RUN
+from prefect_opencomputer.tasks.ownership import TAG_WORKER_FLOW_RUN
 from tests.prefect.test_real_prefect_server import (
     PrefectServer,
     _free_port,
