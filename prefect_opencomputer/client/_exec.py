@@ -27,7 +27,7 @@ class Exec:
         self,
         sandbox_id: str,
         command: str | Sequence[str],
-        env: Mapping[str, str] | None = None,
+        envs: Mapping[str, str] | None = None,
         cwd: str | None = None,
         timeout: int = 60,
     ) -> CommandResult:
@@ -36,7 +36,7 @@ class Exec:
         A non-zero exit or a timeout (`result.timed_out`) is a result, not an error. Never retried once it
         may have reached the service: a replay would run the command twice.
         """
-        body = _run_body(command, env, cwd)
+        body = _run_body(command, envs, cwd)
         body["timeout"] = timeout
         path = f"/sandboxes/{sandbox_id}/exec/run"
         response = await self._transport.request(
@@ -62,7 +62,7 @@ class Exec:
         self,
         sandbox_id: str,
         command: str | Sequence[str],
-        env: Mapping[str, str] | None = None,
+        envs: Mapping[str, str] | None = None,
         cwd: str | None = None,
         timeout: int = 60,
     ) -> AsyncRun:
@@ -71,7 +71,7 @@ class Exec:
         A command that ends at once comes back finished (`exec_id` None); otherwise poll `result` with the
         returned `exec_id`. Each request is short, so no proxy in between can time it out. Not replayed.
         """
-        body = _run_body(command, env, cwd)
+        body = _run_body(command, envs, cwd)
         body["timeout"] = timeout
         response = await self._transport.request(
             "POST", f"/sandboxes/{sandbox_id}/exec/run-async", json=body, replayable=False
@@ -91,7 +91,7 @@ class Exec:
         sandbox_id: str,
         command: str,
         args: Sequence[str] | None = None,
-        env: Mapping[str, str] | None = None,
+        envs: Mapping[str, str] | None = None,
         cwd: str | None = None,
         timeout: int | None = None,
         max_run_after_disconnect: int | None = None,
@@ -104,8 +104,8 @@ class Exec:
         body: dict[str, object] = {"cmd": command}
         if args:
             body["args"] = list(args)
-        if env:
-            body["envs"] = dict(env)
+        if envs:
+            body["envs"] = dict(envs)
         if cwd:
             body["cwd"] = cwd
         if timeout is not None:
@@ -146,7 +146,7 @@ class Exec:
         sandbox_id: str,
         command: str,
         args: Sequence[str] | None = None,
-        env: Mapping[str, str] | None = None,
+        envs: Mapping[str, str] | None = None,
         cwd: str | None = None,
         timeout: int | None = None,
         max_run_after_disconnect: int | None = None,
@@ -156,7 +156,7 @@ class Exec:
             sandbox_id,
             command,
             args=args,
-            env=env,
+            envs=envs,
             cwd=cwd,
             timeout=timeout,
             max_run_after_disconnect=max_run_after_disconnect,
@@ -167,7 +167,7 @@ class Exec:
 
 
 def _run_body(
-    command: str | Sequence[str], env: Mapping[str, str] | None, cwd: str | None
+    command: str | Sequence[str], envs: Mapping[str, str] | None, cwd: str | None
 ) -> dict[str, object]:
     """A string runs through `sh -c`, a sequence as argv (no shell)."""
     if isinstance(command, str):
@@ -177,8 +177,8 @@ def _run_body(
         if not argv:
             raise ValueError("command must not be empty")
         body = {"cmd": argv[0], "args": argv[1:]}
-    if env:
-        body["envs"] = dict(env)
+    if envs:
+        body["envs"] = dict(envs)
     if cwd:
         body["cwd"] = cwd
     return body

@@ -32,7 +32,7 @@ class ReaperParameters(BaseModel):
     dry_run: bool = Field(default=False, description="Report the orphans without killing them.")
 
 
-class ReapReport(BaseModel):
+class ReaperReport(BaseModel):
     """What one reaper run examined, kept, killed and deleted."""
 
     dry_run: bool
@@ -61,7 +61,7 @@ async def reap_orphaned_sandboxes(
     parameters: ReaperParameters = DEFAULT_PARAMETERS,
     credentials: OpenComputerCredentials | None = None,
     credentials_block: str | None = None,
-) -> ReapReport:
+) -> ReaperReport:
     """Kill the sandboxes and delete the checkpoints of flow runs that are over; publish a table of it.
 
     Args:
@@ -78,7 +78,7 @@ async def reap_orphaned_sandboxes(
         # Checkpoints first: a checkpoint is deleted through its sandbox.
         deletions = await asyncio.gather(
             *(
-                adelete_checkpoint(cp.sandbox_id, cp.checkpoint_id, credentials=credentials)
+                adelete_checkpoint(cp.checkpoint_id, sandbox=cp.sandbox_id, credentials=credentials)
                 for cp in checkpoints
             ),
             return_exceptions=True,
@@ -102,7 +102,7 @@ async def reap_orphaned_sandboxes(
     for sandbox in kept:
         logger.info("Kept %s (flow run %s): %s", sandbox.sandbox_id, sandbox.flow_run_id, sandbox.reason)
     await _crash_worker_runs_whose_sandbox_is_gone(credentials, dry_run=parameters.dry_run)
-    report = ReapReport(
+    report = ReaperReport(
         dry_run=parameters.dry_run,
         examined=examined,
         kept=len(kept),

@@ -33,7 +33,13 @@ from prefect_opencomputer.tasks.leakproof import (
     wait_out_full_quota,
 )
 from prefect_opencomputer.tasks.ownership import DEFAULT_IDLE_TIMEOUT
-from prefect_opencomputer.tasks.references import CheckpointRef, SandboxRef, checkpoint_id_of, sandbox_id_of
+from prefect_opencomputer.tasks.references import (
+    CheckpointRef,
+    SandboxRef,
+    checkpoint_id_of,
+    checkpoint_owner_of,
+    sandbox_id_of,
+)
 from prefect_opencomputer.tasks.retries import retry_if_replayable, retry_if_transient
 from prefect_opencomputer.tasks.run_names import on_checkpoint, on_sandbox
 
@@ -159,18 +165,23 @@ async def list_checkpoints(
         return await client.checkpoints.list(sandbox_id_of(sandbox))
 
 
-@opencomputer_task("restore_checkpoint", run_name=on_sandbox("restore"), retry_condition=retry_if_transient)
+@opencomputer_task(
+    "restore_checkpoint", run_name=on_checkpoint("restore"), retry_condition=retry_if_transient
+)
 async def restore_checkpoint(
-    sandbox: SandboxRef, checkpoint: CheckpointRef, *, credentials: OpenComputerCredentials | None = None
+    checkpoint: CheckpointRef,
+    *,
+    sandbox: SandboxRef | None = None,
+    credentials: OpenComputerCredentials | None = None,
 ) -> CheckpointRestore:
-    """Revert the sandbox in place to a ready checkpoint of its own; later calls wait for the restore.
+    """Revert a checkpoint's sandbox in place to it; later calls wait for the restore.
 
     Its files become the checkpoint's. Its processes resume from the checkpoint on the hosted service (a
     `full` checkpoint); on the local server they start fresh.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
-        checkpoint: One of its ready checkpoints, as its id or its model.
+        checkpoint: A ready checkpoint: its model (which names its sandbox), or its id with `sandbox`.
+        sandbox: The sandbox it belongs to, as its id or its model; needed only with a checkpoint id.
         credentials: The OpenComputer block; default: the environment.
 
     Returns:
@@ -178,11 +189,11 @@ async def restore_checkpoint(
 
     Example:
         ```python
-        restore_checkpoint(sandbox, checkpoint)
+        restore_checkpoint(checkpoint)
         ```
     """
     credentials = await resolve_credentials(credentials)
-    sandbox_id = sandbox_id_of(sandbox)
+    sandbox_id = checkpoint_owner_of(checkpoint, sandbox)
     async with credentials.get_client() as client:
         restore = await client.checkpoints.restore(sandbox_id, checkpoint_id_of(checkpoint))
     run_report.record("restore", sandbox_id, checkpoint_id_of(checkpoint)[:8], restore.status)
@@ -190,16 +201,19 @@ async def restore_checkpoint(
 
 
 @opencomputer_task(
-    "delete_checkpoint", run_name=on_sandbox("delete-checkpoint"), retry_condition=retry_if_replayable
+    "delete_checkpoint", run_name=on_checkpoint("delete-checkpoint"), retry_condition=retry_if_replayable
 )
 async def delete_checkpoint(
-    sandbox: SandboxRef, checkpoint: CheckpointRef, *, credentials: OpenComputerCredentials | None = None
+    checkpoint: CheckpointRef,
+    *,
+    sandbox: SandboxRef | None = None,
+    credentials: OpenComputerCredentials | None = None,
 ) -> bool:
     """Delete a checkpoint and its patches (idempotent).
 
     Args:
-        sandbox: The sandbox it belongs to, as its id or its model.
-        checkpoint: The checkpoint, as its id or its model.
+        checkpoint: The checkpoint: its model (which names its sandbox), or its id with `sandbox`.
+        sandbox: The sandbox it belongs to, as its id or its model; needed only with a checkpoint id.
         credentials: The OpenComputer block; default: the environment.
 
     Returns:
@@ -207,11 +221,11 @@ async def delete_checkpoint(
 
     Example:
         ```python
-        delete_checkpoint(sandbox, checkpoint)
+        delete_checkpoint(checkpoint)
         ```
     """
     credentials = await resolve_credentials(credentials)
-    sandbox_id = sandbox_id_of(sandbox)
+    sandbox_id = checkpoint_owner_of(checkpoint, sandbox)
     checkpoint_id = checkpoint_id_of(checkpoint)
     async with credentials.get_client() as client:
         try:
@@ -224,12 +238,12 @@ async def delete_checkpoint(
 
 
 @opencomputer_task(
-    "create_sandbox_from_checkpoint",
+    "fork_checkpoint",
     run_name=on_checkpoint("fork", numbered=True),
     retry_condition=retry_if_transient,
     on_rollback=rollback_hook,
 )
-async def create_sandbox_from_checkpoint(
+async def fork_checkpoint(
     checkpoint: CheckpointRef,
     *,
     credentials: OpenComputerCredentials | None = None,
@@ -276,7 +290,7 @@ async def create_sandbox_from_checkpoint(
 
     Example:
         ```python
-        fork = create_sandbox_from_checkpoint(checkpoint)
+        fork = fork_checkpoint(checkpoint)
         ```
     """
     credentials = await resolve_credentials(credentials)
@@ -345,4 +359,4 @@ acreate_checkpoint = create_checkpoint.aio
 alist_checkpoints = list_checkpoints.aio
 arestore_checkpoint = restore_checkpoint.aio
 adelete_checkpoint = delete_checkpoint.aio
-acreate_sandbox_from_checkpoint = create_sandbox_from_checkpoint.aio
+afork_checkpoint = fork_checkpoint.aio

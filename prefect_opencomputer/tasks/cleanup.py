@@ -13,22 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, TypedDict, cast
 
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow, FlowStateHook
+from typing_extensions import ParamSpec
 
 from prefect_opencomputer._sync import run_sync
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials, is_configured, load_credentials
-from prefect_opencomputer.client import ForbiddenError, Image, Sandbox, TransportError, UnauthorizedError
+from prefect_opencomputer.client import ForbiddenError, Sandbox, TransportError, UnauthorizedError
 from prefect_opencomputer.tasks import run_registry
-from prefect_opencomputer.tasks.checkpoints import create_sandbox_from_checkpoint
+from prefect_opencomputer.tasks.checkpoints import fork_checkpoint
+from prefect_opencomputer.tasks.factory import SyncAsyncTask
 from prefect_opencomputer.tasks.leakproof import delete_checkpoint_now, kill_sandbox_now
-from prefect_opencomputer.tasks.ownership import DEFAULT_IDLE_TIMEOUT, TAG_FLOW_RUN, is_ours, is_retained
-from prefect_opencomputer.tasks.references import CheckpointRef
+from prefect_opencomputer.tasks.ownership import TAG_FLOW_RUN, is_ours, is_retained
 from prefect_opencomputer.tasks.sandboxes import create_sandbox
+
+P = ParamSpec("P")
 
 # The flow parameters a hook reads to find the credentials of the run it cleans up after.
 CREDENTIALS_BLOCK_PARAMETER = "credentials_block"
@@ -44,20 +47,16 @@ class SandboxScope:
 
     def __init__(
         self,
-        options: dict[str, Any],
-        credentials: OpenComputerCredentials | None,
+        create: SyncAsyncTask[..., Sandbox],
+        args: tuple[object, ...],
+        kwargs: dict[str, Any],
         *,
-        create_sync: Callable[..., Sandbox],
-        create_async: Callable[..., Awaitable[Sandbox]],
-        reason: str,
         name: str,
     ) -> None:
+        self._create = create
+        self._args = args
+        self._kwargs = kwargs
         self._name = name
-        self._options = options
-        self._credentials = credentials
-        self._create_sync = create_sync
-        self._create_async = create_async
-        self._reason = reason
         self._kept = False
         self.sandbox: Sandbox | None = None
 
@@ -66,7 +65,7 @@ class SandboxScope:
         self._kept = True
 
     async def __aenter__(self) -> Sandbox:
-        self.sandbox = await self._create_async(credentials=self._credentials, **self._options)
+        self.sandbox = await self._create.aio(*self._args, **self._kwargs)
         return self.sandbox
 
     async def __aexit__(
@@ -75,7 +74,7 @@ class SandboxScope:
         await self._kill()
 
     def __enter__(self) -> Sandbox:
-        created = self._create_sync(credentials=self._credentials, **self._options)
+        created: object = self._create(*self._args, **self._kwargs)
         if inspect.isawaitable(created):
             # In `async def` code the sync task hands back its async twin's call, not yet started.
             if inspect.iscoroutine(created):
@@ -84,6 +83,7 @@ class SandboxScope:
                 f"{self._name}() is used with `with` inside async code: write `async with "
                 f"{self._name}(...) as sandbox:` in an `async def` flow or task"
             )
+        assert isinstance(created, Sandbox)
         self.sandbox = created
         return self.sandbox
 
@@ -95,95 +95,55 @@ class SandboxScope:
     async def _kill(self) -> None:
         if self.sandbox is None or self._kept:
             return
-        credentials = self._credentials or await load_credentials()
-        await kill_sandbox_now(credentials, self.sandbox.sandbox_id, reason=self._reason)
+        given = self._kwargs.get("credentials")
+        credentials = given if isinstance(given, OpenComputerCredentials) else await load_credentials()
+        await kill_sandbox_now(
+            credentials, self.sandbox.sandbox_id, reason=f"end of its `{self._name}` block"
+        )
 
 
-def open_sandbox(
-    template: str = "base",
-    *,
-    credentials: OpenComputerCredentials | None = None,
-    idle_timeout: int = DEFAULT_IDLE_TIMEOUT,
-    envs: dict[str, str] | None = None,
-    memory_mb: int | None = None,
-    tags: dict[str, str] | None = None,
-    image: Image | None = None,
-    snapshot: str | None = None,
-    concurrency_limit: str | None = None,
-    concurrency_strict: bool = False,
-) -> SandboxScope:
+def _scoped(create: SyncAsyncTask[P, Sandbox], name: str, doc: str) -> Callable[P, SandboxScope]:
+    """The context manager of a task that makes a sandbox: the task's very parameters, and a kill on exit."""
+
+    def open_scope(*args: P.args, **kwargs: P.kwargs) -> SandboxScope:
+        return SandboxScope(create, args, kwargs, name=name)
+
+    open_scope.__name__ = open_scope.__qualname__ = name
+    open_scope.__doc__ = doc
+    open_scope.__module__ = __name__
+    parameters = inspect.signature(create.fn).parameters.values()
+    setattr(  # noqa: B010 -- the signature a reader (help(), the reference page) sees: the task's own
+        open_scope, "__signature__", inspect.Signature(list(parameters), return_annotation="SandboxScope")
+    )
+    return open_scope
+
+
+open_sandbox = _scoped(
+    create_sandbox,
+    "open_sandbox",
     """A sandbox that is killed when the block ends, however it ends.
 
     `with open_sandbox() as sandbox:` in `def` code, `async with open_sandbox() as sandbox:` in `async def`
-    code. The arguments are those of `create_sandbox`.
-
-    Args:
-        template: Template to start from.
-        credentials: The OpenComputer block; default: the environment.
-        idle_timeout: Seconds of inactivity after which the service hibernates the sandbox.
-        envs: Environment variables for every command in the sandbox.
-        memory_mb: Memory tier.
-        tags: Tags of your own.
-        image: A declarative image to start from.
-        snapshot: A ready snapshot to start from.
-        concurrency_limit: A Prefect global concurrency limit: a slot of it is held while the block runs.
-        concurrency_strict: Fail when that limit does not exist, instead of going without it.
+    code. It takes exactly what `create_sandbox` takes.
 
     Returns:
         A context manager whose value is the running sandbox.
 
     Example:
         ```python
-        with open_sandbox("python") as sandbox:
+        with open_sandbox("python", memory_mb=4096) as sandbox:
             run_command(sandbox, "python --version")
         ```
-    """
-    options: dict[str, Any] = {
-        "template": template,
-        "idle_timeout": idle_timeout,
-        "envs": envs,
-        "memory_mb": memory_mb,
-        "tags": tags,
-        "image": image,
-        "snapshot": snapshot,
-        "concurrency_limit": concurrency_limit,
-        "concurrency_strict": concurrency_strict,
-    }
-    return SandboxScope(
-        options,
-        credentials,
-        create_sync=create_sandbox,
-        create_async=create_sandbox.aio,
-        reason="end of its `open_sandbox` block",
-        name="open_sandbox",
-    )
+    """,
+)
 
-
-def open_fork(
-    checkpoint: CheckpointRef,
-    *,
-    credentials: OpenComputerCredentials | None = None,
-    idle_timeout: int = DEFAULT_IDLE_TIMEOUT,
-    envs: dict[str, str] | None = None,
-    tags: dict[str, str] | None = None,
-    check_patches: bool = True,
-    concurrency_limit: str | None = None,
-    concurrency_strict: bool = False,
-) -> SandboxScope:
+open_fork = _scoped(
+    fork_checkpoint,
+    "open_fork",
     """A fork of a checkpoint that is killed when the block ends (`with` or `async with`).
 
-    It holds what `create_sandbox_from_checkpoint` says: the checkpoint's files, and on the hosted service
-    (a `full` checkpoint) its running processes too.
-
-    Args:
-        checkpoint: A ready checkpoint, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
-        idle_timeout: Seconds of inactivity after which the service hibernates the fork.
-        envs: Environment variables over the checkpoint's.
-        tags: Tags of your own.
-        check_patches: Raise `PatchFailedError` (and kill the fork) if a patch failed in it.
-        concurrency_limit: A Prefect global concurrency limit: a slot of it is held while the block runs.
-        concurrency_strict: Fail when that limit does not exist, instead of going without it.
+    It takes exactly what `fork_checkpoint` takes, and holds what it says: the checkpoint's files, and on
+    the hosted service (a `full` checkpoint) its running processes too.
 
     Returns:
         A context manager whose value is the running fork.
@@ -193,24 +153,8 @@ def open_fork(
         with open_fork(checkpoint) as fork:
             run_command(fork, "cat ~/patched.txt")
         ```
-    """
-    options: dict[str, Any] = {
-        "checkpoint": checkpoint,
-        "idle_timeout": idle_timeout,
-        "envs": envs,
-        "tags": tags,
-        "check_patches": check_patches,
-        "concurrency_limit": concurrency_limit,
-        "concurrency_strict": concurrency_strict,
-    }
-    return SandboxScope(
-        options,
-        credentials,
-        create_sync=create_sandbox_from_checkpoint,
-        create_async=create_sandbox_from_checkpoint.aio,
-        reason="end of its `open_fork` block",
-        name="open_fork",
-    )
+    """,
+)
 
 
 async def akill_flow_run_sandboxes(credentials: OpenComputerCredentials, flow_run_id: str) -> list[str]:

@@ -62,7 +62,7 @@ async def run_command(
     command: str | Sequence[str],
     *,
     credentials: OpenComputerCredentials | None = None,
-    env: dict[str, str] | None = None,
+    envs: dict[str, str] | None = None,
     cwd: str | None = None,
     timeout: int | None = None,
     check: bool = True,
@@ -84,7 +84,7 @@ async def run_command(
         sandbox: The sandbox, as its id or its model.
         command: A string runs through `sh -c`; a sequence runs as argv.
         credentials: The OpenComputer block; default: the environment.
-        env: Environment variables for this command.
+        envs: Environment variables for this command, over the sandbox's.
         cwd: Working directory (default: the sandbox user's home).
         timeout: Seconds after which the service kills the command.
         check: Raise `CommandFailedError` on a non-zero exit and `CommandTimedOutError` on a timeout.
@@ -119,7 +119,7 @@ async def run_command(
             sandbox_id,
             argv[0],
             args=argv[1:],
-            env=env,
+            envs=envs,
             cwd=cwd,
             timeout=timeout,
             max_run_after_disconnect=DETACHED_GRACE_SECONDS,

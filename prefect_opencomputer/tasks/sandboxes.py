@@ -175,9 +175,9 @@ async def get_sandbox(sandbox: SandboxRef, *, credentials: OpenComputerCredentia
 
 
 @opencomputer_task(
-    "is_sandbox_running", run_name=on_sandbox("is-running"), retry_condition=retry_if_replayable
+    "sandbox_is_running", run_name=on_sandbox("is-running"), retry_condition=retry_if_replayable
 )
-async def is_sandbox_running(
+async def sandbox_is_running(
     sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
 ) -> bool:
     """Whether the sandbox is running now (hibernated, stopped or unknown: False).
@@ -191,7 +191,7 @@ async def is_sandbox_running(
 
     Example:
         ```python
-        if not is_sandbox_running(sandbox):
+        if not sandbox_is_running(sandbox):
             wake_sandbox(sandbox)
         ```
     """
@@ -380,7 +380,7 @@ async def retain_sandbox(
 
 acreate_sandbox = create_sandbox.aio
 aget_sandbox = get_sandbox.aio
-ais_sandbox_running = is_sandbox_running.aio
+asandbox_is_running = sandbox_is_running.aio
 alist_sandboxes = list_sandboxes.aio
 akill_sandbox = kill_sandbox.aio
 aset_sandbox_timeout = set_sandbox_timeout.aio

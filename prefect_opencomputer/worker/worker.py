@@ -306,7 +306,7 @@ async def _run_command(
         sandbox_id,
         "sh",
         args=["-c", command],
-        env=env,
+        envs=env,
         cwd=configuration.working_dir,
         max_run_after_disconnect=configuration.lost_worker_grace,
     )

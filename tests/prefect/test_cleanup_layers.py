@@ -18,7 +18,7 @@ from prefect_opencomputer.tasks import (
     cleanup_hooks,
     create_checkpoint,
     create_sandbox,
-    create_sandbox_from_checkpoint,
+    fork_checkpoint,
     kill_flow_run_sandboxes,
     open_fork,
     open_sandbox,
@@ -53,7 +53,7 @@ async def test_transaction_rollback_kills_the_sandboxes_it_created(
         with transaction():
             sandbox = await create_sandbox(credentials=credentials)
             checkpoint = await create_checkpoint(sandbox, "cp", credentials=credentials)
-            await create_sandbox_from_checkpoint(checkpoint, credentials=credentials)
+            await fork_checkpoint(checkpoint, credentials=credentials)
             assert await control.live_sandboxes() == 2
             await run_command(sandbox, "exit 5", credentials=credentials)
 
@@ -85,7 +85,7 @@ async def test_failure_hook_kills_every_sandbox_of_the_flow_run(
     async def leaks_then_fails() -> None:
         sandbox = await create_sandbox(credentials=credentials)
         checkpoint = await create_checkpoint(sandbox, "cp", credentials=credentials)
-        await create_sandbox_from_checkpoint(checkpoint, credentials=credentials)
+        await fork_checkpoint(checkpoint, credentials=credentials)
         raise RuntimeError("the flow failed before cleaning up")
 
     state = await leaks_then_fails(return_state=True)

@@ -135,7 +135,7 @@ async def test_a_checkpoint_answered_502_after_it_was_made_is_found_not_leaked(
             await control.fault("POST", "/api/sandboxes/*/checkpoints", times=1, status=502, when="after")
             checkpoint = await acreate_checkpoint(sandbox, "reconciled")
             made = await checkpoint_ids(oc, sandbox.sandbox_id)
-            await adelete_checkpoint(sandbox, checkpoint)
+            await adelete_checkpoint(checkpoint)
             return checkpoint.id, made, await checkpoint_ids(oc, sandbox.sandbox_id)
 
     checkpoint_id, made, left = await checkpoint_once()
