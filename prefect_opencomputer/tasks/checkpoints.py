@@ -19,7 +19,7 @@ from prefect_opencomputer.client import (
 )
 from prefect_opencomputer.tasks import events, ownership, run_registry, run_report
 from prefect_opencomputer.tasks.errors import PatchFailedError
-from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials
+from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials, service_client
 from prefect_opencomputer.tasks.leakproof import (
     KILL_TIMEOUT,
     adopt_new_sandbox,
@@ -160,8 +160,7 @@ async def list_checkpoints(
         names = [checkpoint.name for checkpoint in list_checkpoints(sandbox)]
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         return await client.checkpoints.list(sandbox_id_of(sandbox))
 
 

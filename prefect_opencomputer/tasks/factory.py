@@ -10,10 +10,11 @@ named for the UI (`run_names`), and retries only failures that cannot duplicate 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prefect import Task
@@ -33,7 +34,13 @@ from prefect_opencomputer.blocks.credentials import (
     is_configured,
     load_credentials,
 )
-from prefect_opencomputer.client import APIError, ForbiddenError, UnauthorizedError, resolve_api_base
+from prefect_opencomputer.client import (
+    APIError,
+    ForbiddenError,
+    OpenComputerClient,
+    UnauthorizedError,
+    resolve_api_base,
+)
 from prefect_opencomputer.tasks import run_registry
 from prefect_opencomputer.tasks.errors import MissingCredentialsError
 from prefect_opencomputer.tasks.retries import (
@@ -65,6 +72,14 @@ async def resolve_credentials(credentials: OpenComputerCredentials | None) -> Op
         raise MissingCredentialsError()
     run_registry.remember_credentials(resolved)
     return resolved
+
+
+@contextlib.asynccontextmanager
+async def service_client(credentials: OpenComputerCredentials | None) -> AsyncIterator[OpenComputerClient]:
+    """A client of the service the credentials name (resolved as `resolve_credentials` does), for one body."""
+    resolved = await resolve_credentials(credentials)
+    async with resolved.get_client() as client:
+        yield client
 
 
 def _sent_key(credentials: OpenComputerCredentials | None) -> bool:

@@ -21,6 +21,8 @@ TAG_WORKER_FLOW_RUN = "prefect.worker.flow_run_id"
 # leave it alone whatever the value.
 TAG_RETAIN = "prefect.retain"
 CREATED_BY = "prefect-opencomputer"
+# Every tag this integration sets (the ones above, the owner lease, the concurrency lease) starts so.
+OWNERSHIP_TAG_PREFIX = "prefect."
 
 # Idle timeout (seconds) given to every sandbox this integration creates: an orphan hibernates, never
 # runs forever. 0 would mean "persistent", which only a caller who asks for it gets.

@@ -7,9 +7,9 @@ from typing import Any, cast
 from prefect import get_run_logger
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
-from prefect_opencomputer.client import Image, Sandbox
+from prefect_opencomputer.client import Image, Sandbox, TagKey
 from prefect_opencomputer.tasks import events, ownership, quota, run_registry, run_report
-from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials
+from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials, service_client
 from prefect_opencomputer.tasks.leakproof import (
     adopt_new_sandbox,
     create_or_find,
@@ -169,8 +169,7 @@ async def get_sandbox(sandbox: SandboxRef, *, credentials: OpenComputerCredentia
         status = get_sandbox(sandbox).status
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         return await client.sandboxes.get(sandbox_id_of(sandbox))
 
 
@@ -195,8 +194,7 @@ async def sandbox_is_running(
             wake_sandbox(sandbox)
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         return await client.sandboxes.is_running(sandbox_id_of(sandbox))
 
 
@@ -218,8 +216,7 @@ async def list_sandboxes(
         mine = list_sandboxes({"team": "data"})
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         sandboxes = await client.sandboxes.list()
     wanted = tags or {}
     return [sb for sb in sandboxes if all(sb.tags.get(key) == value for key, value in wanted.items())]
@@ -272,8 +269,7 @@ async def set_sandbox_timeout(
         set_sandbox_timeout(sandbox, 3600)
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         await client.sandboxes.set_timeout(sandbox_id_of(sandbox), idle_timeout)
 
 
@@ -295,8 +291,7 @@ async def hibernate_sandbox(
         hibernate_sandbox(sandbox)
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         hibernated = await client.sandboxes.hibernate(sandbox_id_of(sandbox))
     # A hibernated sandbox does not count against the service's quota: neither does it hold a slot.
     await quota.release_slot_of(hibernated.sandbox_id)
@@ -379,6 +374,80 @@ async def retain_sandbox(
 
 
 acreate_sandbox = create_sandbox.aio
+
+
+@opencomputer_task("get_sandbox_tags", run_name=on_sandbox("get-tags"), retry_condition=retry_if_replayable)
+async def get_sandbox_tags(
+    sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
+) -> dict[str, str]:
+    """The sandbox's tags as the service holds them now: yours and the ownership tags (`prefect.*`).
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        Its tags.
+
+    Example:
+        ```python
+        team = get_sandbox_tags(sandbox).get("team")
+        ```
+    """
+    async with service_client(credentials) as client:
+        return dict((await client.sandboxes.get_tags(sandbox_id_of(sandbox))).tags)
+
+
+@opencomputer_task("set_sandbox_tags", run_name=on_sandbox("set-tags"), retry_condition=retry_if_replayable)
+async def set_sandbox_tags(
+    sandbox: SandboxRef, tags: dict[str, str], *, credentials: OpenComputerCredentials | None = None
+) -> dict[str, str]:
+    """Replace the sandbox's own tags with `tags`, keeping its ownership tags (a full replace: safe to retry).
+
+    The ownership tags (`prefect.*`) are what cleanup hooks and the reaper find the sandbox by, so they stay
+    unless `tags` gives one of them a value of its own.
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        tags: The tags it should carry besides the ownership tags (`{}` removes all of yours).
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        All its tags afterwards.
+
+    Example:
+        ```python
+        set_sandbox_tags(sandbox, {"team": "data", "stage": "review"})
+        ```
+    """
+    sandbox_id = sandbox_id_of(sandbox)
+    async with service_client(credentials) as client:
+        current = (await client.sandboxes.get_tags(sandbox_id)).tags
+        kept = {
+            key: value for key, value in current.items() if key.startswith(ownership.OWNERSHIP_TAG_PREFIX)
+        }
+        return dict((await client.sandboxes.set_tags(sandbox_id, {**kept, **tags})).tags)
+
+
+@opencomputer_task("list_tag_keys", run_name="list-tag-keys", retry_condition=retry_if_replayable)
+async def list_tag_keys(*, credentials: OpenComputerCredentials | None = None) -> list[TagKey]:
+    """The tag keys in use across the organization's sandboxes, with how many sandboxes carry each.
+
+    Args:
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        Each key with its sandbox count and its number of distinct values.
+
+    Example:
+        ```python
+        keys = {tag.key: tag.sandbox_count for tag in list_tag_keys()}
+        ```
+    """
+    async with service_client(credentials) as client:
+        return await client.sandboxes.tag_keys()
+
+
 aget_sandbox = get_sandbox.aio
 asandbox_is_running = sandbox_is_running.aio
 alist_sandboxes = list_sandboxes.aio
@@ -387,3 +456,6 @@ aset_sandbox_timeout = set_sandbox_timeout.aio
 ahibernate_sandbox = hibernate_sandbox.aio
 awake_sandbox = wake_sandbox.aio
 aretain_sandbox = retain_sandbox.aio
+aget_sandbox_tags = get_sandbox_tags.aio
+aset_sandbox_tags = set_sandbox_tags.aio
+alist_tag_keys = list_tag_keys.aio
