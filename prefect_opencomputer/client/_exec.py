@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TypedDict, Unpack
 from urllib.parse import quote
 
 from prefect_opencomputer.client._attach import ExecAttachment
@@ -15,6 +16,16 @@ from prefect_opencomputer.client._transport import Transport
 _RUN_GRACE = 30.0
 # What the service applies when a run's timeout is 0 or negative.
 _RUN_DEFAULT_TIMEOUT = 60
+
+
+class StartOptions(TypedDict, total=False):
+    """`Exec.start`'s options after the command, as `Exec.stream` passes them on."""
+
+    args: Sequence[str] | None
+    envs: Mapping[str, str] | None
+    cwd: str | None
+    timeout: int | None
+    max_run_after_disconnect: int | None
 
 
 class Exec:
@@ -142,25 +153,10 @@ class Exec:
         )
 
     async def stream(
-        self,
-        sandbox_id: str,
-        command: str,
-        args: Sequence[str] | None = None,
-        envs: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: int | None = None,
-        max_run_after_disconnect: int | None = None,
+        self, sandbox_id: str, command: str, **options: Unpack[StartOptions]
     ) -> AsyncIterator[ExecEvent]:
-        """Start a session and yield its events until it exits (`start` followed by `attach`)."""
-        session = await self.start(
-            sandbox_id,
-            command,
-            args=args,
-            envs=envs,
-            cwd=cwd,
-            timeout=timeout,
-            max_run_after_disconnect=max_run_after_disconnect,
-        )
+        """Start a session and yield its events until it exits (`start`, with its options, then `attach`)."""
+        session = await self.start(sandbox_id, command, **options)
         async with self.attach(sandbox_id, session.session_id) as attachment:
             async for event in attachment:
                 yield event

@@ -62,6 +62,10 @@ class ReportEntry:
     outcome: str
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
+    @property
+    def creates_sandbox(self) -> bool:
+        return self.kind in ("sandbox", "fork")
+
     def row(self) -> dict[str, str]:
         return {
             "time": self.at.strftime("%H:%M:%S"),
@@ -124,16 +128,8 @@ def _current_record() -> _RunRecord | None:
     return _record_of(flow_run_id)
 
 
-def record(
-    kind: str,
-    sandbox_id: str,
-    subject: str,
-    outcome: str,
-    *,
-    cleanup: bool = True,
-    memory_mb: int | None = None,
-) -> None:
-    """Add a row to the current flow run's report; outside a flow run there is no report.
+def add_entry(entry: ReportEntry, *, cleanup: bool, memory_mb: int | None) -> None:
+    """Add a row to the current flow run's record; outside a flow run there is none.
 
     A created sandbox (`kind` "sandbox" or "fork") is also remembered for the run's cleanup unless
     `cleanup` is False (it is meant to outlive the run); `memory_mb`, its tier, prices its running time.
@@ -143,13 +139,13 @@ def record(
         if run is None:
             return
         if len(run.entries) < MAX_ENTRIES_PER_RUN:
-            run.entries.append(ReportEntry(kind, sandbox_id, subject, outcome))
+            run.entries.append(entry)
         if memory_mb:
-            run.memory_mb[sandbox_id] = memory_mb
-        if kind in ("sandbox", "fork") and cleanup:
-            run.sandboxes.add(sandbox_id)
-        elif kind == "kill":
-            run.sandboxes.discard(sandbox_id)
+            run.memory_mb[entry.sandbox_id] = memory_mb
+        if entry.creates_sandbox and cleanup:
+            run.sandboxes.add(entry.sandbox_id)
+        elif entry.kind == "kill":
+            run.sandboxes.discard(entry.sandbox_id)
 
 
 def memory_of(sandbox_id: str | None) -> int | None:

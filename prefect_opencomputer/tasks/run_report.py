@@ -39,10 +39,15 @@ def record(
     cleanup: bool = True,
     memory_mb: int | None = None,
 ) -> None:
-    """Add a row to the current flow run's report (`run_registry.record`); a run that creates a sandbox
-    publishes its report when it ends."""
-    run_registry.record(kind, sandbox_id, subject, outcome, cleanup=cleanup, memory_mb=memory_mb)
-    if kind in ("sandbox", "fork"):
+    """Add a row to the current flow run's report; outside a flow run there is no report.
+
+    A created sandbox (`kind` "sandbox" or "fork") is also remembered for the run's cleanup unless
+    `cleanup` is False (it is meant to outlive the run), and makes the run publish its report when it ends;
+    `memory_mb`, its tier, prices its running time.
+    """
+    entry = ReportEntry(kind, sandbox_id, subject, outcome)
+    run_registry.add_entry(entry, cleanup=cleanup, memory_mb=memory_mb)
+    if entry.creates_sandbox:
         _publish_report_at_the_end()
 
 
@@ -84,7 +89,7 @@ def _report_rows(
     fates = _fates(recorded)
     rows = [entry.row() for entry in recorded]
     for entry, row in zip(recorded, rows, strict=True):
-        if entry.kind in ("sandbox", "fork") and entry.sandbox_id in fates:
+        if entry.creates_sandbox and entry.sandbox_id in fates:
             fate = fates[entry.sandbox_id]
             # Before the run's end a sandbox it has not killed is still in use, not left.
             row["outcome"] = fate if final else fate.replace("left running", "running")

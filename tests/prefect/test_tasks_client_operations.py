@@ -33,9 +33,7 @@ async def test_path_tasks_make_list_and_remove_directories(credentials: OpenComp
     async def paths() -> dict[str, Any]:
         async with open_sandbox(credentials=credentials) as sandbox:
             await amake_directory(sandbox, "work/data/raw", credentials=credentials)
-            await amake_directory(
-                sandbox, "work/data/raw", credentials=credentials
-            )  # exists: fine
+            await amake_directory(sandbox, "work/data/raw", credentials=credentials)  # exists: fine
             await awrite_file(sandbox, "work/data/notes.txt", "hello", credentials=credentials)
             listed = await alist_files(sandbox, "work/data", credentials=credentials)
             await adelete_file(sandbox, "work/data", credentials=credentials)
