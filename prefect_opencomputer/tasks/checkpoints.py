@@ -13,7 +13,6 @@ from prefect_opencomputer.client import (
     ConflictError,
     NotFoundError,
     OpenComputerClient,
-    OpenComputerError,
     RetentionPolicy,
     Sandbox,
 )
@@ -24,9 +23,9 @@ from prefect_opencomputer.tasks.leakproof import (
     KILL_TIMEOUT,
     adopt_new_sandbox,
     create_or_find,
+    done_or_recovered,
     finish_despite_cancellation,
     kill_ignoring_missing,
-    may_have_taken_effect,
     record_checkpoint_deleted,
     rollback_hook,
     slot_for_create,
@@ -61,21 +60,17 @@ async def _create_or_find_checkpoint(
     task run) made: a 502 after the work, or a retry whose first attempt landed, ends with one checkpoint.
     """
     try:
-        return await client.checkpoints.create(sandbox_id, name, kind=kind, retention=retention)
+        return await done_or_recovered(
+            lambda: client.checkpoints.create(sandbox_id, name, kind=kind, retention=retention),
+            lambda: _find_by_name(client, sandbox_id, name),
+            lambda error, found: (
+                f"Lost the answer to creating checkpoint {name!r} ({error}); it was made: {found.id}"
+            ),
+        )
     except ConflictError:
         existing = await _find_by_name(client, sandbox_id, name)
         if existing is None or not run_registry.is_retry_attempt():
             raise
-        return existing
-    except OpenComputerError as error:
-        if not may_have_taken_effect(error):
-            raise
-        existing = await _find_by_name(client, sandbox_id, name)
-        if existing is None:
-            raise
-        run_registry.run_logger().warning(
-            "Lost the answer to creating checkpoint %r (%s); it was made: %s", name, error, existing.id
-        )
         return existing
 
 

@@ -122,19 +122,32 @@ async def create_or_find(
     """
     marker = uuid4().hex
     asked_at = datetime.now(UTC)
+    return await done_or_recovered(
+        lambda: create({CREATE_MARKER_ENV: marker}),
+        lambda: find_lost_sandbox(client, asked_at, marker),
+        lambda error, found: (
+            f"Lost the answer to a sandbox create ({error}); adopting {found.sandbox_id}, which carries this "
+            "request's marker"
+        ),
+    )
+
+
+async def done_or_recovered(
+    request: Callable[[], Awaitable[T]],
+    recover: Callable[[], Awaitable[T | None]],
+    describe: Callable[[OpenComputerError, T], str],
+) -> T:
+    """The request's answer; if the answer is lost after the work may have been done, what `recover` finds
+    of that work (logged as `describe` says). With nothing found, the request's own error."""
     try:
-        return await create({CREATE_MARKER_ENV: marker})
+        return await request()
     except OpenComputerError as error:
         if not may_have_taken_effect(error):
             raise
-        found = await find_lost_sandbox(client, asked_at, marker)
+        found = await recover()
         if found is None:
             raise
-        run_registry.run_logger().warning(
-            "Lost the answer to a sandbox create (%s); adopting %s, which carries this request's marker",
-            error,
-            found.sandbox_id,
-        )
+        run_registry.run_logger().warning("%s", describe(error, found))
         return found
 
 
