@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypedDict, cast
 
@@ -38,6 +39,7 @@ CREDENTIALS_BLOCK_PARAMETER = "credentials_block"
 CREDENTIALS_PARAMETER = "credentials"
 
 
+@dataclass
 class SandboxScope:
     """A sandbox for the length of a `with` or `async with` block: created on entry, killed on exit.
 
@@ -45,27 +47,20 @@ class SandboxScope:
     `opencomputer.sandbox.killed` event and a row of the run report.
     """
 
-    def __init__(
-        self,
-        create: SyncAsyncTask[..., Sandbox],
-        args: tuple[object, ...],
-        kwargs: dict[str, Any],
-        *,
-        name: str,
-    ) -> None:
-        self._create = create
-        self._args = args
-        self._kwargs = kwargs
-        self._name = name
-        self._kept = False
-        self.sandbox: Sandbox | None = None
+    create: SyncAsyncTask[..., Sandbox]
+    # Not in the repr: what the block was given may hold a credentials block.
+    args: tuple[object, ...] = field(repr=False)
+    kwargs: dict[str, Any] = field(repr=False)
+    name: str
+    kept: bool = False
+    sandbox: Sandbox | None = None
 
     def keep(self) -> None:
         """Do not kill the sandbox on exit (it is meant to outlive the block, e.g. after `retain_sandbox`)."""
-        self._kept = True
+        self.kept = True
 
     async def __aenter__(self) -> Sandbox:
-        self.sandbox = await self._create.aio(*self._args, **self._kwargs)
+        self.sandbox = await self.create.aio(*self.args, **self.kwargs)
         return self.sandbox
 
     async def __aexit__(
@@ -74,14 +69,14 @@ class SandboxScope:
         await self._kill()
 
     def __enter__(self) -> Sandbox:
-        created: object = self._create(*self._args, **self._kwargs)
+        created: object = self.create(*self.args, **self.kwargs)
         if inspect.isawaitable(created):
             # In `async def` code the sync task hands back its async twin's call, not yet started.
             if inspect.iscoroutine(created):
                 created.close()
             raise TypeError(
-                f"{self._name}() is used with `with` inside async code: write `async with "
-                f"{self._name}(...) as sandbox:` in an `async def` flow or task"
+                f"{self.name}() is used with `with` inside async code: write `async with "
+                f"{self.name}(...) as sandbox:` in an `async def` flow or task"
             )
         assert isinstance(created, Sandbox)
         self.sandbox = created
@@ -93,20 +88,18 @@ class SandboxScope:
         run_sync(self._kill())
 
     async def _kill(self) -> None:
-        if self.sandbox is None or self._kept:
+        if self.sandbox is None or self.kept:
             return
-        given = self._kwargs.get("credentials")
+        given = self.kwargs.get("credentials")
         credentials = given if isinstance(given, OpenComputerCredentials) else await load_credentials()
-        await kill_sandbox_now(
-            credentials, self.sandbox.sandbox_id, reason=f"end of its `{self._name}` block"
-        )
+        await kill_sandbox_now(credentials, self.sandbox.sandbox_id, reason=f"end of its `{self.name}` block")
 
 
 def _scoped(create: SyncAsyncTask[P, Sandbox], name: str, doc: str) -> Callable[P, SandboxScope]:
     """The context manager of a task that makes a sandbox: the task's very parameters, and a kill on exit."""
 
     def open_scope(*args: P.args, **kwargs: P.kwargs) -> SandboxScope:
-        return SandboxScope(create, args, kwargs, name=name)
+        return SandboxScope(create, args, kwargs, name)
 
     open_scope.__name__ = open_scope.__qualname__ = name
     open_scope.__doc__ = doc
