@@ -29,7 +29,7 @@ _MODULE_TITLES = {
     "usage": "Usage",
     "orphans": "Orphans",
     "cleanup": "Cleanup",
-    "tracking": "Run report",
+    "run_report": "Run report",
 }
 
 
@@ -66,7 +66,7 @@ def _markdown(docstring: str) -> str:
 def _entries() -> Iterator[tuple[str, str, str, str]]:
     """(module, heading, signature, markdown) for each documented object."""
     import prefect_opencomputer.tasks as tasks
-    from prefect_opencomputer.tasks.decorator import SyncAsyncTask
+    from prefect_opencomputer.tasks.factory import SyncAsyncTask
 
     for name in tasks.__all__:
         value = getattr(tasks, name)

@@ -252,7 +252,7 @@ def usage(
 
     from prefect_opencomputer.client import OpenComputerError
     from prefect_opencomputer.tasks.cost import usd_per_gb_hour
-    from prefect_opencomputer.tasks.tracking import TAG_FLOW_RUN
+    from prefect_opencomputer.tasks.ownership import TAG_FLOW_RUN
 
     if flow_run is not None and day is not None:
         raise typer.BadParameter("give --flow-run or --day, not both")
@@ -291,7 +291,7 @@ def _print_usage_table(what: str, items: list[SandboxUsageItem], rate: float) ->
     from rich.console import Console
     from rich.table import Table
 
-    from prefect_opencomputer.tasks.tracking import TAG_FLOW_RUN
+    from prefect_opencomputer.tasks.ownership import TAG_FLOW_RUN
 
     table = Table(title=f"Sandbox usage of {what}", title_justify="left")
     for column in ("sandbox", "status", "flow run"):

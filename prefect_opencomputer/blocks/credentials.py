@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from prefect.blocks.abstract import CredentialsBlock
 from prefect.blocks.core import Block, schema_extra
-from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import ConfigDict, Field, SecretStr
 
 from prefect_opencomputer._settings import (
@@ -17,6 +16,7 @@ from prefect_opencomputer._settings import (
     CREDENTIALS_BLOCK_ENV,
     DEFAULT_REQUEST_TIMEOUT,
 )
+from prefect_opencomputer._sync import run_sync
 from prefect_opencomputer.blocks.sync_client import SyncOpenComputerClient
 from prefect_opencomputer.client import OpenComputerClient
 
@@ -142,9 +142,7 @@ def load_credentials(
     block_name: str | None = None, *, credentials: OpenComputerCredentials | None = None
 ) -> OpenComputerCredentials:
     """`aload_credentials` for `def` code: the same credentials by the same precedence."""
-    return cast(
-        OpenComputerCredentials, run_coro_as_sync(aload_credentials(block_name, credentials=credentials))
-    )
+    return run_sync(aload_credentials(block_name, credentials=credentials))
 
 
 def is_configured(credentials: OpenComputerCredentials) -> bool:

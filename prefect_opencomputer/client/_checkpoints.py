@@ -15,7 +15,7 @@ from prefect_opencomputer.client._errors import (
     TransportError,
 )
 from prefect_opencomputer.client._models import Checkpoint, CheckpointRestore, RetentionPolicy, Sandbox
-from prefect_opencomputer.client._sandboxes import Sandboxes, sandbox_may_exist
+from prefect_opencomputer.client._sandboxes import Sandboxes, new_sandbox_body, sandbox_may_exist
 from prefect_opencomputer.client._transport import Transport
 
 # Pending patches run synchronously inside the fork request, each with a 300 s budget.
@@ -135,13 +135,7 @@ class Checkpoints:
         A failing patch does not fail the fork: check `Sandbox.patch_error` on a later `get`. The service
         ignores a fork's idle timeout (forks start persistent), so a given `timeout` is applied afterwards.
         """
-        body: dict[str, object] = {}
-        if envs:
-            body["envs"] = dict(envs)
-        if metadata:
-            body["metadata"] = dict(metadata)
-        if memory_mb is not None:
-            body["memoryMB"] = memory_mb
+        body = new_sandbox_body(envs, metadata, memory_mb)
         if timeout is not None:
             body["timeout"] = timeout
         try:

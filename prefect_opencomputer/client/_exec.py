@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TypedDict, Unpack
 from urllib.parse import quote
 
 from prefect_opencomputer.client._attach import ExecAttachment
@@ -17,6 +18,16 @@ _RUN_GRACE = 30.0
 _RUN_DEFAULT_TIMEOUT = 60
 
 
+class StartOptions(TypedDict, total=False):
+    """`Exec.start`'s options after the command, as `Exec.stream` passes them on."""
+
+    args: Sequence[str] | None
+    envs: Mapping[str, str] | None
+    cwd: str | None
+    timeout: int | None
+    max_run_after_disconnect: int | None
+
+
 class Exec:
     """`client.exec`: run commands inside a sandbox, to completion or as streamed sessions."""
 
@@ -27,7 +38,7 @@ class Exec:
         self,
         sandbox_id: str,
         command: str | Sequence[str],
-        env: Mapping[str, str] | None = None,
+        envs: Mapping[str, str] | None = None,
         cwd: str | None = None,
         timeout: int = 60,
     ) -> CommandResult:
@@ -36,7 +47,7 @@ class Exec:
         A non-zero exit or a timeout (`result.timed_out`) is a result, not an error. Never retried once it
         may have reached the service: a replay would run the command twice.
         """
-        body = _run_body(command, env, cwd)
+        body = _run_body(command, envs, cwd)
         body["timeout"] = timeout
         path = f"/sandboxes/{sandbox_id}/exec/run"
         response = await self._transport.request(
@@ -62,7 +73,7 @@ class Exec:
         self,
         sandbox_id: str,
         command: str | Sequence[str],
-        env: Mapping[str, str] | None = None,
+        envs: Mapping[str, str] | None = None,
         cwd: str | None = None,
         timeout: int = 60,
     ) -> AsyncRun:
@@ -71,7 +82,7 @@ class Exec:
         A command that ends at once comes back finished (`exec_id` None); otherwise poll `result` with the
         returned `exec_id`. Each request is short, so no proxy in between can time it out. Not replayed.
         """
-        body = _run_body(command, env, cwd)
+        body = _run_body(command, envs, cwd)
         body["timeout"] = timeout
         response = await self._transport.request(
             "POST", f"/sandboxes/{sandbox_id}/exec/run-async", json=body, replayable=False
@@ -91,7 +102,7 @@ class Exec:
         sandbox_id: str,
         command: str,
         args: Sequence[str] | None = None,
-        env: Mapping[str, str] | None = None,
+        envs: Mapping[str, str] | None = None,
         cwd: str | None = None,
         timeout: int | None = None,
         max_run_after_disconnect: int | None = None,
@@ -104,8 +115,8 @@ class Exec:
         body: dict[str, object] = {"cmd": command}
         if args:
             body["args"] = list(args)
-        if env:
-            body["envs"] = dict(env)
+        if envs:
+            body["envs"] = dict(envs)
         if cwd:
             body["cwd"] = cwd
         if timeout is not None:
@@ -142,32 +153,17 @@ class Exec:
         )
 
     async def stream(
-        self,
-        sandbox_id: str,
-        command: str,
-        args: Sequence[str] | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: int | None = None,
-        max_run_after_disconnect: int | None = None,
+        self, sandbox_id: str, command: str, **options: Unpack[StartOptions]
     ) -> AsyncIterator[ExecEvent]:
-        """Start a session and yield its events until it exits (`start` followed by `attach`)."""
-        session = await self.start(
-            sandbox_id,
-            command,
-            args=args,
-            env=env,
-            cwd=cwd,
-            timeout=timeout,
-            max_run_after_disconnect=max_run_after_disconnect,
-        )
+        """Start a session and yield its events until it exits (`start`, with its options, then `attach`)."""
+        session = await self.start(sandbox_id, command, **options)
         async with self.attach(sandbox_id, session.session_id) as attachment:
             async for event in attachment:
                 yield event
 
 
 def _run_body(
-    command: str | Sequence[str], env: Mapping[str, str] | None, cwd: str | None
+    command: str | Sequence[str], envs: Mapping[str, str] | None, cwd: str | None
 ) -> dict[str, object]:
     """A string runs through `sh -c`, a sequence as argv (no shell)."""
     if isinstance(command, str):
@@ -177,8 +173,8 @@ def _run_body(
         if not argv:
             raise ValueError("command must not be empty")
         body = {"cmd": argv[0], "args": argv[1:]}
-    if env:
-        body["envs"] = dict(env)
+    if envs:
+        body["envs"] = dict(envs)
     if cwd:
         body["cwd"] = cwd
     return body

@@ -56,13 +56,11 @@ class Sandboxes:
         `disk_mb` is at least 20480. Never retried after it may have reached the service: a replay could
         start a second sandbox.
         """
-        body: dict[str, object] = {"templateID": template, "timeout": timeout}
-        if envs:
-            body["envs"] = dict(envs)
-        if metadata:
-            body["metadata"] = dict(metadata)
-        if memory_mb is not None:
-            body["memoryMB"] = memory_mb
+        body: dict[str, object] = {
+            "templateID": template,
+            "timeout": timeout,
+            **new_sandbox_body(envs, metadata, memory_mb),
+        }
         if cpu_count is not None:
             body["cpuCount"] = cpu_count
         if disk_mb is not None:
@@ -203,3 +201,17 @@ def sandbox_may_exist(exc: TransportError, action: str) -> TransportError:
         f"(find it with sandboxes.list() and kill it): {exc}",
         ambiguous=True,
     )
+
+
+def new_sandbox_body(
+    envs: Mapping[str, str] | None, metadata: Mapping[str, str] | None, memory_mb: int | None
+) -> dict[str, object]:
+    """What a create and a fork both say of the new sandbox, as the wire spells it (unset: left out)."""
+    body: dict[str, object] = {}
+    if envs:
+        body["envs"] = dict(envs)
+    if metadata:
+        body["metadata"] = dict(metadata)
+    if memory_mb is not None:
+        body["memoryMB"] = memory_mb
+    return body

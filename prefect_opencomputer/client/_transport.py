@@ -18,7 +18,7 @@ import os
 import random
 import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -198,40 +198,17 @@ class Transport:
         streamed = content is not None and not isinstance(content, bytes)
         if replayable is None:
             replayable = method in _REPLAYABLE_METHODS and not streamed
-        request_timeout = httpx.Timeout(timeout) if timeout is not None else None
-        attempt = 0
-        while True:
-            attempt += 1
-            last_attempt = attempt >= self.retry.max_attempts
-            try:
-                response = await self._http.request(
-                    method,
-                    path,
-                    json=json,
-                    params=params,
-                    content=content,
-                    timeout=request_timeout if request_timeout is not None else httpx.USE_CLIENT_DEFAULT,
-                )
-            except httpx.TransportError as exc:
-                sent = not isinstance(exc, _NOT_SENT)
-                if last_attempt or (sent and not replayable):
-                    raise self._transport_error(method, path, exc, sent=sent) from exc
-                await asyncio.sleep(self.retry.delay(attempt))
-                continue
-            if response.is_success:
-                return response
-            error = error_from_response(
-                response.status_code,
-                response.content,
-                response.headers,
-                method=method,
-                path=path,
-                secret=self._api_key,
-            )
-            if error.retryable and not last_attempt and not streamed:
-                await asyncio.sleep(self.retry.delay(attempt, error.retry_after))
-                continue
-            raise error
+        request_timeout = httpx.Timeout(timeout) if timeout is not None else httpx.USE_CLIENT_DEFAULT
+        return await self._send(
+            method,
+            path,
+            lambda: self._http.build_request(
+                method, path, json=json, params=params, content=content, timeout=request_timeout
+            ),
+            stream=False,
+            resend_after_sent=replayable,
+            retry_refusals=not streamed,
+        )
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -249,44 +226,71 @@ class Transport:
         Retried only when it never reached the service, or when the service refused it as retryable before
         doing anything. `read_timeout` bounds the wait for each chunk, not the whole stream.
         """
-        timeout = httpx.Timeout(self.timeout, read=read_timeout) if read_timeout is not None else None
+        timeout = (
+            httpx.Timeout(self.timeout, read=read_timeout)
+            if read_timeout is not None
+            else httpx.USE_CLIENT_DEFAULT
+        )
+        response = await self._send(
+            method,
+            path,
+            lambda: self._http.build_request(
+                method, path, json=json, params=params, headers=headers, timeout=timeout
+            ),
+            stream=True,
+            resend_after_sent=False,
+            retry_refusals=True,
+        )
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        build: Callable[[], httpx.Request],
+        *,
+        stream: bool,
+        resend_after_sent: bool,
+        retry_refusals: bool,
+    ) -> httpx.Response:
+        """The retry loop of every request: a fresh request from `build` per attempt, until a success.
+
+        A request that never left is sent again; one that may have reached the service only if
+        `resend_after_sent`. A retryable refusal (429, 503, ...) is retried after its delay if
+        `retry_refusals`. With `stream` the successful response is returned unread.
+        """
         attempt = 0
         while True:
             attempt += 1
             last_attempt = attempt >= self.retry.max_attempts
-            request = self._http.build_request(
-                method,
-                path,
-                json=json,
-                params=params,
-                headers=headers,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-            )
             try:
-                response = await self._http.send(request, stream=True)
+                response = await self._http.send(build(), stream=stream)
             except httpx.TransportError as exc:
                 sent = not isinstance(exc, _NOT_SENT)
-                if last_attempt or sent:
+                if last_attempt or (sent and not resend_after_sent):
                     raise self._transport_error(method, path, exc, sent=sent) from exc
                 await asyncio.sleep(self.retry.delay(attempt))
                 continue
             if response.is_success:
-                break
-            try:
-                body = await response.aread()
-            except httpx.TransportError as exc:
-                raise self._transport_error(method, path, exc, sent=True) from exc
-            finally:
-                await response.aclose()
+                return response
+            body = await self._unread_body(response, method, path) if stream else response.content
             error = error_from_response(
                 response.status_code, body, response.headers, method=method, path=path, secret=self._api_key
             )
-            if error.retryable and not last_attempt:
+            if error.retryable and retry_refusals and not last_attempt:
                 await asyncio.sleep(self.retry.delay(attempt, error.retry_after))
                 continue
             raise error
+
+    async def _unread_body(self, response: httpx.Response, method: str, path: str) -> bytes:
+        """The body of a streamed error response, read whole; the response is closed."""
         try:
-            yield response
+            return await response.aread()
+        except httpx.TransportError as exc:
+            raise self._transport_error(method, path, exc, sent=True) from exc
         finally:
             await response.aclose()
 

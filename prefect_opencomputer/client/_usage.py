@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import TypedDict, Unpack
 
 from prefect_opencomputer.client._models import SandboxUsage, SandboxUsageItem, UsageBySandbox, UsageByTag
 from prefect_opencomputer.client._transport import Transport
@@ -12,29 +13,29 @@ from prefect_opencomputer.client._transport import Transport
 TimeBound = datetime | str
 
 
+class UsageQuery(TypedDict, total=False):
+    """What a usage page asks for: its time window, a tag filter, its order and the page."""
+
+    from_: TimeBound | None
+    to: TimeBound | None
+    tags: Mapping[str, str] | None
+    sort: str | None
+    limit: int | None
+    cursor: str | None
+
+
 class Usage:
     """`client.usage`: what sandboxes consumed, as the service meters it (about a minute behind)."""
 
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
 
-    async def by_sandbox(
-        self,
-        *,
-        from_: TimeBound | None = None,
-        to: TimeBound | None = None,
-        tags: Mapping[str, str] | None = None,
-        sort: str | None = None,
-        limit: int | None = None,
-        cursor: str | None = None,
-    ) -> UsageBySandbox:
+    async def by_sandbox(self, **query: Unpack[UsageQuery]) -> UsageBySandbox:
         """One page of sandboxes, largest first (default window: the last 30 days).
 
         `tags` keeps sandboxes whose tag `key` has one of the comma-separated values (empty: lacks `key`).
         """
-        params = _params("sandbox", from_, to, tags, sort, limit, cursor)
-        response = await self._transport.request("GET", "/usage", params=params)
-        return UsageBySandbox.model_validate(response.json())
+        return UsageBySandbox.model_validate(await self._get("/usage", "sandbox", query))
 
     async def all_by_sandbox(
         self,
@@ -53,29 +54,20 @@ class Usage:
                 return items
             cursor = page.next_cursor
 
-    async def by_tag(
-        self,
-        tag_key: str,
-        *,
-        from_: TimeBound | None = None,
-        to: TimeBound | None = None,
-        tags: Mapping[str, str] | None = None,
-        sort: str | None = None,
-        limit: int | None = None,
-        cursor: str | None = None,
-    ) -> UsageByTag:
+    async def by_tag(self, tag_key: str, **query: Unpack[UsageQuery]) -> UsageByTag:
         """One page of the values of `tag_key`, largest first; sandboxes lacking it are `untagged`."""
-        params = _params(f"tag:{tag_key}", from_, to, tags, sort, limit, cursor)
-        response = await self._transport.request("GET", "/usage", params=params)
-        return UsageByTag.model_validate(response.json())
+        return UsageByTag.model_validate(await self._get("/usage", f"tag:{tag_key}", query))
 
     async def for_sandbox(
         self, sandbox_id: str, *, from_: TimeBound | None = None, to: TimeBound | None = None
     ) -> SandboxUsage:
         """Its 1-minute points and totals (default window: the last hour; at most 30 days)."""
-        params = _params(None, from_, to, None, None, None, None)
-        response = await self._transport.request("GET", f"/sandboxes/{sandbox_id}/usage", params=params)
-        return SandboxUsage.model_validate(response.json())
+        window: UsageQuery = {"from_": from_, "to": to}
+        return SandboxUsage.model_validate(await self._get(f"/sandboxes/{sandbox_id}/usage", None, window))
+
+    async def _get(self, path: str, group_by: str | None, query: UsageQuery) -> object:
+        response = await self._transport.request("GET", path, params=_params(group_by, query))
+        return response.json()
 
 
 def _bound(value: TimeBound) -> str:
@@ -86,28 +78,16 @@ def _bound(value: TimeBound) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _params(
-    group_by: str | None,
-    from_: TimeBound | None,
-    to: TimeBound | None,
-    tags: Mapping[str, str] | None,
-    sort: str | None,
-    limit: int | None,
-    cursor: str | None,
-) -> dict[str, str | int]:
-    params: dict[str, str | int] = {}
-    if group_by is not None:
-        params["groupBy"] = group_by
-    if from_ is not None:
-        params["from"] = _bound(from_)
-    if to is not None:
-        params["to"] = _bound(to)
-    if sort is not None:
-        params["sort"] = sort
-    if limit is not None:
-        params["limit"] = limit
-    if cursor is not None:
-        params["cursor"] = cursor
-    for key, values in (tags or {}).items():
+def _params(group_by: str | None, query: UsageQuery) -> dict[str, str | int]:
+    """The query string of a usage route: unset options are left out, time bounds in UTC, tag filters."""
+    params: dict[str, str | int] = {} if group_by is None else {"groupBy": group_by}
+    options: Mapping[str, object] = query
+    for name, wire in (("from_", "from"), ("to", "to")):
+        if isinstance(bound := options.get(name), datetime | str):
+            params[wire] = _bound(bound)
+    for name in ("sort", "limit", "cursor"):
+        if isinstance(value := options.get(name), str | int):
+            params[name] = value
+    for key, values in (query.get("tags") or {}).items():
         params[f"filter[tag:{key}]"] = values
     return params

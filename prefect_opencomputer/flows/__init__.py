@@ -8,24 +8,24 @@ from prefect_opencomputer.flows.fan_out import (
     checkpoint_fan_out,
 )
 from prefect_opencomputer.flows.golden import (
-    GoldenCheckpoint,
     GoldenCheckpointParameters,
+    GoldenCheckpointReport,
     rebuild_golden_checkpoint,
 )
 from prefect_opencomputer.flows.lifecycle import LifecycleParameters, LifecycleReport, sandbox_lifecycle
-from prefect_opencomputer.flows.reaper import ReaperParameters, ReapReport, reap_orphaned_sandboxes
+from prefect_opencomputer.flows.reaper import ReaperParameters, ReaperReport, reap_orphaned_sandboxes
 
 __all__ = [
     "FanOutParameters",
     "FanOutReport",
     "ForkCommandsFailedError",
     "ForkOutcome",
-    "GoldenCheckpoint",
     "GoldenCheckpointParameters",
+    "GoldenCheckpointReport",
     "LifecycleParameters",
     "LifecycleReport",
-    "ReapReport",
     "ReaperParameters",
+    "ReaperReport",
     "checkpoint_fan_out",
     "reap_orphaned_sandboxes",
     "rebuild_golden_checkpoint",

@@ -121,7 +121,7 @@ async def checkpoint_fan_out(
                 outcomes = await _run_forks(credentials, checkpoint, parameters)
             finally:
                 # Whatever failed, the checkpoint goes too: nothing of this run outlives it.
-                await adelete_checkpoint(base, checkpoint, credentials=credentials)
+                await adelete_checkpoint(checkpoint, credentials=credentials)
     finally:
         await publish_report(key="checkpoint-fan-out")
     await acreate_table_artifact(
@@ -155,7 +155,7 @@ async def _run_forks(
         started = time.monotonic()
         async with slots:
             try:
-                env = {"FORK_INDEX": str(index), "FORK_COUNT": str(parameters.forks)}
+                envs = {"FORK_INDEX": str(index), "FORK_COUNT": str(parameters.forks)}
                 async with open_fork(
                     checkpoint,
                     credentials=credentials,
@@ -168,7 +168,7 @@ async def _run_forks(
                         fork,
                         parameters.command,
                         credentials=credentials,
-                        env=env,
+                        envs=envs,
                         timeout=parameters.command_timeout,
                         check=False,
                     )

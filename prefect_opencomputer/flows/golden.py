@@ -67,7 +67,7 @@ class GoldenCheckpointParameters(BaseModel):
     idle_timeout: int = Field(default=600, ge=1, description="Idle timeout of each sandbox, in seconds.")
 
 
-class GoldenCheckpoint(BaseModel):
+class GoldenCheckpointReport(BaseModel):
     """The golden checkpoint, as stored in the Prefect Variable."""
 
     checkpoint_id: str
@@ -85,7 +85,7 @@ async def rebuild_golden_checkpoint(
     parameters: GoldenCheckpointParameters = DEFAULT_PARAMETERS,
     credentials: OpenComputerCredentials | None = None,
     credentials_block: str | None = None,
-) -> GoldenCheckpoint:
+) -> GoldenCheckpointReport:
     """Build a new golden checkpoint with the previous one's patches, verify it, then publish it.
 
     Args:
@@ -97,7 +97,7 @@ async def rebuild_golden_checkpoint(
     credentials = await aload_credentials(credentials_block, credentials=credentials)
     logger = get_run_logger()
     stored = await Variable.aget(parameters.variable_name)
-    previous = GoldenCheckpoint.model_validate(stored) if isinstance(stored, dict) else None
+    previous = GoldenCheckpointReport.model_validate(stored) if isinstance(stored, dict) else None
     built_at = datetime.now(UTC)
     name = f"{parameters.name_prefix}-{built_at:%Y%m%d-%H%M%S}"
     try:
@@ -135,7 +135,7 @@ async def rebuild_golden_checkpoint(
                     )
             except BaseException:
                 # Not published: the half-built golden checkpoint must not linger.
-                await adelete_checkpoint(builder, checkpoint, credentials=credentials)
+                await adelete_checkpoint(checkpoint, credentials=credentials)
                 raise
             # From here on cleanup hooks and the reaper leave the builder alone: it holds the checkpoint.
             await aretain_sandbox(builder, "golden", credentials=credentials)
@@ -143,7 +143,7 @@ async def rebuild_golden_checkpoint(
             builder_scope.keep()
     finally:
         await publish_report(key="rebuild-golden-checkpoint")
-    golden = GoldenCheckpoint(
+    golden = GoldenCheckpointReport(
         checkpoint_id=checkpoint.id,
         sandbox_id=builder.sandbox_id,
         name=name,
@@ -157,10 +157,10 @@ async def rebuild_golden_checkpoint(
     return golden
 
 
-async def _retire(credentials: OpenComputerCredentials, golden: GoldenCheckpoint) -> None:
+async def _retire(credentials: OpenComputerCredentials, golden: GoldenCheckpointReport) -> None:
     """Delete a superseded golden checkpoint, then the sandbox that held it."""
     try:
-        await adelete_checkpoint(golden.sandbox_id, golden.checkpoint_id, credentials=credentials)
+        await adelete_checkpoint(golden.checkpoint_id, sandbox=golden.sandbox_id, credentials=credentials)
     except OpenComputerError as exc:
         get_run_logger().warning("Could not delete the previous golden checkpoint %s: %s", golden.name, exc)
     await akill_sandbox(golden.sandbox_id, credentials=credentials)

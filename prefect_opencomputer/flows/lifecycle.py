@@ -102,7 +102,7 @@ async def sandbox_lifecycle(
                     )
             finally:
                 # Whatever failed, the checkpoint goes too: nothing of this run outlives it.
-                await adelete_checkpoint(sandbox, checkpoint, credentials=credentials)
+                await adelete_checkpoint(checkpoint, credentials=credentials)
     finally:
         await publish_report(key="sandbox-lifecycle")
     left = await sandboxes_left_by_this_run(credentials)

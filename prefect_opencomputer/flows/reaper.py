@@ -5,6 +5,8 @@ flow runs that are over (see `prefect_opencomputer.tasks.find_orphans` for what 
 # annotations, and must resolve them wherever the flow is loaded (a runner loads it by file path).
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact
@@ -31,7 +33,7 @@ class ReaperParameters(BaseModel):
     dry_run: bool = Field(default=False, description="Report the orphans without killing them.")
 
 
-class ReapReport(BaseModel):
+class ReaperReport(BaseModel):
     """What one reaper run examined, kept, killed and deleted."""
 
     dry_run: bool
@@ -60,7 +62,7 @@ async def reap_orphaned_sandboxes(
     parameters: ReaperParameters = DEFAULT_PARAMETERS,
     credentials: OpenComputerCredentials | None = None,
     credentials_block: str | None = None,
-) -> ReapReport:
+) -> ReaperReport:
     """Kill the sandboxes and delete the checkpoints of flow runs that are over; publish a table of it.
 
     Args:
@@ -75,33 +77,27 @@ async def reap_orphaned_sandboxes(
     crashed: list[str] = []
     if not parameters.dry_run:
         # Checkpoints first: a checkpoint is deleted through its sandbox.
-        deletions = await asyncio.gather(
-            *(
-                adelete_checkpoint(cp.sandbox_id, cp.checkpoint_id, credentials=credentials)
+        deleted = await _each_at_once(
+            [
+                adelete_checkpoint(cp.checkpoint_id, sandbox=cp.sandbox_id, credentials=credentials)
                 for cp in checkpoints
-            ),
-            return_exceptions=True,
+            ],
+            [f"delete checkpoint {cp.checkpoint_id}" for cp in checkpoints],
         )
-        for checkpoint, deletion in zip(checkpoints, deletions, strict=True):
-            if isinstance(deletion, BaseException):
-                logger.warning("Could not delete checkpoint %s: %s", checkpoint.checkpoint_id, deletion)
-            else:
-                checkpoint.deleted = deletion
-        outcomes = await asyncio.gather(
-            *(akill_sandbox(orphan.sandbox_id, credentials=credentials) for orphan in orphans),
-            return_exceptions=True,
+        for checkpoint, was_deleted in zip(checkpoints, deleted, strict=True):
+            checkpoint.deleted = was_deleted
+        killed = await _each_at_once(
+            [akill_sandbox(orphan.sandbox_id, credentials=credentials) for orphan in orphans],
+            [f"kill {orphan.sandbox_id}" for orphan in orphans],
         )
-        for orphan, outcome in zip(orphans, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                logger.warning("Could not kill %s: %s", orphan.sandbox_id, outcome)
-            else:
-                orphan.killed = outcome
+        for orphan, was_killed in zip(orphans, killed, strict=True):
+            orphan.killed = was_killed
         crashed = await _crash_runs_whose_owner_is_gone(orphans, kept)
         await leases.delete_expired_leases()
     for sandbox in kept:
         logger.info("Kept %s (flow run %s): %s", sandbox.sandbox_id, sandbox.flow_run_id, sandbox.reason)
     await _crash_worker_runs_whose_sandbox_is_gone(credentials, dry_run=parameters.dry_run)
-    report = ReapReport(
+    report = ReaperReport(
         dry_run=parameters.dry_run,
         examined=examined,
         kept=len(kept),
@@ -177,3 +173,15 @@ async def _crash_worker_runs_whose_sandbox_is_gone(
     for lost in await crash_runs_whose_sandbox_is_gone(credentials, dry_run=dry_run):
         verb = "would mark" if dry_run else "marked" if lost.crashed else "could not mark"
         logger.warning("Flow run %s: %s; %s it Crashed", lost.flow_run_id, lost.reason, verb)
+
+
+async def _each_at_once(removals: list[Coroutine[Any, Any, bool]], actions: list[str]) -> list[bool]:
+    """Run the removals together; each says whether it removed its resource. One that fails is logged with
+    its action ("kill sb-…") and counts as not removed, so one failure does not stop the others."""
+    outcomes = await asyncio.gather(*removals, return_exceptions=True)
+    removed: list[bool] = []
+    for action, outcome in zip(actions, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            get_run_logger().warning("Could not %s: %s", action, outcome)
+        removed.append(outcome is True)
+    return removed

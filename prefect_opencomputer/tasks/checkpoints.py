@@ -13,37 +13,34 @@ from prefect_opencomputer.client import (
     ConflictError,
     NotFoundError,
     OpenComputerClient,
-    OpenComputerError,
     RetentionPolicy,
     Sandbox,
 )
-from prefect_opencomputer.tasks import tracking
-from prefect_opencomputer.tasks.decorator import (
-    CheckpointRef,
-    SandboxRef,
-    checkpoint_id_of,
-    on_checkpoint,
-    on_sandbox,
-    opencomputer_task,
-    resolve_credentials,
-    retry_if_replayable,
-    retry_if_transient,
-    sandbox_id_of,
-)
+from prefect_opencomputer.tasks import events, ownership, run_registry, run_report
 from prefect_opencomputer.tasks.errors import PatchFailedError
-from prefect_opencomputer.tasks.lifecycle import (
+from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials, service_client
+from prefect_opencomputer.tasks.leakproof import (
     KILL_TIMEOUT,
     adopt_new_sandbox,
     create_or_find,
+    done_or_recovered,
     finish_despite_cancellation,
     kill_ignoring_missing,
-    may_have_taken_effect,
     record_checkpoint_deleted,
     rollback_hook,
     slot_for_create,
     wait_out_full_quota,
 )
-from prefect_opencomputer.tasks.tracking import DEFAULT_IDLE_TIMEOUT
+from prefect_opencomputer.tasks.ownership import DEFAULT_IDLE_TIMEOUT
+from prefect_opencomputer.tasks.references import (
+    CheckpointRef,
+    SandboxRef,
+    checkpoint_id_of,
+    checkpoint_owner_of,
+    sandbox_id_of,
+)
+from prefect_opencomputer.tasks.retries import retry_if_replayable, retry_if_transient
+from prefect_opencomputer.tasks.run_names import on_checkpoint, on_sandbox
 
 
 async def _find_by_name(client: OpenComputerClient, sandbox_id: str, name: str) -> Checkpoint | None:
@@ -63,21 +60,17 @@ async def _create_or_find_checkpoint(
     task run) made: a 502 after the work, or a retry whose first attempt landed, ends with one checkpoint.
     """
     try:
-        return await client.checkpoints.create(sandbox_id, name, kind=kind, retention=retention)
+        return await done_or_recovered(
+            lambda: client.checkpoints.create(sandbox_id, name, kind=kind, retention=retention),
+            lambda: _find_by_name(client, sandbox_id, name),
+            lambda error, found: (
+                f"Lost the answer to creating checkpoint {name!r} ({error}); it was made: {found.id}"
+            ),
+        )
     except ConflictError:
         existing = await _find_by_name(client, sandbox_id, name)
-        if existing is None or not tracking.is_retry_attempt():
+        if existing is None or not run_registry.is_retry_attempt():
             raise
-        return existing
-    except OpenComputerError as error:
-        if not may_have_taken_effect(error):
-            raise
-        existing = await _find_by_name(client, sandbox_id, name)
-        if existing is None:
-            raise
-        tracking.run_logger().warning(
-            "Lost the answer to creating checkpoint %r (%s); it was made: %s", name, error, existing.id
-        )
         return existing
 
 
@@ -122,23 +115,23 @@ async def create_checkpoint(
     sandbox_id = sandbox_id_of(sandbox)
     async with credentials.get_client() as client:
         checkpoint = await _create_or_find_checkpoint(client, sandbox_id, name, kind, retention)
-        tracking.remember_checkpoint(sandbox_id, checkpoint.id)
+        run_registry.remember_checkpoint(sandbox_id, checkpoint.id)
         # Announced before the wait: a checkpoint that never gets ready still exists, and the reaper finds
         # what a dead run left through this event.
-        tracking.emit_sandbox_event(
-            tracking.CHECKPOINT_CREATED,
+        events.emit_sandbox_event(
+            events.CHECKPOINT_CREATED,
             sandbox_id,
             checkpoint_id=checkpoint.id,
             payload={
                 "name": name,
                 "kind": checkpoint.kind,
                 "checkpoint_id": checkpoint.id,
-                "flow_run_id": tracking.current_flow_run_id(),
+                "flow_run_id": run_registry.current_flow_run_id(),
             },
         )
         checkpoint = await client.checkpoints.wait_ready(sandbox_id, checkpoint.id, timeout=wait_timeout)
     get_run_logger().info("Checkpoint %r (%s) of %s is ready", name, checkpoint.id, sandbox_id)
-    tracking.record("checkpoint", sandbox_id, f"{name} ({checkpoint.id[:8]})", checkpoint.status)
+    run_report.record("checkpoint", sandbox_id, f"{name} ({checkpoint.id[:8]})", checkpoint.status)
     return checkpoint
 
 
@@ -162,23 +155,27 @@ async def list_checkpoints(
         names = [checkpoint.name for checkpoint in list_checkpoints(sandbox)]
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         return await client.checkpoints.list(sandbox_id_of(sandbox))
 
 
-@opencomputer_task("restore_checkpoint", run_name=on_sandbox("restore"), retry_condition=retry_if_transient)
+@opencomputer_task(
+    "restore_checkpoint", run_name=on_checkpoint("restore"), retry_condition=retry_if_transient
+)
 async def restore_checkpoint(
-    sandbox: SandboxRef, checkpoint: CheckpointRef, *, credentials: OpenComputerCredentials | None = None
+    checkpoint: CheckpointRef,
+    *,
+    sandbox: SandboxRef | None = None,
+    credentials: OpenComputerCredentials | None = None,
 ) -> CheckpointRestore:
-    """Revert the sandbox in place to a ready checkpoint of its own; later calls wait for the restore.
+    """Revert a checkpoint's sandbox in place to it; later calls wait for the restore.
 
     Its files become the checkpoint's. Its processes resume from the checkpoint on the hosted service (a
     `full` checkpoint); on the local server they start fresh.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
-        checkpoint: One of its ready checkpoints, as its id or its model.
+        checkpoint: A ready checkpoint: its model (which names its sandbox), or its id with `sandbox`.
+        sandbox: The sandbox it belongs to, as its id or its model; needed only with a checkpoint id.
         credentials: The OpenComputer block; default: the environment.
 
     Returns:
@@ -186,28 +183,31 @@ async def restore_checkpoint(
 
     Example:
         ```python
-        restore_checkpoint(sandbox, checkpoint)
+        restore_checkpoint(checkpoint)
         ```
     """
     credentials = await resolve_credentials(credentials)
-    sandbox_id = sandbox_id_of(sandbox)
+    sandbox_id = checkpoint_owner_of(checkpoint, sandbox)
     async with credentials.get_client() as client:
         restore = await client.checkpoints.restore(sandbox_id, checkpoint_id_of(checkpoint))
-    tracking.record("restore", sandbox_id, checkpoint_id_of(checkpoint)[:8], restore.status)
+    run_report.record("restore", sandbox_id, checkpoint_id_of(checkpoint)[:8], restore.status)
     return restore
 
 
 @opencomputer_task(
-    "delete_checkpoint", run_name=on_sandbox("delete-checkpoint"), retry_condition=retry_if_replayable
+    "delete_checkpoint", run_name=on_checkpoint("delete-checkpoint"), retry_condition=retry_if_replayable
 )
 async def delete_checkpoint(
-    sandbox: SandboxRef, checkpoint: CheckpointRef, *, credentials: OpenComputerCredentials | None = None
+    checkpoint: CheckpointRef,
+    *,
+    sandbox: SandboxRef | None = None,
+    credentials: OpenComputerCredentials | None = None,
 ) -> bool:
     """Delete a checkpoint and its patches (idempotent).
 
     Args:
-        sandbox: The sandbox it belongs to, as its id or its model.
-        checkpoint: The checkpoint, as its id or its model.
+        checkpoint: The checkpoint: its model (which names its sandbox), or its id with `sandbox`.
+        sandbox: The sandbox it belongs to, as its id or its model; needed only with a checkpoint id.
         credentials: The OpenComputer block; default: the environment.
 
     Returns:
@@ -215,11 +215,11 @@ async def delete_checkpoint(
 
     Example:
         ```python
-        delete_checkpoint(sandbox, checkpoint)
+        delete_checkpoint(checkpoint)
         ```
     """
     credentials = await resolve_credentials(credentials)
-    sandbox_id = sandbox_id_of(sandbox)
+    sandbox_id = checkpoint_owner_of(checkpoint, sandbox)
     checkpoint_id = checkpoint_id_of(checkpoint)
     async with credentials.get_client() as client:
         try:
@@ -232,12 +232,12 @@ async def delete_checkpoint(
 
 
 @opencomputer_task(
-    "create_sandbox_from_checkpoint",
+    "fork_checkpoint",
     run_name=on_checkpoint("fork", numbered=True),
     retry_condition=retry_if_transient,
     on_rollback=rollback_hook,
 )
-async def create_sandbox_from_checkpoint(
+async def fork_checkpoint(
     checkpoint: CheckpointRef,
     *,
     credentials: OpenComputerCredentials | None = None,
@@ -284,7 +284,7 @@ async def create_sandbox_from_checkpoint(
 
     Example:
         ```python
-        fork = create_sandbox_from_checkpoint(checkpoint)
+        fork = fork_checkpoint(checkpoint)
         ```
     """
     credentials = await resolve_credentials(credentials)
@@ -301,7 +301,7 @@ async def create_sandbox_from_checkpoint(
                     lambda marker: client.checkpoints.fork(
                         checkpoint_id,
                         envs={**(envs or {}), **marker},
-                        metadata={**(metadata or {}), **tracking.ownership_tags()},
+                        metadata={**(metadata or {}), **ownership.ownership_tags()},
                         memory_mb=memory_mb,
                     ),
                 ),
@@ -326,21 +326,21 @@ async def create_sandbox_from_checkpoint(
             await finish_despite_cancellation(
                 kill_ignoring_missing(client, fork.sandbox_id), timeout=KILL_TIMEOUT
             )
-            tracking.record("fork", fork.sandbox_id, f"from {checkpoint_id[:8]}", "patch failed")
-            tracking.record("kill", fork.sandbox_id, "patch failed", "killed")
+            run_report.record("fork", fork.sandbox_id, f"from {checkpoint_id[:8]}", "patch failed")
+            run_report.record("kill", fork.sandbox_id, "patch failed", "killed")
             raise PatchFailedError(fork.sandbox_id, checkpoint_id, fork.patch_error)
     get_run_logger().info("Forked %s from checkpoint %s", fork.sandbox_id, checkpoint_id)
-    tracking.record(
+    run_report.record(
         "fork",
         fork.sandbox_id,
         f"from {checkpoint_id[:8]}",
         fork.status,
-        cleanup=not tracking.is_retained(fork.tags),
+        cleanup=not ownership.is_retained(fork.tags),
         # A fork runs at its checkpoint's tier unless it asked for more.
-        memory_mb=memory_mb or fork.memory_mb or tracking.memory_of(source_sandbox_id),
+        memory_mb=memory_mb or fork.memory_mb or run_registry.memory_of(source_sandbox_id),
     )
-    tracking.emit_sandbox_event(
-        tracking.SANDBOX_FORKED,
+    events.emit_sandbox_event(
+        events.SANDBOX_FORKED,
         fork.sandbox_id,
         checkpoint_id=checkpoint_id,
         source_sandbox_id=source_sandbox_id,
@@ -353,4 +353,4 @@ acreate_checkpoint = create_checkpoint.aio
 alist_checkpoints = list_checkpoints.aio
 arestore_checkpoint = restore_checkpoint.aio
 adelete_checkpoint = delete_checkpoint.aio
-acreate_sandbox_from_checkpoint = create_sandbox_from_checkpoint.aio
+afork_checkpoint = fork_checkpoint.aio

@@ -2,8 +2,8 @@
 
 - `open_sandbox` / `open_fork`: context managers (`with` and `async with`) that kill on exit, also when
   cancelled.
-- `kill_flow_run_sandboxes`: kills every sandbox a flow run created and deletes the checkpoints it made
-  (found by tag, and by this process's own record for what the service does not list).
+- `kill_flow_run_sandboxes` / `akill_flow_run_sandboxes`: kill every sandbox a flow run created and delete
+  the checkpoints it made (found by tag, and by this process's own record for what the service does not list).
 - `cleanup_hooks()`: flow hooks doing the above when a run fails, is cancelled or crashes, and when a retry
   begins (so the new attempt starts with nothing of the failed one alive). They may run in another process
   (the runner, for cancellation), so they find credentials by block name, block reference or environment.
@@ -13,28 +13,33 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypedDict, cast
 
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow, FlowStateHook
-from prefect.utilities.asyncutils import run_coro_as_sync
+from typing_extensions import ParamSpec
 
+from prefect_opencomputer._sync import run_sync
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials, aload_credentials, is_configured
-from prefect_opencomputer.client import ForbiddenError, Image, Sandbox, TransportError, UnauthorizedError
-from prefect_opencomputer.tasks import tracking
-from prefect_opencomputer.tasks.checkpoints import create_sandbox_from_checkpoint
-from prefect_opencomputer.tasks.decorator import CheckpointRef
-from prefect_opencomputer.tasks.lifecycle import delete_checkpoint_now, kill_sandbox_now
+from prefect_opencomputer.client import ForbiddenError, Sandbox, TransportError, UnauthorizedError
+from prefect_opencomputer.tasks import run_registry
+from prefect_opencomputer.tasks.checkpoints import fork_checkpoint
+from prefect_opencomputer.tasks.factory import SyncAsyncTask
+from prefect_opencomputer.tasks.leakproof import delete_checkpoint_now, kill_sandbox_now
+from prefect_opencomputer.tasks.ownership import TAG_FLOW_RUN, is_ours, is_retained
 from prefect_opencomputer.tasks.sandboxes import create_sandbox
-from prefect_opencomputer.tasks.tracking import DEFAULT_IDLE_TIMEOUT, TAG_FLOW_RUN, is_ours, is_retained
+
+P = ParamSpec("P")
 
 # The flow parameters a hook reads to find the credentials of the run it cleans up after.
 CREDENTIALS_BLOCK_PARAMETER = "credentials_block"
 CREDENTIALS_PARAMETER = "credentials"
 
 
+@dataclass
 class SandboxScope:
     """A sandbox for the length of a `with` or `async with` block: created on entry, killed on exit.
 
@@ -42,31 +47,20 @@ class SandboxScope:
     `opencomputer.sandbox.killed` event and a row of the run report.
     """
 
-    def __init__(
-        self,
-        options: dict[str, Any],
-        credentials: OpenComputerCredentials | None,
-        *,
-        create_sync: Callable[..., Sandbox],
-        create_async: Callable[..., Awaitable[Sandbox]],
-        reason: str,
-        name: str,
-    ) -> None:
-        self._name = name
-        self._options = options
-        self._credentials = credentials
-        self._create_sync = create_sync
-        self._create_async = create_async
-        self._reason = reason
-        self._kept = False
-        self.sandbox: Sandbox | None = None
+    create: SyncAsyncTask[..., Sandbox]
+    # Not in the repr: what the block was given may hold a credentials block.
+    args: tuple[object, ...] = field(repr=False)
+    kwargs: dict[str, Any] = field(repr=False)
+    name: str
+    kept: bool = False
+    sandbox: Sandbox | None = None
 
     def keep(self) -> None:
         """Do not kill the sandbox on exit (it is meant to outlive the block, e.g. after `retain_sandbox`)."""
-        self._kept = True
+        self.kept = True
 
     async def __aenter__(self) -> Sandbox:
-        self.sandbox = await self._create_async(credentials=self._credentials, **self._options)
+        self.sandbox = await self.create.aio(*self.args, **self.kwargs)
         return self.sandbox
 
     async def __aexit__(
@@ -75,115 +69,76 @@ class SandboxScope:
         await self._kill()
 
     def __enter__(self) -> Sandbox:
-        created = self._create_sync(credentials=self._credentials, **self._options)
+        created: object = self.create(*self.args, **self.kwargs)
         if inspect.isawaitable(created):
             # In `async def` code the sync task hands back its async twin's call, not yet started.
             if inspect.iscoroutine(created):
                 created.close()
             raise TypeError(
-                f"{self._name}() is used with `with` inside async code: write `async with "
-                f"{self._name}(...) as sandbox:` in an `async def` flow or task"
+                f"{self.name}() is used with `with` inside async code: write `async with "
+                f"{self.name}(...) as sandbox:` in an `async def` flow or task"
             )
+        assert isinstance(created, Sandbox)
         self.sandbox = created
         return self.sandbox
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        run_coro_as_sync(self._kill())
+        run_sync(self._kill())
 
     async def _kill(self) -> None:
-        if self.sandbox is None or self._kept:
+        if self.sandbox is None or self.kept:
             return
-        credentials = await aload_credentials(credentials=self._credentials)
-        await kill_sandbox_now(credentials, self.sandbox.sandbox_id, reason=self._reason)
+        given = self.kwargs.get("credentials")
+        credentials = await aload_credentials(
+            credentials=given if isinstance(given, OpenComputerCredentials) else None
+        )
+        await kill_sandbox_now(credentials, self.sandbox.sandbox_id, reason=f"end of its `{self.name}` block")
 
 
-def open_sandbox(
-    template: str = "base",
-    *,
-    credentials: OpenComputerCredentials | None = None,
-    idle_timeout: int = DEFAULT_IDLE_TIMEOUT,
-    envs: dict[str, str] | None = None,
-    memory_mb: int | None = None,
-    tags: dict[str, str] | None = None,
-    image: Image | None = None,
-    snapshot: str | None = None,
-    concurrency_limit: str | None = None,
-    concurrency_strict: bool = False,
-) -> SandboxScope:
+def _scoped(create: SyncAsyncTask[P, Sandbox], name: str, doc: str) -> Callable[P, SandboxScope]:
+    """The context manager of a task that makes a sandbox: the task's very parameters, and a kill on exit."""
+
+    def open_scope(*args: P.args, **kwargs: P.kwargs) -> SandboxScope:
+        return SandboxScope(create, args, kwargs, name)
+
+    open_scope.__name__ = open_scope.__qualname__ = name
+    open_scope.__doc__ = doc
+    open_scope.__module__ = __name__
+    parameters = inspect.signature(create.fn).parameters.values()
+    setattr(  # noqa: B010 -- the signature a reader (help(), the reference page) sees: the task's own
+        open_scope, "__signature__", inspect.Signature(list(parameters), return_annotation="SandboxScope")
+    )
+    return open_scope
+
+
+open_sandbox = _scoped(
+    create_sandbox,
+    "open_sandbox",
     """A sandbox that is killed when the block ends, however it ends.
 
     `with open_sandbox() as sandbox:` in `def` code, `async with open_sandbox() as sandbox:` in `async def`
-    code. The arguments are those of `create_sandbox`.
-
-    Args:
-        template: Template to start from.
-        credentials: The OpenComputer block; default: the environment.
-        idle_timeout: Seconds of inactivity after which the service hibernates the sandbox.
-        envs: Environment variables for every command in the sandbox.
-        memory_mb: Memory tier.
-        tags: Tags of your own.
-        image: A declarative image to start from.
-        snapshot: A ready snapshot to start from.
-        concurrency_limit: A Prefect global concurrency limit: a slot of it is held while the block runs.
-        concurrency_strict: Fail when that limit does not exist, instead of going without it.
+    code. It takes exactly what `create_sandbox` takes.
 
     Returns:
         A context manager whose value is the running sandbox.
 
     Example:
         ```python
-        with open_sandbox("python") as sandbox:
+        with open_sandbox("python", memory_mb=4096) as sandbox:
             run_command(sandbox, "python --version")
         ```
-    """
-    options: dict[str, Any] = {
-        "template": template,
-        "idle_timeout": idle_timeout,
-        "envs": envs,
-        "memory_mb": memory_mb,
-        "tags": tags,
-        "image": image,
-        "snapshot": snapshot,
-        "concurrency_limit": concurrency_limit,
-        "concurrency_strict": concurrency_strict,
-    }
-    return SandboxScope(
-        options,
-        credentials,
-        create_sync=create_sandbox,
-        create_async=create_sandbox.aio,
-        reason="end of its `open_sandbox` block",
-        name="open_sandbox",
-    )
+    """,
+)
 
-
-def open_fork(
-    checkpoint: CheckpointRef,
-    *,
-    credentials: OpenComputerCredentials | None = None,
-    idle_timeout: int = DEFAULT_IDLE_TIMEOUT,
-    envs: dict[str, str] | None = None,
-    tags: dict[str, str] | None = None,
-    check_patches: bool = True,
-    concurrency_limit: str | None = None,
-    concurrency_strict: bool = False,
-) -> SandboxScope:
+open_fork = _scoped(
+    fork_checkpoint,
+    "open_fork",
     """A fork of a checkpoint that is killed when the block ends (`with` or `async with`).
 
-    It holds what `create_sandbox_from_checkpoint` says: the checkpoint's files, and on the hosted service
-    (a `full` checkpoint) its running processes too.
-
-    Args:
-        checkpoint: A ready checkpoint, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
-        idle_timeout: Seconds of inactivity after which the service hibernates the fork.
-        envs: Environment variables over the checkpoint's.
-        tags: Tags of your own.
-        check_patches: Raise `PatchFailedError` (and kill the fork) if a patch failed in it.
-        concurrency_limit: A Prefect global concurrency limit: a slot of it is held while the block runs.
-        concurrency_strict: Fail when that limit does not exist, instead of going without it.
+    It takes exactly what `fork_checkpoint` takes, and holds what it says: the checkpoint's files, and on
+    the hosted service (a `full` checkpoint) its running processes too.
 
     Returns:
         A context manager whose value is the running fork.
@@ -193,40 +148,24 @@ def open_fork(
         with open_fork(checkpoint) as fork:
             run_command(fork, "cat ~/patched.txt")
         ```
-    """
-    options: dict[str, Any] = {
-        "checkpoint": checkpoint,
-        "idle_timeout": idle_timeout,
-        "envs": envs,
-        "tags": tags,
-        "check_patches": check_patches,
-        "concurrency_limit": concurrency_limit,
-        "concurrency_strict": concurrency_strict,
-    }
-    return SandboxScope(
-        options,
-        credentials,
-        create_sync=create_sandbox_from_checkpoint,
-        create_async=create_sandbox_from_checkpoint.aio,
-        reason="end of its `open_fork` block",
-        name="open_fork",
-    )
+    """,
+)
 
 
-async def kill_flow_run_sandboxes(credentials: OpenComputerCredentials, flow_run_id: str) -> list[str]:
+async def akill_flow_run_sandboxes(credentials: OpenComputerCredentials, flow_run_id: str) -> list[str]:
     """Delete the checkpoints the flow run made, then kill every sandbox it created that is still alive.
 
     Sandboxes tagged `prefect.retain` are left alone. Returns the ids of the sandboxes it killed.
     """
-    logger = tracking.run_logger()
-    for sandbox_id, checkpoint_id in sorted(tracking.live_checkpoints(flow_run_id)):
+    logger = run_registry.run_logger()
+    for sandbox_id, checkpoint_id in sorted(run_registry.live_checkpoints(flow_run_id)):
         try:
             await delete_checkpoint_now(
                 credentials, sandbox_id, checkpoint_id, reason=f"cleanup of flow run {flow_run_id}"
             )
         except Exception as exc:
             logger.warning("Could not delete checkpoint %s of %s: %s", checkpoint_id, sandbox_id, exc)
-    suspects = tracking.live_sandboxes(flow_run_id)
+    suspects = run_registry.live_sandboxes(flow_run_id)
     tags_of: dict[str, dict[str, str]] = {}
     async with credentials.get_client() as client:
         for sandbox in await client.sandboxes.list():
@@ -256,11 +195,20 @@ async def kill_flow_run_sandboxes(credentials: OpenComputerCredentials, flow_run
     return killed
 
 
+def kill_flow_run_sandboxes(credentials: OpenComputerCredentials, flow_run_id: str) -> list[str]:
+    """Delete the checkpoints the flow run made, then kill every sandbox it created that is still alive
+    (`akill_flow_run_sandboxes` in async code).
+
+    Sandboxes tagged `prefect.retain` are left alone. Returns the ids of the sandboxes it killed.
+    """
+    return run_sync(akill_flow_run_sandboxes(credentials, flow_run_id))
+
+
 async def credentials_of_run(flow_run: FlowRun, block_name: str | None = None) -> OpenComputerCredentials:
     """The credentials a flow run's tasks used: this process's record of the run, else the saved block
     `block_name`, else the run's own parameters in the order `aload_credentials` gives them (its
     `credentials` block, then its `credentials_block` name), else the environment."""
-    if block_name is None and (used := tracking.run_credentials(str(flow_run.id))) is not None:
+    if block_name is None and (used := run_registry.run_credentials(str(flow_run.id))) is not None:
         return used
     if block_name:
         return await aload_credentials(block_name)
@@ -332,23 +280,23 @@ def _cleanup_hook(credentials_block: str | None, *, on_retry: bool) -> FlowState
     async def kill_flow_run_sandboxes_hook(
         flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]
     ) -> None:
-        if on_retry and not tracking.is_new_attempt(str(flow_run.id), flow_run.run_count):
+        if on_retry and not run_registry.is_new_attempt(str(flow_run.id), flow_run.run_count):
             return
         credentials = await credentials_of_run(flow_run, credentials_block)
         if not is_configured(credentials):
             return  # no task could reach the service either: nothing of this run exists there
         try:
-            killed = await kill_flow_run_sandboxes(credentials, str(flow_run.id))
+            killed = await akill_flow_run_sandboxes(credentials, str(flow_run.id))
         except (UnauthorizedError, ForbiddenError, TransportError) as exc:
             # The run's own failure already says why (a refused key, an unreachable URL): one line, no
             # second traceback for the same cause.
-            tracking.run_logger().warning(
+            run_registry.run_logger().warning(
                 "Could not clean up after flow run %s: %s", flow_run.name, exc.args[0] if exc.args else exc
             )
             return
         if killed:
             why = "is retrying: its failed attempt left" if on_retry else f"ended {state.name}: it left"
-            tracking.run_logger().warning(
+            run_registry.run_logger().warning(
                 "Flow run %s %s %d sandbox(es), killed: %s",
                 flow_run.name,
                 why,

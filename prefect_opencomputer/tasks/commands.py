@@ -1,4 +1,11 @@
-"""`run_command`: a command in a sandbox, its output streamed to the run log while it runs."""
+"""`run_command`: a command in a sandbox, its output streamed to the run log while it runs; and the
+commands running in a sandbox, listed and killed.
+
+The client's `exec.run_async` (and its `result`) has no task: `run_command` already waits for a command's
+end without one long request, logging its output as it comes, and a task that started a command and
+returned would leave it running where no cleanup layer counts it. Start a background process with
+`run_command(sandbox, "nohup ... &")`, find it with `list_commands`, stop it with `kill_command`.
+"""
 
 from __future__ import annotations
 
@@ -18,25 +25,24 @@ from prefect_opencomputer.client import (
     ExecExit,
     ExecOutput,
     ExecScrollbackEnd,
+    ExecSession,
     OpenComputerClient,
     OpenComputerError,
     TransportError,
 )
-from prefect_opencomputer.tasks import tracking
-from prefect_opencomputer.tasks.decorator import (
-    RunName,
-    SandboxRef,
+from prefect_opencomputer.tasks import run_report
+from prefect_opencomputer.tasks.errors import CommandFailedError
+from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials, service_client
+from prefect_opencomputer.tasks.leakproof import finish_despite_cancellation
+from prefect_opencomputer.tasks.output import CommandOutput, OutputLimits
+from prefect_opencomputer.tasks.references import SandboxRef, sandbox_id_of
+from prefect_opencomputer.tasks.retries import (
     failure_of,
     is_transient,
-    opencomputer_task,
-    resolve_credentials,
+    retry_if_replayable,
     retry_if_transient,
-    sandbox_id_of,
-    short_command,
 )
-from prefect_opencomputer.tasks.errors import CommandFailedError
-from prefect_opencomputer.tasks.lifecycle import finish_despite_cancellation
-from prefect_opencomputer.tasks.output import CommandOutput, OutputLimits
+from prefect_opencomputer.tasks.run_names import RunName, on_sandbox, short_command
 
 TIMED_OUT_SUFFIX = "\nProcess timed out"
 # If this process dies (SIGKILL, lost machine) the service kills the command this long after we detach.
@@ -69,7 +75,7 @@ async def run_command(
     command: str | Sequence[str],
     *,
     credentials: OpenComputerCredentials | None = None,
-    env: dict[str, str] | None = None,
+    envs: dict[str, str] | None = None,
     cwd: str | None = None,
     timeout: int | None = None,
     check: bool = True,
@@ -91,7 +97,7 @@ async def run_command(
         sandbox: The sandbox, as its id or its model.
         command: A string runs through `sh -c`; a sequence runs as argv.
         credentials: The OpenComputer block; default: the environment.
-        env: Environment variables for this command.
+        envs: Environment variables for this command, over the sandbox's.
         cwd: Working directory (default: the sandbox user's home).
         timeout: Seconds after which the service kills the command.
         check: Raise `CommandFailedError` on a non-zero exit and `CommandTimedOutError` on a timeout.
@@ -126,7 +132,7 @@ async def run_command(
             sandbox_id,
             argv[0],
             args=argv[1:],
-            env=env,
+            envs=envs,
             cwd=cwd,
             timeout=timeout,
             max_run_after_disconnect=DETACHED_GRACE_SECONDS,
@@ -159,7 +165,7 @@ async def run_command(
         stderr += TIMED_OUT_SUFFIX
     result = CommandResult(exit_code=exit_code, stdout=output.text("stdout"), stderr=stderr)
     outcome = "timed out" if result.timed_out else f"exit {exit_code}"
-    tracking.record("command", sandbox_id, short_command(command), f"{outcome} ({elapsed:.1f} s)")
+    run_report.record("command", sandbox_id, short_command(command), f"{outcome} ({elapsed:.1f} s)")
     logger.info("%r in %s: %s after %.1f s", label, sandbox_id, outcome, elapsed)
     if check and result.timed_out:
         raise CommandTimedOutError(f"command {label!r} in {sandbox_id} timed out after {timeout} s")
@@ -208,4 +214,63 @@ async def _kill_session(client: OpenComputerClient, sandbox_id: str, session_id:
         await client.exec.kill(sandbox_id, session_id)
 
 
+@opencomputer_task("list_commands", run_name=on_sandbox("list-commands"), retry_condition=retry_if_replayable)
+async def list_commands(
+    sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
+) -> list[ExecSession]:
+    """The sandbox's exec sessions: commands running in it, and those that exited recently.
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        Its sessions (id, command, arguments, whether running, exit code), in no particular order.
+
+    Example:
+        ```python
+        running = [session for session in list_commands(sandbox) if session.running]
+        ```
+    """
+    async with service_client(credentials) as client:
+        return await client.exec.list(sandbox_id_of(sandbox))
+
+
+@opencomputer_task(
+    "kill_command", run_name=on_sandbox("kill-command", "session_id"), retry_condition=retry_if_replayable
+)
+async def kill_command(
+    sandbox: SandboxRef,
+    session_id: str,
+    *,
+    signal: int = 9,
+    credentials: OpenComputerCredentials | None = None,
+) -> None:
+    """Send a signal to a command's process in the sandbox (default: SIGKILL).
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        session_id: The command's exec session, as `list_commands` shows it.
+        signal: The signal number (15 asks the process to end, 9 ends it).
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        None.
+
+    Raises:
+        NotFoundError: There is no such session.
+
+    Example:
+        ```python
+        for session in list_commands(sandbox):
+            if session.running and session.command == "sleep":
+                kill_command(sandbox, session.session_id)
+        ```
+    """
+    async with service_client(credentials) as client:
+        await client.exec.kill(sandbox_id_of(sandbox), session_id, signal)
+
+
 arun_command = run_command.aio
+alist_commands = list_commands.aio
+akill_command = kill_command.aio

@@ -32,7 +32,7 @@ _STOPS = frozenset({"kill", "hibernate"})
 
 
 class MeteredEntry(Protocol):
-    """What the run report records of an operation (`tracking.ReportEntry`)."""
+    """What the run report records of an operation (`run_registry.ReportEntry`)."""
 
     @property
     def kind(self) -> str: ...

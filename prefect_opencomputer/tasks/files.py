@@ -1,16 +1,18 @@
-"""Tasks that move file contents in and out of a sandbox."""
+"""Tasks that move file contents in and out of a sandbox, and list, make and remove its paths.
+
+The client's signed URLs (`files.download_url` / `upload_url`) have no task: a signed URL reads or writes
+the file without a key until it expires, so it is a secret, and a task's result is kept in the run's records.
+Ask the client for one (`credentials.get_client()`) where the URL is handed straight on.
+"""
 
 from __future__ import annotations
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
-from prefect_opencomputer.tasks.decorator import (
-    SandboxRef,
-    on_sandbox,
-    opencomputer_task,
-    resolve_credentials,
-    retry_if_replayable,
-    sandbox_id_of,
-)
+from prefect_opencomputer.client import FileEntry
+from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials, service_client
+from prefect_opencomputer.tasks.references import SandboxRef, sandbox_id_of
+from prefect_opencomputer.tasks.retries import retry_if_replayable
+from prefect_opencomputer.tasks.run_names import on_sandbox
 
 
 @opencomputer_task("write_file", run_name=on_sandbox("write", "path"), retry_condition=retry_if_replayable)
@@ -66,8 +68,7 @@ async def read_file(
         report = read_file(sandbox, "app/report.txt").decode()
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         return await client.files.read(sandbox_id_of(sandbox), path)
 
 
@@ -91,11 +92,84 @@ async def file_exists(
             run_command(sandbox, "python -m venv app/.venv")
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         return await client.files.exists(sandbox_id_of(sandbox), path)
+
+
+@opencomputer_task("list_files", run_name=on_sandbox("ls", "path"), retry_condition=retry_if_replayable)
+async def list_files(
+    sandbox: SandboxRef, path: str = ".", *, credentials: OpenComputerCredentials | None = None
+) -> list[FileEntry]:
+    """The entries of a directory in the sandbox.
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        path: The directory; a relative path is relative to `/home/sandbox`.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        Its entries (name, path, whether a directory, size), in no particular order.
+
+    Example:
+        ```python
+        names = sorted(entry.name for entry in list_files(sandbox, "app"))
+        ```
+    """
+    async with service_client(credentials) as client:
+        return await client.files.list(sandbox_id_of(sandbox), path)
+
+
+@opencomputer_task(
+    "make_directory", run_name=on_sandbox("mkdir", "path"), retry_condition=retry_if_replayable
+)
+async def make_directory(
+    sandbox: SandboxRef, path: str, *, credentials: OpenComputerCredentials | None = None
+) -> None:
+    """Make a directory and its parents in the sandbox; one that exists is fine.
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        path: The directory; a relative path is relative to `/home/sandbox`.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        None.
+
+    Example:
+        ```python
+        make_directory(sandbox, "app/data/raw")
+        ```
+    """
+    async with service_client(credentials) as client:
+        await client.files.mkdir(sandbox_id_of(sandbox), path)
+
+
+@opencomputer_task("delete_file", run_name=on_sandbox("rm", "path"), retry_condition=retry_if_replayable)
+async def delete_file(
+    sandbox: SandboxRef, path: str, *, credentials: OpenComputerCredentials | None = None
+) -> None:
+    """Remove a file, or a directory with all it holds, from the sandbox; a missing path is fine.
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        path: What to remove; a relative path is relative to `/home/sandbox`.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        None.
+
+    Example:
+        ```python
+        delete_file(sandbox, "app/.cache")
+        ```
+    """
+    async with service_client(credentials) as client:
+        await client.files.delete(sandbox_id_of(sandbox), path)
 
 
 awrite_file = write_file.aio
 aread_file = read_file.aio
 afile_exists = file_exists.aio
+alist_files = list_files.aio
+amake_directory = make_directory.aio
+adelete_file = delete_file.aio

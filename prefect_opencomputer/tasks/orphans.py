@@ -30,8 +30,9 @@ from pydantic import BaseModel
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import NotFoundError, OpenComputerClient, Sandbox
-from prefect_opencomputer.tasks import leases, tracking
-from prefect_opencomputer.tasks.decorator import opencomputer_task, resolve_credentials, retry_if_replayable
+from prefect_opencomputer.tasks import events, leases, ownership
+from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials
+from prefect_opencomputer.tasks.retries import retry_if_replayable
 
 # Prefect keeps events for 7 days by default: older announcements are gone anyway.
 _EVENT_WINDOW = timedelta(days=7)
@@ -112,11 +113,11 @@ async def _announcements() -> _Announcements:
         occurred=EventOccurredFilter(since=datetime.now(UTC) - _EVENT_WINDOW),
         event=EventNameFilter(
             name=[
-                tracking.SANDBOX_CREATED,
-                tracking.SANDBOX_FORKED,
-                tracking.SANDBOX_KILLED,
-                tracking.CHECKPOINT_CREATED,
-                tracking.CHECKPOINT_DELETED,
+                events.SANDBOX_CREATED,
+                events.SANDBOX_FORKED,
+                events.SANDBOX_KILLED,
+                events.CHECKPOINT_CREATED,
+                events.CHECKPOINT_DELETED,
             ]
         ),
     )
@@ -126,13 +127,13 @@ async def _announcements() -> _Announcements:
             if page is None:
                 break
             for event in page.events:
-                sandbox_id = event.resource.id.removeprefix(tracking.SANDBOX_RESOURCE_PREFIX)
+                sandbox_id = event.resource.id.removeprefix(events.SANDBOX_RESOURCE_PREFIX)
                 checkpoint_id = str(event.payload.get("checkpoint_id") or "")
-                if event.event == tracking.SANDBOX_KILLED:
+                if event.event == events.SANDBOX_KILLED:
                     killed.add(sandbox_id)
-                elif event.event == tracking.CHECKPOINT_DELETED:
+                elif event.event == events.CHECKPOINT_DELETED:
                     deleted.add(checkpoint_id)
-                elif event.event == tracking.CHECKPOINT_CREATED:
+                elif event.event == events.CHECKPOINT_CREATED:
                     flow_run_id = event.payload.get("flow_run_id")
                     if checkpoint_id and isinstance(flow_run_id, str):
                         found.checkpoints[checkpoint_id] = (sandbox_id, flow_run_id)
@@ -166,7 +167,7 @@ async def _look_up(client: OpenComputerClient, sandbox_id: str) -> Sandbox | Non
 
 async def _is_retained(client: OpenComputerClient, sandbox_id: str) -> bool:
     try:
-        return tracking.is_retained((await client.sandboxes.get_tags(sandbox_id)).tags)
+        return ownership.is_retained((await client.sandboxes.get_tags(sandbox_id)).tags)
     except NotFoundError:
         return False
 
@@ -209,19 +210,19 @@ async def find_orphans(
         kept: list[KeptSandbox] = []
         ours: list[Sandbox] = []
         for sb in found:
-            if sb is None or not tracking.is_ours(sb.tags) or not sb.tags.get(tracking.TAG_FLOW_RUN):
+            if sb is None or not ownership.is_ours(sb.tags) or not sb.tags.get(ownership.TAG_FLOW_RUN):
                 continue
-            if tracking.is_retained(sb.tags):
-                retained = f"retained: {sb.tags[tracking.TAG_RETAIN]}"
+            if ownership.is_retained(sb.tags):
+                retained = f"retained: {sb.tags[ownership.TAG_RETAIN]}"
                 kept.append(
                     KeptSandbox(
-                        sandbox_id=sb.sandbox_id, flow_run_id=sb.tags[tracking.TAG_FLOW_RUN], reason=retained
+                        sandbox_id=sb.sandbox_id, flow_run_id=sb.tags[ownership.TAG_FLOW_RUN], reason=retained
                     )
                 )
             else:
                 ours.append(sb)
         flow_run_ids = sorted(
-            {sb.tags[tracking.TAG_FLOW_RUN] for sb in ours}
+            {sb.tags[ownership.TAG_FLOW_RUN] for sb in ours}
             | {run for _, run in announced.checkpoints.values()}
         )
         verdicts = dict(
@@ -229,7 +230,7 @@ async def find_orphans(
         )
         orphans: list[Orphan] = []
         for sb in ours:
-            flow_run_id = sb.tags[tracking.TAG_FLOW_RUN]
+            flow_run_id = sb.tags[ownership.TAG_FLOW_RUN]
             if (over := verdicts[flow_run_id].reason) is not None:
                 orphans.append(Orphan(sandbox_id=sb.sandbox_id, flow_run_id=flow_run_id, reason=over))
                 continue
@@ -273,11 +274,11 @@ async def _worker_orphans(sandboxes: list[Sandbox]) -> tuple[int, list[Orphan]]:
     """Sandboxes an `opencomputer` worker runs flow runs in, and those whose flow run is over (a worker
     that died before its kill leaves one). How many there are, and the orphans among them."""
     runs = [
-        (sb, sb.tags[tracking.TAG_WORKER_FLOW_RUN])
+        (sb, sb.tags[ownership.TAG_WORKER_FLOW_RUN])
         for sb in sandboxes
-        if tracking.is_ours(sb.tags)
-        and sb.tags.get(tracking.TAG_WORKER_FLOW_RUN)
-        and not tracking.is_retained(sb.tags)
+        if ownership.is_ours(sb.tags)
+        and sb.tags.get(ownership.TAG_WORKER_FLOW_RUN)
+        and not ownership.is_retained(sb.tags)
     ]
     verdicts = await asyncio.gather(*(_flow_run_verdict(flow_run_id) for _, flow_run_id in runs))
     orphans = [

@@ -6,16 +6,11 @@ from prefect import get_run_logger
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import CheckpointPatch, NotFoundError
-from prefect_opencomputer.tasks import tracking
-from prefect_opencomputer.tasks.decorator import (
-    CheckpointRef,
-    checkpoint_id_of,
-    on_checkpoint,
-    opencomputer_task,
-    resolve_credentials,
-    retry_if_replayable,
-    retry_if_transient,
-)
+from prefect_opencomputer.tasks import run_report
+from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials, service_client
+from prefect_opencomputer.tasks.references import CheckpointRef, checkpoint_id_of
+from prefect_opencomputer.tasks.retries import retry_if_replayable, retry_if_transient
+from prefect_opencomputer.tasks.run_names import on_checkpoint
 
 
 @opencomputer_task(
@@ -53,7 +48,7 @@ async def create_checkpoint_patch(
         patch = await client.patches.create(checkpoint_id, script, description=description)
     get_run_logger().info("Patch %d (%s) added to checkpoint %s", patch.sequence, patch.id, checkpoint_id)
     sandbox_id = getattr(checkpoint, "sandbox_id", "") or "-"
-    tracking.record(
+    run_report.record(
         "patch", sandbox_id, description or f"patch {patch.sequence} of {checkpoint_id[:8]}", "added"
     )
     return patch
@@ -79,8 +74,7 @@ async def list_checkpoint_patches(
         scripts = [patch.script for patch in list_checkpoint_patches(checkpoint)]
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         return await client.patches.list(checkpoint_id_of(checkpoint))
 
 

@@ -8,16 +8,11 @@ from pydantic import JsonValue, SecretStr
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import NotFoundError, PreviewURL
-from prefect_opencomputer.tasks import tracking
-from prefect_opencomputer.tasks.decorator import (
-    SandboxRef,
-    on_sandbox,
-    opencomputer_task,
-    resolve_credentials,
-    retry_if_replayable,
-    retry_if_transient,
-    sandbox_id_of,
-)
+from prefect_opencomputer.tasks import run_report
+from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials, service_client
+from prefect_opencomputer.tasks.references import SandboxRef, sandbox_id_of
+from prefect_opencomputer.tasks.retries import retry_if_replayable, retry_if_transient
+from prefect_opencomputer.tasks.run_names import on_sandbox
 
 
 @opencomputer_task(
@@ -58,7 +53,7 @@ async def create_preview_url(
     async with credentials.get_client() as client:
         preview = await client.previews.create(sandbox_id, port, domain=domain, auth_config=auth_config)
     get_run_logger().info("Port %d of %s is at %s", port, sandbox_id, preview.url)
-    tracking.record("preview", sandbox_id, f"port {port}", preview.url)
+    run_report.record("preview", sandbox_id, f"port {port}", preview.url)
     if link_artifact:
         await acreate_link_artifact(
             key=f"preview-{sandbox_id}-{port}".lower(),
@@ -89,8 +84,7 @@ async def list_preview_urls(
         ports = [preview.port for preview in list_preview_urls(sandbox)]
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         return await client.previews.list(sandbox_id_of(sandbox))
 
 
@@ -115,8 +109,7 @@ async def delete_preview_url(
         delete_preview_url(sandbox, 8000)
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         try:
             await client.previews.delete(sandbox_id_of(sandbox), port)
         except NotFoundError:
@@ -147,8 +140,7 @@ async def rotate_preview_token(
         token = rotate_preview_token(sandbox).get_secret_value()
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         return await client.previews.rotate_token(sandbox_id_of(sandbox))
 
 

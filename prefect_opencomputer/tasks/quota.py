@@ -39,7 +39,7 @@ from prefect.concurrency._asyncio import (
 )
 from prefect.concurrency.context import ConcurrencyContext
 
-from prefect_opencomputer.tasks import tracking
+from prefect_opencomputer.tasks import run_registry
 from prefect_opencomputer.tasks.errors import ConcurrencyLimitMissingError
 
 TAG_LEASE = "prefect.concurrency_lease_id"
@@ -60,7 +60,7 @@ _keeper: threading.Thread | None = None
 async def take_slot(limit: str, *, strict: bool) -> UUID | None:
     """Wait for a slot of `limit`; None when the limit does not exist (and `strict` is False)."""
     holder = None
-    if (flow_run_id := tracking.current_flow_run_id()) is not None:
+    if (flow_run_id := run_registry.current_flow_run_id()) is not None:
         holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(flow_run_id))
     try:
         granted = await aacquire_concurrency_slots_with_lease(
@@ -161,7 +161,7 @@ def _keep_slots() -> None:
                     continue
                 _release(prefect, lease)
     except Exception as error:  # the next give-back starts a new keeper; held leases run out meanwhile
-        tracking.run_logger().warning("Keeping concurrency slots stopped: %s", error)
+        run_registry.run_logger().warning("Keeping concurrency slots stopped: %s", error)
 
 
 def _release(prefect: SyncPrefectClient, lease: UUID) -> None:
@@ -169,9 +169,11 @@ def _release(prefect: SyncPrefectClient, lease: UUID) -> None:
         prefect.release_concurrency_slots_with_lease(lease_id=lease)
     except httpx.HTTPStatusError as error:
         if error.response.status_code != 404:  # 404: already given back, or expired
-            tracking.run_logger().warning("Could not give back concurrency slot (lease %s): %s", lease, error)
+            run_registry.run_logger().warning(
+                "Could not give back concurrency slot (lease %s): %s", lease, error
+            )
     except Exception as error:
-        tracking.run_logger().warning(
+        run_registry.run_logger().warning(
             "Could not give back concurrency slot (lease %s): %s; it frees itself within %d s",
             lease,
             error,
@@ -190,9 +192,9 @@ def _renew_all(prefect: SyncPrefectClient) -> None:
                 with _lock:  # given back elsewhere (a cleanup hook in another process), or expired
                     _renewing.discard(lease)
             else:
-                tracking.run_logger().warning("Renewing concurrency lease %s failed: %s", lease, error)
+                run_registry.run_logger().warning("Renewing concurrency lease %s failed: %s", lease, error)
         except Exception as error:
-            tracking.run_logger().warning("Renewing concurrency lease %s failed: %s", lease, error)
+            run_registry.run_logger().warning("Renewing concurrency lease %s failed: %s", lease, error)
 
 
 @atexit.register

@@ -7,19 +7,10 @@ from typing import Any, cast
 from prefect import get_run_logger
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
-from prefect_opencomputer.client import Image, Sandbox
-from prefect_opencomputer.tasks import quota, tracking
-from prefect_opencomputer.tasks.decorator import (
-    RunName,
-    SandboxRef,
-    on_sandbox,
-    opencomputer_task,
-    resolve_credentials,
-    retry_if_replayable,
-    retry_if_transient,
-    sandbox_id_of,
-)
-from prefect_opencomputer.tasks.lifecycle import (
+from prefect_opencomputer.client import Image, Sandbox, TagKey
+from prefect_opencomputer.tasks import events, ownership, quota, run_registry, run_report
+from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials, service_client
+from prefect_opencomputer.tasks.leakproof import (
     adopt_new_sandbox,
     create_or_find,
     finish_despite_cancellation,
@@ -30,7 +21,10 @@ from prefect_opencomputer.tasks.lifecycle import (
     wait_out_full_quota,
 )
 from prefect_opencomputer.tasks.output import build_log_handler
-from prefect_opencomputer.tasks.tracking import DEFAULT_IDLE_TIMEOUT
+from prefect_opencomputer.tasks.ownership import DEFAULT_IDLE_TIMEOUT
+from prefect_opencomputer.tasks.references import SandboxRef, sandbox_id_of
+from prefect_opencomputer.tasks.retries import retry_if_replayable, retry_if_transient
+from prefect_opencomputer.tasks.run_names import RunName, on_sandbox
 
 
 def _origin(template: str, image: Image | None, snapshot: str | None) -> str:
@@ -127,7 +121,7 @@ async def create_sandbox(
                         template=template,
                         timeout=idle_timeout,
                         envs={**(envs or {}), **marker},
-                        metadata={**(metadata or {}), **tracking.ownership_tags()},
+                        metadata={**(metadata or {}), **ownership.ownership_tags()},
                         memory_mb=memory_mb,
                         image=image,
                         snapshot=snapshot,
@@ -143,16 +137,16 @@ async def create_sandbox(
             client, credentials, sandbox, tags={**(tags or {}), **slot.tags}, idle_timeout=None
         )
     logger.info("Created sandbox %s from %s (idle timeout %s s)", sandbox.sandbox_id, origin, idle_timeout)
-    tracking.record(
+    run_report.record(
         "sandbox",
         sandbox.sandbox_id,
         origin,
         sandbox.status,
-        cleanup=not tracking.is_retained(sandbox.tags),
+        cleanup=not ownership.is_retained(sandbox.tags),
         memory_mb=memory_mb or sandbox.memory_mb,
     )
-    tracking.emit_sandbox_event(
-        tracking.SANDBOX_CREATED,
+    events.emit_sandbox_event(
+        events.SANDBOX_CREATED,
         sandbox.sandbox_id,
         payload={"template": template, "origin": origin, "idle_timeout": idle_timeout},
     )
@@ -175,15 +169,14 @@ async def get_sandbox(sandbox: SandboxRef, *, credentials: OpenComputerCredentia
         status = get_sandbox(sandbox).status
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         return await client.sandboxes.get(sandbox_id_of(sandbox))
 
 
 @opencomputer_task(
-    "is_sandbox_running", run_name=on_sandbox("is-running"), retry_condition=retry_if_replayable
+    "sandbox_is_running", run_name=on_sandbox("is-running"), retry_condition=retry_if_replayable
 )
-async def is_sandbox_running(
+async def sandbox_is_running(
     sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
 ) -> bool:
     """Whether the sandbox is running now (hibernated, stopped or unknown: False).
@@ -197,12 +190,11 @@ async def is_sandbox_running(
 
     Example:
         ```python
-        if not is_sandbox_running(sandbox):
+        if not sandbox_is_running(sandbox):
             wake_sandbox(sandbox)
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         return await client.sandboxes.is_running(sandbox_id_of(sandbox))
 
 
@@ -224,8 +216,7 @@ async def list_sandboxes(
         mine = list_sandboxes({"team": "data"})
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         sandboxes = await client.sandboxes.list()
     wanted = tags or {}
     return [sb for sb in sandboxes if all(sb.tags.get(key) == value for key, value in wanted.items())]
@@ -278,8 +269,7 @@ async def set_sandbox_timeout(
         set_sandbox_timeout(sandbox, 3600)
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         await client.sandboxes.set_timeout(sandbox_id_of(sandbox), idle_timeout)
 
 
@@ -301,12 +291,11 @@ async def hibernate_sandbox(
         hibernate_sandbox(sandbox)
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         hibernated = await client.sandboxes.hibernate(sandbox_id_of(sandbox))
     # A hibernated sandbox does not count against the service's quota: neither does it hold a slot.
     await quota.release_slot_of(hibernated.sandbox_id)
-    tracking.record("hibernate", hibernated.sandbox_id, "", hibernated.status)
+    run_report.record("hibernate", hibernated.sandbox_id, "", hibernated.status)
     return hibernated
 
 
@@ -346,7 +335,7 @@ async def wake_sandbox(
     except BaseException:
         await finish_despite_cancellation(quota.release_slot_of(sandbox_id), timeout=30.0)
         raise
-    tracking.record("wake", woken.sandbox_id, "", woken.status)
+    run_report.record("wake", woken.sandbox_id, "", woken.status)
     return woken
 
 
@@ -375,21 +364,98 @@ async def retain_sandbox(
     sandbox_id = sandbox_id_of(sandbox)
     async with credentials.get_client() as client:
         current = await client.sandboxes.get_tags(sandbox_id)
-        applied = await client.sandboxes.set_tags(sandbox_id, {**current.tags, tracking.TAG_RETAIN: reason})
+        applied = await client.sandboxes.set_tags(sandbox_id, {**current.tags, ownership.TAG_RETAIN: reason})
         state = await client.sandboxes.get(sandbox_id)
-    tracking.release(sandbox_id)
-    tracking.record("retain", sandbox_id, reason, "retained", cleanup=False)
+    run_registry.release(sandbox_id)
+    run_report.record("retain", sandbox_id, reason, "retained", cleanup=False)
     return state.model_copy(
         update={"tags": applied.tags, "tags_last_updated_at": applied.tags_last_updated_at}
     )
 
 
 acreate_sandbox = create_sandbox.aio
+
+
+@opencomputer_task("get_sandbox_tags", run_name=on_sandbox("get-tags"), retry_condition=retry_if_replayable)
+async def get_sandbox_tags(
+    sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
+) -> dict[str, str]:
+    """The sandbox's tags as the service holds them now: yours and the ownership tags (`prefect.*`).
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        Its tags.
+
+    Example:
+        ```python
+        team = get_sandbox_tags(sandbox).get("team")
+        ```
+    """
+    async with service_client(credentials) as client:
+        return dict((await client.sandboxes.get_tags(sandbox_id_of(sandbox))).tags)
+
+
+@opencomputer_task("set_sandbox_tags", run_name=on_sandbox("set-tags"), retry_condition=retry_if_replayable)
+async def set_sandbox_tags(
+    sandbox: SandboxRef, tags: dict[str, str], *, credentials: OpenComputerCredentials | None = None
+) -> dict[str, str]:
+    """Replace the sandbox's own tags with `tags`, keeping its ownership tags (a full replace: safe to retry).
+
+    The ownership tags (`prefect.*`) are what cleanup hooks and the reaper find the sandbox by, so they stay
+    unless `tags` gives one of them a value of its own.
+
+    Args:
+        sandbox: The sandbox, as its id or its model.
+        tags: The tags it should carry besides the ownership tags (`{}` removes all of yours).
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        All its tags afterwards.
+
+    Example:
+        ```python
+        set_sandbox_tags(sandbox, {"team": "data", "stage": "review"})
+        ```
+    """
+    sandbox_id = sandbox_id_of(sandbox)
+    async with service_client(credentials) as client:
+        current = (await client.sandboxes.get_tags(sandbox_id)).tags
+        kept = {
+            key: value for key, value in current.items() if key.startswith(ownership.OWNERSHIP_TAG_PREFIX)
+        }
+        return dict((await client.sandboxes.set_tags(sandbox_id, {**kept, **tags})).tags)
+
+
+@opencomputer_task("list_tag_keys", run_name="list-tag-keys", retry_condition=retry_if_replayable)
+async def list_tag_keys(*, credentials: OpenComputerCredentials | None = None) -> list[TagKey]:
+    """The tag keys in use across the organization's sandboxes, with how many sandboxes carry each.
+
+    Args:
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        Each key with its sandbox count and its number of distinct values.
+
+    Example:
+        ```python
+        keys = {tag.key: tag.sandbox_count for tag in list_tag_keys()}
+        ```
+    """
+    async with service_client(credentials) as client:
+        return await client.sandboxes.tag_keys()
+
+
 aget_sandbox = get_sandbox.aio
-ais_sandbox_running = is_sandbox_running.aio
+asandbox_is_running = sandbox_is_running.aio
 alist_sandboxes = list_sandboxes.aio
 akill_sandbox = kill_sandbox.aio
 aset_sandbox_timeout = set_sandbox_timeout.aio
 ahibernate_sandbox = hibernate_sandbox.aio
 awake_sandbox = wake_sandbox.aio
 aretain_sandbox = retain_sandbox.aio
+aget_sandbox_tags = get_sandbox_tags.aio
+aset_sandbox_tags = set_sandbox_tags.aio
+alist_tag_keys = list_tag_keys.aio

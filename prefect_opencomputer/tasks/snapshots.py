@@ -6,14 +6,10 @@ from prefect import get_run_logger
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import ConflictError, Image, NotFoundError, Snapshot
-from prefect_opencomputer.tasks import tracking
-from prefect_opencomputer.tasks.decorator import (
-    opencomputer_task,
-    resolve_credentials,
-    retry_if_replayable,
-    retry_if_transient,
-)
+from prefect_opencomputer.tasks import run_report
+from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials, service_client
 from prefect_opencomputer.tasks.output import build_log_handler
+from prefect_opencomputer.tasks.retries import retry_if_replayable, retry_if_transient
 
 
 @opencomputer_task("create_snapshot", run_name="snapshot[{name}]", retry_condition=retry_if_transient)
@@ -55,7 +51,7 @@ async def create_snapshot(
                 raise
             snapshot = await client.snapshots.wait_ready(name)
     logger.info("Snapshot %r is ready (image %s)", name, snapshot.content_hash[:12])
-    tracking.record("snapshot", "-", name, snapshot.status)
+    run_report.record("snapshot", "-", name, snapshot.status)
     return snapshot
 
 
@@ -74,9 +70,31 @@ async def list_snapshots(*, credentials: OpenComputerCredentials | None = None) 
         names = [snapshot.name for snapshot in list_snapshots()]
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         return await client.snapshots.list()
+
+
+@opencomputer_task("get_snapshot", run_name="get-snapshot[{name}]", retry_condition=retry_if_replayable)
+async def get_snapshot(name: str, *, credentials: OpenComputerCredentials | None = None) -> Snapshot:
+    """The snapshot as the service reports it now (its status says whether sandboxes can start from it).
+
+    Args:
+        name: The snapshot's name.
+        credentials: The OpenComputer block; default: the environment.
+
+    Returns:
+        The snapshot.
+
+    Raises:
+        NotFoundError: There is no snapshot of that name.
+
+    Example:
+        ```python
+        ready = get_snapshot("py-tools").status == "ready"
+        ```
+    """
+    async with service_client(credentials) as client:
+        return await client.snapshots.get(name)
 
 
 @opencomputer_task("delete_snapshot", run_name="delete-snapshot[{name}]", retry_condition=retry_if_replayable)
@@ -95,8 +113,7 @@ async def delete_snapshot(name: str, *, credentials: OpenComputerCredentials | N
         delete_snapshot("tools")
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         try:
             await client.snapshots.delete(name)
         except NotFoundError:
@@ -107,3 +124,4 @@ async def delete_snapshot(name: str, *, credentials: OpenComputerCredentials | N
 acreate_snapshot = create_snapshot.aio
 alist_snapshots = list_snapshots.aio
 adelete_snapshot = delete_snapshot.aio
+aget_snapshot = get_snapshot.aio

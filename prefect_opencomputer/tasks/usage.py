@@ -6,15 +6,11 @@ from datetime import datetime
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import SandboxUsage, SandboxUsageItem
-from prefect_opencomputer.tasks import tracking
-from prefect_opencomputer.tasks.decorator import (
-    SandboxRef,
-    on_sandbox,
-    opencomputer_task,
-    resolve_credentials,
-    retry_if_replayable,
-    sandbox_id_of,
-)
+from prefect_opencomputer.tasks import ownership, run_registry
+from prefect_opencomputer.tasks.factory import opencomputer_task, service_client
+from prefect_opencomputer.tasks.references import SandboxRef, sandbox_id_of
+from prefect_opencomputer.tasks.retries import retry_if_replayable
+from prefect_opencomputer.tasks.run_names import on_sandbox
 
 
 @opencomputer_task("get_sandbox_usage", run_name=on_sandbox("usage"), retry_condition=retry_if_replayable)
@@ -42,8 +38,7 @@ async def get_sandbox_usage(
         print(usage.totals.memory_allocated_gb_seconds)
         ```
     """
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         return await client.usage.for_sandbox(sandbox_id_of(sandbox), from_=start, to=end)
 
 
@@ -72,13 +67,12 @@ async def get_flow_run_usage(
             print(item.sandbox_id, item.memory_gb_seconds)
         ```
     """
-    flow_run_id = flow_run_id or tracking.current_flow_run_id()
+    flow_run_id = flow_run_id or run_registry.current_flow_run_id()
     if flow_run_id is None:
         raise ValueError("get_flow_run_usage needs a flow_run_id outside a flow run")
-    credentials = await resolve_credentials(credentials)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         return await client.usage.all_by_sandbox(
-            from_=start, to=end, tags={tracking.TAG_FLOW_RUN: flow_run_id}
+            from_=start, to=end, tags={ownership.TAG_FLOW_RUN: flow_run_id}
         )
 
 

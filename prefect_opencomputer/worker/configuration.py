@@ -13,7 +13,7 @@ from prefect_opencomputer._settings import API_KEY_ENV, API_URL_ENV, CREDENTIALS
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import Image
 from prefect_opencomputer.local.config import HOST_ALIAS
-from prefect_opencomputer.tasks.tracking import DEFAULT_IDLE_TIMEOUT
+from prefect_opencomputer.tasks.ownership import DEFAULT_IDLE_TIMEOUT
 
 # Settings that name places on the worker's machine: inside the sandbox Prefect uses its own defaults.
 _HOST_ONLY_SETTINGS = ("PREFECT_HOME", "PREFECT_PROFILES_PATH", "PREFECT_LOCAL_STORAGE_PATH")

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import NotFoundError, OpenComputerClient
-from prefect_opencomputer.tasks.lifecycle import kill_ignoring_missing
+from prefect_opencomputer.tasks.leakproof import kill_ignoring_missing
 from prefect_opencomputer.worker.worker import OpenComputerWorker, parse_infrastructure_id
 
 # The most flow runs the API returns at once, and how many pages one reaper run reads.

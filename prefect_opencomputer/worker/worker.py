@@ -33,9 +33,9 @@ from prefect_opencomputer.client import (
     UnauthorizedError,
 )
 from prefect_opencomputer.tasks import quota
-from prefect_opencomputer.tasks.lifecycle import finish_despite_cancellation, kill_ignoring_missing
+from prefect_opencomputer.tasks.leakproof import finish_despite_cancellation, kill_ignoring_missing
 from prefect_opencomputer.tasks.output import CommandOutput, OutputLimits, Stream, build_log_handler
-from prefect_opencomputer.tasks.tracking import (
+from prefect_opencomputer.tasks.ownership import (
     CREATED_BY,
     TAG_CREATED_BY,
     TAG_DEPLOYMENT,
@@ -308,7 +308,7 @@ async def _run_command(
         sandbox_id,
         "sh",
         args=["-c", command],
-        env=env,
+        envs=env,
         cwd=configuration.working_dir,
         max_run_after_disconnect=configuration.lost_worker_grace,
     )

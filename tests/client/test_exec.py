@@ -36,7 +36,7 @@ async def test_sequence_command_runs_as_argv_without_a_shell(oc: OpenComputerCli
 async def test_env_and_cwd_apply_to_the_command(oc: OpenComputerClient, sandbox: str) -> None:
     await oc.files.mkdir(sandbox, "/home/sandbox/work")
 
-    result = await oc.exec.run(sandbox, "echo $NAME; pwd", env={"NAME": "prefect"}, cwd="/home/sandbox/work")
+    result = await oc.exec.run(sandbox, "echo $NAME; pwd", envs={"NAME": "prefect"}, cwd="/home/sandbox/work")
 
     assert result.stdout == "prefect\n/home/sandbox/work\n"
 

@@ -10,7 +10,7 @@ from types import ModuleType
 import pytest
 
 import prefect_opencomputer.tasks as tasks
-from prefect_opencomputer.tasks.decorator import SyncAsyncTask
+from prefect_opencomputer.tasks.factory import SyncAsyncTask
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 TASKS = [name for name in tasks.__all__ if isinstance(getattr(tasks, name), SyncAsyncTask)]

@@ -14,10 +14,11 @@ from prefect_opencomputer.client import OpenComputerClient
 from prefect_opencomputer.tasks import (
     TAG_FLOW_RUN,
     TAG_TASK_RUN,
+    akill_flow_run_sandboxes,
     cleanup_hooks,
     create_checkpoint,
     create_sandbox,
-    create_sandbox_from_checkpoint,
+    fork_checkpoint,
     kill_flow_run_sandboxes,
     open_fork,
     open_sandbox,
@@ -52,7 +53,7 @@ async def test_transaction_rollback_kills_the_sandboxes_it_created(
         with transaction():
             sandbox = await create_sandbox(credentials=credentials)
             checkpoint = await create_checkpoint(sandbox, "cp", credentials=credentials)
-            await create_sandbox_from_checkpoint(checkpoint, credentials=credentials)
+            await fork_checkpoint(checkpoint, credentials=credentials)
             assert await control.live_sandboxes() == 2
             await run_command(sandbox, "exit 5", credentials=credentials)
 
@@ -84,7 +85,7 @@ async def test_failure_hook_kills_every_sandbox_of_the_flow_run(
     async def leaks_then_fails() -> None:
         sandbox = await create_sandbox(credentials=credentials)
         checkpoint = await create_checkpoint(sandbox, "cp", credentials=credentials)
-        await create_sandbox_from_checkpoint(checkpoint, credentials=credentials)
+        await fork_checkpoint(checkpoint, credentials=credentials)
         raise RuntimeError("the flow failed before cleaning up")
 
     state = await leaks_then_fails(return_state=True)
@@ -104,12 +105,27 @@ async def test_kill_flow_run_sandboxes_finds_them_by_tag_from_another_process_vi
 
     flow_run_id = await leaves_one()
     # A fresh process knows nothing of the run but its id: the tags are enough.
-    from prefect_opencomputer.tasks import tracking
+    from prefect_opencomputer.tasks import run_registry
 
-    tracking.forget(flow_run_id)
-    assert len(await kill_flow_run_sandboxes(credentials, flow_run_id)) == 1
-    assert await kill_flow_run_sandboxes(credentials, flow_run_id) == []
+    run_registry.forget(flow_run_id)
+    assert len(await akill_flow_run_sandboxes(credentials, flow_run_id)) == 1
+    assert await akill_flow_run_sandboxes(credentials, flow_run_id) == []
     assert await control.live_sandboxes() == 0
+
+
+def test_kill_flow_run_sandboxes_from_def_code_kills_what_a_def_flow_left(
+    credentials: OpenComputerCredentials,
+) -> None:
+    @flow
+    def leaves_one() -> str:
+        create_sandbox(credentials=credentials)
+        return str(get_run_context().flow_run.id)  # type: ignore[union-attr]
+
+    flow_run_id = leaves_one()
+    killed = kill_flow_run_sandboxes(credentials, flow_run_id)
+    assert len(killed) == 1
+    with credentials.get_sync_client() as client:
+        assert killed[0] not in [sandbox.sandbox_id for sandbox in client.sandboxes.list()]
 
 
 async def test_a_refused_create_is_retried_by_the_task_and_makes_one_sandbox(

@@ -104,9 +104,9 @@ async def test_a_failed_lifecycle_leaves_no_checkpoint_and_no_sandbox(
 
 
 async def _report_rows(flow_run_id: str) -> list[dict[str, str]]:
-    from prefect_opencomputer.tasks import tracking
+    from prefect_opencomputer.tasks import run_registry
 
-    return [entry.row() for entry in tracking.entries(flow_run_id)]
+    return [entry.row() for entry in run_registry.entries(flow_run_id)]
 
 
 async def test_a_failed_run_with_hooks_deletes_the_checkpoints_it_made(
@@ -135,7 +135,7 @@ async def test_a_checkpoint_answered_502_after_it_was_made_is_found_not_leaked(
             await control.fault("POST", "/api/sandboxes/*/checkpoints", times=1, status=502, when="after")
             checkpoint = await acreate_checkpoint(sandbox, "reconciled")
             made = await checkpoint_ids(oc, sandbox.sandbox_id)
-            await adelete_checkpoint(sandbox, checkpoint)
+            await adelete_checkpoint(checkpoint)
             return checkpoint.id, made, await checkpoint_ids(oc, sandbox.sandbox_id)
 
     checkpoint_id, made, left = await checkpoint_once()
@@ -163,7 +163,7 @@ async def test_a_checkpoint_refused_with_502_before_it_was_made_fails_cleanly(
 async def test_the_reaper_deletes_checkpoints_of_a_run_that_died(
     credentials: OpenComputerCredentials, control: Any, oc: OpenComputerClient, records: Any
 ) -> None:
-    from prefect_opencomputer.tasks import tracking
+    from prefect_opencomputer.tasks import events, run_registry
 
     @flow
     async def dies() -> None:
@@ -174,12 +174,12 @@ async def test_the_reaper_deletes_checkpoints_of_a_run_that_died(
 
     state = await dies(return_state=True)
     flow_run_id = str(state.state_details.flow_run_id)
-    tracking.forget(flow_run_id)
+    run_registry.forget(flow_run_id)
     (sandbox,) = [sb for sb in await oc.sandboxes.list() if sb.tags.get(TAG_FLOW_RUN) == flow_run_id]
     assert len(await checkpoint_ids(oc, sandbox.sandbox_id)) == 1
     # The reaper finds checkpoints through their events, which Prefect persists a moment later: a
     # scheduled reaper runs long after; this one waits until the API has them (created + checkpoint).
-    await records.events(tracking.sandbox_resource_id(sandbox.sandbox_id), wait_for=2)
+    await records.events(events.sandbox_resource_id(sandbox.sandbox_id), wait_for=2)
 
     report = await reap_orphaned_sandboxes(credentials=credentials)
 

@@ -18,6 +18,7 @@ from prefect_opencomputer.tasks import (
     create_sandbox,
     create_snapshot,
     delete_snapshot,
+    get_snapshot,
     kill_sandbox,
     list_snapshots,
     open_sandbox,
@@ -89,6 +90,7 @@ async def test_snapshot_tasks_build_list_start_and_delete(
         snapshot = await create_snapshot(name, image, credentials=credentials)
         again = await create_snapshot(name, image, exist_ok=True, credentials=credentials)
         listed = await list_snapshots(credentials=credentials)
+        fetched = await get_snapshot(name, credentials=credentials)
         sandbox = await create_sandbox(snapshot=name, credentials=credentials)
         greeting = await run_command(sandbox, "cat greeting.txt", credentials=credentials)
         await kill_sandbox(sandbox, credentials=credentials)
@@ -99,6 +101,7 @@ async def test_snapshot_tasks_build_list_start_and_delete(
             "snapshot": snapshot,
             "again": again,
             "listed": listed,
+            "fetched": fetched,
             "greeting": greeting.stdout,
             "deleted": await delete_snapshot(name, credentials=credentials),
             "deleted_again": await delete_snapshot(name, credentials=credentials),
@@ -110,6 +113,7 @@ async def test_snapshot_tasks_build_list_start_and_delete(
     assert snapshot.name == name and snapshot.is_ready and snapshot.content_hash == image.cache_key()
     assert out["again"].id == snapshot.id
     assert name in {listed.name for listed in out["listed"]}
+    assert out["fetched"].id == snapshot.id and out["fetched"].is_ready
     assert out["greeting"] == out["scoped_greeting"] == "from the snapshot"
     assert out["deleted"] is True and out["deleted_again"] is False
     assert name not in {listed.name for listed in await oc.snapshots.list()}

@@ -13,12 +13,12 @@ from prefect_opencomputer.client import Checkpoint, CommandResult, Sandbox
 from prefect_opencomputer.tasks import (
     acreate_checkpoint,
     acreate_sandbox,
-    acreate_sandbox_from_checkpoint,
+    afork_checkpoint,
     akill_sandbox,
     arun_command,
     create_checkpoint,
     create_sandbox,
-    create_sandbox_from_checkpoint,
+    fork_checkpoint,
     kill_sandbox,
     open_fork,
     open_sandbox,
@@ -33,7 +33,7 @@ def test_a_def_flow_gets_values_from_every_step(control: Any, sync_live_sandboxe
         sandbox = create_sandbox()
         result = run_command(sandbox, "echo made > ~/made.txt && echo ok")
         checkpoint = create_checkpoint(sandbox, "sync")
-        fork = create_sandbox_from_checkpoint(checkpoint)
+        fork = fork_checkpoint(checkpoint)
         seen = run_command(fork, "cat ~/made.txt")
         killed = [kill_sandbox(fork), kill_sandbox(sandbox)]
         with open_sandbox() as scoped:
@@ -83,7 +83,7 @@ async def test_an_async_def_flow_awaits_both_spellings(control: Any) -> None:
         sandbox = await acreate_sandbox()
         result = await run_command(sandbox, "echo made > ~/made.txt && echo ok")  # dispatches to the twin
         checkpoint = await acreate_checkpoint(sandbox, "async")
-        fork = await create_sandbox_from_checkpoint(checkpoint)
+        fork = await fork_checkpoint(checkpoint)
         seen = await arun_command(fork, "cat ~/made.txt")
         killed = [await akill_sandbox(fork), await kill_sandbox(sandbox)]
         async with open_fork(checkpoint) as scoped:
@@ -131,7 +131,7 @@ async def test_async_map_over_forks(control: Any) -> None:
     async def forks() -> list[str]:
         sandbox = await acreate_sandbox()
         checkpoint = await acreate_checkpoint(sandbox, "map")
-        children = acreate_sandbox_from_checkpoint.map([checkpoint, checkpoint]).result()
+        children = afork_checkpoint.map([checkpoint, checkpoint]).result()
         try:
             return [result.stdout for result in arun_command.map(children, "echo fork").result()]
         finally:

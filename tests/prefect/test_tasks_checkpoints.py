@@ -15,10 +15,10 @@ from prefect_opencomputer.tasks import (
     create_checkpoint,
     create_checkpoint_patch,
     create_preview_url,
-    create_sandbox_from_checkpoint,
     delete_checkpoint,
     delete_checkpoint_patch,
     delete_preview_url,
+    fork_checkpoint,
     kill_sandbox,
     list_checkpoint_patches,
     list_checkpoints,
@@ -41,7 +41,7 @@ async def test_checkpoint_patch_and_fork_tasks(
             checkpoint = await create_checkpoint(sandbox, "v1", credentials=credentials)
             listed = await list_checkpoints(sandbox, credentials=credentials)
             await write_file(sandbox, "state.txt", b"v2\n", credentials=credentials)
-            restore = await restore_checkpoint(sandbox, checkpoint, credentials=credentials)
+            restore = await restore_checkpoint(checkpoint, credentials=credentials)
             restored = await read_file(sandbox, "/home/sandbox/state.txt", credentials=credentials)
 
             first = await create_checkpoint_patch(
@@ -51,15 +51,15 @@ async def test_checkpoint_patch_and_fork_tasks(
                 checkpoint, "echo two >> /home/sandbox/p.txt", description="second", credentials=credentials
             )
             patches = await list_checkpoint_patches(checkpoint, credentials=credentials)
-            fork = await create_sandbox_from_checkpoint(checkpoint, credentials=credentials)
+            fork = await fork_checkpoint(checkpoint, credentials=credentials)
             seen = await run_command(
                 fork, "cat /home/sandbox/state.txt /home/sandbox/p.txt", credentials=credentials
             )
             await kill_sandbox(fork, credentials=credentials)
             removed = await delete_checkpoint_patch(checkpoint, first, credentials=credentials)
             left = await list_checkpoint_patches(checkpoint, credentials=credentials)
-            deleted = await delete_checkpoint(sandbox, checkpoint, credentials=credentials)
-            deleted_again = await delete_checkpoint(sandbox, checkpoint.id, credentials=credentials)
+            deleted = await delete_checkpoint(checkpoint, credentials=credentials)
+            deleted_again = await delete_checkpoint(checkpoint.id, sandbox=sandbox, credentials=credentials)
         return {
             "flow_run_id": str(get_run_context().flow_run.id),  # type: ignore[union-attr]
             "size": size,
@@ -120,7 +120,7 @@ async def test_a_failing_patch_fails_the_fork_task_and_leaves_no_fork(
         async with open_sandbox(credentials=credentials) as sandbox:
             checkpoint = await create_checkpoint(sandbox, "base", credentials=credentials)
             await create_checkpoint_patch(checkpoint, "echo broken >&2; exit 3", credentials=credentials)
-            await create_sandbox_from_checkpoint(checkpoint, credentials=credentials)
+            await fork_checkpoint(checkpoint, credentials=credentials)
 
     with pytest.raises(PatchFailedError, match=r"exit|code 3|broken"):
         await fork_with_bad_patch()
@@ -135,9 +135,7 @@ async def test_fork_without_patch_check_reports_the_patch_error(
         async with open_sandbox(credentials=credentials) as sandbox:
             checkpoint = await create_checkpoint(sandbox, "base", credentials=credentials)
             await create_checkpoint_patch(checkpoint, "exit 4", credentials=credentials)
-            fork = await create_sandbox_from_checkpoint(
-                checkpoint, check_patches=False, credentials=credentials
-            )
+            fork = await fork_checkpoint(checkpoint, check_patches=False, credentials=credentials)
             await kill_sandbox(fork, credentials=credentials)
             return fork.patch_error
 
@@ -175,3 +173,29 @@ async def test_preview_url_tasks_and_link_artifact(
         artifact for artifact in await records.artifacts(out["flow_run_id"]) if artifact.type == "markdown"
     ]
     assert any(out["first"].url in str(artifact.data) for artifact in links), links
+
+
+def test_a_checkpoint_id_without_its_sandbox_is_refused_with_what_to_pass(
+    credentials: OpenComputerCredentials,
+) -> None:
+    @flow
+    def restores_by_id() -> None:
+        restore_checkpoint("0b7c9f52-5d0e-4a8e-9d5b-2f1c3e4a5b6c", credentials=credentials)
+
+    with pytest.raises(
+        TypeError, match="pass the Checkpoint model a task returned, or the sandbox as sandbox="
+    ):
+        restores_by_id()
+
+
+def test_context_managers_take_exactly_what_their_tasks_take() -> None:
+    import inspect
+
+    from prefect_opencomputer.tasks import create_sandbox, open_fork
+
+    for scope, task in ((open_sandbox, create_sandbox), (open_fork, fork_checkpoint)):
+        assert list(inspect.signature(scope).parameters.values()) == list(
+            inspect.signature(task.fn).parameters.values()
+        )
+    assert "metadata" in inspect.signature(open_fork).parameters
+    assert "memory_mb" in inspect.signature(open_fork).parameters

@@ -56,7 +56,7 @@ async def test_argv_env_and_cwd_reach_the_command(credentials: OpenComputerCrede
         async with open_sandbox(credentials=credentials) as sandbox:
             argv = await run_command(sandbox, ["printf", "%s|", "a b", "$HOME"], credentials=credentials)
             shell = await run_command(
-                sandbox, "echo $GREETING $(pwd)", env={"GREETING": "hi"}, cwd="/tmp", credentials=credentials
+                sandbox, "echo $GREETING $(pwd)", envs={"GREETING": "hi"}, cwd="/tmp", credentials=credentials
             )
         return argv.stdout, shell.stdout
 

@@ -105,9 +105,9 @@ def test_the_coverage_tasks_answer_in_a_def_flow(credentials: OpenComputerCreden
     from prefect_opencomputer.tasks import (
         create_preview_url,
         file_exists,
-        is_sandbox_running,
         open_sandbox,
         rotate_preview_token,
+        sandbox_is_running,
         write_file,
     )
 
@@ -118,13 +118,13 @@ def test_the_coverage_tasks_answer_in_a_def_flow(credentials: OpenComputerCreden
             create_preview_url(sandbox, 8080, credentials=credentials, link_artifact=False)
             token = rotate_preview_token(sandbox, credentials=credentials)
             answers = {
-                "running": is_sandbox_running(sandbox, credentials=credentials),
+                "running": sandbox_is_running(sandbox, credentials=credentials),
                 "file": file_exists(sandbox, "notes/today.txt", credentials=credentials),
                 "dir": file_exists(sandbox, "/home/sandbox/notes", credentials=credentials),
                 "missing": file_exists(sandbox, "notes/tomorrow.txt", credentials=credentials),
                 "token": token,
             }
-        answers["after kill"] = is_sandbox_running(sandbox, credentials=credentials)
+        answers["after kill"] = sandbox_is_running(sandbox, credentials=credentials)
         return answers
 
     answers = coverage()

@@ -20,7 +20,7 @@ from prefect_opencomputer.tasks import (
     get_sandbox_usage,
     open_sandbox,
 )
-from prefect_opencomputer.tasks.tracking import ReportEntry
+from prefect_opencomputer.tasks.run_registry import ReportEntry
 
 
 async def test_a_flow_run_reads_the_usage_of_the_sandboxes_it_ran(

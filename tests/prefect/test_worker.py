@@ -28,7 +28,7 @@ from prefect_opencomputer.blocks import OpenComputerCredentials
 from prefect_opencomputer.client import OpenComputerClient
 from prefect_opencomputer.local import LocalServer, LocalServerConfig
 from prefect_opencomputer.local.config import HOST_ALIAS
-from prefect_opencomputer.tasks.tracking import TAG_WORKER_FLOW_RUN
+from prefect_opencomputer.tasks.ownership import TAG_WORKER_FLOW_RUN
 from tests.prefect.test_real_prefect_server import (
     REPOSITORY,
     PrefectServer,

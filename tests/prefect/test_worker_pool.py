@@ -162,7 +162,7 @@ async def test_the_reaper_kills_worker_sandboxes_of_ended_runs_and_crashes_runs_
     from prefect.states import Completed, Running
 
     from prefect_opencomputer.flows import reap_orphaned_sandboxes
-    from prefect_opencomputer.tasks.tracking import CREATED_BY, TAG_CREATED_BY, TAG_WORKER_FLOW_RUN
+    from prefect_opencomputer.tasks.ownership import CREATED_BY, TAG_CREATED_BY, TAG_WORKER_FLOW_RUN
 
     async with get_client() as prefect:
         await prefect.create_work_pool(WorkPoolCreate(name="reaped", type="opencomputer"), overwrite=True)

@@ -31,7 +31,7 @@ from prefect_opencomputer.client import (
     ServerError,
     TransportError,
 )
-from prefect_opencomputer.tasks import quota, tracking
+from prefect_opencomputer.tasks import events, ownership, quota, run_registry, run_report
 
 T = TypeVar("T")
 
@@ -122,19 +122,32 @@ async def create_or_find(
     """
     marker = uuid4().hex
     asked_at = datetime.now(UTC)
+    return await done_or_recovered(
+        lambda: create({CREATE_MARKER_ENV: marker}),
+        lambda: find_lost_sandbox(client, asked_at, marker),
+        lambda error, found: (
+            f"Lost the answer to a sandbox create ({error}); adopting {found.sandbox_id}, which carries this "
+            "request's marker"
+        ),
+    )
+
+
+async def done_or_recovered(
+    request: Callable[[], Awaitable[T]],
+    recover: Callable[[], Awaitable[T | None]],
+    describe: Callable[[OpenComputerError, T], str],
+) -> T:
+    """The request's answer; if the answer is lost after the work may have been done, what `recover` finds
+    of that work (logged as `describe` says). With nothing found, the request's own error."""
     try:
-        return await create({CREATE_MARKER_ENV: marker})
+        return await request()
     except OpenComputerError as error:
         if not may_have_taken_effect(error):
             raise
-        found = await find_lost_sandbox(client, asked_at, marker)
+        found = await recover()
         if found is None:
             raise
-        tracking.run_logger().warning(
-            "Lost the answer to a sandbox create (%s); adopting %s, which carries this request's marker",
-            error,
-            found.sandbox_id,
-        )
+        run_registry.run_logger().warning("%s", describe(error, found))
         return found
 
 
@@ -164,7 +177,7 @@ async def adopt_new_sandbox(
         transaction.set(_ROLLBACK_CREDENTIALS, credentials)
     try:
         applied = await client.sandboxes.set_tags(
-            sandbox.sandbox_id, {**(tags or {}), **tracking.ownership_tags()}
+            sandbox.sandbox_id, {**(tags or {}), **ownership.ownership_tags()}
         )
         if idle_timeout is not None:
             await client.sandboxes.set_timeout(sandbox.sandbox_id, idle_timeout)
@@ -240,7 +253,7 @@ async def wait_out_full_quota(create: Callable[[], Awaitable[T]], *, patient: bo
         except RateLimitedError as error:
             if not patient or loop.time() + delay > deadline:
                 raise
-            tracking.run_logger().info(
+            run_registry.run_logger().info(
                 "The service's sandbox quota is full (%s); trying again in %.0f s", error, delay
             )
         await asyncio.sleep(delay)
@@ -290,12 +303,12 @@ async def kill_sandbox_now(
 
 def record_kill(sandbox_id: str, reason: str, killed: bool, *, flow_run_id: str | None = None) -> None:
     """A kill shows in the run's report, as an event related to the run, and in its log."""
-    tracking.record("kill", sandbox_id, reason, "killed" if killed else "already gone")
+    run_report.record("kill", sandbox_id, reason, "killed" if killed else "already gone")
     if killed:
-        tracking.emit_sandbox_event(
-            tracking.SANDBOX_KILLED, sandbox_id, payload={"reason": reason}, flow_run_id=flow_run_id
+        events.emit_sandbox_event(
+            events.SANDBOX_KILLED, sandbox_id, payload={"reason": reason}, flow_run_id=flow_run_id
         )
-        tracking.run_logger().info("Killed sandbox %s (%s)", sandbox_id, reason)
+        run_registry.run_logger().info("Killed sandbox %s (%s)", sandbox_id, reason)
 
 
 async def delete_checkpoint_now(
@@ -319,15 +332,15 @@ async def delete_checkpoint_now(
 def record_checkpoint_deleted(sandbox_id: str, checkpoint_id: str, reason: str, deleted: bool) -> None:
     """A deletion (or a checkpoint found already gone) leaves the run's cleanup list, shows in its report,
     and is announced, so the reaper stops counting the checkpoint."""
-    tracking.forget_checkpoint(sandbox_id, checkpoint_id)
-    tracking.record(
+    run_registry.forget_checkpoint(sandbox_id, checkpoint_id)
+    run_report.record(
         "delete-checkpoint",
         sandbox_id,
         f"{checkpoint_id[:8]} ({reason})",
         "deleted" if deleted else "already gone",
     )
-    tracking.emit_sandbox_event(
-        tracking.CHECKPOINT_DELETED,
+    events.emit_sandbox_event(
+        events.CHECKPOINT_DELETED,
         sandbox_id,
         checkpoint_id=checkpoint_id,
         payload={"checkpoint_id": checkpoint_id, "reason": reason},

@@ -1,185 +1,56 @@
-"""`opencomputer_task`: how every task of this integration is made, named and retried.
+"""`opencomputer_task`: how every task of this integration is made from one async implementation.
 
 One async implementation per operation becomes two Prefect tasks: `acreate_sandbox` (async) and
-`create_sandbox`, which runs the same implementation in `def` flows and hands back the async twin's
-coroutine in `async def` flows (Prefect 3's sync/async dispatch, at the level of the task object so that
-`.map`, `.submit` and `.with_options` keep working). Every task is uncached (side effects), tagged
-`opencomputer`, named for the UI, and retries only failures that cannot duplicate work.
+`create_sandbox`, which runs the same implementation in `def` flows (on the package's sync bridge) and hands
+back the async twin's coroutine in `async def` flows (at the level of the task object so that `.map`,
+`.submit` and `.with_options` keep working). Every task is uncached (side effects), tagged `opencomputer`,
+named for the UI (`run_names`), and retries only failures that cannot duplicate work (`retries`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import functools
 import os
 import threading
-from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prefect import Task
-from prefect._internal.compatibility.async_dispatch import is_in_async_context
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import State, TaskRun
-from prefect.context import FlowRunContext, TaskRunContext
+from prefect.context import FlowRunContext, TaskRunContext, get_run_context
+from prefect.exceptions import MissingContextError
 from prefect.futures import PrefectFuture, PrefectFutureList
-from prefect.tasks import TaskRunNameCallbackWithParameters
 from prefect.utilities.annotations import unmapped
 from typing_extensions import ParamSpec
 
 from prefect_opencomputer._settings import API_KEY_ENV, API_URL_ENV, CREDENTIALS_BLOCK_ENV
+from prefect_opencomputer._sync import run_sync
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials, aload_credentials, is_configured
-from prefect_opencomputer.blocks.sync_client import EventLoopThread
 from prefect_opencomputer.client import (
     APIError,
-    Checkpoint,
     ForbiddenError,
-    Sandbox,
-    ServerError,
-    TransportError,
+    OpenComputerClient,
     UnauthorizedError,
     resolve_api_base,
 )
-from prefect_opencomputer.tasks import tracking
+from prefect_opencomputer.tasks import run_registry
 from prefect_opencomputer.tasks.errors import MissingCredentialsError
+from prefect_opencomputer.tasks.retries import (
+    PRESET_RETRIES,
+    RETRY_DELAYS,
+    RetryCondition,
+    or_if_refused,
+    wait_out_retry_after,
+)
+from prefect_opencomputer.tasks.run_names import RunName
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 # Every task of this integration carries this tag: filter on it in the UI, or cap it with a concurrency limit.
 TASK_TAG = "opencomputer"
-
-# -- References: a sandbox or checkpoint as its id or as the model a previous task returned ---------------
-
-SandboxRef: TypeAlias = Sandbox | str
-CheckpointRef: TypeAlias = Checkpoint | str
-
-
-def sandbox_id_of(sandbox: SandboxRef) -> str:
-    return sandbox.sandbox_id if isinstance(sandbox, Sandbox) else sandbox
-
-
-def checkpoint_id_of(checkpoint: CheckpointRef) -> str:
-    return checkpoint.id if isinstance(checkpoint, Checkpoint) else checkpoint
-
-
-def short_checkpoint_id(checkpoint: CheckpointRef) -> str:
-    """`cp-1a2b3c4d`: checkpoint ids are UUIDs, too long for a task run name."""
-    return f"cp-{checkpoint_id_of(checkpoint)[:8]}"
-
-
-def short_command(command: str | Sequence[str], limit: int = 48) -> str:
-    text = command if isinstance(command, str) else " ".join(command)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-# -- Task run names a person can read: `run[sb-1a2b3c4d]: pytest -q`, `fork[cp-5e6f7a8b] #2` --------------
-
-RunName = TaskRunNameCallbackWithParameters
-
-
-def on_sandbox(verb: str, detail: str | None = None) -> RunName:
-    """`verb[sb-…]`, followed by `: <parameter detail>` when that parameter is set."""
-
-    def name(parameters: dict[str, Any]) -> str:
-        label = f"{verb}[{sandbox_id_of(parameters['sandbox'])}]"
-        value = parameters.get(detail) if detail else None
-        return f"{label}: {short_command(str(value))}" if value not in (None, "") else label
-
-    return cast(RunName, name)
-
-
-def on_checkpoint(verb: str, *, numbered: bool = False) -> RunName:
-    """`verb[cp-…]`; `numbered` adds ` #n`, counted per flow run, so N forks of one checkpoint differ."""
-
-    def name(parameters: dict[str, Any]) -> str:
-        label = f"{verb}[{short_checkpoint_id(parameters['checkpoint'])}]"
-        return f"{label} #{tracking.next_number(label)}" if numbered else label
-
-    return cast(RunName, name)
-
-
-# -- Retries: only failures that prove the request did no work, or can do none twice ---------------------
-
-# Delays between task-level attempts; the client already retries refused requests within one attempt.
-RETRY_DELAYS = [1.0, 4.0]
-PRESET_RETRIES = 2
-_GATEWAY_STATUSES = frozenset({502, 503, 504})
-
-RetryCondition = Callable[[Task[..., Any], TaskRun, State[Any]], bool]
-
-
-def is_transient(error: BaseException) -> bool:
-    """The service refused the request and said to retry, or the request never left this machine."""
-    if isinstance(error, TransportError):
-        return not error.ambiguous
-    return isinstance(error, APIError) and error.retryable
-
-
-def is_replayable(error: BaseException) -> bool:
-    """A failure worth retrying for an idempotent operation (a read, a delete, a full replace).
-
-    Not a plain 500: the service answers most runtime errors (a missing file, a missing exec session) so.
-    """
-    if isinstance(error, ServerError):
-        return error.status_code in _GATEWAY_STATUSES or error.retryable
-    return is_transient(error) or isinstance(error, TransportError)
-
-
-# The service's "not now" answers: the org's sandbox quota (429, no Retry-After on the hosted service) and
-# "unavailable" (503). The request did no work, so a caller who asks for retries gets them for these too.
-_REFUSED_STATUSES = frozenset({429, 503})
-# The longest Retry-After a task waits out before its next attempt, so a bad header cannot stall a flow.
-RETRY_AFTER_MAX = 60.0
-
-
-def is_refused(error: BaseException) -> bool:
-    """The service refused the request for now (quota, unavailable): nothing was done, a retry may pass."""
-    return isinstance(error, APIError) and error.status_code in _REFUSED_STATUSES
-
-
-def failure_of(state: State[Any]) -> BaseException | None:
-    data = state.data
-    return data if isinstance(data, BaseException) else None
-
-
-def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """`retry_condition_fn` for operations that must not run twice (create, fork, exec, checkpoint)."""
-    failure = failure_of(state)
-    return failure is not None and is_transient(failure)
-
-
-def retry_if_replayable(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """`retry_condition_fn` for idempotent operations."""
-    failure = failure_of(state)
-    return failure is not None and is_replayable(failure)
-
-
-def or_if_refused(condition: RetryCondition) -> RetryCondition:
-    """`condition`, widened to the service's refusals (429, 503): what a caller's own `retries=` covers."""
-
-    def retry_if_refused_or(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-        failure = failure_of(state)
-        return (failure is not None and is_refused(failure)) or condition(task, task_run, state)
-
-    retry_if_refused_or.__name__ = f"{getattr(condition, '__name__', 'condition')}_or_refused"
-    return retry_if_refused_or
-
-
-async def wait_out_retry_after(error: BaseException) -> None:
-    """Before a task attempt that will be retried ends, wait the `Retry-After` the service asked for.
-
-    Prefect's retry delay is fixed per task; waiting here makes the next attempt come no sooner than the
-    service said (Prefect's own delay follows).
-    """
-    context = TaskRunContext.get()
-    if not isinstance(error, APIError) or error.retry_after is None or context is None:
-        return
-    if context.task_run.run_count > context.task.retries:
-        return  # the last attempt: nothing will follow it
-    await asyncio.sleep(min(error.retry_after, RETRY_AFTER_MAX))
-
 
 # -- Credentials ---------------------------------------------------------------------------------------
 
@@ -193,8 +64,16 @@ async def resolve_credentials(credentials: OpenComputerCredentials | None) -> Op
     resolved = await aload_credentials(credentials=credentials)
     if not is_configured(resolved):
         raise MissingCredentialsError()
-    tracking.remember_credentials(resolved)
+    run_registry.remember_credentials(resolved)
     return resolved
+
+
+@contextlib.asynccontextmanager
+async def service_client(credentials: OpenComputerCredentials | None) -> AsyncIterator[OpenComputerClient]:
+    """A client of the service the credentials name (resolved as `resolve_credentials` does), for one body."""
+    resolved = await resolve_credentials(credentials)
+    async with resolved.get_client() as client:
+        yield client
 
 
 def _sent_key(credentials: OpenComputerCredentials | None) -> bool:
@@ -240,8 +119,8 @@ def _credentials_in_use(kwargs: dict[str, Any]) -> OpenComputerCredentials | Non
     given = kwargs.get("credentials")
     if isinstance(given, OpenComputerCredentials):
         return given
-    flow_run_id = tracking.current_flow_run_id()
-    return tracking.run_credentials(flow_run_id) if flow_run_id else None
+    flow_run_id = run_registry.current_flow_run_id()
+    return run_registry.run_credentials(flow_run_id) if flow_run_id else None
 
 
 def _refuse_positional_credentials(task_name: str, args: Sequence[object]) -> None:
@@ -255,16 +134,23 @@ def _refuse_positional_credentials(task_name: str, args: Sequence[object]) -> No
 
 # -- Sync task bodies ------------------------------------------------------------------------------------
 
-_task_loop: EventLoopThread | None = None
-_task_loop_lock = threading.Lock()
-# How long a sync task waits at a time: a task timeout or cancellation raised into its thread lands
-# between two waits (it cannot interrupt one).
-_WAIT_SLICE = 0.2
-_CLEANUP_TIMEOUT = 30.0
-
 
 class FlowRunInterruptedError(Exception):
     """Raised in a sync task whose flow run is stopping: its remote work was cancelled and cleaned up."""
+
+
+def in_async_code() -> bool:
+    """Whether the caller is async code: an `async def` task or flow run, else a running event loop."""
+    try:
+        context = get_run_context()
+    except MissingContextError:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
+    runnable = getattr(context, "task", None) or getattr(context, "flow", None)
+    return bool(getattr(runnable, "isasync", True))
 
 
 def _runner_cancel_event() -> threading.Event | None:
@@ -283,41 +169,17 @@ def _runner_cancel_event() -> threading.Event | None:
     return event if isinstance(event, threading.Event) else None
 
 
-def run_on_task_loop(coroutine: Coroutine[Any, Any, R]) -> R:
-    """Run a task's async body from its sync task, on one private loop that all sync tasks share.
+def run_task_body(coroutine: Coroutine[Any, Any, R]) -> R:
+    """Run a task's async body from its sync task on the sync bridge, stopping it (and letting it clean up)
+    when the flow run stops while the task runs."""
+    stopping = _runner_cancel_event()
 
-    The caller's context (the task run, its logger, its transaction) goes with the coroutine. If the sync
-    task is interrupted (its timeout, a cancellation), the coroutine is cancelled and given time to clean
-    up (kill the remote command, tag or kill a new sandbox) before the interruption goes on; so is it when
-    the flow run stops (Ctrl-C, SIGTERM) while the task runs.
-    """
-    global _task_loop
-    with _task_loop_lock:
-        if _task_loop is None:
-            _task_loop = EventLoopThread()
-        loop = _task_loop
-    finished = threading.Event()
+    def interrupted() -> BaseException | None:
+        if stopping is None or not stopping.is_set():
+            return None
+        return FlowRunInterruptedError("the flow run was interrupted (Ctrl-C, SIGTERM) while this task ran")
 
-    async def supervised() -> R:
-        try:
-            return await coroutine
-        finally:
-            finished.set()
-
-    interrupted = _runner_cancel_event()
-    future = asyncio.run_coroutine_threadsafe(supervised(), loop.loop)
-    try:
-        while not future.done():
-            concurrent.futures.wait([future], timeout=_WAIT_SLICE)
-            if interrupted is not None and interrupted.is_set() and not future.done():
-                raise FlowRunInterruptedError(
-                    "the flow run was interrupted (Ctrl-C, SIGTERM) while this task ran"
-                )
-        return future.result()
-    except BaseException:
-        future.cancel()
-        finished.wait(_CLEANUP_TIMEOUT)
-        raise
+    return run_sync(coroutine, interrupted=interrupted)
 
 
 # -- The task class and its factory --------------------------------------------------------------------
@@ -395,7 +257,7 @@ class SyncAsyncTask(OpenComputerTask[P, R]):
     if not TYPE_CHECKING:
 
         def __call__(self, *args, **kwargs):
-            if is_in_async_context():
+            if in_async_code():
                 return self.aio(*args, **kwargs)
             return super().__call__(*args, **kwargs)
 
@@ -432,7 +294,7 @@ def opencomputer_task(
 
         @functools.wraps(fn)
         def run_sync(*args: P.args, **kwargs: P.kwargs) -> R:
-            return run_on_task_loop(run_async(*args, **kwargs))
+            return run_task_body(run_async(*args, **kwargs))
 
         options: dict[str, Any] = {
             "name": name,
