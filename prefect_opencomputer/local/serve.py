@@ -29,6 +29,7 @@ from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.log_limits import limit_server_logs
 from prefect_opencomputer.local.private_files import make_private_dir
 from prefect_opencomputer.local.protocols import RefusableWebSocketProtocol, TrackedH11Protocol
+from prefect_opencomputer.local.sandbox.factory import build_runtime
 
 # Let in-flight requests finish on shutdown, but never hang a test run or a Ctrl-C.
 _GRACEFUL_SHUTDOWN_SECONDS = 3
@@ -154,7 +155,7 @@ def build_server(
     config: LocalServerConfig, *, access_log: bool, log_config: dict[str, Any] | None
 ) -> tuple[uvicorn.Server, FastAPI]:
     """A uvicorn server for a fresh backend and app; ``log_config=None`` leaves logging alone."""
-    backend = LocalBackend(config)
+    backend = LocalBackend(config, build_runtime(config))
     app = create_app(backend, config)
     uvicorn_config = uvicorn.Config(
         app,

@@ -14,6 +14,7 @@ from prefect_opencomputer.local.backend.records import SandboxRecord, SandboxSta
 from prefect_opencomputer.local.backend.service import LocalBackend
 from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.config import LocalServerConfig
+from tests.fast.standin import StandinRuntime
 
 SANDBOX_ID = re.compile(r"^sb-[0-9a-f]{8}$")
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -184,7 +185,9 @@ async def test_list_shows_every_status_newest_first_in_the_hosted_edge_shape(
 
 
 def test_list_holds_the_newest_200_and_never_an_unacknowledged_create(tmp_path: Path) -> None:
-    backend = LocalBackend(LocalServerConfig(data_dir=tmp_path, api_key="k"))
+    backend = LocalBackend(
+        LocalServerConfig(data_dir=tmp_path, api_key="k"), StandinRuntime(tmp_path / "runtime")
+    )
     store = StateStore(tmp_path / "state.db")
     backend.sandboxes.open(store)
     start = datetime(2026, 1, 1, tzinfo=UTC)

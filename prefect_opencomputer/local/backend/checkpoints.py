@@ -86,15 +86,14 @@ class Checkpoints:
         taken by a local server from before the disk store) is failed with the reason.
         """
         store = self._backend.store
-        layers = self._backend.runtime.layers
-        await asyncio.to_thread(layers.store.sweep_partials)
+        runtime = self._backend.runtime
         for checkpoint in store.checkpoints(status="processing"):
             _fail(checkpoint, "the local server stopped while the checkpoint was being taken")
             store.save_checkpoint(checkpoint)
             with contextlib.suppress(OSError):
-                await layers.remove_checkpoint(checkpoint.id)
+                await runtime.remove_checkpoint(checkpoint.id)
         for checkpoint in store.checkpoints(status="ready"):
-            if not layers.checkpoint_exists(checkpoint.id):
+            if not runtime.checkpoint_exists(checkpoint.id):
                 _fail(checkpoint, "its disk image is missing (taken by an older local server); take it again")
                 store.save_checkpoint(checkpoint)
 
@@ -198,7 +197,7 @@ class Checkpoints:
                 raise NotFound("checkpoint not found")
             await backend.stop_processes(record, "running")
             try:
-                await backend.runtime.layers.restore(checkpoint_id, sandbox_id)
+                await backend.runtime.restore_layer(checkpoint_id, sandbox_id)
             except Exception as error:
                 await backend.boot(record)  # on the old disk, which a failed clone leaves in place
                 raise Failed(f"restore failed: {error}") from error
@@ -249,7 +248,7 @@ class Checkpoints:
             async with self._readers.reading(checkpoint.id):
                 if backend.store.checkpoint(checkpoint.id) is None:
                     raise NotFound("checkpoint not found")
-                await backend.runtime.layers.fork(checkpoint.id, record.id)
+                await backend.runtime.fork_layer(checkpoint.id, record.id)
                 async with backend.lifecycle_lock(record.id):
                     await backend.boot(record)
         except BaseException as error:
@@ -307,11 +306,11 @@ class Checkpoints:
                 _fail(current, str(error) or type(error).__name__)
                 backend.store.save_checkpoint(current)
             with contextlib.suppress(Exception):
-                await backend.runtime.layers.remove_checkpoint(checkpoint.id)
+                await backend.runtime.remove_checkpoint(checkpoint.id)
         else:
             current = backend.store.checkpoint(checkpoint.id)
             if current is None:  # deleted while it was being copied
-                await backend.runtime.layers.remove_checkpoint(checkpoint.id)
+                await backend.runtime.remove_checkpoint(checkpoint.id)
             else:
                 current.status = "ready"
                 current.size_bytes = size
@@ -348,7 +347,7 @@ class Checkpoints:
             # The copy task removes the layer itself when it finds the record gone.
             return
         await self._readers.wait_unread(checkpoint.id)
-        await self._backend.runtime.layers.remove_checkpoint(checkpoint.id)
+        await self._backend.runtime.remove_checkpoint(checkpoint.id)
 
     async def _ready_for_fork(self, checkpoint_id: str) -> CheckpointRecord:
         """The checkpoint once its copy is done (waiting up to 30 s); 400 when it is not usable."""

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from prefect_opencomputer.local.backend.image_manifest import BuildStep, ImageManifest
 from prefect_opencomputer.local.sandbox.cgroups import Limits
-from prefect_opencomputer.local.sandbox.runtime import SandboxRuntime, kill_group
+from prefect_opencomputer.local.sandbox.protocol import Runtime
+from prefect_opencomputer.local.sandbox.runtime import kill_group
 
 # (step number, step type, message): step 0 is the build's own bookkeeping.
 BuildLogger = Callable[[int, str, str], Awaitable[None] | None]
@@ -53,7 +54,7 @@ class BuiltImage:
 
 
 async def build_image(
-    runtime: SandboxRuntime,
+    runtime: Runtime,
     manifest: ImageManifest,
     *,
     builder_id: str,
@@ -69,7 +70,7 @@ async def build_image(
     build = _Build(runtime, builder_id, log, step_timeout)
     snapshotted = False
     try:
-        await asyncio.to_thread(runtime.layers.create_sandbox, builder_id)
+        await asyncio.to_thread(runtime.create_layer, builder_id)
         await runtime.start(builder_id, template=BUILD_TEMPLATE, hostname="builder", limits=BUILD_LIMITS)
         await _emit(log, 0, "build", f"Building image with {total} steps")
         for step in manifest.steps:
@@ -84,7 +85,7 @@ async def build_image(
     except BaseException:
         if snapshotted:
             with contextlib.suppress(Exception):
-                await runtime.layers.remove_checkpoint(checkpoint_id)
+                await runtime.remove_checkpoint(checkpoint_id)
         raise
     finally:
         with contextlib.suppress(Exception):
@@ -120,9 +121,7 @@ def step_command(step: BuildStep) -> str:
 class _Build:
     """One build's steps, each in the builder sandbox as the hosted builder runs it."""
 
-    def __init__(
-        self, runtime: SandboxRuntime, builder_id: str, log: BuildLogger, step_timeout: float
-    ) -> None:
+    def __init__(self, runtime: Runtime, builder_id: str, log: BuildLogger, step_timeout: float) -> None:
         self.runtime = runtime
         self.builder_id = builder_id
         self.log = log

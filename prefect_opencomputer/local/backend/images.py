@@ -395,4 +395,4 @@ class Images:
 
     async def _drop_checkpoint(self, checkpoint_id: str) -> None:
         self._backend.store.delete_checkpoint(checkpoint_id)
-        await self._backend.runtime.layers.remove_checkpoint(checkpoint_id)
+        await self._backend.runtime.remove_checkpoint(checkpoint_id)

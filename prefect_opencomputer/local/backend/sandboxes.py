@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import ipaddress
 import logging
 import threading
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from prefect_opencomputer.local.backend import sizing
 from prefect_opencomputer.local.backend.exec import ExecSessionTable
@@ -38,37 +35,21 @@ from prefect_opencomputer.local.errors import (
     Unreachable,
 )
 from prefect_opencomputer.local.sandbox import rootfs
-from prefect_opencomputer.local.sandbox.cgroups import CgroupHost, CgroupsUnavailable, Limits
+from prefect_opencomputer.local.sandbox.cgroups import Limits
+from prefect_opencomputer.local.sandbox.factory import build_runtime
 from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
-from prefect_opencomputer.local.sandbox.network import IPNetwork
-from prefect_opencomputer.local.sandbox.runtime import SandboxNotRunning, SandboxRuntime
+from prefect_opencomputer.local.sandbox.protocol import Runtime
+from prefect_opencomputer.local.sandbox.runtime import SandboxNotRunning
 
 logger = logging.getLogger("prefect_opencomputer.local.backend.service")
 MIB = 1024 * 1024
 # Processes per sandbox: enough for a build with parallel jobs, not enough to fork-bomb the host.
 MAX_PROCESSES = 4096
-CGROUP_PREFIX = "prefect-opencomputer-"
 
 
 def sandbox_limits(record: SandboxRecord) -> Limits:
     """The cgroup limits of a sandbox's size: its memory tier, its vCPUs as a CPU quota."""
     return Limits(record.memory_mb * MIB, MAX_PROCESSES, float(record.cpu_count))
-
-
-def cgroup_group(data_dir: Path) -> str:
-    """One cgroup per server data dir, so a server sweeps only the leftovers of its own sandboxes."""
-    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
-    return f"{CGROUP_PREFIX}{digest}"
-
-
-def discover_cgroups(config: LocalServerConfig) -> CgroupHost | None:
-    """The host's cgroups for sandbox limits; None when the server runs with ``--no-limits``.
-
-    Raises `CgroupsUnavailable` with the reason when limits are wanted but cannot be had.
-    """
-    if not config.limits:
-        return None
-    return CgroupHost.discover(group=cgroup_group(config.data_dir))
 
 
 def prepare_host(config: LocalServerConfig, progress: rootfs.Progress) -> str:
@@ -79,15 +60,9 @@ def prepare_host(config: LocalServerConfig, progress: rootfs.Progress) -> str:
     filesystem: minutes on the very first run (``progress`` hears about it), a cache hit after.
     Raises `RuntimeUnavailable` with a readable reason.
     """
-    runtime = SandboxRuntime(
-        config.data_dir / "runtime", cache=rootfs.cache_dir(), rootfs=template_root, cgroups=None
-    )
-    runtime.check_available()
+    runtime = build_runtime(config)
     disks = f"disks: {runtime.layers.store.describe()}"
-    try:
-        cgroups = discover_cgroups(config)
-    except CgroupsUnavailable as error:
-        raise RuntimeUnavailable(f"{error} (or start with --no-limits)") from error
+    cgroups = runtime.cgroups
     built: list[BaseException] = []
 
     def build() -> None:
@@ -101,6 +76,8 @@ def prepare_host(config: LocalServerConfig, progress: rootfs.Progress) -> str:
     worker.start()
     worker.join()
     if built:
+        if cgroups is not None:
+            cgroups.release()
         raise RuntimeUnavailable(f"building the sandbox root filesystem failed: {built[0]}") from built[0]
     if cgroups is None:
         limits = "limits: none (--no-limits): memoryMB, cpuCount and process caps are not enforced"
@@ -110,32 +87,12 @@ def prepare_host(config: LocalServerConfig, progress: rootfs.Progress) -> str:
     return f"{limits}\n  {disks}"
 
 
-def egress_allowed(config: LocalServerConfig) -> frozenset[IPNetwork]:
-    """Special-range networks sandboxes may reach whole: what the server was told (``--egress-allow``).
-
-    The package registries as this host resolves them are open too, on their ports only
-    (`registry_exceptions`, set on the runtime apart).
-    """
-    return frozenset(ipaddress.ip_network(network, strict=False) for network in config.egress_allow)
-
-
-async def template_root(template: str) -> Path:
-    """A template's root filesystem, built on first use with its progress in the server log."""
-    return await rootfs.ensure_rootfs(template, progress=lambda line: logger.warning("%s", line))
-
-
 class Sandboxes:
     """Every sandbox's record, processes and lifecycle; the one place that boots or stops one."""
 
-    def __init__(self, config: LocalServerConfig) -> None:
+    def __init__(self, config: LocalServerConfig, runtime: Runtime) -> None:
         self.config = config
-        self.runtime = SandboxRuntime(
-            root=config.data_dir / "runtime",
-            cache=rootfs.cache_dir(),
-            rootfs=template_root,
-            cgroups=None,
-            max_disk_mb=config.max_disk_mb,
-        )
+        self.runtime = runtime
         self.idle = IdleTracker(self._hibernate_if_idle)
         self.exec_sessions = ExecSessionTable()
         self.terminals = TerminalTable()

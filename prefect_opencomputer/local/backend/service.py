@@ -29,13 +29,7 @@ from prefect_opencomputer.local.backend.records import (
     new_token,
     utc_now,
 )
-from prefect_opencomputer.local.backend.sandboxes import (
-    CGROUP_PREFIX,
-    Sandboxes,
-    discover_cgroups,
-    egress_allowed,
-    template_root,
-)
+from prefect_opencomputer.local.backend.sandboxes import Sandboxes
 from prefect_opencomputer.local.backend.scaling import Scaling
 from prefect_opencomputer.local.backend.signed_urls import UrlSigner
 from prefect_opencomputer.local.backend.state import StateStore
@@ -59,13 +53,9 @@ from prefect_opencomputer.local.errors import (
     Unsupported,
 )
 from prefect_opencomputer.local.private_files import make_private_dir
-from prefect_opencomputer.local.sandbox.cgroups import CgroupsUnavailable
-from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
 from prefect_opencomputer.local.sandbox.ids import SANDBOX_HOME
-from prefect_opencomputer.local.sandbox.network import registry_exceptions
-from prefect_opencomputer.local.sandbox.procview import ProcViews
+from prefect_opencomputer.local.sandbox.protocol import Runtime
 from prefect_opencomputer.local.sandbox.runtime import CommandResult
-from prefect_opencomputer.local.sandbox.store import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +95,9 @@ class TagKeyStats:
 class LocalBackend:
     """State and behaviour of every sandbox, checkpoint, patch, exec session and preview URL."""
 
-    def __init__(self, config: LocalServerConfig) -> None:
+    def __init__(self, config: LocalServerConfig, runtime: Runtime) -> None:
         self.config = config
-        self.sandboxes = Sandboxes(config)
+        self.sandboxes = Sandboxes(config, runtime)
         self.runtime = self.sandboxes.runtime
         self.idle = self.sandboxes.idle
         self.exec_sessions = self.sandboxes.exec_sessions
@@ -154,27 +144,9 @@ class LocalBackend:
 
     async def start(self) -> None:
         """Open the state and recover from the last run: what was running comes back hibernated."""
-        self.runtime.check_available()
-        try:
-            self.runtime.cgroups = discover_cgroups(self.config)
-        except CgroupsUnavailable as error:
-            raise RuntimeUnavailable(f"{error} (or start with --no-limits)") from error
-        self.runtime.egress_allow = egress_allowed(self.config)
-        self.runtime.registries = await asyncio.to_thread(registry_exceptions)
-        self.runtime.host_ports = frozenset(self.config.allow_host_ports)
-        if self.runtime.cgroups is not None:
-            # What a sandbox's /proc shows comes from its cgroups: without limits there is nothing to show.
-            self.runtime.proc_views = await ProcViews.start(self.config.data_dir / "runtime" / "proc-views")
-        if self.runtime.cgroups is not None:
-            # A killed server's sandboxes left their groups (and perhaps processes) behind: ours, and
-            # the empty ones of servers whose data dir may never start again (temporary ones).
-            await asyncio.to_thread(self.runtime.cgroups.sweep)
-            await asyncio.to_thread(self.runtime.cgroups.sweep_abandoned, CGROUP_PREFIX)
         make_private_dir(self.config.data_dir)
-        try:
-            await asyncio.to_thread(self.runtime.layers.store.open)
-        except StoreUnavailable as error:
-            raise RuntimeUnavailable(str(error)) from error
+        # The default template up front (a cache hit after the first run), so no create waits for it.
+        await self.runtime.open((sizing.DEFAULT_TEMPLATE,))
         self.sandboxes.open(StateStore(self.config.data_dir / "state.db"))
         # A killed server could not close the running intervals of its sandboxes: they end at
         # their last sample.
@@ -184,8 +156,6 @@ class LocalBackend:
             secret = secrets.token_hex(32)
             self.store.set_setting(_SIGNING_SECRET_KEY, secret)
         self._signer = UrlSigner(bytes.fromhex(secret))
-        # The default template up front (a cache hit after the first run), so no create waits for it.
-        await template_root(sizing.DEFAULT_TEMPLATE)
         for record in self.store.sandboxes():
             if record.status == "pending":
                 # Created but never acknowledged: nobody knows its id.
@@ -194,7 +164,7 @@ class LocalBackend:
             elif record.status == "running":
                 record.status = "hibernated"
                 self.store.save_sandbox(record)
-            elif record.status == "stopped" and self.runtime.layers.sandbox_exists(record.id):
+            elif record.status == "stopped" and self.runtime.layer_exists(record.id):
                 self.runtime.discard_layer(record.id)  # killed, but the server died before its disk went
         await self.checkpoints.recover()
         await self.images.start()
@@ -218,11 +188,6 @@ class LocalBackend:
                 record.status = "hibernated"
                 self.store.save_sandbox(record)
         await self.runtime.shutdown()
-        if self.runtime.proc_views is not None:
-            await self.runtime.proc_views.stop()
-            self.runtime.proc_views = None
-        if self.runtime.cgroups is not None:
-            await asyncio.to_thread(self.runtime.cgroups.release)
         if opened is not None:
             opened.close()
             self.sandboxes.open(None)
@@ -239,7 +204,7 @@ class LocalBackend:
                 self.idle.forget(sandbox_id)
                 await self.runtime.destroy(sandbox_id)
         for checkpoint in self.store.checkpoints():
-            await self.runtime.layers.remove_checkpoint(checkpoint.id)
+            await self.runtime.remove_checkpoint(checkpoint.id)
         self.store.forget_everything()
         self.max_running_sandboxes = self.config.max_running_sandboxes
         self.idle.clear()
@@ -297,7 +262,7 @@ class LocalBackend:
         )
         self.store.save_sandbox(record)
         try:
-            await asyncio.to_thread(self.runtime.layers.create_sandbox, record.id, record.disk_mb)
+            await asyncio.to_thread(self.runtime.create_layer, record.id, record.disk_mb)
             async with self.sandboxes.lifecycle_lock(record.id):
                 await self.sandboxes.boot(record)
         except BaseException as error:

@@ -22,7 +22,8 @@ import termios
 
 from prefect_opencomputer.local.backend.records import new_session_id
 from prefect_opencomputer.local.sandbox import processes
-from prefect_opencomputer.local.sandbox.runtime import SandboxRuntime, kill_group
+from prefect_opencomputer.local.sandbox.protocol import Runtime
+from prefect_opencomputer.local.sandbox.runtime import kill_group
 
 DEFAULT_SHELL = "/bin/bash"
 DEFAULT_COLS, DEFAULT_ROWS = 80, 24
@@ -43,7 +44,7 @@ class Terminal:
         self.exited = asyncio.ensure_future(process.wait())
 
     @classmethod
-    def start(cls, runtime: SandboxRuntime, sandbox_id: str, cols: int, rows: int, shell: str) -> Terminal:
+    def start(cls, runtime: Runtime, sandbox_id: str, cols: int, rows: int, shell: str) -> Terminal:
         cols, rows = cols or DEFAULT_COLS, rows or DEFAULT_ROWS
         master, far = os.openpty()
         try:
