@@ -11,12 +11,32 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from collections.abc import Collection, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, TypedDict, Unpack
 
 from prefect_opencomputer.local.sandbox.cgroups import Limits
 from prefect_opencomputer.local.sandbox.fileops import RootedFiles
 from prefect_opencomputer.local.sandbox.processes import ChildProcess
 from prefect_opencomputer.local.sandbox.runtime import CommandResult
+
+
+class BootOptions(TypedDict, total=False):
+    """How a sandbox boots: its hostname, whether it has a network, its cgroup limits."""
+
+    hostname: str | None
+    network: bool
+    limits: Limits | None
+
+
+class CommandOptions(TypedDict, total=False):
+    """How a command runs inside a sandbox: extra environment, working directory, as its root."""
+
+    env: Mapping[str, str] | None
+    cwd: str | None
+    as_root: bool
+
+
+class RunOptions(CommandOptions, total=False):
+    output_limit: int  # bytes kept of each stream
 
 
 class Runtime(Protocol):
@@ -41,15 +61,7 @@ class Runtime(Protocol):
 
     def running_ids(self) -> list[str]: ...
 
-    async def start(
-        self,
-        sandbox_id: str,
-        *,
-        template: str,
-        hostname: str | None = None,
-        network: bool = True,
-        limits: Limits | None = None,
-    ) -> None: ...
+    async def start(self, sandbox_id: str, *, template: str, **boot: Unpack[BootOptions]) -> None: ...
 
     async def settled(self, sandbox_id: str) -> None: ...
 
@@ -85,31 +97,18 @@ class Runtime(Protocol):
     # -- inside a running sandbox ----------------------------------------------------------------
 
     async def spawn(
-        self,
-        sandbox_id: str,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        stdin: bool = False,
-        as_root: bool = False,
-    ) -> ChildProcess: ...
+        self, sandbox_id: str, argv: Sequence[str], *, stdin: bool = False, **how: Unpack[CommandOptions]
+    ) -> ChildProcess:
+        """A process inside the sandbox with piped output, in its own process group."""
 
     def spawn_on_terminal(
         self, sandbox_id: str, argv: Sequence[str], *, env: Mapping[str, str], terminal: int
     ) -> subprocess.Popen[bytes]: ...
 
     async def run(
-        self,
-        sandbox_id: str,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float = 60.0,
-        output_limit: int = 16 * 1024 * 1024,
-        as_root: bool = False,
-    ) -> CommandResult: ...
+        self, sandbox_id: str, argv: Sequence[str], *, timeout: float = 60.0, **how: Unpack[RunOptions]
+    ) -> CommandResult:
+        """A command run to completion; a timeout is a result (exit code -1), not an error."""
 
     def files(self, sandbox_id: str) -> RootedFiles: ...
 
