@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from prefect_opencomputer.local import LocalServer
-from prefect_opencomputer.local.backend.service import LocalBackend, SandboxRequest
+from prefect_opencomputer.local.backend.sandboxes import SandboxRequest
+from prefect_opencomputer.local.backend.service import LocalBackend
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.errors import BackendError
 from prefect_opencomputer.local.sandbox.factory import build_runtime
@@ -201,7 +202,7 @@ async def test_upload_past_the_size_limit_is_413_and_leaves_no_partial_file(tmp_
     backend = LocalBackend(config, build_runtime(config))
     await backend.start()
     try:
-        sandbox, _ = await backend.create_sandbox(SandboxRequest())
+        sandbox, _ = await backend.sandboxes.create(SandboxRequest())
 
         async def body() -> AsyncIterator[bytes]:
             yield b"x" * 600

@@ -189,14 +189,14 @@ def test_list_holds_the_newest_200_and_never_an_unacknowledged_create(tmp_path: 
         LocalServerConfig(data_dir=tmp_path, api_key="k"), StandinRuntime(tmp_path / "runtime")
     )
     store = StateStore(tmp_path / "state.db")
-    backend.sandboxes.open(store)
+    backend.core.open(store)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     for n in range(205):
         status: SandboxStatus = "pending" if n == 204 else "stopped"
         store.save_sandbox(
             SandboxRecord(f"sb-{n:08x}", status, "base", 0, 1, 4096, 20480, "t", start + timedelta(seconds=n))
         )
-    listed = [record.id for record in backend.listed_sandboxes()]
+    listed = [record.id for record in backend.sandboxes.listed()]
     assert len(listed) == 200
     assert listed[0] == f"sb-{203:08x}" and listed[-1] == f"sb-{4:08x}"
     store.close()

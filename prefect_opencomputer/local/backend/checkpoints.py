@@ -20,7 +20,6 @@ from prefect_opencomputer.local.backend import sizing
 from prefect_opencomputer.local.backend.records import (
     CheckpointKind,
     CheckpointRecord,
-    PatchRecord,
     SandboxRecord,
     new_token,
     new_uuid,
@@ -30,7 +29,7 @@ from prefect_opencomputer.local.backend.state import DuplicateName
 from prefect_opencomputer.local.errors import BackendError, Failed, Invalid, NameTaken, NotFound
 
 if TYPE_CHECKING:
-    from prefect_opencomputer.local.backend.sandboxes import Sandboxes
+    from prefect_opencomputer.local.backend.core import SandboxCore
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ class _LayerReaders:
 class Checkpoints:
     """Checkpoint and patch behaviour over the sandboxes core."""
 
-    def __init__(self, backend: Sandboxes) -> None:
+    def __init__(self, backend: SandboxCore) -> None:
         self._backend = backend
         self._copies: dict[str, asyncio.Task[None]] = {}
         self._readers = _LayerReaders()
@@ -182,7 +181,7 @@ class Checkpoints:
     async def restore(self, sandbox_id: str, checkpoint_id: str) -> None:
         """Revert a running sandbox's disk to the checkpoint and reboot it; patches are not run."""
         backend = self._backend
-        _require_uuid(checkpoint_id, "checkpoint")
+        require_uuid(checkpoint_id, "checkpoint")
         record = backend.sandbox(sandbox_id)
         if record.status != "running":
             raise Invalid("sandbox must be running to restore a checkpoint")
@@ -204,7 +203,7 @@ class Checkpoints:
             await backend.boot(record)
 
     async def delete(self, sandbox_id: str, checkpoint_id: str) -> None:
-        _require_uuid(checkpoint_id, "checkpoint")
+        require_uuid(checkpoint_id, "checkpoint")
         checkpoint = self._owned(sandbox_id, checkpoint_id)
         await self._remove(checkpoint)
 
@@ -222,7 +221,7 @@ class Checkpoints:
         Like the service, a fork is persistent (idle timeout 0): clients set a timeout after.
         """
         backend = self._backend
-        _require_uuid(checkpoint_id, "checkpoint")
+        require_uuid(checkpoint_id, "checkpoint")
         checkpoint = await self._ready_for_fork(checkpoint_id)
         if secret_store:
             raise Invalid(f"secret store not found: {secret_store}")
@@ -243,47 +242,17 @@ class Checkpoints:
             based_on_checkpoint_id=checkpoint.id,
             network_enabled=config.get("networkEnabled") is not False,
         )
-        backend.store.save_sandbox(record)
         try:
             async with self._readers.reading(checkpoint.id):
                 if backend.store.checkpoint(checkpoint.id) is None:
                     raise NotFound("checkpoint not found")
-                await backend.runtime.fork_layer(checkpoint.id, record.id)
-                async with backend.lifecycle_lock(record.id):
-                    await backend.boot(record)
-        except BaseException as error:
-            await backend.discard_sandbox(record.id)
-            if isinstance(error, BackendError) or not isinstance(error, Exception):
+                await backend.launch(record, from_checkpoint=checkpoint.id)
+        except Exception as error:
+            if isinstance(error, BackendError):
                 raise
             raise Failed(f"fork from checkpoint: {error}") from error
         await self._apply_patches(record, checkpoint.id)
         return record
-
-    # -- patches -----------------------------------------------------------------------------
-
-    def create_patch(self, checkpoint_id: str, script: str, description: str) -> PatchRecord:
-        store = self._backend.store
-        _require_uuid(checkpoint_id, "checkpoint")
-        checkpoint = store.checkpoint(checkpoint_id)
-        if checkpoint is None:
-            raise NotFound("checkpoint not found")
-        if checkpoint.status != "ready":
-            raise Invalid("checkpoint is not ready")
-        if not script:
-            raise Invalid("script is required")
-        return store.insert_patch(checkpoint_id, new_uuid(), script, description, utc_now())
-
-    def list_patches(self, checkpoint_id: str) -> list[PatchRecord]:
-        _require_uuid(checkpoint_id, "checkpoint")
-        if self._backend.store.checkpoint(checkpoint_id) is None:
-            raise NotFound("checkpoint not found")
-        return self._backend.store.patches(checkpoint_id)
-
-    def delete_patch(self, checkpoint_id: str, patch_id: str) -> None:
-        _require_uuid(checkpoint_id, "checkpoint")
-        _require_uuid(patch_id, "patch")
-        if not self._backend.store.delete_patch(checkpoint_id, patch_id):
-            raise NotFound("patch not found")
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -415,7 +384,8 @@ def kind_of(kind: str) -> CheckpointKind:
     return "disk_only" if kind == "disk_only" else "full"
 
 
-def _require_uuid(value: str, what: str) -> None:
+def require_uuid(value: str, what: str) -> None:
+    """400 ``invalid <what> ID`` unless ``value`` is a UUID, as the service checks ids first."""
     try:
         uuid.UUID(value)
     except ValueError:

@@ -40,7 +40,7 @@ from prefect_opencomputer.local.sandbox.fileops import (
 )
 
 if TYPE_CHECKING:
-    from prefect_opencomputer.local.backend.sandboxes import Sandboxes
+    from prefect_opencomputer.local.backend.core import SandboxCore
 
 CHUNK_BYTES = 256 * 1024
 # Writes are gathered into blocks this size before a thread hop.
@@ -118,7 +118,7 @@ class Download:
     """An open file of a sandbox, read in chunks while the sandbox is held awake."""
 
     def __init__(
-        self, backend: Sandboxes, workers: FileWorkers, sandbox_id: str, handle: BinaryIO, size: int
+        self, backend: SandboxCore, workers: FileWorkers, sandbox_id: str, handle: BinaryIO, size: int
     ) -> None:
         self._backend = backend
         self._workers = workers
@@ -143,7 +143,7 @@ class Download:
 class SandboxFiles:
     """File behaviour over the sandboxes core."""
 
-    def __init__(self, backend: Sandboxes) -> None:
+    def __init__(self, backend: SandboxCore) -> None:
         self._backend = backend
         config = backend.config
         self.workers = FileWorkers(config.file_workers, config.file_operation_timeout)

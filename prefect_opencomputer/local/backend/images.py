@@ -32,7 +32,7 @@ from prefect_opencomputer.local.errors import Invalid, NotFound
 
 if TYPE_CHECKING:
     from prefect_opencomputer.local.backend.checkpoints import Checkpoints
-    from prefect_opencomputer.local.backend.sandboxes import Sandboxes
+    from prefect_opencomputer.local.backend.core import SandboxCore
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class _Build:
 class Images:
     """Image and snapshot behaviour over the sandboxes core."""
 
-    def __init__(self, backend: Sandboxes, checkpoints: Checkpoints) -> None:
+    def __init__(self, backend: SandboxCore, checkpoints: Checkpoints) -> None:
         self._backend = backend
         self._checkpoints = checkpoints
         self._catalog: ImageCatalog | None = None

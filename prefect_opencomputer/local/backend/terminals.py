@@ -11,6 +11,14 @@ nobody watches waits on a full terminal, as there.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from prefect_opencomputer.local.errors import NotFound
+
+if TYPE_CHECKING:
+    from prefect_opencomputer.local.backend.core import SandboxCore
+
 import asyncio
 import contextlib
 import errno
@@ -163,3 +171,37 @@ class TerminalTable:
 
     async def close_all(self) -> None:
         await asyncio.gather(*(self.close_sandbox(sid) for sid in list(self._by_sandbox)))
+
+
+class Terminals:
+    """The PTY resource: interactive shells on pseudo-terminals that a client attaches to."""
+
+    def __init__(self, core: SandboxCore) -> None:
+        self._core = core
+
+    async def start(self, sandbox_id: str, cols: int, rows: int, shell: str) -> Terminal:
+        """An interactive shell on a new pseudo-terminal (``/bin/bash`` unless ``shell`` names another)."""
+        async with self._core.data_plane(sandbox_id):
+            terminal = Terminal.start(self._core.runtime, sandbox_id, cols, rows, shell or DEFAULT_SHELL)
+            self._core.terminals.add(terminal)
+            return terminal
+
+    async def get(self, sandbox_id: str, session_id: str) -> Terminal:
+        """A running PTY session of the sandbox (waking it); 404 ``PTY session … not found`` otherwise."""
+        async with self._core.data_plane(sandbox_id):
+            terminal = self._core.terminals.get(sandbox_id, session_id)
+            if terminal is None:
+                raise NotFound(f"PTY session {session_id} not found")
+            return terminal
+
+    async def close(self, sandbox_id: str, session_id: str) -> None:
+        await (await self.get(sandbox_id, session_id)).close()
+
+    @contextlib.asynccontextmanager
+    async def attached(self, sandbox_id: str, session_id: str) -> AsyncIterator[Terminal]:
+        """A PTY session for one client; the sandbox stays awake while it is attached."""
+        async with self._core.data_plane(sandbox_id):
+            terminal = self._core.terminals.get(sandbox_id, session_id)
+            if terminal is None:
+                raise NotFound(f"PTY session {session_id} not found")
+            yield terminal

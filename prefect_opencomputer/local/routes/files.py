@@ -121,7 +121,7 @@ def _signed_url(
     """A URL pointing back at this server, as the client reached it."""
     if not body.path:
         raise Invalid("path is required")
-    backend.require_live(sandbox_id)
+    backend.sandboxes.require_live(sandbox_id)
     expires = int(time.time()) + expiry_seconds(body.expires_in or 0)
     signature = backend.signer.sign(sandbox_id, body.path, operation, expires)
     scheme = request.headers.get("x-forwarded-proto") or request.url.scheme

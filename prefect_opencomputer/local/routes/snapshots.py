@@ -72,20 +72,18 @@ async def create_snapshot_patch(
     name: str, backend: BackendDep, body: PatchCreateBody | None = None
 ) -> JSONResponse:
     body = body or PatchCreateBody()
-    checkpoint_id = backend.images.snapshot_checkpoint(name)
-    patch = backend.checkpoints.create_patch(checkpoint_id, body.script or "", body.description or "")
+    patch = backend.patches.create_for_snapshot(name, body.script or "", body.description or "")
     return JSONResponse({"patch": patch_json(patch)}, status_code=201)
 
 
 @router.get("/snapshots/{name}/patches")
 async def list_snapshot_patches(name: str, backend: BackendDep) -> list[dict[str, object]]:
-    checkpoint_id = backend.images.snapshot_checkpoint(name)
-    return [patch_json(patch) for patch in backend.checkpoints.list_patches(checkpoint_id)]
+    return [patch_json(patch) for patch in backend.patches.list_for_snapshot(name)]
 
 
 @router.delete("/snapshots/{name}/patches/{patch_id}", status_code=204)
 async def delete_snapshot_patch(name: str, patch_id: str, backend: BackendDep) -> Response:
-    backend.checkpoints.delete_patch(backend.images.snapshot_checkpoint(name), patch_id)
+    backend.patches.delete_for_snapshot(name, patch_id)
     return Response(status_code=204)
 
 

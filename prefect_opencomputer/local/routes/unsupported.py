@@ -52,7 +52,7 @@ def _refuse(connection: HTTPConnection, what: str) -> BackendError:
     backend: LocalBackend = connection.app.state.backend
     params = connection.path_params
     if "sandbox_id" in params:
-        backend.sandbox(params["sandbox_id"])
+        backend.sandboxes.get(params["sandbox_id"])
     if "checkpoint_id" in params and backend.store.checkpoint(params["checkpoint_id"]) is None:
         return NotFound("checkpoint not found")
     if "name" in params and connection.url.path.startswith("/api/snapshots/"):
