@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from prefect_opencomputer.local.private_files import force_private, make_private_dir, make_private_file
@@ -37,3 +37,16 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+class Database:
+    """Tables in one SQLite file (`connect`); every write goes through `_transaction`."""
+
+    def __init__(self, path: Path, schema: str) -> None:
+        self._db = connect(path, schema)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
@@ -113,17 +112,11 @@ class DuplicateName(Exception):
     """A checkpoint with that name already exists for the sandbox."""
 
 
-class StateStore:
+class StateStore(database.Database):
     """Sandboxes, checkpoints, patches, preview URLs and server settings, in SQLite."""
 
     def __init__(self, path: Path) -> None:
-        self._db = database.connect(path, _SCHEMA)
-
-    def close(self) -> None:
-        self._db.close()
-
-    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        return database.transaction(self._db)
+        super().__init__(path, _SCHEMA)
 
     # -- settings ----------------------------------------------------------------------------
 

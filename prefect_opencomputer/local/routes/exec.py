@@ -23,6 +23,7 @@ from prefect_opencomputer.local.backend.service import LocalBackend
 from prefect_opencomputer.local.errors import BackendError, CannotStart, Invalid
 from prefect_opencomputer.local.routes.deps import BackendDep
 from prefect_opencomputer.local.routes.sandboxes import Int64
+from prefect_opencomputer.local.routes.sockets import client_frames
 from prefect_opencomputer.local.sandbox.runtime import CommandResult
 
 router = APIRouter()
@@ -79,6 +80,25 @@ def _command(body: RunBody | SessionBody) -> str:
     if any("\0" in text for text in texts):
         raise Invalid("cmd, args, envs and cwd must not contain a NUL byte")
     return body.cmd
+
+
+async def _start_session(
+    backend: LocalBackend,
+    sandbox_id: str,
+    body: RunBody | SessionBody,
+    timeout: int,
+    max_run_after_disconnect: int,
+) -> ExecSession:
+    """The body's argv command started as an exec session (async runs are sessions too)."""
+    return await backend.exec.start_session(
+        sandbox_id,
+        _command(body),
+        body.args or [],
+        envs=body.envs or {},
+        cwd=body.cwd,
+        timeout=timeout,
+        max_run_after_disconnect=max_run_after_disconnect,
+    )
 
 
 def _run_timeout(body: RunBody) -> int:
@@ -157,15 +177,7 @@ async def run_async(sandbox_id: str, backend: BackendDep, body: RunBody | None =
     """
     body = body or RunBody()
     try:
-        session = await backend.exec.start_session(
-            sandbox_id,
-            _command(body),
-            body.args or [],
-            envs=body.envs or {},
-            cwd=body.cwd,
-            timeout=_run_timeout(body),
-            max_run_after_disconnect=0,
-        )
+        session = await _start_session(backend, sandbox_id, body, _run_timeout(body), 0)
     except CannotStart as refusal:
         # As the service: accepted, and the result says why it never ran.
         exec_id = backend.exec.refused_run(sandbox_id, refusal)
@@ -203,14 +215,8 @@ async def create_session(
 ) -> JSONResponse:
     """Start an argv command (no shell) whose output clients attach to over WebSocket."""
     body = body or SessionBody()
-    session = await backend.exec.start_session(
-        sandbox_id,
-        _command(body),
-        body.args or [],
-        envs=body.envs or {},
-        cwd=body.cwd,
-        timeout=body.timeout or 0,
-        max_run_after_disconnect=body.max_run_after_disconnect or 0,
+    session = await _start_session(
+        backend, sandbox_id, body, body.timeout or 0, body.max_run_after_disconnect or 0
     )
     return JSONResponse(session_json(session), status_code=201)
 
@@ -284,11 +290,6 @@ async def _send_output(
 
 async def _forward_stdin(websocket: WebSocket, session: ExecSession) -> None:
     """Client frames ``0x00 + bytes`` go to the command's stdin; anything else is ignored."""
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("bytes")
-            if data and data[0] == STDIN:
-                await session.write_stdin(data[1:])
+    async for data in client_frames(websocket, text=False):
+        if data[0] == STDIN:
+            await session.write_stdin(data[1:])

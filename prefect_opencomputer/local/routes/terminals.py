@@ -19,6 +19,7 @@ from prefect_opencomputer.local.backend.terminals import Terminal
 from prefect_opencomputer.local.errors import Invalid
 from prefect_opencomputer.local.routes.deps import BackendDep
 from prefect_opencomputer.local.routes.sandboxes import Int64
+from prefect_opencomputer.local.routes.sockets import client_frames
 
 router = APIRouter()
 socket_router = APIRouter()
@@ -109,13 +110,5 @@ async def attach_terminal(websocket: WebSocket, sandbox_id: str, session_id: str
 
 
 async def _type_into(websocket: WebSocket, terminal: Terminal) -> None:
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("bytes")
-            if data is None and message.get("text") is not None:
-                data = message["text"].encode()
-            if data:
-                await terminal.write(data)
+    async for data in client_frames(websocket, text=True):
+        await terminal.write(data)
