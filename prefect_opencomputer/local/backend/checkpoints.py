@@ -85,14 +85,13 @@ class Checkpoints:
         taken by a local server from before the disk store) is failed with the reason.
         """
         store = self._backend.store
-        runtime = self._backend.runtime
         for checkpoint in store.checkpoints(status="processing"):
             _fail(checkpoint, "the local server stopped while the checkpoint was being taken")
             store.save_checkpoint(checkpoint)
             with contextlib.suppress(OSError):
-                await runtime.remove_checkpoint(checkpoint.id)
+                await self._backend.remove_checkpoint(checkpoint.id)
         for checkpoint in store.checkpoints(status="ready"):
-            if not runtime.checkpoint_exists(checkpoint.id):
+            if not self._backend.checkpoint_exists(checkpoint.id):
                 _fail(checkpoint, "its disk image is missing (taken by an older local server); take it again")
                 store.save_checkpoint(checkpoint)
 
@@ -196,7 +195,7 @@ class Checkpoints:
                 raise NotFound("checkpoint not found")
             await backend.stop_processes(record, "running")
             try:
-                await backend.runtime.restore_layer(checkpoint_id, sandbox_id)
+                await backend.restore_layer(checkpoint_id, sandbox_id)
             except Exception as error:
                 await backend.boot(record)  # on the old disk, which a failed clone leaves in place
                 raise Failed(f"restore failed: {error}") from error
@@ -267,7 +266,7 @@ class Checkpoints:
     async def _copy(self, checkpoint: CheckpointRecord, lock: asyncio.Lock, resumed: asyncio.Event) -> None:
         backend = self._backend
         try:
-            size = await backend.runtime.checkpoint(checkpoint.sandbox_id, checkpoint.id)
+            size = await backend.take_checkpoint(checkpoint.sandbox_id, checkpoint.id)
         except Exception as error:
             logger.warning("checkpoint %s failed: %s", checkpoint.id, error)
             current = backend.store.checkpoint(checkpoint.id)
@@ -275,11 +274,11 @@ class Checkpoints:
                 _fail(current, str(error) or type(error).__name__)
                 backend.store.save_checkpoint(current)
             with contextlib.suppress(Exception):
-                await backend.runtime.remove_checkpoint(checkpoint.id)
+                await backend.remove_checkpoint(checkpoint.id)
         else:
             current = backend.store.checkpoint(checkpoint.id)
             if current is None:  # deleted while it was being copied
-                await backend.runtime.remove_checkpoint(checkpoint.id)
+                await backend.remove_checkpoint(checkpoint.id)
             else:
                 current.status = "ready"
                 current.size_bytes = size
@@ -316,7 +315,7 @@ class Checkpoints:
             # The copy task removes the layer itself when it finds the record gone.
             return
         await self._readers.wait_unread(checkpoint.id)
-        await self._backend.runtime.remove_checkpoint(checkpoint.id)
+        await self._backend.remove_checkpoint(checkpoint.id)
 
     async def _ready_for_fork(self, checkpoint_id: str) -> CheckpointRecord:
         """The checkpoint once its copy is done (waiting up to 30 s); 400 when it is not usable."""
@@ -350,7 +349,7 @@ class Checkpoints:
         for patch in patches:
             failure: str | None
             try:
-                result = await backend.runtime.run(
+                result = await backend.run(
                     record.id,
                     ["bash", "-c", patch.script],
                     env=record.envs,

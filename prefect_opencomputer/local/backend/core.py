@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Unpack
 
+from prefect_opencomputer.local.backend import sizing
 from prefect_opencomputer.local.backend.exec import ExecSessionTable
 from prefect_opencomputer.local.backend.idle import IdleTracker
 from prefect_opencomputer.local.backend.records import (
@@ -34,8 +37,10 @@ from prefect_opencomputer.local.errors import (
     Unreachable,
 )
 from prefect_opencomputer.local.sandbox.cgroups import Limits
-from prefect_opencomputer.local.sandbox.protocol import Runtime
-from prefect_opencomputer.local.sandbox.runtime import SandboxNotRunning
+from prefect_opencomputer.local.sandbox.fileops import RootedFiles
+from prefect_opencomputer.local.sandbox.processes import ChildProcess
+from prefect_opencomputer.local.sandbox.protocol import BootOptions, CommandOptions, RunOptions, Runtime
+from prefect_opencomputer.local.sandbox.runtime import CommandResult, SandboxNotRunning
 
 logger = logging.getLogger("prefect_opencomputer.local.backend.service")
 MIB = 1024 * 1024
@@ -53,7 +58,7 @@ class SandboxCore:
 
     def __init__(self, config: LocalServerConfig, runtime: Runtime) -> None:
         self.config = config
-        self.runtime = runtime
+        self._runtime = runtime
         self.idle = IdleTracker(self._hibernate_if_idle)
         self.exec_sessions = ExecSessionTable()
         self.terminals = TerminalTable()
@@ -67,6 +72,43 @@ class SandboxCore:
         self.peak = 0
         # Tests lower it through `/_test/limits`; `reset()` restores the configured value.
         self.max_running_sandboxes = config.max_running_sandboxes
+
+    # -- the server's lifecycle ---------------------------------------------------------------
+
+    async def open_host(self) -> None:
+        """Ready the runtime, the default template built up front so no create waits for it."""
+        await self._runtime.open((sizing.DEFAULT_TEMPLATE,))
+
+    def recover(self) -> None:
+        """After a start: what was running comes back hibernated; what a killed server left half-made goes."""
+        for record in self.store.sandboxes():
+            if record.status == "pending":
+                # Created but never acknowledged: nobody knows its id.
+                self._runtime.discard_layer(record.id)
+                self.store.delete_sandbox(record.id)
+            elif record.status == "running":
+                record.status = "hibernated"
+                self.store.save_sandbox(record)
+            elif record.status == "stopped" and self._runtime.layer_exists(record.id):
+                self._runtime.discard_layer(record.id)  # killed, but the server died before its disk went
+
+    async def shutdown_host(self) -> None:
+        """Stop every sandbox's processes (their layers stay) and let go of the host."""
+        await self._runtime.shutdown()
+
+    async def destroy_everything(self) -> None:
+        """Every sandbox's processes and layer, and every checkpoint's copy, go (test isolation)."""
+        known = {record.id for record in self.store.sandboxes()}
+        for sandbox_id in known | set(self._runtime.running_ids()):
+            async with self.lifecycle_lock(sandbox_id):
+                self.idle.forget(sandbox_id)
+                await self._runtime.destroy(sandbox_id)
+        for checkpoint in self.store.checkpoints():
+            await self._runtime.remove_checkpoint(checkpoint.id)
+
+    def live_count(self) -> int:
+        """Sandboxes (image builders included) whose processes run now."""
+        return len(self._runtime.running_ids())
 
     def open(self, store: StateStore | None) -> None:
         """Use ``store`` for the records from now on (None once the server has closed it)."""
@@ -156,19 +198,42 @@ class SandboxCore:
         ``from_checkpoint``), its boot under its lock. Whatever fails leaves no trace of it."""
         self.store.save_sandbox(record)
         try:
-            if from_checkpoint is None:
-                await asyncio.to_thread(self.runtime.create_layer, record.id, record.disk_mb)
-            else:
-                await self.runtime.fork_layer(from_checkpoint, record.id)
+            await self._new_layer(record.id, record.disk_mb, from_checkpoint)
             async with self.lifecycle_lock(record.id):
                 await self.boot(record)
         except BaseException:
             await self.discard_sandbox(record.id)
             raise
 
+    async def launch_builder(self, builder_id: str, *, template: str, **boot: Unpack[BootOptions]) -> None:
+        """An image builder's sandbox: a fresh layer, booted as the build asks (its own limits).
+
+        No record is booted, billed or watched for idleness: the build stops and removes it itself
+        (`halt`, `remove`).
+        """
+        await self._new_layer(builder_id)
+        await self._runtime.start(builder_id, template=template, **boot)
+
+    async def _new_layer(
+        self, sandbox_id: str, disk_mb: int | None = None, from_checkpoint: str | None = None
+    ) -> None:
+        """The layer a new sandbox boots over: empty, or a clone of ``from_checkpoint``."""
+        if from_checkpoint is None:
+            await asyncio.to_thread(self._runtime.create_layer, sandbox_id, disk_mb)
+        else:
+            await self._runtime.fork_layer(from_checkpoint, sandbox_id)
+
+    async def halt(self, sandbox_id: str) -> None:
+        """Kill an image builder's processes; its layer stays, quiet, for the checkpoint."""
+        await self._runtime.stop(sandbox_id)
+
+    async def remove(self, sandbox_id: str) -> None:
+        """An image builder's processes and layer go for good."""
+        await self._runtime.destroy(sandbox_id)
+
     async def boot(self, record: SandboxRecord) -> None:
         """Start the sandbox's processes over its layer and mark it running (lock held)."""
-        await self.runtime.start(
+        await self._runtime.start(
             record.id,
             template=record.template,
             network=record.network_enabled,
@@ -179,8 +244,8 @@ class SandboxCore:
         self.store.save_sandbox(record)
         self.store.start_running(record.id, record.memory_mb, utc_now())
         self.idle.watch(record.id, record.timeout)
-        self.peak = max(self.peak, len(self.runtime.running_ids()))
-        await self.runtime.settled(record.id)
+        self.peak = max(self.peak, self.live_count())
+        await self._runtime.settled(record.id)
 
     async def stop_processes(self, record: SandboxRecord, status: SandboxStatus) -> None:
         """Stop the sandbox's processes, keeping its layer, and record ``status`` (lock held)."""
@@ -189,7 +254,7 @@ class SandboxCore:
         self.idle.forget(record.id)
         self._epochs[record.id] = self._epochs.get(record.id, 0) + 1
         last_sample = self.memory_sample(record.id)
-        await self.runtime.stop(record.id)
+        await self._runtime.stop(record.id)
         self.store.stop_running(record.id, utc_now(), last_sample)
         record.status = status
         self.store.save_sandbox(record)
@@ -203,7 +268,7 @@ class SandboxCore:
         """
         self.idle.forget(record.id)
         last_sample = self.memory_sample(record.id)
-        if await self.runtime.freeze(record.id):
+        if await self._runtime.freeze(record.id):
             # Frozen memory is not billed on the hosted service: its running interval ends here.
             self.store.stop_running(record.id, utc_now(), last_sample)
             record.status = "hibernated"
@@ -218,20 +283,20 @@ class SandboxCore:
         self.idle.forget(sandbox_id)
         self._epochs[sandbox_id] = self._epochs.get(sandbox_id, 0) + 1
         last_sample = self.memory_sample(sandbox_id)
-        await self.runtime.destroy(sandbox_id)
+        await self._runtime.destroy(sandbox_id)
         self.store.stop_running(sandbox_id, utc_now(), last_sample)
 
     def memory_sample(self, sandbox_id: str) -> MemorySample | None:
         """Its cgroup's memory now and its peak since the last sample; None when it is not running."""
-        if self.runtime.is_frozen(sandbox_id):
+        if self._runtime.is_frozen(sandbox_id):
             return None
-        reading = self.runtime.memory_sample(sandbox_id)
+        reading = self._runtime.memory_sample(sandbox_id)
         return None if reading is None else MemorySample(sandbox_id, utc_now(), *reading)
 
     def sample_memory(self) -> None:
         """Record a memory sample of every running sandbox (frozen ones hold still and are not billed)."""
         samples = []
-        for sandbox_id in self.runtime.running_ids():
+        for sandbox_id in self._runtime.running_ids():
             record = self.store.sandbox(sandbox_id)
             if record is None or record.status != "running":
                 continue  # an image builder, or a sandbox between states
@@ -244,7 +309,7 @@ class SandboxCore:
         """Remove every trace of a sandbox that was never acknowledged to a client."""
         self.idle.forget(sandbox_id)
         with contextlib.suppress(Exception):
-            await self.runtime.destroy(sandbox_id)
+            await self._runtime.destroy(sandbox_id)
         self.store.delete_sandbox(sandbox_id)
 
     def pause_data_plane(self, sandbox_id: str) -> asyncio.Event:
@@ -261,8 +326,8 @@ class SandboxCore:
     def is_live(self, record: SandboxRecord) -> bool:
         return (
             record.status == "running"
-            and self.runtime.is_running(record.id)
-            and not self.runtime.is_frozen(record.id)
+            and self._runtime.is_running(record.id)
+            and not self._runtime.is_frozen(record.id)
         )
 
     async def awake(self, sandbox_id: str) -> SandboxRecord:
@@ -296,3 +361,47 @@ class SandboxCore:
                 return
             logger.info("sandbox %s idle for %ss: hibernating", sandbox_id, record.timeout)
             await self.suspend(record)
+
+    # -- what the resources do inside a sandbox, through the runtime ---------------------------
+
+    def files(self, sandbox_id: str) -> RootedFiles:
+        """File operations on the running sandbox's root, as its processes see it."""
+        return self._runtime.files(sandbox_id)
+
+    async def run(
+        self, sandbox_id: str, argv: Sequence[str], *, timeout: float = 60.0, **how: Unpack[RunOptions]
+    ) -> CommandResult:
+        return await self._runtime.run(sandbox_id, argv, timeout=timeout, **how)
+
+    async def spawn(
+        self, sandbox_id: str, argv: Sequence[str], *, stdin: bool = False, **how: Unpack[CommandOptions]
+    ) -> ChildProcess:
+        return await self._runtime.spawn(sandbox_id, argv, stdin=stdin, **how)
+
+    def spawn_on_terminal(
+        self, sandbox_id: str, argv: Sequence[str], *, env: Mapping[str, str], terminal: int
+    ) -> subprocess.Popen[bytes]:
+        return self._runtime.spawn_on_terminal(sandbox_id, argv, env=env, terminal=terminal)
+
+    async def open_connection(
+        self, sandbox_id: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await self._runtime.open_connection(sandbox_id, port)
+
+    async def resize(self, sandbox_id: str, limits: Limits) -> bool:
+        return await self._runtime.resize(sandbox_id, limits)
+
+    # -- checkpoints' copies ---------------------------------------------------------------------
+
+    async def take_checkpoint(self, sandbox_id: str, checkpoint_id: str) -> int:
+        """Copy the sandbox's layer into the checkpoint; returns its size in bytes."""
+        return await self._runtime.checkpoint(sandbox_id, checkpoint_id)
+
+    async def restore_layer(self, checkpoint_id: str, sandbox_id: str) -> None:
+        await self._runtime.restore_layer(checkpoint_id, sandbox_id)
+
+    async def remove_checkpoint(self, checkpoint_id: str) -> None:
+        await self._runtime.remove_checkpoint(checkpoint_id)
+
+    def checkpoint_exists(self, checkpoint_id: str) -> bool:
+        return self._runtime.checkpoint_exists(checkpoint_id)

@@ -350,7 +350,7 @@ class Exec:
                 refusal = self._start_error(sandbox_id, argv[0], cwd)
                 if refusal is not None:
                     raise CannotStart(f"exec in {sandbox_id}: {AGENT_ERROR}exec start: {refusal}")
-                result = await self._core.runtime.run(
+                result = await self._core.run(
                     sandbox_id,
                     argv,
                     env={**record.envs, **envs},
@@ -383,7 +383,7 @@ class Exec:
                 refusal = self._start_error(sandbox_id, command, cwd)
                 if refusal is not None:
                     raise CannotStart(f"create exec session in VM: {AGENT_ERROR}start command: {refusal}")
-                process = await self._core.runtime.spawn(
+                process = await self._core.spawn(
                     sandbox_id,
                     [command, *args],
                     env={**record.envs, **envs},
@@ -456,7 +456,7 @@ class Exec:
 
     def _start_error(self, sandbox_id: str, command: str, cwd: str | None) -> str | None:
         """Why the command cannot start in the sandbox, as the hosted agent says it (None: it can)."""
-        return start_error(self._core.runtime.files(sandbox_id), command, cwd or SANDBOX_HOME)
+        return start_error(self._core.files(sandbox_id), command, cwd or SANDBOX_HOME)
 
     def _session(self, sandbox_id: str, session_id: str) -> ExecSession:
         session = self._core.exec_sessions.get(sandbox_id, session_id)

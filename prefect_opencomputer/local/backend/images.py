@@ -333,7 +333,7 @@ class Images:
         self.catalog.insert(image)
         try:
             built = await build_image(
-                backend.runtime, manifest, builder_id=builder.id, checkpoint_id=checkpoint.id, log=build.emit
+                backend, manifest, builder_id=builder.id, checkpoint_id=checkpoint.id, log=build.emit
             )
         except BaseException as error:
             store.delete_checkpoint(checkpoint.id)
@@ -395,4 +395,4 @@ class Images:
 
     async def _drop_checkpoint(self, checkpoint_id: str) -> None:
         self._backend.store.delete_checkpoint(checkpoint_id)
-        await self._backend.runtime.remove_checkpoint(checkpoint_id)
+        await self._backend.remove_checkpoint(checkpoint_id)

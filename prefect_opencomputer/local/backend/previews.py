@@ -88,7 +88,7 @@ class Previews:
         ``ConnectionRefusedError``) when nothing listens on the port.
         """
         async with self._backend.data_plane(sandbox_id):
-            return await self._backend.runtime.open_connection(sandbox_id, port)
+            return await self._backend.open_connection(sandbox_id, port)
 
     def preview_access_allowed(self, sandbox_id: str, presented_token: str | None) -> bool:
         """Whether preview traffic may pass: no token gate on the sandbox, or the right token."""

@@ -83,7 +83,7 @@ class Scaling:
                 raise Invalid("sandbox is not running")
             resized = dataclasses.replace(record, memory_mb=memory_mb, cpu_count=cpu_count)
             try:
-                await self._sandboxes.runtime.resize(sandbox_id, sandbox_limits(resized))
+                await self._sandboxes.resize(sandbox_id, sandbox_limits(resized))
             except MemoryInUse as error:
                 raise Conflict(
                     "memory limit below guest working set — would OOM-kill processes",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import secrets
 
-from prefect_opencomputer.local.backend import sizing
 from prefect_opencomputer.local.backend.checkpoints import Checkpoints
 from prefect_opencomputer.local.backend.core import SandboxCore
 from prefect_opencomputer.local.backend.exec import Exec
@@ -88,7 +87,7 @@ class LocalBackend:
         """Open the state and recover from the last run: what was running comes back hibernated."""
         make_private_dir(self.config.data_dir)
         # The default template up front (a cache hit after the first run), so no create waits for it.
-        await self.core.runtime.open((sizing.DEFAULT_TEMPLATE,))
+        await self.core.open_host()
         self.core.open(StateStore(self.config.data_dir / "state.db"))
         # A killed server could not close the running intervals of its sandboxes: they end at
         # their last sample.
@@ -98,16 +97,7 @@ class LocalBackend:
             secret = secrets.token_hex(32)
             self.store.set_setting(_SIGNING_SECRET_KEY, secret)
         self._signer = UrlSigner(bytes.fromhex(secret))
-        for record in self.store.sandboxes():
-            if record.status == "pending":
-                # Created but never acknowledged: nobody knows its id.
-                self.core.runtime.discard_layer(record.id)
-                self.store.delete_sandbox(record.id)
-            elif record.status == "running":
-                record.status = "hibernated"
-                self.store.save_sandbox(record)
-            elif record.status == "stopped" and self.core.runtime.layer_exists(record.id):
-                self.core.runtime.discard_layer(record.id)  # killed, but the server died before its disk went
+        self.core.recover()
         await self.checkpoints.recover()
         await self.images.start()
         self.core.peak = 0
@@ -129,7 +119,7 @@ class LocalBackend:
                 opened.stop_running(record.id, now, self.core.memory_sample(record.id))
                 record.status = "hibernated"
                 self.store.save_sandbox(record)
-        await self.core.runtime.shutdown()
+        await self.core.shutdown_host()
         if opened is not None:
             opened.close()
             self.core.open(None)
@@ -140,21 +130,15 @@ class LocalBackend:
         await self.checkpoints.finish_copies(_CLOSE_GRACE_SECONDS)
         await self.core.exec_sessions.close_all()
         await self.core.terminals.close_all()
-        known = {record.id for record in self.store.sandboxes()}
-        for sandbox_id in known | set(self.core.runtime.running_ids()):
-            async with self.core.lifecycle_lock(sandbox_id):
-                self.core.idle.forget(sandbox_id)
-                await self.core.runtime.destroy(sandbox_id)
-        for checkpoint in self.store.checkpoints():
-            await self.core.runtime.remove_checkpoint(checkpoint.id)
+        await self.core.destroy_everything()
         self.store.forget_everything()
         self.max_running_sandboxes = self.config.max_running_sandboxes
         self.core.idle.clear()
-        self.core.peak = len(self.core.runtime.running_ids())
+        self.core.peak = self.core.live_count()
 
     def stats(self) -> dict[str, int]:
         """Sandboxes with live processes now, and the most at once since start or reset."""
-        return {"liveSandboxes": len(self.core.runtime.running_ids()), "peakSandboxes": self.core.peak}
+        return {"liveSandboxes": self.core.live_count(), "peakSandboxes": self.core.peak}
 
     # -- sandboxes ---------------------------------------------------------------------------
 

@@ -30,7 +30,6 @@ import termios
 
 from prefect_opencomputer.local.backend.records import new_session_id
 from prefect_opencomputer.local.sandbox import processes
-from prefect_opencomputer.local.sandbox.protocol import Runtime
 from prefect_opencomputer.local.sandbox.runtime import kill_group
 
 DEFAULT_SHELL = "/bin/bash"
@@ -52,7 +51,7 @@ class Terminal:
         self.exited = asyncio.ensure_future(process.wait())
 
     @classmethod
-    def start(cls, runtime: Runtime, sandbox_id: str, cols: int, rows: int, shell: str) -> Terminal:
+    def start(cls, core: SandboxCore, sandbox_id: str, cols: int, rows: int, shell: str) -> Terminal:
         cols, rows = cols or DEFAULT_COLS, rows or DEFAULT_ROWS
         master, far = os.openpty()
         try:
@@ -64,7 +63,7 @@ class Terminal:
                 "--command", f"exec {shlex.quote(shell)}", "/dev/null",
             ]  # fmt: skip
             env = {"TERM": "xterm-256color", "COLUMNS": str(cols), "LINES": str(rows)}
-            popen = runtime.spawn_on_terminal(sandbox_id, argv, env=env, terminal=far)
+            popen = core.spawn_on_terminal(sandbox_id, argv, env=env, terminal=far)
         except BaseException:
             os.close(master)
             raise
@@ -182,7 +181,7 @@ class Terminals:
     async def start(self, sandbox_id: str, cols: int, rows: int, shell: str) -> Terminal:
         """An interactive shell on a new pseudo-terminal (``/bin/bash`` unless ``shell`` names another)."""
         async with self._core.data_plane(sandbox_id):
-            terminal = Terminal.start(self._core.runtime, sandbox_id, cols, rows, shell or DEFAULT_SHELL)
+            terminal = Terminal.start(self._core, sandbox_id, cols, rows, shell or DEFAULT_SHELL)
             self._core.terminals.add(terminal)
             return terminal
 
