@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 from prefect_opencomputer.local.private_files import force_private, make_private_dir, make_private_file
 
@@ -50,3 +51,8 @@ class Database:
 
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         return transaction(self._db)
+
+
+def columns(row: sqlite3.Row, *names: str) -> dict[str, Any]:
+    """The row's values of ``names``, by name: the fields a record stores as they are."""
+    return {name: row[name] for name in names}

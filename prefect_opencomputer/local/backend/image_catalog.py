@@ -115,13 +115,9 @@ def _row(image: ImageRecord) -> tuple[object, ...]:
 
 def _image(row: sqlite3.Row) -> ImageRecord:
     return ImageRecord(
-        id=row["id"],
-        content_hash=row["content_hash"],
-        name=row["name"],
-        checkpoint_id=row["checkpoint_id"],
+        **database.columns(row, "id", "content_hash", "name", "checkpoint_id", "workdir"),
         manifest=json.loads(row["manifest"]),
         status=cast(ImageStatus, row["status"]),
         created_at=datetime.fromisoformat(row["created_at"]),
         last_used_at=datetime.fromisoformat(row["last_used_at"]),
-        workdir=row["workdir"],
     )
