@@ -10,15 +10,15 @@ from prefect_opencomputer.local.errors import Invalid, NotFound
 
 if TYPE_CHECKING:
     from prefect_opencomputer.local.backend.core import SandboxCore
-    from prefect_opencomputer.local.backend.images import Images
+    from prefect_opencomputer.local.backend.snapshots import Snapshots
 
 
 class Patches:
     """One method per wire action on a checkpoint's patches, and on a snapshot's (by its name)."""
 
-    def __init__(self, core: SandboxCore, images: Images) -> None:
+    def __init__(self, core: SandboxCore, snapshots: Snapshots) -> None:
         self._core = core
-        self._images = images
+        self._snapshots = snapshots
 
     def create(self, checkpoint_id: str, script: str, description: str) -> PatchRecord:
         store = self._core.store
@@ -45,10 +45,10 @@ class Patches:
             raise NotFound("patch not found")
 
     def create_for_snapshot(self, name: str, script: str, description: str) -> PatchRecord:
-        return self.create(self._images.snapshot_checkpoint(name), script, description)
+        return self.create(self._snapshots.checkpoint_of(name), script, description)
 
     def list_for_snapshot(self, name: str) -> list[PatchRecord]:
-        return self.listed(self._images.snapshot_checkpoint(name))
+        return self.listed(self._snapshots.checkpoint_of(name))
 
     def delete_for_snapshot(self, name: str, patch_id: str) -> None:
-        self.delete(self._images.snapshot_checkpoint(name), patch_id)
+        self.delete(self._snapshots.checkpoint_of(name), patch_id)

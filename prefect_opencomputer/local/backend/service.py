@@ -24,6 +24,7 @@ from prefect_opencomputer.local.backend.records import (
 from prefect_opencomputer.local.backend.sandboxes import Sandboxes
 from prefect_opencomputer.local.backend.scaling import Scaling
 from prefect_opencomputer.local.backend.signed_urls import UrlSigner
+from prefect_opencomputer.local.backend.snapshots import Snapshots
 from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.backend.terminals import Terminals
 from prefect_opencomputer.local.backend.usage import (
@@ -49,7 +50,8 @@ class LocalBackend:
         self.core = SandboxCore(config, runtime)
         self.checkpoints = Checkpoints(self.core)
         self.images = Images(self.core, self.checkpoints)
-        self.patches = Patches(self.core, self.images)
+        self.snapshots = Snapshots(self.images)
+        self.patches = Patches(self.core, self.snapshots)
         self.sandboxes = Sandboxes(self.core, self.images)
         self.exec = Exec(self.core)
         self.files = SandboxFiles(self.core)

@@ -56,7 +56,7 @@ def _refuse(connection: HTTPConnection, what: str) -> BackendError:
     if "checkpoint_id" in params and backend.store.checkpoint(params["checkpoint_id"]) is None:
         return NotFound("checkpoint not found")
     if "name" in params and connection.url.path.startswith("/api/snapshots/"):
-        backend.images.snapshot(params["name"])
+        backend.snapshots.get(params["name"])
     return Unsupported(f"{what} is not supported by the local server")
 
 
