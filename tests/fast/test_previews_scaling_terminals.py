@@ -198,6 +198,9 @@ async def test_what_the_local_server_does_not_do_is_a_clear_501(
         answered = await http.request(method, concrete)
         assert answered.status_code == 501, (method, concrete, answered.text)
         assert error_of(answered.json())
+    if "{checkpoint_id}" in path:
+        unknown = await http.get(concrete.replace(checkpoint, str(uuid.uuid4())))
+        assert unknown.status_code == 404 and error_of(unknown.json()) == "checkpoint not found"
     if "{sandbox_id}" in path:
         unknown = await http.get(concrete.replace(sandbox, MISSING))
         assert unknown.status_code == 404 and error_of(unknown.json()) == "sandbox not found"

@@ -255,10 +255,15 @@ class Checkpoints:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _owned(self, sandbox_id: str, checkpoint_id: str) -> CheckpointRecord:
+    def get(self, checkpoint_id: str) -> CheckpointRecord:
+        """The checkpoint, whatever its status; 404 when this server never had it."""
         checkpoint = self._backend.store.checkpoint(checkpoint_id)
         if checkpoint is None:
             raise NotFound("checkpoint not found")
+        return checkpoint
+
+    def _owned(self, sandbox_id: str, checkpoint_id: str) -> CheckpointRecord:
+        checkpoint = self.get(checkpoint_id)
         if checkpoint.sandbox_id != sandbox_id:
             raise Invalid("checkpoint does not belong to this sandbox")
         return checkpoint

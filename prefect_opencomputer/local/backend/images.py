@@ -81,6 +81,10 @@ class Images:
         self._builds: dict[str, _Build] = {}
         self._background: set[asyncio.Task[None]] = set()
 
+    def listed(self) -> list[ImageRecord]:
+        """Every cached image, unnamed builds and named snapshots alike, newest first."""
+        return self.catalog.all()
+
     @property
     def catalog(self) -> ImageCatalog:
         if self._catalog is None:
