@@ -18,6 +18,7 @@ from typing import Unpack
 from prefect_opencomputer.local.backend import sizing
 from prefect_opencomputer.local.backend.exec import ExecSessionTable
 from prefect_opencomputer.local.backend.idle import IdleTracker
+from prefect_opencomputer.local.backend.lifecycle import started
 from prefect_opencomputer.local.backend.records import (
     MemorySample,
     SandboxRecord,
@@ -121,9 +122,7 @@ class SandboxCore:
 
     @property
     def store(self) -> StateStore:
-        if self._store is None:
-            raise RuntimeError("the backend is not started")
-        return self._store
+        return started(self._store)
 
     def sandbox(self, sandbox_id: str) -> SandboxRecord:
         """The sandbox, whatever its status; 404 when this server never had it."""

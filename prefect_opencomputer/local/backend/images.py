@@ -21,6 +21,7 @@ from prefect_opencomputer.local.backend import preview_auth, sizing
 from prefect_opencomputer.local.backend.image_build import BuildFailed, build_image
 from prefect_opencomputer.local.backend.image_catalog import ImageCatalog, ImageRecord
 from prefect_opencomputer.local.backend.image_manifest import ImageManifest, parse_manifest
+from prefect_opencomputer.local.backend.lifecycle import started
 from prefect_opencomputer.local.backend.records import (
     CheckpointRecord,
     SandboxRecord,
@@ -87,9 +88,7 @@ class Images:
 
     @property
     def catalog(self) -> ImageCatalog:
-        if self._catalog is None:
-            raise RuntimeError("the backend is not started")
-        return self._catalog
+        return started(self._catalog)
 
     # -- server lifecycle --------------------------------------------------------------------
 

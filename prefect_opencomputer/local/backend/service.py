@@ -16,6 +16,7 @@ from prefect_opencomputer.local.backend.core import SandboxCore
 from prefect_opencomputer.local.backend.exec import Exec
 from prefect_opencomputer.local.backend.files import SandboxFiles
 from prefect_opencomputer.local.backend.images import Images
+from prefect_opencomputer.local.backend.lifecycle import started
 from prefect_opencomputer.local.backend.patches import Patches
 from prefect_opencomputer.local.backend.previews import Previews
 from prefect_opencomputer.local.backend.records import (
@@ -79,9 +80,7 @@ class LocalBackend:
 
     @property
     def signer(self) -> UrlSigner:
-        if self._signer is None:
-            raise RuntimeError("the backend is not started")
-        return self._signer
+        return started(self._signer)
 
     # -- server lifecycle --------------------------------------------------------------------
 

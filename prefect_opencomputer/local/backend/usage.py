@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 import asyncio
 import base64
 import binascii
-import contextlib
 import json
 import logging
 import re
@@ -26,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from prefect_opencomputer.local.backend.lifecycle import cancel_and_wait
 from prefect_opencomputer.local.backend.records import (
     MemorySample,
     RunningInterval,
@@ -414,10 +414,7 @@ class MemorySampler:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _loop(self) -> None:
         while True:
