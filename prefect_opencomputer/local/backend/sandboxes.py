@@ -5,33 +5,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prefect_opencomputer.local.backend import preview_auth
+from prefect_opencomputer.local.backend import preview_auth, sizing
 from prefect_opencomputer.local.backend.core import SandboxCore
 from prefect_opencomputer.local.backend.records import SandboxRecord, new_token, utc_now
 from prefect_opencomputer.local.backend.tags import parse_tags
-from prefect_opencomputer.local.errors import Failed, Invalid, Unsupported
-
-if TYPE_CHECKING:
-    from prefect_opencomputer.local.backend.images import BuildLogSink, Images
-
-import asyncio
-import logging
-import threading
-
-from prefect_opencomputer.local.backend import sizing
 from prefect_opencomputer.local.config import LocalServerConfig
+from prefect_opencomputer.local.errors import Failed, Invalid, Unsupported
 from prefect_opencomputer.local.sandbox import rootfs
 from prefect_opencomputer.local.sandbox.factory import build_runtime
 from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
 
-logger = logging.getLogger("prefect_opencomputer.local.backend.service")
-MIB = 1024 * 1024
-# Processes per sandbox: enough for a build with parallel jobs, not enough to fork-bomb the host.
-MAX_PROCESSES = 4096
+if TYPE_CHECKING:
+    from prefect_opencomputer.local.backend.images import BuildLogSink, Images
 
 
 def prepare_host(config: LocalServerConfig, progress: rootfs.Progress) -> str:

@@ -19,19 +19,14 @@ from prefect_opencomputer.local.backend.images import Images
 from prefect_opencomputer.local.backend.lifecycle import started
 from prefect_opencomputer.local.backend.patches import Patches
 from prefect_opencomputer.local.backend.previews import Previews
-from prefect_opencomputer.local.backend.records import (
-    utc_now,
-)
+from prefect_opencomputer.local.backend.records import utc_now
 from prefect_opencomputer.local.backend.sandboxes import Sandboxes
 from prefect_opencomputer.local.backend.scaling import Scaling
 from prefect_opencomputer.local.backend.signed_urls import UrlSigner
 from prefect_opencomputer.local.backend.snapshots import Snapshots
 from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.backend.terminals import Terminals
-from prefect_opencomputer.local.backend.usage import (
-    MemorySampler,
-    Usage,
-)
+from prefect_opencomputer.local.backend.usage import MemorySampler, Usage
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.private_files import make_private_dir
 from prefect_opencomputer.local.sandbox.protocol import Runtime
