@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -18,8 +16,7 @@ from prefect_opencomputer.local.backend.tags import parse_tags
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.errors import Failed, Invalid, Unsupported
 from prefect_opencomputer.local.sandbox import rootfs
-from prefect_opencomputer.local.sandbox.factory import build_runtime
-from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
+from prefect_opencomputer.local.sandbox.factory import ready_host
 
 if TYPE_CHECKING:
     from prefect_opencomputer.local.backend.images import BuildLogSink, Images
@@ -33,31 +30,7 @@ def prepare_host(config: LocalServerConfig, progress: rootfs.Progress) -> str:
     filesystem: minutes on the very first run (``progress`` hears about it), a cache hit after.
     Raises `RuntimeUnavailable` with a readable reason.
     """
-    runtime = build_runtime(config)
-    disks = f"disks: {runtime.layers.store.describe()}"
-    cgroups = runtime.cgroups
-    built: list[BaseException] = []
-
-    def build() -> None:
-        try:
-            asyncio.run(rootfs.ensure_rootfs(sizing.DEFAULT_TEMPLATE, progress=progress))
-        except BaseException as error:
-            built.append(error)
-
-    # Its own thread and loop: the caller may be inside an event loop of its own.
-    worker = threading.Thread(target=build, name="rootfs-build")
-    worker.start()
-    worker.join()
-    if built:
-        if cgroups is not None:
-            cgroups.release()
-        raise RuntimeUnavailable(f"building the sandbox root filesystem failed: {built[0]}") from built[0]
-    if cgroups is None:
-        limits = "limits: none (--no-limits): memoryMB, cpuCount and process caps are not enforced"
-    else:
-        limits = f"limits: {cgroups.describe()}"
-        cgroups.release()  # a check only: the server makes its groups again as it starts
-    return f"{limits}\n  {disks}"
+    return ready_host(config, template=sizing.DEFAULT_TEMPLATE, progress=progress)
 
 
 @dataclass(frozen=True)

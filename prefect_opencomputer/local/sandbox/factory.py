@@ -2,16 +2,18 @@
 
 Everything the host gives sandboxes is chosen here: the helper's cache, the cgroups (or none, with
 ``--no-limits``), the networks they may reach, their disk cap and the root filesystems they boot.
-The server, the CLI and `LocalServer` all get their runtime from `build_runtime`; the runtime's
-own `SandboxRuntime.open` then readies what needs the event loop (the disk store, /proc views,
-the sweep of a killed server's leftovers).
+The server, the CLI and `LocalServer` all get their runtime from `build_runtime` (and check the
+host with `ready_host` before they start); the runtime's own `SandboxRuntime.open` then readies
+what needs the event loop (the disk store, /proc views, the sweep of a killed server's leftovers).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import logging
+import threading
 from pathlib import Path
 
 from prefect_opencomputer.local.config import LocalServerConfig
@@ -77,3 +79,36 @@ def build_runtime(config: LocalServerConfig) -> SandboxRuntime:
     except CgroupsUnavailable as error:
         raise RuntimeUnavailable(f"{error} (or start with --no-limits)") from error
     return runtime
+
+
+def ready_host(config: LocalServerConfig, *, template: str, progress: rootfs.Progress) -> str:
+    """Check this machine can serve ``config`` and build ``template``'s root filesystem, before the
+    server starts answering; returns the limits and disks lines for the start-up output.
+
+    Raises `RuntimeUnavailable` with a readable reason.
+    """
+    runtime = build_runtime(config)
+    disks = f"disks: {runtime.layers.store.describe()}"
+    cgroups = runtime.cgroups
+    built: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            asyncio.run(rootfs.ensure_rootfs(template, progress=progress))
+        except BaseException as error:
+            built.append(error)
+
+    # Its own thread and loop: the caller may be inside an event loop of its own.
+    worker = threading.Thread(target=build, name="rootfs-build")
+    worker.start()
+    worker.join()
+    if built:
+        if cgroups is not None:
+            cgroups.release()
+        raise RuntimeUnavailable(f"building the sandbox root filesystem failed: {built[0]}") from built[0]
+    if cgroups is None:
+        limits = "limits: none (--no-limits): memoryMB, cpuCount and process caps are not enforced"
+    else:
+        limits = f"limits: {cgroups.describe()}"
+        cgroups.release()  # a check only: the server makes its groups again as it starts
+    return f"{limits}\n  {disks}"
