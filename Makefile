@@ -3,13 +3,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: demo test check lint typecheck bench bench-deps docs screenshots install system-deps browser sdk-ts clean
+.PHONY: demo test test-fast check lint typecheck bench bench-deps docs screenshots install system-deps browser sdk-ts clean
 
 demo: install
 	$(BIN)/prefect-opencomputer demo
 
 test: install browser sdk-ts check
 	$(BIN)/pytest
+
+# The fast tier: every route over real HTTP on a stand-in runtime (host processes, no root, under a minute).
+test-fast: $(VENV)/.installed
+	$(BIN)/pytest tests/fast
 
 check: lint typecheck
 

@@ -19,10 +19,10 @@ from pathlib import Path
 from bench import baselines, services
 from bench.results import BenchmarkResult, Row, Samples
 from prefect_opencomputer.client import OpenComputerClient
-from prefect_opencomputer.local.backend.sandboxes import discover_cgroups, template_root
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.sandbox import rootfs
 from prefect_opencomputer.local.sandbox.cgroups import Limits
+from prefect_opencomputer.local.sandbox.factory import discover_cgroups, template_root
 from prefect_opencomputer.local.sandbox.runtime import SandboxRuntime
 
 CREATES = 20

@@ -92,5 +92,5 @@ def create_app(backend: LocalBackend, config: LocalServerConfig) -> FastAPI:
     if config.enable_test_routes:
         app.add_middleware(FaultMiddleware, registry=app.state.faults)
         app.add_middleware(RequestCountMiddleware, stats=app.state.request_stats)
-    app.add_middleware(PreviewProxyMiddleware, backend=backend)
+    app.add_middleware(PreviewProxyMiddleware, backend=backend.previews)
     return app

@@ -31,6 +31,7 @@ from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.log_limits import limit_server_logs
 from prefect_opencomputer.local.private_files import make_private_dir
 from prefect_opencomputer.local.protocols import RefusableWebSocketProtocol, TrackedH11Protocol
+from prefect_opencomputer.local.sandbox.factory import build_runtime
 
 # Let in-flight requests finish on shutdown, but never hang a test run or a Ctrl-C.
 _GRACEFUL_SHUTDOWN_SECONDS = 3
@@ -195,7 +196,7 @@ def prepare_server(
     sock = bind_socket(config.host, config.port)
     try:
         config = replace(config, port=sock.getsockname()[1])
-        backend = LocalBackend(config)
+        backend = LocalBackend(config, build_runtime(config))
         app = create_app(backend, config)
         server = _uvicorn_server(app, config, access_log=access_log, log_config=log_config)
     except BaseException:

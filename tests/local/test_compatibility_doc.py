@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute
 from prefect_opencomputer.local.app import create_app
 from prefect_opencomputer.local.backend.service import LocalBackend
 from prefect_opencomputer.local.config import LocalServerConfig
+from tests.fast.standin import StandinRuntime
 
 DOC = Path(__file__).parent.parent.parent / "docs" / "compatibility.md"
 ROW = re.compile(r"^\| (?P<method>[A-Z]+|\*) \| `(?P<path>[^`]+)` \| (?P<status>[^|]+?) \|")
@@ -38,7 +39,7 @@ def _walk(routes: Iterable[BaseRoute], prefix: str = "") -> Iterator[tuple[str, 
 
 def _served(tmp_path: Path) -> set[tuple[str, str]]:
     config = LocalServerConfig(data_dir=tmp_path, api_key="k", enable_test_routes=True)
-    routes = set(_walk(create_app(LocalBackend(config), config).routes))
+    routes = set(_walk(create_app(LocalBackend(config, StandinRuntime(tmp_path)), config).routes))
     # A catch-all's WebSocket twin is covered by its `*` row.
     return {(m, p) for m, p in routes if not (m == "WS" and ("*", p) in routes)}
 

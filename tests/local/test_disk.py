@@ -25,8 +25,8 @@ import pytest
 from serving import processes_mentioning
 
 from prefect_opencomputer.local import LocalServer, LocalServerConfig
-from prefect_opencomputer.local.backend.sandboxes import template_root
 from prefect_opencomputer.local.sandbox import disk, rootfs
+from prefect_opencomputer.local.sandbox.factory import template_root
 from prefect_opencomputer.local.sandbox.runtime import SandboxRuntime
 
 API_KEY = "osb_" + "e" * 64

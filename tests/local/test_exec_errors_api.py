@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from prefect_opencomputer.local import LocalServer
-from prefect_opencomputer.local.backend.service import LocalBackend
+from prefect_opencomputer.local.backend.sandboxes import Sandboxes
 
 # One environment string past the kernel's MAX_ARG_STRLEN (128 KiB): execve fails with E2BIG.
 TOO_BIG_ENV = {"BIG": "x" * 200_000}
@@ -57,10 +57,10 @@ async def test_a_command_the_os_refuses_is_500_exec_in_and_the_connection_still_
 async def test_an_unexpected_server_error_is_500_and_the_connection_still_works(
     one_connection: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(self: LocalBackend) -> list[object]:
+    def broken(self: Sandboxes) -> list[object]:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(LocalBackend, "tag_keys", broken)
+    monkeypatch.setattr(Sandboxes, "tag_keys", broken)
     failed = await one_connection.get("/tags")
     assert (failed.status_code, failed.json()) == (500, {"error": "internal error"})
     monkeypatch.undo()

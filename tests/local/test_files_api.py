@@ -15,9 +15,11 @@ import httpx
 import pytest
 
 from prefect_opencomputer.local import LocalServer
-from prefect_opencomputer.local.backend.service import LocalBackend, SandboxRequest
+from prefect_opencomputer.local.backend.sandboxes import SandboxRequest
+from prefect_opencomputer.local.backend.service import LocalBackend
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.errors import BackendError
+from prefect_opencomputer.local.sandbox.factory import build_runtime
 
 
 def _files(sandbox: str) -> str:
@@ -196,10 +198,11 @@ async def test_tampered_expired_or_incomplete_signed_urls_are_refused(
 
 async def test_upload_past_the_size_limit_is_413_and_leaves_no_partial_file(tmp_path: Path) -> None:
     # A server of its own with a tiny limit, driven below HTTP: the limit is the backend's rule.
-    backend = LocalBackend(LocalServerConfig(data_dir=tmp_path / "state", api_key="k", max_file_bytes=1000))
+    config = LocalServerConfig(data_dir=tmp_path / "state", api_key="k", max_file_bytes=1000)
+    backend = LocalBackend(config, build_runtime(config))
     await backend.start()
     try:
-        sandbox, _ = await backend.create_sandbox(SandboxRequest())
+        sandbox, _ = await backend.sandboxes.create(SandboxRequest())
 
         async def body() -> AsyncIterator[bytes]:
             yield b"x" * 600

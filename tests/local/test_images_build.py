@@ -7,8 +7,10 @@ import pytest
 from booting import start
 
 from prefect_opencomputer.client import Image
+from prefect_opencomputer.local.backend.core import SandboxCore
 from prefect_opencomputer.local.backend.image_build import BuildFailed, BuiltImage, build_image
 from prefect_opencomputer.local.backend.image_manifest import parse_manifest
+from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.errors import BackendError
 from prefect_opencomputer.local.sandbox.runtime import SandboxRuntime
 
@@ -31,8 +33,10 @@ class BuildLogLines:
 async def build(
     runtime: SandboxRuntime, image: Image, log: BuildLogLines, *, step_timeout: float = 60
 ) -> BuiltImage:
+    # The build reaches the runtime through the backend's core, as the server's builds do.
+    core = SandboxCore(LocalServerConfig(data_dir=runtime.root.parent, api_key="k"), runtime)
     return await build_image(
-        runtime,
+        core,
         parse_manifest(image.to_dict()),
         builder_id="sb-builder1",
         checkpoint_id=CHECKPOINT,

@@ -7,7 +7,8 @@ from pathlib import Path
 import httpx
 
 from prefect_opencomputer.local import LocalServer, LocalServerConfig
-from prefect_opencomputer.local.backend.sandboxes import cgroup_group, prepare_host
+from prefect_opencomputer.local.backend.sandboxes import prepare_host
+from prefect_opencomputer.local.sandbox.factory import cgroup_group
 
 
 def test_without_limits_the_server_says_nothing_is_enforced(tmp_path: Path) -> None:

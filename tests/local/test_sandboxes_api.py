@@ -14,6 +14,7 @@ from prefect_opencomputer.local.backend.records import SandboxRecord, SandboxSta
 from prefect_opencomputer.local.backend.service import LocalBackend
 from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.config import LocalServerConfig
+from tests.fast.standin import StandinRuntime
 
 SANDBOX_ID = re.compile(r"^sb-[0-9a-f]{8}$")
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -184,16 +185,18 @@ async def test_list_shows_every_status_newest_first_in_the_hosted_edge_shape(
 
 
 def test_list_holds_the_newest_200_and_never_an_unacknowledged_create(tmp_path: Path) -> None:
-    backend = LocalBackend(LocalServerConfig(data_dir=tmp_path, api_key="k"))
+    backend = LocalBackend(
+        LocalServerConfig(data_dir=tmp_path, api_key="k"), StandinRuntime(tmp_path / "runtime")
+    )
     store = StateStore(tmp_path / "state.db")
-    backend.sandboxes.open(store)
+    backend.core.open(store)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     for n in range(205):
         status: SandboxStatus = "pending" if n == 204 else "stopped"
         store.save_sandbox(
             SandboxRecord(f"sb-{n:08x}", status, "base", 0, 1, 4096, 20480, "t", start + timedelta(seconds=n))
         )
-    listed = [record.id for record in backend.listed_sandboxes()]
+    listed = [record.id for record in backend.sandboxes.listed()]
     assert len(listed) == 200
     assert listed[0] == f"sb-{203:08x}" and listed[-1] == f"sb-{4:08x}"
     store.close()

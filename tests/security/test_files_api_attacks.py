@@ -106,7 +106,7 @@ while time.time() < deadline:
 async def test_a_mount_moved_onto_a_directory_the_api_makes_is_never_chowned(
     http: httpx.AsyncClient, new_sandbox: NewSandbox, local_server: LocalServer
 ) -> None:
-    from prefect_opencomputer.local.backend.sandboxes import cgroup_group
+    from prefect_opencomputer.local.sandbox.factory import cgroup_group
     from tests.security.test_kill_leaves_nothing import cgroup_dirs_of
 
     sandbox = await new_sandbox()

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from prefect_opencomputer.local import LocalServer
-from prefect_opencomputer.local.backend.sandboxes import cgroup_group
+from prefect_opencomputer.local.sandbox.factory import cgroup_group
 from tests.security.conftest import NewSandbox, run_ok
 
 pytestmark = pytest.mark.security

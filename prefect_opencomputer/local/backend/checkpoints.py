@@ -20,7 +20,6 @@ from prefect_opencomputer.local.backend import sizing
 from prefect_opencomputer.local.backend.records import (
     CheckpointKind,
     CheckpointRecord,
-    PatchRecord,
     SandboxRecord,
     new_token,
     new_uuid,
@@ -30,7 +29,7 @@ from prefect_opencomputer.local.backend.state import DuplicateName
 from prefect_opencomputer.local.errors import BackendError, Failed, Invalid, NameTaken, NotFound
 
 if TYPE_CHECKING:
-    from prefect_opencomputer.local.backend.sandboxes import Sandboxes
+    from prefect_opencomputer.local.backend.core import SandboxCore
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ class _LayerReaders:
 class Checkpoints:
     """Checkpoint and patch behaviour over the sandboxes core."""
 
-    def __init__(self, backend: Sandboxes) -> None:
+    def __init__(self, backend: SandboxCore) -> None:
         self._backend = backend
         self._copies: dict[str, asyncio.Task[None]] = {}
         self._readers = _LayerReaders()
@@ -86,15 +85,13 @@ class Checkpoints:
         taken by a local server from before the disk store) is failed with the reason.
         """
         store = self._backend.store
-        layers = self._backend.runtime.layers
-        await asyncio.to_thread(layers.store.sweep_partials)
         for checkpoint in store.checkpoints(status="processing"):
             _fail(checkpoint, "the local server stopped while the checkpoint was being taken")
             store.save_checkpoint(checkpoint)
             with contextlib.suppress(OSError):
-                await layers.remove_checkpoint(checkpoint.id)
+                await self._backend.remove_checkpoint(checkpoint.id)
         for checkpoint in store.checkpoints(status="ready"):
-            if not layers.checkpoint_exists(checkpoint.id):
+            if not self._backend.checkpoint_exists(checkpoint.id):
                 _fail(checkpoint, "its disk image is missing (taken by an older local server); take it again")
                 store.save_checkpoint(checkpoint)
 
@@ -183,7 +180,7 @@ class Checkpoints:
     async def restore(self, sandbox_id: str, checkpoint_id: str) -> None:
         """Revert a running sandbox's disk to the checkpoint and reboot it; patches are not run."""
         backend = self._backend
-        _require_uuid(checkpoint_id, "checkpoint")
+        require_uuid(checkpoint_id, "checkpoint")
         record = backend.sandbox(sandbox_id)
         if record.status != "running":
             raise Invalid("sandbox must be running to restore a checkpoint")
@@ -198,14 +195,14 @@ class Checkpoints:
                 raise NotFound("checkpoint not found")
             await backend.stop_processes(record, "running")
             try:
-                await backend.runtime.layers.restore(checkpoint_id, sandbox_id)
+                await backend.restore_layer(checkpoint_id, sandbox_id)
             except Exception as error:
                 await backend.boot(record)  # on the old disk, which a failed clone leaves in place
                 raise Failed(f"restore failed: {error}") from error
             await backend.boot(record)
 
     async def delete(self, sandbox_id: str, checkpoint_id: str) -> None:
-        _require_uuid(checkpoint_id, "checkpoint")
+        require_uuid(checkpoint_id, "checkpoint")
         checkpoint = self._owned(sandbox_id, checkpoint_id)
         await self._remove(checkpoint)
 
@@ -223,7 +220,7 @@ class Checkpoints:
         Like the service, a fork is persistent (idle timeout 0): clients set a timeout after.
         """
         backend = self._backend
-        _require_uuid(checkpoint_id, "checkpoint")
+        require_uuid(checkpoint_id, "checkpoint")
         checkpoint = await self._ready_for_fork(checkpoint_id)
         if secret_store:
             raise Invalid(f"secret store not found: {secret_store}")
@@ -244,54 +241,29 @@ class Checkpoints:
             based_on_checkpoint_id=checkpoint.id,
             network_enabled=config.get("networkEnabled") is not False,
         )
-        backend.store.save_sandbox(record)
         try:
             async with self._readers.reading(checkpoint.id):
                 if backend.store.checkpoint(checkpoint.id) is None:
                     raise NotFound("checkpoint not found")
-                await backend.runtime.layers.fork(checkpoint.id, record.id)
-                async with backend.lifecycle_lock(record.id):
-                    await backend.boot(record)
-        except BaseException as error:
-            await backend.discard_sandbox(record.id)
-            if isinstance(error, BackendError) or not isinstance(error, Exception):
+                await backend.launch(record, from_checkpoint=checkpoint.id)
+        except Exception as error:
+            if isinstance(error, BackendError):
                 raise
             raise Failed(f"fork from checkpoint: {error}") from error
         await self._apply_patches(record, checkpoint.id)
         return record
 
-    # -- patches -----------------------------------------------------------------------------
-
-    def create_patch(self, checkpoint_id: str, script: str, description: str) -> PatchRecord:
-        store = self._backend.store
-        _require_uuid(checkpoint_id, "checkpoint")
-        checkpoint = store.checkpoint(checkpoint_id)
-        if checkpoint is None:
-            raise NotFound("checkpoint not found")
-        if checkpoint.status != "ready":
-            raise Invalid("checkpoint is not ready")
-        if not script:
-            raise Invalid("script is required")
-        return store.insert_patch(checkpoint_id, new_uuid(), script, description, utc_now())
-
-    def list_patches(self, checkpoint_id: str) -> list[PatchRecord]:
-        _require_uuid(checkpoint_id, "checkpoint")
-        if self._backend.store.checkpoint(checkpoint_id) is None:
-            raise NotFound("checkpoint not found")
-        return self._backend.store.patches(checkpoint_id)
-
-    def delete_patch(self, checkpoint_id: str, patch_id: str) -> None:
-        _require_uuid(checkpoint_id, "checkpoint")
-        _require_uuid(patch_id, "patch")
-        if not self._backend.store.delete_patch(checkpoint_id, patch_id):
-            raise NotFound("patch not found")
-
     # -- internals ---------------------------------------------------------------------------
 
-    def _owned(self, sandbox_id: str, checkpoint_id: str) -> CheckpointRecord:
+    def get(self, checkpoint_id: str) -> CheckpointRecord:
+        """The checkpoint, whatever its status; 404 when this server never had it."""
         checkpoint = self._backend.store.checkpoint(checkpoint_id)
         if checkpoint is None:
             raise NotFound("checkpoint not found")
+        return checkpoint
+
+    def _owned(self, sandbox_id: str, checkpoint_id: str) -> CheckpointRecord:
+        checkpoint = self.get(checkpoint_id)
         if checkpoint.sandbox_id != sandbox_id:
             raise Invalid("checkpoint does not belong to this sandbox")
         return checkpoint
@@ -299,7 +271,7 @@ class Checkpoints:
     async def _copy(self, checkpoint: CheckpointRecord, lock: asyncio.Lock, resumed: asyncio.Event) -> None:
         backend = self._backend
         try:
-            size = await backend.runtime.checkpoint(checkpoint.sandbox_id, checkpoint.id)
+            size = await backend.take_checkpoint(checkpoint.sandbox_id, checkpoint.id)
         except Exception as error:
             logger.warning("checkpoint %s failed: %s", checkpoint.id, error)
             current = backend.store.checkpoint(checkpoint.id)
@@ -307,11 +279,11 @@ class Checkpoints:
                 _fail(current, str(error) or type(error).__name__)
                 backend.store.save_checkpoint(current)
             with contextlib.suppress(Exception):
-                await backend.runtime.layers.remove_checkpoint(checkpoint.id)
+                await backend.remove_checkpoint(checkpoint.id)
         else:
             current = backend.store.checkpoint(checkpoint.id)
             if current is None:  # deleted while it was being copied
-                await backend.runtime.layers.remove_checkpoint(checkpoint.id)
+                await backend.remove_checkpoint(checkpoint.id)
             else:
                 current.status = "ready"
                 current.size_bytes = size
@@ -348,7 +320,7 @@ class Checkpoints:
             # The copy task removes the layer itself when it finds the record gone.
             return
         await self._readers.wait_unread(checkpoint.id)
-        await self._backend.runtime.layers.remove_checkpoint(checkpoint.id)
+        await self._backend.remove_checkpoint(checkpoint.id)
 
     async def _ready_for_fork(self, checkpoint_id: str) -> CheckpointRecord:
         """The checkpoint once its copy is done (waiting up to 30 s); 400 when it is not usable."""
@@ -382,7 +354,7 @@ class Checkpoints:
         for patch in patches:
             failure: str | None
             try:
-                result = await backend.runtime.run(
+                result = await backend.run(
                     record.id,
                     ["bash", "-c", patch.script],
                     env=record.envs,
@@ -416,7 +388,8 @@ def kind_of(kind: str) -> CheckpointKind:
     return "disk_only" if kind == "disk_only" else "full"
 
 
-def _require_uuid(value: str, what: str) -> None:
+def require_uuid(value: str, what: str) -> None:
+    """400 ``invalid <what> ID`` unless ``value`` is a UUID, as the service checks ids first."""
     try:
         uuid.UUID(value)
     except ValueError:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 from prefect_opencomputer.local.private_files import force_private, make_private_dir, make_private_file
 
@@ -37,3 +38,21 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+class Database:
+    """Tables in one SQLite file (`connect`); every write goes through `_transaction`."""
+
+    def __init__(self, path: Path, schema: str) -> None:
+        self._db = connect(path, schema)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db)
+
+
+def columns(row: sqlite3.Row, *names: str) -> dict[str, Any]:
+    """The row's values of ``names``, by name: the fields a record stores as they are."""
+    return {name: row[name] for name in names}

@@ -6,6 +6,18 @@ client that attaches late (or again) first receives what it missed, then the liv
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from prefect_opencomputer.local.backend.command_start import start_error
+from prefect_opencomputer.local.backend.records import new_session_id
+from prefect_opencomputer.local.errors import AGENT_ERROR, CannotStart, Failed, Invalid, NotFound
+from prefect_opencomputer.local.sandbox.ids import SANDBOX_HOME
+from prefect_opencomputer.local.sandbox.runtime import CommandResult
+
+if TYPE_CHECKING:
+    from prefect_opencomputer.local.backend.core import SandboxCore
+
 import asyncio
 import contextlib
 import os
@@ -310,3 +322,153 @@ def _signal_group_members(pgid: int, signum: int) -> int:
                 os.kill(int(entry.name), signum)
                 signalled += 1
     return signalled
+
+
+# `exec/run` returns each stream whole up to this size; past it the run answers an explicit error.
+MAX_RUN_OUTPUT_BYTES = 64 * 1024 * 1024
+
+
+class Exec:
+    """The exec resource: runs to completion, async runs and sessions a client attaches to."""
+
+    def __init__(self, core: SandboxCore) -> None:
+        self._core = core
+
+    async def run(
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        *,
+        envs: Mapping[str, str],
+        cwd: str | None,
+        timeout: float,
+    ) -> CommandResult:
+        """Run to completion; 500 when the command cannot start or its output passes the cap."""
+        # Outside the data plane, which first tells a sandbox restarted mid-call (503) from a refusal.
+        with _exec_errors(sandbox_id):
+            async with self._core.data_plane(sandbox_id) as record:
+                refusal = self._start_error(sandbox_id, argv[0], cwd)
+                if refusal is not None:
+                    raise CannotStart(f"exec in {sandbox_id}: {AGENT_ERROR}exec start: {refusal}")
+                result = await self._core.run(
+                    sandbox_id,
+                    argv,
+                    env={**record.envs, **envs},
+                    cwd=cwd,
+                    timeout=timeout,
+                    output_limit=MAX_RUN_OUTPUT_BYTES,
+                )
+        if result.truncated:
+            limit = MAX_RUN_OUTPUT_BYTES // (1024 * 1024)
+            raise Failed(
+                f"exec in {sandbox_id}: output exceeded {limit} MiB on stdout or stderr; "
+                "redirect it to a file and read the file instead",
+                code="output_too_large",
+            )
+        return result
+
+    async def start_session(
+        self,
+        sandbox_id: str,
+        command: str,
+        args: Sequence[str],
+        *,
+        envs: Mapping[str, str],
+        cwd: str | None,
+        timeout: int,
+        max_run_after_disconnect: int,
+    ) -> ExecSession:
+        with _exec_errors(sandbox_id):
+            async with self._core.data_plane(sandbox_id) as record:
+                refusal = self._start_error(sandbox_id, command, cwd)
+                if refusal is not None:
+                    raise CannotStart(f"create exec session in VM: {AGENT_ERROR}start command: {refusal}")
+                process = await self._core.spawn(
+                    sandbox_id,
+                    [command, *args],
+                    env={**record.envs, **envs},
+                    cwd=cwd,
+                    stdin=True,
+                )
+                session_id = new_session_id()
+                while self._core.exec_sessions.get(sandbox_id, session_id) is not None:
+                    session_id = new_session_id()
+                session = ExecSession(
+                    session_id,
+                    sandbox_id,
+                    command,
+                    args,
+                    process,
+                    timeout=max(0, timeout),
+                    max_run_after_disconnect=max(0, max_run_after_disconnect),
+                )
+                self._core.exec_sessions.add(session)
+                return session
+
+    def refused_run(self, sandbox_id: str, refusal: CannotStart) -> str:
+        """Keep an async run that could not start under a new exec id: its result tells why.
+
+        The service answers such a run 202 and reports the failure when the result is polled.
+        """
+        exec_id = new_session_id()
+        self._core.exec_sessions.add_refusal(sandbox_id, exec_id, refusal.message)
+        return exec_id
+
+    def result(self, sandbox_id: str, exec_id: str) -> ExecSession | str:
+        """The session behind an async run, or why it did not start, while retained (404 after); no wake."""
+        self._core.require_live(sandbox_id)
+        self._core.touch(sandbox_id)
+        refusal = self._core.exec_sessions.refusal(sandbox_id, exec_id)
+        if refusal is not None:
+            return refusal
+        session = self._core.exec_sessions.retained(sandbox_id, exec_id)
+        if session is None:
+            raise NotFound(f"exec {exec_id} not found")
+        return session
+
+    async def sessions(self, sandbox_id: str) -> list[ExecSession]:
+        async with self._core.data_plane(sandbox_id):
+            return self._core.exec_sessions.for_sandbox(sandbox_id)
+
+    async def kill_session(self, sandbox_id: str, session_id: str, signum: int) -> None:
+        """Signal a session's command (0 means SIGKILL, as in the service)."""
+        signum = signum or signal.SIGKILL
+        if not 1 <= signum < signal.NSIG:
+            raise Invalid(f"invalid signal {signum}")
+        async with self._core.data_plane(sandbox_id):
+            self._session(sandbox_id, session_id).kill(signum)
+
+    @contextlib.asynccontextmanager
+    async def attached(
+        self, sandbox_id: str, session_id: str
+    ) -> AsyncIterator[tuple[ExecSession, list[bytes], Listener]]:
+        """Attach one client to a session: its replay and live listener; detaches on exit.
+
+        The sandbox stays awake while a client is attached.
+        """
+        async with self._core.data_plane(sandbox_id):
+            session = self._session(sandbox_id, session_id)
+            replay, listener = session.attach()
+            try:
+                yield session, replay, listener
+            finally:
+                session.detach(listener)
+
+    def _start_error(self, sandbox_id: str, command: str, cwd: str | None) -> str | None:
+        """Why the command cannot start in the sandbox, as the hosted agent says it (None: it can)."""
+        return start_error(self._core.files(sandbox_id), command, cwd or SANDBOX_HOME)
+
+    def _session(self, sandbox_id: str, session_id: str) -> ExecSession:
+        session = self._core.exec_sessions.get(sandbox_id, session_id)
+        if session is None:
+            raise NotFound(f"exec session {session_id} not found")
+        return session
+
+
+@contextlib.contextmanager
+def _exec_errors(sandbox_id: str) -> Iterator[None]:
+    """A command the OS refuses to start (E2BIG, ENOMEM, ...) is the service's 500 ``exec in sb-...``."""
+    try:
+        yield
+    except OSError as error:
+        raise Failed(f"exec in {sandbox_id}: {error}") from error

@@ -40,7 +40,7 @@ from prefect_opencomputer.local.sandbox.fileops import (
 )
 
 if TYPE_CHECKING:
-    from prefect_opencomputer.local.backend.sandboxes import Sandboxes
+    from prefect_opencomputer.local.backend.core import SandboxCore
 
 CHUNK_BYTES = 256 * 1024
 # Writes are gathered into blocks this size before a thread hop.
@@ -118,7 +118,7 @@ class Download:
     """An open file of a sandbox, read in chunks while the sandbox is held awake."""
 
     def __init__(
-        self, backend: Sandboxes, workers: FileWorkers, sandbox_id: str, handle: BinaryIO, size: int
+        self, backend: SandboxCore, workers: FileWorkers, sandbox_id: str, handle: BinaryIO, size: int
     ) -> None:
         self._backend = backend
         self._workers = workers
@@ -143,7 +143,7 @@ class Download:
 class SandboxFiles:
     """File behaviour over the sandboxes core."""
 
-    def __init__(self, backend: Sandboxes) -> None:
+    def __init__(self, backend: SandboxCore) -> None:
         self._backend = backend
         config = backend.config
         self.workers = FileWorkers(config.file_workers, config.file_operation_timeout)
@@ -180,7 +180,7 @@ class SandboxFiles:
 
     async def open_download(self, sandbox_id: str, path: str) -> Download:
         async with self._backend.data_plane(sandbox_id), self._turn(sandbox_id):
-            files = self._backend.runtime.files(sandbox_id)
+            files = self._backend.files(sandbox_id)
             with _file_errors("open", path):
                 try:
                     handle = await self.workers.run(files.open_read, path)
@@ -201,7 +201,7 @@ class SandboxFiles:
         if declared_length is not None and declared_length > limit:
             raise _too_large(limit)
         async with self._backend.data_plane(sandbox_id), self._turn(sandbox_id):
-            files = self._backend.runtime.files(sandbox_id)
+            files = self._backend.files(sandbox_id)
             with _file_errors("open", path):
                 handle = await self.workers.run(files.open_write, path)
             written = 0
@@ -229,7 +229,7 @@ class SandboxFiles:
 
     async def list_dir(self, sandbox_id: str, path: str) -> list[DirEntry]:
         async with self._backend.data_plane(sandbox_id), self._turn(sandbox_id):
-            files = self._backend.runtime.files(sandbox_id)
+            files = self._backend.files(sandbox_id)
             with _file_errors("open", path):
                 try:
                     return await self.workers.run(files.list, path)
@@ -240,13 +240,13 @@ class SandboxFiles:
 
     async def mkdir(self, sandbox_id: str, path: str) -> None:
         async with self._backend.data_plane(sandbox_id), self._turn(sandbox_id):
-            files = self._backend.runtime.files(sandbox_id)
+            files = self._backend.files(sandbox_id)
             with _file_errors("mkdir", path):
                 await self.workers.run(files.mkdir, path)
 
     async def remove(self, sandbox_id: str, path: str) -> None:
         async with self._backend.data_plane(sandbox_id), self._turn(sandbox_id):
-            files = self._backend.runtime.files(sandbox_id)
+            files = self._backend.files(sandbox_id)
             with _file_errors("remove", path):
                 await self.workers.run(files.remove, path)
 

@@ -13,6 +13,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
+from prefect_opencomputer.local.backend.lifecycle import cancel_and_wait
+
 logger = logging.getLogger(__name__)
 
 # How often expiry is checked: well under the 1-2 s timeouts tests use.
@@ -88,10 +90,7 @@ class IdleTracker:
     async def stop(self) -> None:
         """Stop the loop and wait for hibernations it already started."""
         task, self._loop_task = self._loop_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         if self._expiring:
             await asyncio.gather(*self._expiring.values(), return_exceptions=True)
 

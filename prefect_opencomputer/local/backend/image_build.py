@@ -16,10 +16,14 @@ import shlex
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prefect_opencomputer.local.backend.image_manifest import BuildStep, ImageManifest
 from prefect_opencomputer.local.sandbox.cgroups import Limits
-from prefect_opencomputer.local.sandbox.runtime import SandboxRuntime, kill_group
+from prefect_opencomputer.local.sandbox.runtime import kill_group
+
+if TYPE_CHECKING:
+    from prefect_opencomputer.local.backend.core import SandboxCore
 
 # (step number, step type, message): step 0 is the build's own bookkeeping.
 BuildLogger = Callable[[int, str, str], Awaitable[None] | None]
@@ -53,7 +57,7 @@ class BuiltImage:
 
 
 async def build_image(
-    runtime: SandboxRuntime,
+    core: SandboxCore,
     manifest: ImageManifest,
     *,
     builder_id: str,
@@ -66,11 +70,12 @@ async def build_image(
     The builder is destroyed whatever happens; on failure (or cancellation) no checkpoint layer is left.
     """
     total = len(manifest.steps)
-    build = _Build(runtime, builder_id, log, step_timeout)
+    build = _Build(core, builder_id, log, step_timeout)
     snapshotted = False
     try:
-        await asyncio.to_thread(runtime.layers.create_sandbox, builder_id)
-        await runtime.start(builder_id, template=BUILD_TEMPLATE, hostname="builder", limits=BUILD_LIMITS)
+        await core.launch_builder(
+            builder_id, template=BUILD_TEMPLATE, hostname="builder", limits=BUILD_LIMITS
+        )
         await _emit(log, 0, "build", f"Building image with {total} steps")
         for step in manifest.steps:
             await _emit(log, step.number, step.type, f"Step {step.number}/{total}: {step.describe()}")
@@ -78,17 +83,17 @@ async def build_image(
             await _emit(log, step.number, step.type, f"Step {step.number}/{total} completed")
         await _emit(log, total + 1, "checkpoint", "Creating checkpoint...")
         # Stopped first, so the copy sees a quiet layer: no process is still writing into it.
-        await runtime.stop(builder_id)
+        await core.halt(builder_id)
         snapshotted = True
-        size = await runtime.checkpoint(builder_id, checkpoint_id)
+        size = await core.take_checkpoint(builder_id, checkpoint_id)
     except BaseException:
         if snapshotted:
             with contextlib.suppress(Exception):
-                await runtime.layers.remove_checkpoint(checkpoint_id)
+                await core.remove_checkpoint(checkpoint_id)
         raise
     finally:
         with contextlib.suppress(Exception):
-            await runtime.destroy(builder_id)
+            await core.remove(builder_id)
     return BuiltImage(size_bytes=size)
 
 
@@ -120,10 +125,8 @@ def step_command(step: BuildStep) -> str:
 class _Build:
     """One build's steps, each in the builder sandbox as the hosted builder runs it."""
 
-    def __init__(
-        self, runtime: SandboxRuntime, builder_id: str, log: BuildLogger, step_timeout: float
-    ) -> None:
-        self.runtime = runtime
+    def __init__(self, core: SandboxCore, builder_id: str, log: BuildLogger, step_timeout: float) -> None:
+        self.core = core
         self.builder_id = builder_id
         self.log = log
         self.step_timeout = step_timeout
@@ -142,7 +145,7 @@ class _Build:
             tail.append(text)
             await _emit(self.log, step.number, step.type, text)
 
-        process = await self.runtime.spawn(self.builder_id, argv)
+        process = await self.core.spawn(self.builder_id, argv)
         assert process.stdout is not None and process.stderr is not None
         readers = {
             asyncio.ensure_future(_read_lines(process.stdout, line)),
@@ -174,7 +177,7 @@ class _Build:
             )
 
     async def _write_files(self, step: BuildStep) -> None:
-        files = self.runtime.files(self.builder_id)
+        files = self.core.files(self.builder_id)
 
         def write() -> None:
             for path, content in step.files:

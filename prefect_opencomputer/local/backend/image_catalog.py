@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -48,17 +47,11 @@ class ImageRecord:
     workdir: str | None = None
 
 
-class ImageCatalog:
+class ImageCatalog(database.Database):
     """Rows of the `images` table; every write commits before it returns, like the rest of the state."""
 
     def __init__(self, path: Path) -> None:
-        self._db = database.connect(path, _SCHEMA)
-
-    def close(self) -> None:
-        self._db.close()
-
-    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        return database.transaction(self._db)
+        super().__init__(path, _SCHEMA)
 
     def insert(self, image: ImageRecord) -> None:
         """Add a row; raises `NameTaken` when a snapshot already has its name."""
@@ -122,13 +115,9 @@ def _row(image: ImageRecord) -> tuple[object, ...]:
 
 def _image(row: sqlite3.Row) -> ImageRecord:
     return ImageRecord(
-        id=row["id"],
-        content_hash=row["content_hash"],
-        name=row["name"],
-        checkpoint_id=row["checkpoint_id"],
+        **database.columns(row, "id", "content_hash", "name", "checkpoint_id", "workdir"),
         manifest=json.loads(row["manifest"]),
         status=cast(ImageStatus, row["status"]),
         created_at=datetime.fromisoformat(row["created_at"]),
         last_used_at=datetime.fromisoformat(row["last_used_at"]),
-        workdir=row["workdir"],
     )

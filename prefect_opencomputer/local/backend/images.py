@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -21,6 +21,7 @@ from prefect_opencomputer.local.backend import preview_auth, sizing
 from prefect_opencomputer.local.backend.image_build import BuildFailed, build_image
 from prefect_opencomputer.local.backend.image_catalog import ImageCatalog, ImageRecord
 from prefect_opencomputer.local.backend.image_manifest import ImageManifest, parse_manifest
+from prefect_opencomputer.local.backend.lifecycle import started
 from prefect_opencomputer.local.backend.records import (
     CheckpointRecord,
     SandboxRecord,
@@ -28,11 +29,11 @@ from prefect_opencomputer.local.backend.records import (
     new_uuid,
     utc_now,
 )
-from prefect_opencomputer.local.errors import Invalid, NotFound
+from prefect_opencomputer.local.errors import Invalid
 
 if TYPE_CHECKING:
     from prefect_opencomputer.local.backend.checkpoints import Checkpoints
-    from prefect_opencomputer.local.backend.sandboxes import Sandboxes
+    from prefect_opencomputer.local.backend.core import SandboxCore
 
 logger = logging.getLogger(__name__)
 
@@ -74,18 +75,20 @@ class _Build:
 class Images:
     """Image and snapshot behaviour over the sandboxes core."""
 
-    def __init__(self, backend: Sandboxes, checkpoints: Checkpoints) -> None:
+    def __init__(self, backend: SandboxCore, checkpoints: Checkpoints) -> None:
         self._backend = backend
         self._checkpoints = checkpoints
         self._catalog: ImageCatalog | None = None
         self._builds: dict[str, _Build] = {}
         self._background: set[asyncio.Task[None]] = set()
 
+    def listed(self) -> list[ImageRecord]:
+        """Every cached image, unnamed builds and named snapshots alike, newest first."""
+        return self.catalog.all()
+
     @property
     def catalog(self) -> ImageCatalog:
-        if self._catalog is None:
-            raise RuntimeError("the backend is not started")
-        return self._catalog
+        return started(self._catalog)
 
     # -- server lifecycle --------------------------------------------------------------------
 
@@ -164,89 +167,11 @@ class Images:
             self._backend.store.save_sandbox(record)
         return record, token
 
-    # -- snapshots ---------------------------------------------------------------------------
-
-    async def create_snapshot(
-        self, name: str, image: object, log: BuildLogSink, *, keep_failed: bool = False
-    ) -> ImageRecord:
-        """Build `image` (or reuse its build) and name it; 409 when the name is taken.
-
-        A failed build leaves no snapshot behind, unless `keep_failed` (a background create, whose caller
-        learns the outcome from the snapshot's status).
-        """
-        snapshot = self.reserve_snapshot(name, image)
-        await self.finish_snapshot(snapshot, log, keep_failed=keep_failed)
-        return snapshot
-
-    def create_snapshot_in_background(self, name: object, image: object) -> ImageRecord:
-        """Claim the name and build in the background; the caller polls the snapshot's status."""
-        snapshot = self.reserve_snapshot(name, image)
-
-        def ignore(step: int, step_type: str, message: str) -> None:
-            return None
-
-        async def finish() -> None:
-            with contextlib.suppress(ImageBuildError):
-                await self.finish_snapshot(snapshot, ignore, keep_failed=True)
-
-        task = asyncio.create_task(finish(), name=f"snapshot-{snapshot.id}")
+    def in_background(self, work: Coroutine[object, object, None], name: str) -> None:
+        """Run ``work`` as a task that closing or resetting the server cancels with the builds."""
+        task = asyncio.create_task(work, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-        return snapshot
-
-    def reserve_snapshot(self, name: object, image: object) -> ImageRecord:
-        """Check the request and claim the name with a "building" row (the first half of a create)."""
-        if not isinstance(name, str) or not name:
-            raise Invalid("name is required")
-        if image is None or image == {}:
-            raise Invalid("image is required")
-        manifest = parse_manifest(image)
-        now = utc_now()
-        snapshot = ImageRecord(
-            id=new_uuid(),
-            content_hash=manifest.content_hash,
-            name=name,
-            checkpoint_id=None,
-            manifest=dict(manifest.raw),
-            status="building",
-            created_at=now,
-            last_used_at=now,
-        )
-        self.catalog.insert(snapshot)  # NameTaken when a snapshot already has the name
-        return snapshot
-
-    async def finish_snapshot(self, snapshot: ImageRecord, log: BuildLogSink, *, keep_failed: bool) -> None:
-        """Build the reserved snapshot's image and mark it ready (or failed)."""
-        try:
-            checkpoint_id = await self.checkpoint_for(parse_manifest(snapshot.manifest), log)
-        except BaseException:
-            if keep_failed:
-                snapshot.status = "failed"
-                self.catalog.save(snapshot)
-            else:
-                self.catalog.delete(snapshot.id)
-            raise
-        snapshot.checkpoint_id = checkpoint_id
-        snapshot.status = "ready"
-        snapshot.last_used_at = utc_now()
-        self.catalog.save(snapshot)
-
-    def snapshot(self, name: str) -> ImageRecord:
-        snapshot = self.catalog.named(name)
-        if snapshot is None:
-            raise NotFound("snapshot not found")
-        return snapshot
-
-    def delete_snapshot(self, name: str) -> None:
-        """Forget the name; the build it pointed at stays cached, and its sandboxes keep running."""
-        self.catalog.delete(self.snapshot(name).id)
-
-    def snapshot_checkpoint(self, name: str) -> str:
-        """The checkpoint behind a ready snapshot (for its patch routes)."""
-        checkpoint_id = self.snapshot(name).checkpoint_id
-        if checkpoint_id is None:
-            raise Invalid(f"snapshot {name!r} is not ready")
-        return checkpoint_id
 
     # -- builds ------------------------------------------------------------------------------
 
@@ -333,7 +258,7 @@ class Images:
         self.catalog.insert(image)
         try:
             built = await build_image(
-                backend.runtime, manifest, builder_id=builder.id, checkpoint_id=checkpoint.id, log=build.emit
+                backend, manifest, builder_id=builder.id, checkpoint_id=checkpoint.id, log=build.emit
             )
         except BaseException as error:
             store.delete_checkpoint(checkpoint.id)
@@ -395,4 +320,4 @@ class Images:
 
     async def _drop_checkpoint(self, checkpoint_id: str) -> None:
         self._backend.store.delete_checkpoint(checkpoint_id)
-        await self._backend.runtime.layers.remove_checkpoint(checkpoint_id)
+        await self._backend.remove_checkpoint(checkpoint_id)

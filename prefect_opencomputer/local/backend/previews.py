@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from prefect_opencomputer.local.backend import preview_auth
@@ -9,7 +10,7 @@ from prefect_opencomputer.local.backend.records import PreviewRecord, new_token,
 from prefect_opencomputer.local.errors import Invalid, NotFound, Stopped
 
 if TYPE_CHECKING:
-    from prefect_opencomputer.local.backend.sandboxes import Sandboxes
+    from prefect_opencomputer.local.backend.core import SandboxCore
 
 
 def preview_hostname(sandbox_id: str, port: int, domain: str) -> str:
@@ -19,7 +20,7 @@ def preview_hostname(sandbox_id: str, port: int, domain: str) -> str:
 class Previews:
     """Preview URL behaviour over the sandboxes core."""
 
-    def __init__(self, backend: Sandboxes) -> None:
+    def __init__(self, backend: SandboxCore) -> None:
         self._backend = backend
 
     def create(
@@ -77,3 +78,25 @@ class Previews:
         record.preview_auth_hash = preview_auth.digest(token)
         self._backend.store.save_sandbox(record)
         return token
+
+    async def connect_preview(
+        self, sandbox_id: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP connection to ``port`` inside the sandbox, waking it if it hibernates.
+
+        Raises `BackendError` 404/410 for unknown/stopped sandboxes and `OSError` (e.g.
+        ``ConnectionRefusedError``) when nothing listens on the port.
+        """
+        async with self._backend.data_plane(sandbox_id):
+            return await self._backend.open_connection(sandbox_id, port)
+
+    def preview_access_allowed(self, sandbox_id: str, presented_token: str | None) -> bool:
+        """Whether preview traffic may pass: no token gate on the sandbox, or the right token."""
+        record = self._backend.store.sandbox(sandbox_id)
+        if record is None or record.preview_auth_hash is None:
+            return True
+        return preview_auth.matches(record.preview_auth_hash, presented_token)
+
+    def touch(self, sandbox_id: str) -> None:
+        """Record preview traffic on a sandbox (restarts its idle timer)."""
+        self._backend.touch(sandbox_id)

@@ -1,74 +1,25 @@
-"""The sandboxes core: their records, their runtime, their locks and their lifecycle.
+"""The sandboxes resource: create, list, kill, timeout, hibernate, wake and tags; and the host check.
 
-What every resource of the local server shares about a sandbox lives here once: how one is admitted,
-booted, frozen, stopped and discarded, and how a data call holds one awake. Checkpoints, images,
-previews and files take it as their dependency; `LocalBackend` composes them for the routes.
+`prepare_host` gets this machine ready before a server starts answering.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
-import ipaddress
-import logging
-import threading
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from prefect_opencomputer.local.backend import sizing
-from prefect_opencomputer.local.backend.exec import ExecSessionTable
-from prefect_opencomputer.local.backend.idle import IdleTracker
-from prefect_opencomputer.local.backend.records import (
-    MemorySample,
-    SandboxRecord,
-    SandboxStatus,
-    new_sandbox_id,
-    utc_now,
-)
-from prefect_opencomputer.local.backend.state import StateStore
-from prefect_opencomputer.local.backend.terminals import TerminalTable
+from prefect_opencomputer.local.backend import preview_auth, sizing
+from prefect_opencomputer.local.backend.core import SandboxCore
+from prefect_opencomputer.local.backend.records import SandboxRecord, new_token, utc_now
+from prefect_opencomputer.local.backend.tags import parse_tags
 from prefect_opencomputer.local.config import LocalServerConfig
-from prefect_opencomputer.local.errors import (
-    BackendError,
-    NotFound,
-    RetryLater,
-    Stopped,
-    TooMany,
-    Unreachable,
-)
+from prefect_opencomputer.local.errors import Failed, Invalid, Unsupported
 from prefect_opencomputer.local.sandbox import rootfs
-from prefect_opencomputer.local.sandbox.cgroups import CgroupHost, CgroupsUnavailable, Limits
-from prefect_opencomputer.local.sandbox.egress import IPNetwork
-from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
-from prefect_opencomputer.local.sandbox.runtime import SandboxNotRunning, SandboxRuntime
+from prefect_opencomputer.local.sandbox.factory import ready_host
 
-logger = logging.getLogger("prefect_opencomputer.local.backend.service")
-MIB = 1024 * 1024
-# Processes per sandbox: enough for a build with parallel jobs, not enough to fork-bomb the host.
-MAX_PROCESSES = 4096
-CGROUP_PREFIX = "prefect-opencomputer-"
-
-
-def sandbox_limits(record: SandboxRecord) -> Limits:
-    """The cgroup limits of a sandbox's size: its memory tier, its vCPUs as a CPU quota."""
-    return Limits(record.memory_mb * MIB, MAX_PROCESSES, float(record.cpu_count))
-
-
-def cgroup_group(data_dir: Path) -> str:
-    """One cgroup per server data dir, so a server sweeps only the leftovers of its own sandboxes."""
-    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
-    return f"{CGROUP_PREFIX}{digest}"
-
-
-def discover_cgroups(config: LocalServerConfig) -> CgroupHost | None:
-    """The host's cgroups for sandbox limits; None when the server runs with ``--no-limits``.
-
-    Raises `CgroupsUnavailable` with the reason when limits are wanted but cannot be had.
-    """
-    if not config.limits:
-        return None
-    return CgroupHost.discover(group=cgroup_group(config.data_dir))
+if TYPE_CHECKING:
+    from prefect_opencomputer.local.backend.images import BuildLogSink, Images
 
 
 def prepare_host(config: LocalServerConfig, progress: rootfs.Progress) -> str:
@@ -79,287 +30,166 @@ def prepare_host(config: LocalServerConfig, progress: rootfs.Progress) -> str:
     filesystem: minutes on the very first run (``progress`` hears about it), a cache hit after.
     Raises `RuntimeUnavailable` with a readable reason.
     """
-    runtime = SandboxRuntime(
-        config.data_dir / "runtime", cache=rootfs.cache_dir(), rootfs=template_root, cgroups=None
-    )
-    runtime.check_available()
-    disks = f"disks: {runtime.layers.store.describe()}"
-    try:
-        cgroups = discover_cgroups(config)
-    except CgroupsUnavailable as error:
-        raise RuntimeUnavailable(f"{error} (or start with --no-limits)") from error
-    built: list[BaseException] = []
-
-    def build() -> None:
-        try:
-            asyncio.run(rootfs.ensure_rootfs(sizing.DEFAULT_TEMPLATE, progress=progress))
-        except BaseException as error:
-            built.append(error)
-
-    # Its own thread and loop: the caller may be inside an event loop of its own.
-    worker = threading.Thread(target=build, name="rootfs-build")
-    worker.start()
-    worker.join()
-    if built:
-        raise RuntimeUnavailable(f"building the sandbox root filesystem failed: {built[0]}") from built[0]
-    if cgroups is None:
-        limits = "limits: none (--no-limits): memoryMB, cpuCount and process caps are not enforced"
-    else:
-        limits = f"limits: {cgroups.describe()}"
-        cgroups.release()  # a check only: the server makes its groups again as it starts
-    return f"{limits}\n  {disks}"
+    return ready_host(config, template=sizing.DEFAULT_TEMPLATE, progress=progress)
 
 
-def egress_allowed(config: LocalServerConfig) -> frozenset[IPNetwork]:
-    """Special-range networks sandboxes may reach whole: what the server was told (``--egress-allow``).
+@dataclass(frozen=True)
+class SandboxRequest:
+    """What a client asks for when it creates a sandbox (``POST /sandboxes``)."""
 
-    The package registries as this host resolves them are open too, on their ports only
-    (`registry_exceptions`, set on the runtime apart).
-    """
-    return frozenset(ipaddress.ip_network(network, strict=False) for network in config.egress_allow)
+    template: str = ""
+    timeout: int = 0
+    cpu_count: int = 0
+    memory_mb: int = 0
+    disk_mb: int = 0
+    envs: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    secret_store: str = ""
+    preview_auth: tuple[str, str] | None = None  # (scheme, token)
+    image: Mapping[str, object] | None = None  # a declarative image manifest
+    snapshot: str = ""
+    webhooks: bool = False
+    network_enabled: bool = True  # DNS and direct TCP to public addresses, like a VM
 
 
-async def template_root(template: str) -> Path:
-    """A template's root filesystem, built on first use with its progress in the server log."""
-    return await rootfs.ensure_rootfs(template, progress=lambda line: logger.warning("%s", line))
+@dataclass(frozen=True)
+class TagKeyStats:
+    key: str
+    sandbox_count: int
+    value_count: int
 
 
 class Sandboxes:
-    """Every sandbox's record, processes and lifecycle; the one place that boots or stops one."""
+    """The sandboxes resource: one method per wire action on ``/sandboxes`` and ``/tags``."""
 
-    def __init__(self, config: LocalServerConfig) -> None:
-        self.config = config
-        self.runtime = SandboxRuntime(
-            root=config.data_dir / "runtime",
-            cache=rootfs.cache_dir(),
-            rootfs=template_root,
-            cgroups=None,
-            max_disk_mb=config.max_disk_mb,
+    def __init__(self, core: SandboxCore, images: Images) -> None:
+        self._core = core
+        self._images = images
+
+    async def create(
+        self, request: SandboxRequest, on_build_log: BuildLogSink | None = None
+    ) -> tuple[SandboxRecord, str | None]:
+        """Create and boot a sandbox; returns it and the preview token when one was asked for.
+
+        With an image or a snapshot the sandbox is a fork of its build (built now unless cached), whose
+        log lines go to ``on_build_log``.
+        """
+        if request.webhooks:
+            raise Unsupported("sandbox webhooks are not supported by the local server yet")
+        if request.image is not None or request.snapshot:
+            return await self._images.create_sandbox(
+                self._images.source(request.image, request.snapshot),
+                envs=request.envs,
+                metadata=request.metadata,
+                memory_mb=request.memory_mb,
+                secret_store=request.secret_store,
+                preview=request.preview_auth,
+                log=on_build_log or _no_build_log,
+            )
+        template = sizing.resolve_template(request.template)
+        cpu_count, memory_mb = sizing.resolve_tier(request.cpu_count, request.memory_mb)
+        disk_mb = sizing.resolve_disk(request.disk_mb)
+        if request.secret_store:
+            raise Invalid(f"secret store not found: {request.secret_store}")
+        token: str | None = None
+        token_hash: str | None = None
+        if request.preview_auth is not None:
+            token, token_hash = preview_auth.issue(*request.preview_auth)
+        record = SandboxRecord(
+            id=self._core.admit_sandbox(),
+            status="pending",
+            template=template,
+            timeout=max(0, request.timeout),
+            cpu_count=cpu_count,
+            memory_mb=memory_mb,
+            disk_mb=disk_mb,
+            token=new_token(),
+            started_at=utc_now(),
+            envs=dict(request.envs),
+            metadata=dict(request.metadata),
+            preview_auth_hash=token_hash,
+            network_enabled=request.network_enabled,
         )
-        self.idle = IdleTracker(self._hibernate_if_idle)
-        self.exec_sessions = ExecSessionTable()
-        self.terminals = TerminalTable()
-        self._store: StateStore | None = None
-        self._locks: dict[str, asyncio.Lock] = {}
-        # Sandboxes whose layer is being copied into a checkpoint: data calls wait for the copy.
-        self._paused: dict[str, asyncio.Event] = {}
-        # Bumped whenever a sandbox's processes start or stop: an operation that sees it change
-        # knows the sandbox moved under it (its files vanished with the mount, not by a mistake).
-        self._epochs: dict[str, int] = {}
-        self.peak = 0
-        # Tests lower it through `/_test/limits`; `reset()` restores the configured value.
-        self.max_running_sandboxes = config.max_running_sandboxes
+        try:
+            await self._core.launch(record)
+        except Exception as error:
+            raise Failed(f"worker create failed: {error}") from error
+        return record, token
 
-    def open(self, store: StateStore | None) -> None:
-        """Use ``store`` for the records from now on (None once the server has closed it)."""
-        self._store = store
+    def listed(self) -> list[SandboxRecord]:
+        """What the hosted list shows: every status but in-flight creates, newest first, at most 200."""
+        return [record for record in self._core.store.sandboxes() if record.status != "pending"][:200]
 
-    @property
-    def opened(self) -> StateStore | None:
-        """The store, or None while the server is not started."""
-        return self._store
+    async def kill(self, sandbox_id: str) -> None:
+        """Stop it for good: processes, layer and preview URLs go; its record and checkpoints stay."""
+        self._core.sandbox(sandbox_id)
+        async with self._core.lifecycle_lock(sandbox_id):
+            record = self._core.sandbox(sandbox_id)
+            if record.status == "stopped":
+                return
+            record.status = "stopped"
+            record.stopped_at = utc_now()
+            self._core.store.save_sandbox(record)
+            self._core.store.delete_previews(sandbox_id)
+            await self._core.destroy(sandbox_id)
 
-    @property
-    def store(self) -> StateStore:
-        if self._store is None:
-            raise RuntimeError("the backend is not started")
-        return self._store
+    async def set_timeout(self, sandbox_id: str, timeout: int) -> None:
+        if timeout < 0:
+            raise Invalid("timeout must be non-negative (0 = no timeout)")
+        async with self._core.data_plane(sandbox_id) as record:
+            record.timeout = timeout
+            self._core.store.save_sandbox(record)
+            self._core.idle.watch(sandbox_id, timeout)
 
-    def sandbox(self, sandbox_id: str) -> SandboxRecord:
-        """The sandbox, whatever its status; 404 when this server never had it."""
-        record = self.store.sandbox(sandbox_id)
-        if record is None or record.status == "pending":
-            raise NotFound("sandbox not found")
+    async def hibernate(self, sandbox_id: str) -> SandboxRecord:
+        """Freeze its processes (exec sessions kept), as the service's pause; idempotent when hibernated."""
+        self._core.sandbox(sandbox_id)
+        async with self._core.lifecycle_lock(sandbox_id):
+            record = self._core.sandbox(sandbox_id)
+            if record.status == "running":
+                await self._core.suspend(record)
+            elif record.status != "hibernated":
+                raise Invalid("sandbox is not running")
         return record
 
-    @contextlib.asynccontextmanager
-    async def data_plane(self, sandbox_id: str) -> AsyncIterator[SandboxRecord]:
-        """Hold a sandbox awake for one operation, waking it first if it hibernates.
+    async def wake(self, sandbox_id: str) -> SandboxRecord:
+        """Boot a hibernated sandbox over its disk; idempotent for a running one."""
+        self._core.sandbox(sandbox_id)
+        async with self._core.lifecycle_lock(sandbox_id):
+            record = self._core.sandbox(sandbox_id)
+            if record.status not in ("running", "hibernated"):
+                raise Invalid("sandbox is not hibernated")
+            if not self._core.is_live(record):
+                await self._core.wake_locked(record)
+        return record
 
-        404 for an unknown sandbox, 410 for a stopped one.
-        """
-        with self.idle.busy(sandbox_id):
-            record = await self.awake(sandbox_id)
-            epoch = self._epochs.get(sandbox_id)
-            try:
-                yield record
-            except (SandboxNotRunning, BackendError, OSError) as error:
-                if isinstance(error, BackendError) and not isinstance(error, NotFound):
-                    raise
-                if self._epochs.get(sandbox_id) == epoch and not isinstance(error, SandboxNotRunning):
-                    raise
-                raise RetryLater(
-                    f"sandbox {sandbox_id} was stopped or restarted during the request, retry",
-                    headers={"Retry-After": "1"},
-                    retryable=True,
-                ) from None
+    def get(self, sandbox_id: str) -> SandboxRecord:
+        """The sandbox, whatever its status; 404 when this server never had it."""
+        return self._core.sandbox(sandbox_id)
 
     def require_live(self, sandbox_id: str) -> SandboxRecord:
         """Fail now (404/410) for a sandbox no data call can reach, without waking it."""
-        record = self.sandbox(sandbox_id)
-        if record.status not in ("running", "hibernated"):
-            raise Stopped(f"sandbox {sandbox_id} has been stopped")
+        return self._core.require_live(sandbox_id)
+
+    def replace_tags(self, sandbox_id: str, body: object) -> SandboxRecord:
+        record = self._core.sandbox(sandbox_id)
+        record.tags = parse_tags(body)
+        record.tags_updated_at = utc_now()
+        self._core.store.save_sandbox(record)
         return record
 
-    def touch(self, sandbox_id: str) -> None:
-        """Record traffic on a sandbox (restarts its idle timer)."""
-        self.idle.touch(sandbox_id)
+    def tag_keys(self) -> list[TagKeyStats]:
+        """Every tag key in use, with how many sandboxes carry it and how many values it has."""
+        sandboxes: dict[str, int] = {}
+        values: dict[str, set[str]] = {}
+        for record in self._core.store.sandboxes():
+            if record.status == "pending":
+                continue
+            for key, value in record.tags.items():
+                sandboxes[key] = sandboxes.get(key, 0) + 1
+                values.setdefault(key, set()).add(value)
+        return [TagKeyStats(key, sandboxes[key], len(values[key])) for key in sorted(sandboxes)]
 
-    def lifecycle_lock(self, sandbox_id: str) -> asyncio.Lock:
-        lock = self._locks.get(sandbox_id)
-        if lock is None:
-            lock = self._locks[sandbox_id] = asyncio.Lock()
-        return lock
 
-    def admit_sandbox(self) -> str:
-        """The id for a sandbox about to be created; 429 at the cap of running sandboxes.
-
-        Creates still booting count too, so concurrent creates cannot pass the cap together.
-        """
-        active = len(self.store.sandboxes(status="running")) + len(self.store.sandboxes(status="pending"))
-        limit = self.max_running_sandboxes
-        if active >= limit:
-            raise TooMany(
-                f"concurrent sandbox limit reached ({active}/{limit}) — hibernate or delete one before "
-                "creating another",
-                active=active,
-                limit=limit,
-            )
-        return self.unused_sandbox_id()
-
-    def unused_sandbox_id(self) -> str:
-        sandbox_id = new_sandbox_id()
-        while self.store.sandbox(sandbox_id) is not None:
-            sandbox_id = new_sandbox_id()
-        return sandbox_id
-
-    async def boot(self, record: SandboxRecord) -> None:
-        """Start the sandbox's processes over its layer and mark it running (lock held)."""
-        await self.runtime.start(
-            record.id,
-            template=record.template,
-            network=record.network_enabled,
-            limits=sandbox_limits(record),
-        )
-        self._epochs[record.id] = self._epochs.get(record.id, 0) + 1
-        record.status = "running"
-        self.store.save_sandbox(record)
-        self.store.start_running(record.id, record.memory_mb, utc_now())
-        self.idle.watch(record.id, record.timeout)
-        self.peak = max(self.peak, len(self.runtime.running_ids()))
-        await self.runtime.settled(record.id)
-
-    async def stop_processes(self, record: SandboxRecord, status: SandboxStatus) -> None:
-        """Stop the sandbox's processes, keeping its layer, and record ``status`` (lock held)."""
-        await self.exec_sessions.close_sandbox(record.id)
-        await self.terminals.close_sandbox(record.id)
-        self.idle.forget(record.id)
-        self._epochs[record.id] = self._epochs.get(record.id, 0) + 1
-        last_sample = self.memory_sample(record.id)
-        await self.runtime.stop(record.id)
-        self.store.stop_running(record.id, utc_now(), last_sample)
-        record.status = status
-        self.store.save_sandbox(record)
-
-    async def suspend(self, record: SandboxRecord) -> None:
-        """Hibernate as the hosted service pauses: freeze the processes, memory kept (lock held).
-
-        Exec sessions stay, as the service's pause keeps them: their commands are frozen with the
-        rest and carry on after the wake, and a client that attaches again gets the scrollback.
-        Without a freezer (``--no-limits``) the processes stop instead (their sessions end), the disk kept.
-        """
-        self.idle.forget(record.id)
-        last_sample = self.memory_sample(record.id)
-        if await self.runtime.freeze(record.id):
-            # Frozen memory is not billed on the hosted service: its running interval ends here.
-            self.store.stop_running(record.id, utc_now(), last_sample)
-            record.status = "hibernated"
-            self.store.save_sandbox(record)
-        else:
-            await self.stop_processes(record, "hibernated")
-
-    async def destroy(self, sandbox_id: str) -> None:
-        """Its sessions, processes, mounts, cgroups and layer go for good (lock held)."""
-        await self.exec_sessions.close_sandbox(sandbox_id)
-        await self.terminals.close_sandbox(sandbox_id)
-        self.idle.forget(sandbox_id)
-        self._epochs[sandbox_id] = self._epochs.get(sandbox_id, 0) + 1
-        last_sample = self.memory_sample(sandbox_id)
-        await self.runtime.destroy(sandbox_id)
-        self.store.stop_running(sandbox_id, utc_now(), last_sample)
-
-    def memory_sample(self, sandbox_id: str) -> MemorySample | None:
-        """Its cgroup's memory now and its peak since the last sample; None when it is not running."""
-        if self.runtime.is_frozen(sandbox_id):
-            return None
-        reading = self.runtime.memory_sample(sandbox_id)
-        return None if reading is None else MemorySample(sandbox_id, utc_now(), *reading)
-
-    def sample_memory(self) -> None:
-        """Record a memory sample of every running sandbox (frozen ones hold still and are not billed)."""
-        samples = []
-        for sandbox_id in self.runtime.running_ids():
-            record = self.store.sandbox(sandbox_id)
-            if record is None or record.status != "running":
-                continue  # an image builder, or a sandbox between states
-            sample = self.memory_sample(sandbox_id)
-            if sample is not None:
-                samples.append(sample)
-        self.store.record_samples(samples)
-
-    async def discard_sandbox(self, sandbox_id: str) -> None:
-        """Remove every trace of a sandbox that was never acknowledged to a client."""
-        self.idle.forget(sandbox_id)
-        with contextlib.suppress(Exception):
-            await self.runtime.destroy(sandbox_id)
-        self.store.delete_sandbox(sandbox_id)
-
-    def pause_data_plane(self, sandbox_id: str) -> asyncio.Event:
-        """Make data calls on the sandbox wait until the returned event is set."""
-        resumed = asyncio.Event()
-        self._paused[sandbox_id] = resumed
-        return resumed
-
-    def resume_data_plane(self, sandbox_id: str, resumed: asyncio.Event) -> None:
-        if self._paused.get(sandbox_id) is resumed:
-            del self._paused[sandbox_id]
-        resumed.set()
-
-    def is_live(self, record: SandboxRecord) -> bool:
-        return (
-            record.status == "running"
-            and self.runtime.is_running(record.id)
-            and not self.runtime.is_frozen(record.id)
-        )
-
-    async def awake(self, sandbox_id: str) -> SandboxRecord:
-        record = self.require_live(sandbox_id)
-        resumed = self._paused.get(sandbox_id)
-        if resumed is not None:
-            await resumed.wait()
-            record = self.require_live(sandbox_id)
-        if self.is_live(record):
-            return record
-        async with self.lifecycle_lock(sandbox_id):
-            record = self.require_live(sandbox_id)
-            if not self.is_live(record):
-                await self.wake_locked(record)
-        return record
-
-    async def wake_locked(self, record: SandboxRecord) -> None:
-        try:
-            await self.boot(record)
-        except Exception as error:
-            logger.warning("waking %s failed: %s", record.id, error)
-            raise Unreachable(f"sandbox {record.id}: failed to wake: {error}") from error
-
-    async def _hibernate_if_idle(self, sandbox_id: str) -> None:
-        async with self.lifecycle_lock(sandbox_id):
-            if not self.idle.expired(sandbox_id):
-                return
-            record = self.store.sandbox(sandbox_id) if self._store is not None else None
-            if record is None or record.status != "running":
-                self.idle.forget(sandbox_id)
-                return
-            logger.info("sandbox %s idle for %ss: hibernating", sandbox_id, record.timeout)
-            await self.suspend(record)
+def _no_build_log(step: int, step_type: str, message: str) -> None:
+    """Where the build log of a create that nobody streams goes."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 
 from prefect_opencomputer.local.backend import sizing
+from prefect_opencomputer.local.backend.core import SandboxCore, sandbox_limits
 from prefect_opencomputer.local.backend.records import SandboxRecord, ScalingRecord
-from prefect_opencomputer.local.backend.sandboxes import Sandboxes, sandbox_limits
 from prefect_opencomputer.local.errors import Conflict, Failed, Forbidden, Invalid
 from prefect_opencomputer.local.sandbox.cgroups import CgroupError, MemoryInUse
 
@@ -24,7 +24,7 @@ LOCKED_AUTOSCALE = "scaling is locked on this sandbox — unlock via PUT /scalin
 class Scaling:
     """Size changes and restarts over the sandboxes core."""
 
-    def __init__(self, sandboxes: Sandboxes) -> None:
+    def __init__(self, sandboxes: SandboxCore) -> None:
         self._sandboxes = sandboxes
 
     def settings(self, sandbox_id: str) -> ScalingRecord:
@@ -83,7 +83,7 @@ class Scaling:
                 raise Invalid("sandbox is not running")
             resized = dataclasses.replace(record, memory_mb=memory_mb, cpu_count=cpu_count)
             try:
-                await self._sandboxes.runtime.resize(sandbox_id, sandbox_limits(resized))
+                await self._sandboxes.resize(sandbox_id, sandbox_limits(resized))
             except MemoryInUse as error:
                 raise Conflict(
                     "memory limit below guest working set — would OOM-kill processes",

@@ -34,31 +34,30 @@ def resolve_tier(cpu_count: int, memory_mb: int) -> tuple[int, int]:
     if memory_mb == 0 and cpu_count == 0:
         return DEFAULT_CPU_COUNT, DEFAULT_MEMORY_MB
     if cpu_count == 0:
-        if memory_mb > MAX_MEMORY_MB:
-            raise Invalid(
-                f"memoryMB={memory_mb} exceeds the largest self-serve tier ({MAX_MEMORY_MB} MB). "
-                "Contact us for enterprise sizing.",
-            )
-        for tier_memory, tier_cpus in TIERS:
-            if memory_mb == tier_memory:
-                return tier_cpus, memory_mb
-        raise Invalid(f"memoryMB must be one of: 1024, 4096, 8192, 16384 (got {memory_mb})")
+        return _tier_by("memoryMB", memory_mb, 0, f"{MAX_MEMORY_MB} MB")
     if memory_mb == 0:
-        if cpu_count > MAX_CPU_COUNT:
-            raise Invalid(
-                f"cpuCount={cpu_count} exceeds the largest self-serve tier ({MAX_CPU_COUNT} vCPU). "
-                "Contact us for enterprise sizing.",
-            )
-        for tier_memory, tier_cpus in TIERS:
-            if cpu_count == tier_cpus:
-                return cpu_count, tier_memory
-        raise Invalid(f"cpuCount must be one of: 1, 2, 4 (got {cpu_count})")
+        return _tier_by("cpuCount", cpu_count, 1, f"{MAX_CPU_COUNT} vCPU")
     if (memory_mb, cpu_count) in TIERS:
         return cpu_count, memory_mb
     raise Invalid(
         f"cpuCount {cpu_count} and memoryMB {memory_mb} do not match an allowed tier; valid "
         "combinations: 1/1024, 1/4096, 2/8192, 4/16384, 8/32768, 16/65536",
     )
+
+
+def _tier_by(name: str, asked: int, position: int, largest: str) -> tuple[int, int]:
+    """``(cpu_count, memory_mb)`` of the first tier whose ``position`` (0: memory, 1: vCPUs) is
+    ``asked``, or the service's 400 for a value past the largest tier or between tiers."""
+    values = sorted({tier[position] for tier in TIERS})
+    if asked > values[-1]:
+        raise Invalid(
+            f"{name}={asked} exceeds the largest self-serve tier ({largest}). "
+            "Contact us for enterprise sizing."
+        )
+    for tier_memory, tier_cpus in TIERS:
+        if (tier_memory, tier_cpus)[position] == asked:
+            return tier_cpus, tier_memory
+    raise Invalid(f"{name} must be one of: {', '.join(map(str, values))} (got {asked})")
 
 
 def resolve_disk(disk_mb: int) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
@@ -113,17 +112,11 @@ class DuplicateName(Exception):
     """A checkpoint with that name already exists for the sandbox."""
 
 
-class StateStore:
+class StateStore(database.Database):
     """Sandboxes, checkpoints, patches, preview URLs and server settings, in SQLite."""
 
     def __init__(self, path: Path) -> None:
-        self._db = database.connect(path, _SCHEMA)
-
-    def close(self) -> None:
-        self._db.close()
-
-    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        return database.transaction(self._db)
+        super().__init__(path, _SCHEMA)
 
     # -- settings ----------------------------------------------------------------------------
 
@@ -468,25 +461,16 @@ def _required_time(text: str) -> datetime:
 
 
 def _sandbox(row: sqlite3.Row) -> SandboxRecord:
+    plain = ("id", "template", "timeout", "cpu_count", "memory_mb", "disk_mb", "token", "preview_auth_hash")
     return SandboxRecord(
-        id=row["id"],
+        **database.columns(row, *plain, "patch_error", "based_on_checkpoint_id", "last_patch_sequence"),
         status=cast(SandboxStatus, row["status"]),
-        template=row["template"],
-        timeout=row["timeout"],
-        cpu_count=row["cpu_count"],
-        memory_mb=row["memory_mb"],
-        disk_mb=row["disk_mb"],
-        token=row["token"],
         started_at=_required_time(row["started_at"]),
+        stopped_at=_parse_time(row["stopped_at"]),
+        tags_updated_at=_parse_time(row["tags_updated_at"]),
         envs=json.loads(row["envs"]),
         metadata=json.loads(row["metadata"]),
-        preview_auth_hash=row["preview_auth_hash"],
-        stopped_at=_parse_time(row["stopped_at"]),
         tags=json.loads(row["tags"]),
-        tags_updated_at=_parse_time(row["tags_updated_at"]),
-        patch_error=row["patch_error"],
-        based_on_checkpoint_id=row["based_on_checkpoint_id"],
-        last_patch_sequence=row["last_patch_sequence"],
         network_enabled=bool(row["network_enabled"]),
     )
 
@@ -508,36 +492,25 @@ def _checkpoint_row(checkpoint: CheckpointRecord) -> tuple[Any, ...]:
 
 def _checkpoint(row: sqlite3.Row) -> CheckpointRecord:
     return CheckpointRecord(
-        id=row["id"],
-        sandbox_id=row["sandbox_id"],
-        name=row["name"],
+        **database.columns(row, "id", "sandbox_id", "name", "size_bytes", "error_msg"),
         kind=cast(CheckpointKind, row["kind"]),
         status=cast(CheckpointStatus, row["status"]),
         sandbox_config=json.loads(row["sandbox_config"]),
         created_at=_required_time(row["created_at"]),
-        size_bytes=row["size_bytes"],
-        error_msg=row["error_msg"],
         failed_at=_parse_time(row["failed_at"]),
     )
 
 
 def _patch(row: sqlite3.Row) -> PatchRecord:
     return PatchRecord(
-        id=row["id"],
-        checkpoint_id=row["checkpoint_id"],
-        sequence=row["sequence"],
-        script=row["script"],
-        description=row["description"],
+        **database.columns(row, "id", "checkpoint_id", "sequence", "script", "description"),
         created_at=_required_time(row["created_at"]),
     )
 
 
 def _preview(row: sqlite3.Row) -> PreviewRecord:
     return PreviewRecord(
-        id=row["id"],
-        sandbox_id=row["sandbox_id"],
-        port=row["port"],
-        hostname=row["hostname"],
+        **database.columns(row, "id", "sandbox_id", "port", "hostname"),
         auth_config=json.loads(row["auth_config"]),
         created_at=_required_time(row["created_at"]),
     )

@@ -11,6 +11,14 @@ nobody watches waits on a full terminal, as there.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from prefect_opencomputer.local.errors import NotFound
+
+if TYPE_CHECKING:
+    from prefect_opencomputer.local.backend.core import SandboxCore
+
 import asyncio
 import contextlib
 import errno
@@ -22,7 +30,7 @@ import termios
 
 from prefect_opencomputer.local.backend.records import new_session_id
 from prefect_opencomputer.local.sandbox import processes
-from prefect_opencomputer.local.sandbox.runtime import SandboxRuntime, kill_group
+from prefect_opencomputer.local.sandbox.runtime import kill_group
 
 DEFAULT_SHELL = "/bin/bash"
 DEFAULT_COLS, DEFAULT_ROWS = 80, 24
@@ -43,7 +51,7 @@ class Terminal:
         self.exited = asyncio.ensure_future(process.wait())
 
     @classmethod
-    def start(cls, runtime: SandboxRuntime, sandbox_id: str, cols: int, rows: int, shell: str) -> Terminal:
+    def start(cls, core: SandboxCore, sandbox_id: str, cols: int, rows: int, shell: str) -> Terminal:
         cols, rows = cols or DEFAULT_COLS, rows or DEFAULT_ROWS
         master, far = os.openpty()
         try:
@@ -55,7 +63,7 @@ class Terminal:
                 "--command", f"exec {shlex.quote(shell)}", "/dev/null",
             ]  # fmt: skip
             env = {"TERM": "xterm-256color", "COLUMNS": str(cols), "LINES": str(rows)}
-            popen = runtime.spawn_on_terminal(sandbox_id, argv, env=env, terminal=far)
+            popen = core.spawn_on_terminal(sandbox_id, argv, env=env, terminal=far)
         except BaseException:
             os.close(master)
             raise
@@ -162,3 +170,37 @@ class TerminalTable:
 
     async def close_all(self) -> None:
         await asyncio.gather(*(self.close_sandbox(sid) for sid in list(self._by_sandbox)))
+
+
+class Terminals:
+    """The PTY resource: interactive shells on pseudo-terminals that a client attaches to."""
+
+    def __init__(self, core: SandboxCore) -> None:
+        self._core = core
+
+    async def start(self, sandbox_id: str, cols: int, rows: int, shell: str) -> Terminal:
+        """An interactive shell on a new pseudo-terminal (``/bin/bash`` unless ``shell`` names another)."""
+        async with self._core.data_plane(sandbox_id):
+            terminal = Terminal.start(self._core, sandbox_id, cols, rows, shell or DEFAULT_SHELL)
+            self._core.terminals.add(terminal)
+            return terminal
+
+    async def get(self, sandbox_id: str, session_id: str) -> Terminal:
+        """A running PTY session of the sandbox (waking it); 404 ``PTY session … not found`` otherwise."""
+        async with self._core.data_plane(sandbox_id):
+            terminal = self._core.terminals.get(sandbox_id, session_id)
+            if terminal is None:
+                raise NotFound(f"PTY session {session_id} not found")
+            return terminal
+
+    async def close(self, sandbox_id: str, session_id: str) -> None:
+        await (await self.get(sandbox_id, session_id)).close()
+
+    @contextlib.asynccontextmanager
+    async def attached(self, sandbox_id: str, session_id: str) -> AsyncIterator[Terminal]:
+        """A PTY session for one client; the sandbox stays awake while it is attached."""
+        async with self._core.data_plane(sandbox_id):
+            terminal = self._core.terminals.get(sandbox_id, session_id)
+            if terminal is None:
+                raise NotFound(f"PTY session {session_id} not found")
+            yield terminal

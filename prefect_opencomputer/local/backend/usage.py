@@ -10,10 +10,14 @@ is 1.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prefect_opencomputer.local.backend.core import SandboxCore
+
 import asyncio
 import base64
 import binascii
-import contextlib
 import json
 import logging
 import re
@@ -21,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from prefect_opencomputer.local.backend.lifecycle import cancel_and_wait
 from prefect_opencomputer.local.backend.records import (
     MemorySample,
     RunningInterval,
@@ -409,10 +414,7 @@ class MemorySampler:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _loop(self) -> None:
         while True:
@@ -421,3 +423,25 @@ class MemorySampler:
                 self._sample()
             except Exception:  # a failed round must not end sampling for good
                 logger.exception("sampling sandbox memory failed")
+
+
+class Usage:
+    """The usage resource: a sandbox's points and the report over every sandbox."""
+
+    def __init__(self, core: SandboxCore) -> None:
+        self._core = core
+
+    def for_sandbox(self, sandbox_id: str, from_: str | None, to: str | None) -> SandboxUsage:
+        """Its 1-minute points over ``[from, to)`` (the last hour by default), sampled fresh first."""
+        record = self._core.sandbox(sandbox_id)
+        start, end = sandbox_window(from_, to, utc_now())
+        sample = self._core.memory_sample(sandbox_id) if record.status == "running" else None
+        if sample is not None:
+            self._core.store.record_samples([sample])
+        return UsageService(self._core.store).sandbox_usage(record, start, end)
+
+    def report(self, params: Sequence[tuple[str, str]]) -> UsageReport:
+        """``GET /usage``: every sandbox's (or tag value's) usage over the window, largest first."""
+        query = usage_query(params, utc_now())
+        created = [record for record in self._core.store.sandboxes() if record.status != "pending"]
+        return UsageService(self._core.store).report(query, created)

@@ -23,6 +23,7 @@ from prefect_opencomputer.local.backend.service import LocalBackend
 from prefect_opencomputer.local.errors import BackendError, CannotStart, Invalid
 from prefect_opencomputer.local.routes.deps import BackendDep
 from prefect_opencomputer.local.routes.sandboxes import Int64
+from prefect_opencomputer.local.routes.sockets import client_frames
 from prefect_opencomputer.local.sandbox.runtime import CommandResult
 
 router = APIRouter()
@@ -81,6 +82,25 @@ def _command(body: RunBody | SessionBody) -> str:
     return body.cmd
 
 
+async def _start_session(
+    backend: LocalBackend,
+    sandbox_id: str,
+    body: RunBody | SessionBody,
+    timeout: int,
+    max_run_after_disconnect: int,
+) -> ExecSession:
+    """The body's argv command started as an exec session (async runs are sessions too)."""
+    return await backend.exec.start_session(
+        sandbox_id,
+        _command(body),
+        body.args or [],
+        envs=body.envs or {},
+        cwd=body.cwd,
+        timeout=timeout,
+        max_run_after_disconnect=max_run_after_disconnect,
+    )
+
+
 def _run_timeout(body: RunBody) -> int:
     """A run's timeout in seconds: the hosted default when it is missing, 0 or negative."""
     return body.timeout if body.timeout and body.timeout > 0 else DEFAULT_RUN_TIMEOUT
@@ -120,13 +140,11 @@ async def run_command(
     timeout = _run_timeout(body)
     envs = body.envs or {}
     if timeout <= STREAMED_RUN_THRESHOLD:
-        result = await backend.run_command(sandbox_id, argv, envs=envs, cwd=body.cwd, timeout=timeout)
+        result = await backend.exec.run(sandbox_id, argv, envs=envs, cwd=body.cwd, timeout=timeout)
         return JSONResponse(result_json(result))
     # Answer 404/410 with their real status before the 200 goes out.
-    backend.require_live(sandbox_id)
-    run = asyncio.ensure_future(
-        backend.run_command(sandbox_id, argv, envs=envs, cwd=body.cwd, timeout=timeout)
-    )
+    backend.sandboxes.require_live(sandbox_id)
+    run = asyncio.ensure_future(backend.exec.run(sandbox_id, argv, envs=envs, cwd=body.cwd, timeout=timeout))
     return StreamingResponse(_keepalive_then_result(run), media_type="application/json")
 
 
@@ -159,18 +177,10 @@ async def run_async(sandbox_id: str, backend: BackendDep, body: RunBody | None =
     """
     body = body or RunBody()
     try:
-        session = await backend.start_session(
-            sandbox_id,
-            _command(body),
-            body.args or [],
-            envs=body.envs or {},
-            cwd=body.cwd,
-            timeout=_run_timeout(body),
-            max_run_after_disconnect=0,
-        )
+        session = await _start_session(backend, sandbox_id, body, _run_timeout(body), 0)
     except CannotStart as refusal:
         # As the service: accepted, and the result says why it never ran.
-        exec_id = backend.refused_run(sandbox_id, refusal)
+        exec_id = backend.exec.refused_run(sandbox_id, refusal)
         return JSONResponse(
             {"execId": exec_id, "running": True, "startedAt": rfc3339(utc_now())}, status_code=202
         )
@@ -184,7 +194,7 @@ async def run_async(sandbox_id: str, backend: BackendDep, body: RunBody | None =
 @router.get("/sandboxes/{sandbox_id}/exec/{exec_id}/result")
 async def async_result(sandbox_id: str, exec_id: str, backend: BackendDep) -> dict[str, object]:
     """The run's state, long-polled briefly while it runs; output is the session's scrollback."""
-    session = backend.exec_result(sandbox_id, exec_id)
+    session = backend.exec.result(sandbox_id, exec_id)
     if isinstance(session, str):
         return {"running": False, "exitCode": -1, "stdout": "", "stderr": "", "error": session}
     running = not await session.wait_exit(RESULT_LONG_POLL_SECONDS)
@@ -205,28 +215,22 @@ async def create_session(
 ) -> JSONResponse:
     """Start an argv command (no shell) whose output clients attach to over WebSocket."""
     body = body or SessionBody()
-    session = await backend.start_session(
-        sandbox_id,
-        _command(body),
-        body.args or [],
-        envs=body.envs or {},
-        cwd=body.cwd,
-        timeout=body.timeout or 0,
-        max_run_after_disconnect=body.max_run_after_disconnect or 0,
+    session = await _start_session(
+        backend, sandbox_id, body, body.timeout or 0, body.max_run_after_disconnect or 0
     )
     return JSONResponse(session_json(session), status_code=201)
 
 
 @router.get("/sandboxes/{sandbox_id}/exec")
 async def list_sessions(sandbox_id: str, backend: BackendDep) -> list[dict[str, object]]:
-    return [session_json(session) for session in await backend.sessions(sandbox_id)]
+    return [session_json(session) for session in await backend.exec.sessions(sandbox_id)]
 
 
 @router.post("/sandboxes/{sandbox_id}/exec/{session_id}/kill", status_code=204)
 async def kill_session(
     sandbox_id: str, session_id: str, backend: BackendDep, body: KillBody | None = None
 ) -> Response:
-    await backend.kill_session(sandbox_id, session_id, (body.signal if body else None) or 9)
+    await backend.exec.kill_session(sandbox_id, session_id, (body.signal if body else None) or 9)
     return Response(status_code=204)
 
 
@@ -237,7 +241,7 @@ async def attach_session(websocket: WebSocket, sandbox_id: str, session_id: str)
     Errors before the upgrade (unknown sandbox or session) are answered as JSON, not as a socket.
     """
     backend: LocalBackend = websocket.app.state.backend
-    async with backend.attached(sandbox_id, session_id) as (session, replay, listener):
+    async with backend.exec.attached(sandbox_id, session_id) as (session, replay, listener):
         await websocket.accept()
         stdin = asyncio.create_task(_forward_stdin(websocket, session))
         try:
@@ -286,11 +290,6 @@ async def _send_output(
 
 async def _forward_stdin(websocket: WebSocket, session: ExecSession) -> None:
     """Client frames ``0x00 + bytes`` go to the command's stdin; anything else is ignored."""
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("bytes")
-            if data and data[0] == STDIN:
-                await session.write_stdin(data[1:])
+    async for data in client_frames(websocket, text=False):
+        if data[0] == STDIN:
+            await session.write_stdin(data[1:])

@@ -7,10 +7,12 @@ them without the API key dependency.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Annotated
 from urllib.parse import quote_plus
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -121,7 +123,7 @@ def _signed_url(
     """A URL pointing back at this server, as the client reached it."""
     if not body.path:
         raise Invalid("path is required")
-    backend.require_live(sandbox_id)
+    backend.sandboxes.require_live(sandbox_id)
     expires = int(time.time()) + expiry_seconds(body.expires_in or 0)
     signature = backend.signer.sign(sandbox_id, body.path, operation, expires)
     scheme = request.headers.get("x-forwarded-proto") or request.url.scheme
@@ -134,26 +136,27 @@ def _signed_url(
     return {"url": url, "expiresAt": expires_at}
 
 
+@dataclass
+class SignedQuery:
+    """What a signed URL carries in its query: the path, until when it holds, and its signature."""
+
+    path: str = ""
+    expires: str = ""
+    signature: str = ""
+
+
+SignedQueryDep = Annotated[SignedQuery, Depends()]
+
+
 @public_router.get("/sandboxes/{sandbox_id}/files/download", response_model=None)
-async def signed_download(
-    sandbox_id: str,
-    backend: BackendDep,
-    path: str = "",
-    expires: str = "",
-    signature: str = "",
-) -> StreamingResponse:
-    backend.signer.verify(sandbox_id, path, "download", expires, signature)
-    return await _download(backend, sandbox_id, path)
+async def signed_download(sandbox_id: str, backend: BackendDep, signed: SignedQueryDep) -> StreamingResponse:
+    backend.signer.verify(sandbox_id, signed.path, "download", signed.expires, signed.signature)
+    return await _download(backend, sandbox_id, signed.path)
 
 
 @public_router.put("/sandboxes/{sandbox_id}/files/upload", status_code=204)
 async def signed_upload(
-    sandbox_id: str,
-    request: Request,
-    backend: BackendDep,
-    path: str = "",
-    expires: str = "",
-    signature: str = "",
+    sandbox_id: str, request: Request, backend: BackendDep, signed: SignedQueryDep
 ) -> Response:
-    backend.signer.verify(sandbox_id, path, "upload", expires, signature)
-    return await _upload(backend, sandbox_id, path, request)
+    backend.signer.verify(sandbox_id, signed.path, "upload", signed.expires, signed.signature)
+    return await _upload(backend, sandbox_id, signed.path, request)

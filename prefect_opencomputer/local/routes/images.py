@@ -59,7 +59,7 @@ def image_json(image: ImageRecord) -> dict[str, object]:
 @router.get("/images")
 async def list_images(backend: BackendDep) -> list[dict[str, object]]:
     """Every cached image, the build cache's unnamed entries and named snapshots alike, newest first."""
-    return [image_json(image) for image in backend.images.catalog.all()]
+    return [image_json(image) for image in backend.images.listed()]
 
 
 def build_event_stream(operation: BuildOperation) -> StreamingResponse:

@@ -36,16 +36,16 @@ async def create_patch(
     checkpoint_id: str, backend: BackendDep, body: PatchCreateBody | None = None
 ) -> JSONResponse:
     body = body or PatchCreateBody()
-    patch = backend.checkpoints.create_patch(checkpoint_id, body.script or "", body.description or "")
+    patch = backend.patches.create(checkpoint_id, body.script or "", body.description or "")
     return JSONResponse({"patch": patch_json(patch)}, status_code=201)
 
 
 @router.get("/sandboxes/checkpoints/{checkpoint_id}/patches")
 async def list_patches(checkpoint_id: str, backend: BackendDep) -> list[dict[str, object]]:
-    return [patch_json(patch) for patch in backend.checkpoints.list_patches(checkpoint_id)]
+    return [patch_json(patch) for patch in backend.patches.listed(checkpoint_id)]
 
 
 @router.delete("/sandboxes/checkpoints/{checkpoint_id}/patches/{patch_id}", status_code=204)
 async def delete_patch(checkpoint_id: str, patch_id: str, backend: BackendDep) -> Response:
-    backend.checkpoints.delete_patch(checkpoint_id, patch_id)
+    backend.patches.delete(checkpoint_id, patch_id)
     return Response(status_code=204)

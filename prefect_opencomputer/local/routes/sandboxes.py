@@ -16,7 +16,8 @@ from prefect_opencomputer.local.backend.records import (
     rfc3339,
     rfc3339_millis,
 )
-from prefect_opencomputer.local.backend.service import LocalBackend, SandboxRequest
+from prefect_opencomputer.local.backend.sandboxes import SandboxRequest
+from prefect_opencomputer.local.backend.service import LocalBackend
 from prefect_opencomputer.local.errors import Invalid
 from prefect_opencomputer.local.routes.deps import BackendDep
 from prefect_opencomputer.local.routes.images import build_event_stream, wants_event_stream
@@ -120,7 +121,7 @@ async def create_sandbox(
     )
     if request.image is not None or request.snapshot:
         return await _create_from_image(backend, request, wants_event_stream(accept))
-    record, preview_token = await backend.create_sandbox(request)
+    record, preview_token = await backend.sandboxes.create(request)
     created: dict[str, object] = {
         "sandboxID": record.id,
         "token": record.token,
@@ -140,12 +141,12 @@ async def _create_from_image(backend: LocalBackend, request: SandboxRequest, str
     if streamed:
 
         async def create(log: BuildLogSink) -> dict[str, object]:
-            record, preview_token = await backend.create_sandbox(request, log)
+            record, preview_token = await backend.sandboxes.create(request, log)
             return fork_json(record, preview_token, backend)
 
         return build_event_stream(create)
     try:
-        record, preview_token = await backend.create_sandbox(request)
+        record, preview_token = await backend.sandboxes.create(request)
     except ImageBuildError as error:
         raise Invalid(str(error)) from error
     return JSONResponse(fork_json(record, preview_token, backend), status_code=201)
@@ -184,7 +185,7 @@ async def list_sandboxes(backend: BackendDep) -> list[dict[str, object]]:
             # The edge's Go zero time while the sandbox lives.
             "endAt": rfc3339(record.stopped_at) if record.stopped_at is not None else GO_ZERO_TIME,
         }
-        for record in backend.listed_sandboxes()
+        for record in backend.sandboxes.listed()
     ]
 
 
@@ -192,31 +193,31 @@ async def list_sandboxes(backend: BackendDep) -> list[dict[str, object]]:
 async def list_tag_keys(backend: BackendDep) -> dict[str, object]:
     keys = [
         {"key": stats.key, "sandboxCount": stats.sandbox_count, "valueCount": stats.value_count}
-        for stats in backend.tag_keys()
+        for stats in backend.sandboxes.tag_keys()
     ]
     return {"keys": keys}
 
 
 @router.get("/sandboxes/{sandbox_id}")
 async def get_sandbox(sandbox_id: str, backend: BackendDep) -> dict[str, object]:
-    return sandbox_json(backend.sandbox(sandbox_id), backend)
+    return sandbox_json(backend.sandboxes.get(sandbox_id), backend)
 
 
 @router.delete("/sandboxes/{sandbox_id}", status_code=204)
 async def kill_sandbox(sandbox_id: str, backend: BackendDep) -> Response:
-    await backend.kill_sandbox(sandbox_id)
+    await backend.sandboxes.kill(sandbox_id)
     return Response(status_code=204)
 
 
 @router.post("/sandboxes/{sandbox_id}/timeout", status_code=204)
 async def set_timeout(sandbox_id: str, body: TimeoutBody, backend: BackendDep) -> Response:
-    await backend.set_timeout(sandbox_id, body.timeout)
+    await backend.sandboxes.set_timeout(sandbox_id, body.timeout)
     return Response(status_code=204)
 
 
 @router.post("/sandboxes/{sandbox_id}/hibernate")
 async def hibernate_sandbox(sandbox_id: str, backend: BackendDep) -> dict[str, object]:
-    record = await backend.hibernate(sandbox_id)
+    record = await backend.sandboxes.hibernate(sandbox_id)
     return {"sandboxID": record.id, "status": record.status}
 
 
@@ -225,21 +226,21 @@ async def wake_sandbox(
     sandbox_id: str, backend: BackendDep, body: WakeBody | None = None
 ) -> dict[str, object]:
     # Like the service's fast resume tier, the body's timeout is accepted and ignored.
-    record = await backend.wake(sandbox_id)
+    record = await backend.sandboxes.wake(sandbox_id)
     return {"sandboxID": record.id, "status": record.status}
 
 
 @router.get("/sandboxes/{sandbox_id}/tags")
 async def get_tags(sandbox_id: str, backend: BackendDep) -> dict[str, object]:
-    return tags_json(backend.tags(sandbox_id))
+    return tags_json(backend.sandboxes.get(sandbox_id))
 
 
 @router.put("/sandboxes/{sandbox_id}/tags")
 async def put_tags(sandbox_id: str, request: Request, backend: BackendDep) -> dict[str, object]:
-    backend.sandbox(sandbox_id)
+    backend.sandboxes.get(sandbox_id)
     raw = await request.body()
     try:
         tags = json.loads(raw) if raw.strip() else None
     except ValueError:
         raise Invalid("request body must be a flat { key: string } map") from None
-    return tags_json(backend.replace_tags(sandbox_id, tags))
+    return tags_json(backend.sandboxes.replace_tags(sandbox_id, tags))

@@ -19,22 +19,23 @@ router = APIRouter()
 _INT64 = range(-(2**63), 2**63)
 
 
-async def _bound(request: Request, fields: dict[str, type]) -> dict[str, object] | None:
-    """The body's ``fields`` as Go's JSON binding reads them (absent is zero); None if it does not bind."""
+async def _bound(request: Request, fields: dict[str, type], refusal: str) -> dict[str, object]:
+    """The body's ``fields`` as Go's JSON binding reads them (absent is zero); 400 ``refusal`` if it
+    does not bind."""
     raw = await request.body()
     try:
         body = json.loads(raw) if raw.strip() else {}
     except ValueError:
-        return None
+        body = None
     if not isinstance(body, dict):
-        return None
+        raise Invalid(refusal)
     bound: dict[str, object] = {}
     for name, kind in fields.items():
         value = body.get(name)
         if value is None:
             value = kind()
         elif not _binds(value, kind):
-            return None
+            raise Invalid(refusal)
         bound[name] = value
     return bound
 
@@ -43,6 +44,10 @@ def _binds(value: object, kind: type) -> bool:
     if kind is bool:
         return isinstance(value, bool)
     return isinstance(value, int) and not isinstance(value, bool) and value in _INT64
+
+
+def _lock_json(scaling: ScalingRecord) -> dict[str, object]:
+    return {"sandboxID": scaling.sandbox_id, "locked": scaling.locked}
 
 
 def _autoscale_json(scaling: ScalingRecord) -> dict[str, object]:
@@ -57,9 +62,7 @@ def _autoscale_json(scaling: ScalingRecord) -> dict[str, object]:
 @router.post("/sandboxes/{sandbox_id}/scale")
 async def scale(sandbox_id: str, request: Request, backend: BackendDep) -> dict[str, object]:
     """Move the running sandbox to another memory tier; its CPU quota follows the tier."""
-    body = await _bound(request, {"memoryMB": int})
-    if body is None:
-        raise Invalid("memoryMB is required and must be positive")
+    body = await _bound(request, {"memoryMB": int}, "memoryMB is required and must be positive")
     memory_mb = body["memoryMB"]
     assert isinstance(memory_mb, int)
     record, autoscale_was_enabled = await backend.scaling.scale(sandbox_id, memory_mb)
@@ -82,9 +85,7 @@ async def get_autoscale(sandbox_id: str, backend: BackendDep) -> dict[str, objec
 @router.put("/sandboxes/{sandbox_id}/autoscale")
 async def set_autoscale(sandbox_id: str, request: Request, backend: BackendDep) -> dict[str, object]:
     """Kept and answered; the local server has no autoscaler that acts on it."""
-    body = await _bound(request, {"enabled": bool, "minMemoryMB": int, "maxMemoryMB": int})
-    if body is None:
-        raise Invalid("invalid body")
+    body = await _bound(request, {"enabled": bool, "minMemoryMB": int, "maxMemoryMB": int}, "invalid body")
     enabled, low, high = body["enabled"], body["minMemoryMB"], body["maxMemoryMB"]
     assert isinstance(enabled, bool) and isinstance(low, int) and isinstance(high, int)
     return _autoscale_json(backend.scaling.set_autoscale(sandbox_id, enabled, low, high))
@@ -92,19 +93,14 @@ async def set_autoscale(sandbox_id: str, request: Request, backend: BackendDep) 
 
 @router.get("/sandboxes/{sandbox_id}/scaling-lock")
 async def get_scaling_lock(sandbox_id: str, backend: BackendDep) -> dict[str, object]:
-    scaling = backend.scaling.settings(sandbox_id)
-    return {"sandboxID": scaling.sandbox_id, "locked": scaling.locked}
+    return _lock_json(backend.scaling.settings(sandbox_id))
 
 
 @router.put("/sandboxes/{sandbox_id}/scaling-lock")
 async def set_scaling_lock(sandbox_id: str, request: Request, backend: BackendDep) -> dict[str, object]:
-    body = await _bound(request, {"locked": bool})
-    if body is None:
-        raise Invalid("invalid body")
-    locked = body["locked"]
+    locked = (await _bound(request, {"locked": bool}, "invalid body"))["locked"]
     assert isinstance(locked, bool)
-    scaling = backend.scaling.set_lock(sandbox_id, locked)
-    return {"sandboxID": scaling.sandbox_id, "locked": scaling.locked}
+    return _lock_json(backend.scaling.set_lock(sandbox_id, locked))
 
 
 @router.post("/sandboxes/{sandbox_id}/reboot", status_code=204)

@@ -32,20 +32,20 @@ async def create_snapshot(
 ) -> Response:
     """`Accept: text/event-stream` streams the build; `?async=1` answers 202 at once; else 201 when built."""
     body = body or SnapshotCreateBody()
-    images = backend.images
+    snapshots = backend.snapshots
     if wants_event_stream(accept):
-        snapshot = images.reserve_snapshot(body.name, body.image)
+        snapshot = snapshots.reserve(body.name, body.image)
 
         async def build(log: BuildLogSink) -> dict[str, object]:
-            await images.finish_snapshot(snapshot, log, keep_failed=False)
+            await snapshots.finish(snapshot, log, keep_failed=False)
             return image_json(snapshot)
 
         return build_event_stream(build)
     if run_async == "1":
-        return JSONResponse(image_json(images.create_snapshot_in_background(body.name, body.image)), 202)
-    snapshot = images.reserve_snapshot(body.name, body.image)
+        return JSONResponse(image_json(snapshots.create_in_background(body.name, body.image)), 202)
+    snapshot = snapshots.reserve(body.name, body.image)
     try:
-        await images.finish_snapshot(snapshot, _discard, keep_failed=False)
+        await snapshots.finish(snapshot, _discard, keep_failed=False)
     except ImageBuildError as error:
         return JSONResponse({"error": str(error)}, status_code=500)
     return JSONResponse(image_json(snapshot), status_code=201)
@@ -53,17 +53,17 @@ async def create_snapshot(
 
 @router.get("/snapshots")
 async def list_snapshots(backend: BackendDep) -> list[dict[str, object]]:
-    return [image_json(image) for image in backend.images.catalog.all(named_only=True)]
+    return [image_json(image) for image in backend.snapshots.listed()]
 
 
 @router.get("/snapshots/{name}")
 async def get_snapshot(name: str, backend: BackendDep) -> dict[str, object]:
-    return image_json(backend.images.snapshot(name))
+    return image_json(backend.snapshots.get(name))
 
 
 @router.delete("/snapshots/{name}", status_code=204)
 async def delete_snapshot(name: str, backend: BackendDep) -> Response:
-    backend.images.delete_snapshot(name)
+    backend.snapshots.delete(name)
     return Response(status_code=204)
 
 
@@ -72,20 +72,18 @@ async def create_snapshot_patch(
     name: str, backend: BackendDep, body: PatchCreateBody | None = None
 ) -> JSONResponse:
     body = body or PatchCreateBody()
-    checkpoint_id = backend.images.snapshot_checkpoint(name)
-    patch = backend.checkpoints.create_patch(checkpoint_id, body.script or "", body.description or "")
+    patch = backend.patches.create_for_snapshot(name, body.script or "", body.description or "")
     return JSONResponse({"patch": patch_json(patch)}, status_code=201)
 
 
 @router.get("/snapshots/{name}/patches")
 async def list_snapshot_patches(name: str, backend: BackendDep) -> list[dict[str, object]]:
-    checkpoint_id = backend.images.snapshot_checkpoint(name)
-    return [patch_json(patch) for patch in backend.checkpoints.list_patches(checkpoint_id)]
+    return [patch_json(patch) for patch in backend.patches.list_for_snapshot(name)]
 
 
 @router.delete("/snapshots/{name}/patches/{patch_id}", status_code=204)
 async def delete_snapshot_patch(name: str, patch_id: str, backend: BackendDep) -> Response:
-    backend.checkpoints.delete_patch(backend.images.snapshot_checkpoint(name), patch_id)
+    backend.patches.delete_for_snapshot(name, patch_id)
     return Response(status_code=204)
 
 

@@ -19,6 +19,7 @@ from prefect_opencomputer.local.backend.terminals import Terminal
 from prefect_opencomputer.local.errors import Invalid
 from prefect_opencomputer.local.routes.deps import BackendDep
 from prefect_opencomputer.local.routes.sandboxes import Int64
+from prefect_opencomputer.local.routes.sockets import client_frames
 
 router = APIRouter()
 socket_router = APIRouter()
@@ -57,7 +58,7 @@ async def create_terminal(
     """201 ``{sessionID, sandboxID}``: attach to ``/pty/{sessionID}`` to use the shell."""
     body = body or TerminalBody()
     cols, rows = _size(body.cols, body.rows)
-    terminal = await backend.start_terminal(sandbox_id, cols, rows, body.shell)
+    terminal = await backend.terminals.start(sandbox_id, cols, rows, body.shell)
     return JSONResponse({"sessionID": terminal.id, "sandboxID": sandbox_id}, status_code=201)
 
 
@@ -67,13 +68,13 @@ async def resize_terminal(
 ) -> Response:
     """200 with no body, as the service answers it; the shell gets SIGWINCH."""
     body = body or ResizeBody()
-    (await backend.terminal(sandbox_id, session_id)).resize(*_size(body.cols, body.rows))
+    (await backend.terminals.get(sandbox_id, session_id)).resize(*_size(body.cols, body.rows))
     return Response(status_code=200)
 
 
 @router.delete("/sandboxes/{sandbox_id}/pty/{session_id}", status_code=204)
 async def kill_terminal(sandbox_id: str, session_id: str, backend: BackendDep) -> Response:
-    await backend.close_terminal(sandbox_id, session_id)
+    await backend.terminals.close(sandbox_id, session_id)
     return Response(status_code=204)
 
 
@@ -85,7 +86,7 @@ async def attach_terminal(websocket: WebSocket, sandbox_id: str, session_id: str
     """
     backend: LocalBackend = websocket.app.state.backend
     await require_api_key_or_sandbox_token(websocket, backend, sandbox_id)
-    async with backend.attached_terminal(sandbox_id, session_id) as terminal:
+    async with backend.terminals.attached(sandbox_id, session_id) as terminal:
         await websocket.accept()
         typing = asyncio.create_task(_type_into(websocket, terminal))
         try:
@@ -109,13 +110,5 @@ async def attach_terminal(websocket: WebSocket, sandbox_id: str, session_id: str
 
 
 async def _type_into(websocket: WebSocket, terminal: Terminal) -> None:
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("bytes")
-            if data is None and message.get("text") is not None:
-                data = message["text"].encode()
-            if data:
-                await terminal.write(data)
+    async for data in client_frames(websocket, text=True):
+        await terminal.write(data)

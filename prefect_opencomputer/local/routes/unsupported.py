@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, WebSocket
 from starlette.requests import HTTPConnection
 
 from prefect_opencomputer.local.backend.service import LocalBackend
-from prefect_opencomputer.local.errors import BackendError, NotFound, Unsupported
+from prefect_opencomputer.local.errors import BackendError, Unsupported
 
 router = APIRouter()
 
@@ -52,11 +52,11 @@ def _refuse(connection: HTTPConnection, what: str) -> BackendError:
     backend: LocalBackend = connection.app.state.backend
     params = connection.path_params
     if "sandbox_id" in params:
-        backend.sandbox(params["sandbox_id"])
-    if "checkpoint_id" in params and backend.store.checkpoint(params["checkpoint_id"]) is None:
-        return NotFound("checkpoint not found")
+        backend.sandboxes.get(params["sandbox_id"])
+    if "checkpoint_id" in params:
+        backend.checkpoints.get(params["checkpoint_id"])
     if "name" in params and connection.url.path.startswith("/api/snapshots/"):
-        backend.images.snapshot(params["name"])
+        backend.snapshots.get(params["name"])
     return Unsupported(f"{what} is not supported by the local server")
 
 

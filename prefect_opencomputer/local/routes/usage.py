@@ -13,13 +13,13 @@ router = APIRouter()
 
 @router.get("/usage")
 async def get_usage(request: Request, backend: BackendDep) -> dict[str, object]:
-    return _report_body(backend.usage(list(request.query_params.multi_items())))
+    return _report_body(backend.usage.report(list(request.query_params.multi_items())))
 
 
 @router.get("/sandboxes/{sandbox_id}/usage")
 async def get_sandbox_usage(sandbox_id: str, backend: BackendDep, request: Request) -> dict[str, object]:
     params = request.query_params
-    return _sandbox_usage_body(backend.sandbox_usage(sandbox_id, params.get("from"), params.get("to")))
+    return _sandbox_usage_body(backend.usage.for_sandbox(sandbox_id, params.get("from"), params.get("to")))
 
 
 def _report_body(report: UsageReport) -> dict[str, object]:

@@ -26,13 +26,14 @@ from pathlib import Path
 
 from prefect_opencomputer.local.sandbox import disk, host, ids, layers, netns, processes
 from prefect_opencomputer.local.sandbox.cgroups import CgroupError, CgroupHost, Limits, SandboxCgroup
-from prefect_opencomputer.local.sandbox.egress import IPNetwork
+from prefect_opencomputer.local.sandbox.egress import IPNetwork, registry_exceptions
 from prefect_opencomputer.local.sandbox.fileops import RootedFiles
 from prefect_opencomputer.local.sandbox.forwarding import SandboxNetwork
 from prefect_opencomputer.local.sandbox.helper import HelperUnavailable, helper_binary
 from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
 from prefect_opencomputer.local.sandbox.procview import ProcViews
 from prefect_opencomputer.local.sandbox.rootfs import LOCALE
+from prefect_opencomputer.local.sandbox.store import StoreUnavailable
 
 SANDBOX_UID = ids.SANDBOX_UID
 SANDBOX_GID = ids.SANDBOX_GID
@@ -112,8 +113,11 @@ class SandboxRuntime:
         egress_allow: Collection[IPNetwork] = (),
         max_disk_mb: int | None = None,
         host_ports: Collection[int] = (),
+        sweep_prefix: str | None = None,
     ) -> None:
         self.root = root
+        # Cgroup groups of other servers named so are swept when empty (`open`).
+        self.sweep_prefix = sweep_prefix
         self.egress_allow = frozenset(egress_allow)
         # The package registries' addresses, open on the ports package clients use only.
         self.registries: frozenset[IPNetwork] = frozenset()
@@ -146,6 +150,33 @@ class SandboxRuntime:
             self._helper = str(helper_binary(self.cache))
         except (HelperUnavailable, disk.DiskUnavailable) as error:
             raise RuntimeUnavailable(str(error)) from error
+
+    async def open(self, templates: Collection[str] = ()) -> None:
+        """Ready the host as the server starts; raises `RuntimeUnavailable` with a readable reason.
+
+        Resolves the package registries, mounts the /proc views, sweeps what a killed server left
+        (its cgroups, its half-made clones), opens the disk store and builds ``templates`` up front,
+        so no create waits for them.
+        """
+        self.check_available()
+        self.registries = await asyncio.to_thread(registry_exceptions)
+        if self.cgroups is not None:
+            # What a sandbox's /proc shows comes from its cgroups: without limits there is nothing to show.
+            self.proc_views = await ProcViews.start(self.root / "proc-views")
+            # A killed server's sandboxes left their groups (and perhaps processes) behind: ours, and
+            # the empty ones of servers whose data dir may never start again (temporary ones).
+            await asyncio.to_thread(self.cgroups.sweep)
+            if self.sweep_prefix is not None:
+                await asyncio.to_thread(self.cgroups.sweep_abandoned, self.sweep_prefix)
+        try:
+            await asyncio.to_thread(self.layers.store.open)
+        except StoreUnavailable as error:
+            raise RuntimeUnavailable(str(error)) from error
+        # Clones (checkpoint, fork or restore) that a killed server left half made.
+        await asyncio.to_thread(self.layers.store.sweep_partials)
+        for template in templates:
+            if template not in self._lowers:
+                self._lowers[template] = await self._rootfs(template)
 
     @property
     def helper(self) -> str:
@@ -436,6 +467,37 @@ class SandboxRuntime:
             for pending in [*self._teardowns.values(), *self._removals]:
                 pending.cancel()
         self.layers.store.close()
+        if self.proc_views is not None:
+            await self.proc_views.stop()
+            self.proc_views = None
+        if self.cgroups is not None:
+            await asyncio.to_thread(self.cgroups.release)
+
+    # -- layers --------------------------------------------------------------------------------
+
+    def create_layer(self, sandbox_id: str, disk_mb: int | None = None) -> None:
+        """A fresh layer on a disk of its own (``disk_mb``, the default size if None); blocking."""
+        if disk_mb is None:
+            self.layers.create_sandbox(sandbox_id)
+        else:
+            self.layers.create_sandbox(sandbox_id, disk_mb)
+
+    def layer_exists(self, sandbox_id: str) -> bool:
+        return self.layers.sandbox_exists(sandbox_id)
+
+    def checkpoint_exists(self, checkpoint_id: str) -> bool:
+        return self.layers.checkpoint_exists(checkpoint_id)
+
+    async def fork_layer(self, checkpoint_id: str, sandbox_id: str) -> None:
+        """A new sandbox's layer, a clone of the checkpoint."""
+        await self.layers.fork(checkpoint_id, sandbox_id)
+
+    async def restore_layer(self, checkpoint_id: str, sandbox_id: str) -> None:
+        """A stopped sandbox's layer replaced by a clone of the checkpoint."""
+        await self.layers.restore(checkpoint_id, sandbox_id)
+
+    async def remove_checkpoint(self, checkpoint_id: str) -> None:
+        await self.layers.remove_checkpoint(checkpoint_id)
 
     def _disk_root(self, sandbox_id: str) -> Path | None:
         """The helper's root while the sandbox runs: its mount namespace holds the mounted disk."""
