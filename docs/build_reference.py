@@ -20,7 +20,7 @@ _SECTIONS = ("Args", "Returns", "Raises", "Example")
 
 _MODULE_TITLES = {
     "sandboxes": "Sandboxes",
-    "commands": "Commands",
+    "exec": "Commands (exec)",
     "files": "Files",
     "checkpoints": "Checkpoints and forks",
     "patches": "Checkpoint patches",

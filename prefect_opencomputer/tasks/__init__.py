@@ -29,7 +29,13 @@ from prefect_opencomputer.tasks.cleanup import (
     open_fork,
     open_sandbox,
 )
-from prefect_opencomputer.tasks.commands import (
+from prefect_opencomputer.tasks.errors import (
+    CommandFailedError,
+    ConcurrencyLimitMissingError,
+    MissingCredentialsError,
+    PatchFailedError,
+)
+from prefect_opencomputer.tasks.exec import (
     akill_command,
     alist_commands,
     arun_command,
@@ -37,12 +43,6 @@ from prefect_opencomputer.tasks.commands import (
     list_commands,
     retry_failed_commands,
     run_command,
-)
-from prefect_opencomputer.tasks.errors import (
-    CommandFailedError,
-    ConcurrencyLimitMissingError,
-    MissingCredentialsError,
-    PatchFailedError,
 )
 from prefect_opencomputer.tasks.factory import TASK_TAG
 from prefect_opencomputer.tasks.files import (

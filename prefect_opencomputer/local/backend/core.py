@@ -18,7 +18,6 @@ from typing import Unpack
 from prefect_opencomputer.local.backend import sizing
 from prefect_opencomputer.local.backend.exec import ExecSessionTable
 from prefect_opencomputer.local.backend.idle import IdleTracker
-from prefect_opencomputer.local.backend.lifecycle import started
 from prefect_opencomputer.local.backend.records import (
     MemorySample,
     SandboxRecord,
@@ -26,6 +25,7 @@ from prefect_opencomputer.local.backend.records import (
     new_sandbox_id,
     utc_now,
 )
+from prefect_opencomputer.local.backend.startup import started
 from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.backend.terminals import TerminalTable
 from prefect_opencomputer.local.config import LocalServerConfig

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-from prefect_opencomputer.local.backend.lifecycle import cancel_and_wait
+from prefect_opencomputer.local.backend.startup import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ from prefect_opencomputer.local.backend import preview_auth, sizing
 from prefect_opencomputer.local.backend.image_build import BuildFailed, build_image
 from prefect_opencomputer.local.backend.image_catalog import ImageCatalog, ImageRecord
 from prefect_opencomputer.local.backend.image_manifest import ImageManifest, parse_manifest
-from prefect_opencomputer.local.backend.lifecycle import started
 from prefect_opencomputer.local.backend.records import (
     CheckpointRecord,
     SandboxRecord,
@@ -29,6 +28,7 @@ from prefect_opencomputer.local.backend.records import (
     new_uuid,
     utc_now,
 )
+from prefect_opencomputer.local.backend.startup import started
 from prefect_opencomputer.local.errors import Invalid
 
 if TYPE_CHECKING:

@@ -16,7 +16,6 @@ from prefect_opencomputer.local.backend.core import SandboxCore
 from prefect_opencomputer.local.backend.exec import Exec
 from prefect_opencomputer.local.backend.files import SandboxFiles
 from prefect_opencomputer.local.backend.images import Images
-from prefect_opencomputer.local.backend.lifecycle import started
 from prefect_opencomputer.local.backend.patches import Patches
 from prefect_opencomputer.local.backend.previews import Previews
 from prefect_opencomputer.local.backend.records import utc_now
@@ -24,6 +23,7 @@ from prefect_opencomputer.local.backend.sandboxes import Sandboxes
 from prefect_opencomputer.local.backend.scaling import Scaling
 from prefect_opencomputer.local.backend.signed_urls import UrlSigner
 from prefect_opencomputer.local.backend.snapshots import Snapshots
+from prefect_opencomputer.local.backend.startup import started
 from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.backend.terminals import Terminals
 from prefect_opencomputer.local.backend.usage import MemorySampler, Usage

@@ -25,13 +25,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from prefect_opencomputer.local.backend.lifecycle import cancel_and_wait
 from prefect_opencomputer.local.backend.records import (
     MemorySample,
     RunningInterval,
     SandboxRecord,
     utc_now,
 )
+from prefect_opencomputer.local.backend.startup import cancel_and_wait
 from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.errors import Invalid
 
