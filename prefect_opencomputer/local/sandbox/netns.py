@@ -13,12 +13,14 @@ import fcntl
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 _CLONE_NEWNET = 0x40000000
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1  # linux/sockios.h, linux/if.h
 _NS_GET_USERNS = 0xB701  # linux/nsfs.h: a descriptor of the namespace's owning user namespace
 _libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
 
 
 def _setns(fd: int) -> None:
@@ -39,6 +41,12 @@ def _inside(netns_fd: int) -> Iterator[None]:
             _setns(own)
     finally:
         os.close(own)
+
+
+def call_in(netns_fd: int, work: Callable[[], T]) -> T:
+    """``work()`` run by this thread while it is inside ``netns_fd`` (and never left there)."""
+    with _inside(netns_fd):
+        return work()
 
 
 def socket_in(netns_fd: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> socket.socket:

@@ -1,19 +1,25 @@
-"""The nftables ruleset that fences a sandbox's namespace, loaded with the host's ``nft``.
+"""The nftables ruleset that fences a sandbox's namespace, loaded with the host's libnftables.
 
 Host-owned, so the sandbox's root cannot change it: TCP to the refused IPv4 ranges and this host's
 addresses is reset before it is redirected, UDP to them is dropped (``EPERM`` at the sender); other
 TCP goes to the server's forwarder, DNS to its relay, other UDP (marked) to its datagram relay;
 everything else that does not leave through ``lo`` is dropped, so nothing reaches a device.
+
+The ruleset is loaded by the host's libnftables (the library of ``nft``), called by the server's
+thread while it is inside the sandbox's network namespace: about 1 ms, where starting ``nsenter nft``
+took 6 to 9 ms of every create. Without the library the ``nft`` program loads it, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import ipaddress
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+from prefect_opencomputer.local.sandbox import netns
 from prefect_opencomputer.local.sandbox.egress import (
     DNS_ADDRESS,
     GATEWAY_ADDRESS,
@@ -150,21 +156,68 @@ async def load_ruleset(
     """Load the `ruleset` inside ``netns_fd``; a namespace attached before gets it replaced."""
     rules = functools.partial(ruleset, ports, policy, host=host)
     try:
-        await _run_in(netns_fd, ["nft", "-f", "-"], rules())
+        await _load(netns_fd, rules())
     except NetworkSetupError as error:
         if "File exists" not in str(error):
             raise
-        await _run_in(netns_fd, ["nft", "-f", "-"], rules(replace=True))
+        await _load(netns_fd, rules(replace=True))
 
 
-async def _run_in(netns_fd: int, argv: list[str], script: str) -> None:
-    # nsenter enters only the network namespace, through the descriptor it inherits; the binaries are
+async def _load(netns_fd: int, script: str) -> None:
+    library = _libnftables()
+    if library is None:
+        await _run_nft_in(netns_fd, script)
+        return
+    # On the event loop's own thread: nothing else runs while it is inside the namespace.
+    complaint = netns.call_in(netns_fd, functools.partial(_run_with_library, library, script))
+    if complaint is not None:
+        raise NetworkSetupError(f"nft in the sandbox's network namespace failed: {complaint}")
+
+
+@functools.cache
+def _libnftables() -> ctypes.CDLL | None:
+    try:
+        library = ctypes.CDLL("libnftables.so.1", use_errno=True)
+    except OSError:
+        return None
+    library.nft_ctx_new.restype = ctypes.c_void_p
+    library.nft_ctx_new.argtypes = [ctypes.c_uint32]
+    library.nft_ctx_free.argtypes = [ctypes.c_void_p]
+    library.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+    library.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+    library.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+    library.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    return library
+
+
+def _run_with_library(library: ctypes.CDLL, script: str) -> str | None:
+    """Run ``script`` as ``nft -f -`` would, in this thread's network namespace; what failed, or None.
+
+    A context per call: its netlink socket is opened in the namespace the thread is in when it is made.
+    """
+    context = library.nft_ctx_new(0)
+    if not context:
+        return "libnftables could not make a context"
+    try:
+        library.nft_ctx_buffer_error(context)
+        if library.nft_run_cmd_from_buffer(context, script.encode()) == 0:
+            return None
+        errors: bytes = library.nft_ctx_get_error_buffer(context) or b"unknown error"
+        return "; ".join(line for line in errors.decode(errors="replace").splitlines() if line.strip())
+    finally:
+        library.nft_ctx_free(context)
+
+
+async def _run_nft_in(netns_fd: int, script: str) -> None:
+    # nsenter enters only the network namespace, through the descriptor it inherits; the binary is
     # the host's, looked up in the host's mount namespace.
     process = await asyncio.create_subprocess_exec(
         "nsenter",
         f"--net=/proc/self/fd/{netns_fd}",
         "--",
-        *argv,
+        "nft",
+        "-f",
+        "-",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -173,6 +226,4 @@ async def _run_in(netns_fd: int, argv: list[str], script: str) -> None:
     _, stderr = await process.communicate(script.encode())
     complaints = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
     if process.returncode != 0:
-        raise NetworkSetupError(
-            f"{argv[0]} in the sandbox's network namespace failed: {'; '.join(complaints)}"
-        )
+        raise NetworkSetupError(f"nft in the sandbox's network namespace failed: {'; '.join(complaints)}")
