@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -544,3 +545,25 @@ time.sleep(2)
     finally:
         await attached.close()
     assert attached.active_connections == 0
+
+
+async def test_the_library_and_the_nft_program_load_the_same_rules_and_the_thread_comes_back(
+    namespace: Namespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect_opencomputer.local.sandbox import nftables
+
+    own = os.stat("/proc/thread-self/ns/net").st_ino
+    listings = []
+    for library in (nftables._libnftables(), None):
+        assert library is not None or listings, "libnftables is missing: the comparison would prove nothing"
+        monkeypatch.setattr(nftables, "_libnftables", lambda library=library: library)
+        attached = await SandboxNetwork.attach(namespace.fd, name="test")
+        try:
+            assert os.stat("/proc/thread-self/ns/net").st_ino == own, "the server's thread stayed inside"
+            rules = await namespace.run("nft", "list", "table", "inet", "prefect_sandbox")
+            # The listener ports differ per attach; the rules around them must not.
+            listings.append(re.sub(r"\b\d{4,5}\b", "PORT", rules.stdout))
+        finally:
+            await attached.close()
+    assert "redirect to" in listings[0]
+    assert listings[0] == listings[1]
