@@ -132,6 +132,9 @@ class Terminal:
 
     def _hang_up(self) -> None:
         if self._master >= 0:
+            # A `read` waiting on it registered it with the loop: unregistered first, or the loop would
+            # keep watching the number, and the next socket given that number would fail to register.
+            asyncio.get_running_loop().remove_reader(self._master)
             with contextlib.suppress(OSError):
                 os.close(self._master)
             self._master = -1
