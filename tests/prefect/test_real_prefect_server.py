@@ -206,7 +206,7 @@ async def test_deploy_all_then_a_worker_completes_a_lifecycle_run(
     assert registered.returncode == 0 and "OpenComputer Credentials" in registered.stdout, registered.stdout
     created = _prefect(prefect_server, "work-pool", "create", "opencomputer", "--type", "process")
     assert created.returncode == 0, created.stdout + created.stderr
-    created = _prefect(prefect_server, "work-pool", "create", "sandboxes", "--type", "opencomputer")
+    created = _prefect(prefect_server, "work-pool", "create", "flows-in-sandboxes", "--type", "opencomputer")
     assert created.returncode == 0, created.stdout + created.stderr
     deployed = _prefect(prefect_server, "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
@@ -364,7 +364,7 @@ async def test_the_prefect_ui_shows_an_opencomputer_pools_job_variable_form(
 
     shots = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
-    created = _prefect(prefect_server, "work-pool", "create", "sandboxes", "--type", "opencomputer")
+    created = _prefect(prefect_server, "work-pool", "create", "flows-in-sandboxes", "--type", "opencomputer")
     assert created.returncode == 0, created.stdout + created.stderr
     origin = prefect_server.api_url.removesuffix("/api")
     async with async_playwright() as playwright:
@@ -373,7 +373,7 @@ async def test_the_prefect_ui_shows_an_opencomputer_pools_job_variable_form(
             page = await browser.new_page(viewport={"width": 1400, "height": 1600})
             await page.route(LOGO_URL, lambda route: route.fulfill(path=str(LOGO_PATH)))
             # The pool's edit page: its base job template's defaults, as a form of the job variables.
-            await page.goto(f"{origin}/work-pools/work-pool/sandboxes/edit")
+            await page.goto(f"{origin}/work-pools/work-pool/flows-in-sandboxes/edit")
             for text in ("Memory of the sandbox in MB.", "Fork a prepared checkpoint"):
                 await page.get_by_text(text).first.wait_for(timeout=60_000)
             await page.get_by_text("The OpenComputer credentials block").first.scroll_into_view_if_needed()

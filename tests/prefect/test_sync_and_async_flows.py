@@ -25,6 +25,7 @@ from prefect_opencomputer.tasks import (
     publish_run_report,
     run_command,
 )
+from tests.waiting import until
 
 
 def test_a_def_flow_gets_values_from_every_step(control: Any, sync_live_sandboxes: Any) -> None:
@@ -166,8 +167,15 @@ async def test_forks_of_one_checkpoint_have_distinct_task_run_names(control: Any
 
     flow_run_id = await three_forks()
 
-    names = await records.task_run_names(flow_run_id, wait_for=5)
-    forks = sorted(name for name in names if name.startswith("fork["))
+    forks: list[str] = []
+
+    async def three_recorded() -> bool:
+        # Task runs are recorded asynchronously, and not necessarily in the order they ran.
+        names = await records.task_run_names(flow_run_id)
+        forks[:] = sorted(name for name in names if name.startswith("fork["))
+        return len(forks) >= 3
+
+    await until(three_recorded, what="the three forks' task runs to be recorded")
     assert len(forks) == 3 and len(set(forks)) == 3
     assert [name.rsplit(" ", 1)[-1] for name in forks] == ["#1", "#2", "#3"]
 
