@@ -206,7 +206,7 @@ async def test_deploy_all_then_a_worker_completes_a_lifecycle_run(
     assert registered.returncode == 0 and "OpenComputer Credentials" in registered.stdout, registered.stdout
     created = _prefect(prefect_server, "work-pool", "create", "opencomputer", "--type", "process")
     assert created.returncode == 0, created.stdout + created.stderr
-    created = _prefect(prefect_server, "work-pool", "create", "flows-in-sandboxes", "--type", "opencomputer")
+    created = _prefect(prefect_server, "work-pool", "create", "sandboxes", "--type", "opencomputer")
     assert created.returncode == 0, created.stdout + created.stderr
     deployed = _prefect(prefect_server, "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
