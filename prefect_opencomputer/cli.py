@@ -120,6 +120,15 @@ def local_serve(
             show_default=False,
         ),
     ] = _SERVE_DEFAULTS.max_disk_mb,
+    warm_sandboxes: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=16,
+            help="Sandboxes of the default shape kept booted ahead of their create, so such a create "
+            "takes one instead of booting (0: none).",
+        ),
+    ] = _SERVE_DEFAULTS.warm_sandboxes,
 ) -> None:
     """Serve the OpenComputer API on this machine until Ctrl-C or SIGTERM."""
     import asyncio
@@ -143,6 +152,7 @@ def local_serve(
         egress_allow=tuple(egress_allow or ()),
         max_disk_mb=max_disk_mb,
         allow_host_ports=tuple(allow_host_port or ()),
+        warm_sandboxes=warm_sandboxes,
     )
     try:
         prepared = prepare_server(

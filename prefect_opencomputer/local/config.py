@@ -54,6 +54,9 @@ class LocalServerConfig:
     max_disk_mb: int | None = None
     # Host loopback ports sandboxes may reach at HOST_ALIAS (a local Prefect API); none by default.
     allow_host_ports: tuple[int, ...] = ()
+    # Sandboxes of the default shape booted ahead of their create, as the hosted edge keeps a warm
+    # pool: a create of that shape takes one instead of booting (0 turns it off).
+    warm_sandboxes: int = 2
 
     def __repr__(self) -> str:
         # The API key never shows in a repr (logs, tracebacks, test output).

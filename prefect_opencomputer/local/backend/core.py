@@ -28,6 +28,7 @@ from prefect_opencomputer.local.backend.records import (
 from prefect_opencomputer.local.backend.startup import started
 from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.backend.terminals import TerminalTable
+from prefect_opencomputer.local.backend.warm import WarmPool
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.errors import (
     BackendError,
@@ -73,6 +74,7 @@ class SandboxCore:
         self.peak = 0
         # Tests lower it through `/_test/limits`; `reset()` restores the configured value.
         self.max_running_sandboxes = config.max_running_sandboxes
+        self.warm = WarmPool(self, config.warm_sandboxes)
 
     # -- the server's lifecycle ---------------------------------------------------------------
 
@@ -99,6 +101,7 @@ class SandboxCore:
 
     async def destroy_everything(self) -> None:
         """Every sandbox's processes and layer, and every checkpoint's copy, go (test isolation)."""
+        await self.warm.drain()
         known = {record.id for record in self.store.sandboxes()}
         for sandbox_id in known | set(self._runtime.running_ids()):
             async with self.lifecycle_lock(sandbox_id):
@@ -109,7 +112,7 @@ class SandboxCore:
 
     def live_count(self) -> int:
         """Sandboxes (image builders included) whose processes run now."""
-        return len(self._runtime.running_ids())
+        return len(set(self._runtime.running_ids()) - self.warm.ids)
 
     def open(self, store: StateStore | None) -> None:
         """Use ``store`` for the records from now on (None once the server has closed it)."""
@@ -175,7 +178,8 @@ class SandboxCore:
 
         Creates still booting count too, so concurrent creates cannot pass the cap together.
         """
-        active = len(self.store.sandboxes(status="running")) + len(self.store.sandboxes(status="pending"))
+        pending = max(0, len(self.store.sandboxes(status="pending")) - len(self.warm.ids))  # spares: nobody's
+        active = len(self.store.sandboxes(status="running")) + pending
         limit = self.max_running_sandboxes
         if active >= limit:
             raise TooMany(
@@ -194,7 +198,20 @@ class SandboxCore:
 
     async def launch(self, record: SandboxRecord, *, from_checkpoint: str | None = None) -> None:
         """Bring a new sandbox up: its pending record, its layer (empty, or a clone of
-        ``from_checkpoint``), its boot under its lock. Whatever fails leaves no trace of it."""
+        ``from_checkpoint``), its boot under its lock. Whatever fails leaves no trace of it.
+
+        A new sandbox of the warm pool's shape takes a booted spare instead: its id, and no boot.
+        """
+        if from_checkpoint is None and (spare := self.warm.take(record)) is not None:
+            record.id = spare
+            self.store.save_sandbox(record)  # the create's record takes the spare's place
+            try:
+                async with self.lifecycle_lock(record.id):
+                    await self._mark_running(record)
+            except BaseException:
+                await self.discard_sandbox(record.id)
+                raise
+            return
         self.store.save_sandbox(record)
         try:
             await self._new_layer(record.id, record.disk_mb, from_checkpoint)
@@ -230,14 +247,29 @@ class SandboxCore:
         """An image builder's processes and layer go for good."""
         await self._runtime.destroy(sandbox_id)
 
+    async def boot_spare(self, record: SandboxRecord) -> None:
+        """A warm pool's spare: its pending record and layer, its processes booted and settled."""
+        self.store.save_sandbox(record)
+        await self._new_layer(record.id, record.disk_mb)
+        async with self.lifecycle_lock(record.id):
+            await self._start_processes(record)
+            await self._runtime.settled(record.id)
+
     async def boot(self, record: SandboxRecord) -> None:
         """Start the sandbox's processes over its layer and mark it running (lock held)."""
+        await self._start_processes(record)
+        await self._mark_running(record)
+
+    async def _start_processes(self, record: SandboxRecord) -> None:
         await self._runtime.start(
             record.id,
             template=record.template,
             network=record.network_enabled,
             limits=sandbox_limits(record),
         )
+
+    async def _mark_running(self, record: SandboxRecord) -> None:
+        """Its processes run: it is running from now on, billed, watched for idleness (lock held)."""
         self._epochs[record.id] = self._epochs.get(record.id, 0) + 1
         record.status = "running"
         self.store.save_sandbox(record)

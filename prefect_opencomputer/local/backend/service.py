@@ -27,6 +27,7 @@ from prefect_opencomputer.local.backend.startup import started
 from prefect_opencomputer.local.backend.state import StateStore
 from prefect_opencomputer.local.backend.terminals import Terminals
 from prefect_opencomputer.local.backend.usage import MemorySampler, Usage
+from prefect_opencomputer.local.backend.warm import close_pool
 from prefect_opencomputer.local.config import LocalServerConfig
 from prefect_opencomputer.local.private_files import make_private_dir
 from prefect_opencomputer.local.sandbox.protocol import Runtime
@@ -99,11 +100,13 @@ class LocalBackend:
         self.core.peak = 0
         self.core.idle.start()
         self.memory_sampler.start()
+        self.core.warm.start()
 
     async def close(self) -> None:
         """Stop every sandbox's processes; their disks and all state stay for the next start."""
         await self.core.idle.stop()
         await self.memory_sampler.stop()
+        await close_pool(self.core.warm)
         await self.images.close()
         await self.checkpoints.finish_copies(_CLOSE_GRACE_SECONDS)
         await self.core.exec_sessions.close_all()
@@ -131,10 +134,15 @@ class LocalBackend:
         self.max_running_sandboxes = self.config.max_running_sandboxes
         self.core.idle.clear()
         self.core.peak = self.core.live_count()
+        self.core.warm.start()
 
     def stats(self) -> dict[str, int]:
-        """Sandboxes with live processes now, and the most at once since start or reset."""
-        return {"liveSandboxes": self.core.live_count(), "peakSandboxes": self.core.peak}
+        """Sandboxes with live processes now, the most at once since start or reset, and warm spares."""
+        return {
+            "liveSandboxes": self.core.live_count(),
+            "peakSandboxes": self.core.peak,
+            "warmSandboxes": self.core.warm.ready,
+        }
 
     # -- sandboxes ---------------------------------------------------------------------------
 
