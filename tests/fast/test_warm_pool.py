@@ -59,7 +59,9 @@ async def test_spares_do_not_count_against_the_running_cap(
     http: httpx.AsyncClient, created: list[str], local_server: FastServer
 ) -> None:
     await _full(http, local_server)
-    assert (await http.put(f"{local_server.url}/_test/limits", json={"maxRunningSandboxes": 1})).status_code == 200
+    assert (
+        await http.put(f"{local_server.url}/_test/limits", json={"maxRunningSandboxes": 1})
+    ).status_code == 200
     try:
         first = await http.post("/sandboxes", json={})
         assert first.status_code == 201, first.text
