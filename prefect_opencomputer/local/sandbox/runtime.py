@@ -37,7 +37,7 @@ from prefect_opencomputer.local.sandbox.rootfs import LOCALE
 from prefect_opencomputer.local.sandbox.store import StoreUnavailable
 
 if TYPE_CHECKING:
-    from prefect_opencomputer.local.sandbox.protocol import CommandOptions
+    from prefect_opencomputer.local.sandbox.protocol import BootOptions, CommandOptions
 
 SANDBOX_UID = ids.SANDBOX_UID
 SANDBOX_GID = ids.SANDBOX_GID
@@ -199,15 +199,7 @@ class SandboxRuntime:
         machine = self._machines.get(sandbox_id)
         return machine is not None and machine.frozen
 
-    async def start(
-        self,
-        sandbox_id: str,
-        *,
-        template: str,
-        hostname: str | None = None,
-        network: bool = True,
-        limits: Limits | None = None,
-    ) -> None:
+    async def start(self, sandbox_id: str, *, template: str, **boot: Unpack[BootOptions]) -> None:
         """Boot the sandbox over its existing layer, or thaw it if it is frozen (idempotent).
 
         With ``network``, its processes get DNS and direct TCP to public addresses, like a VM.
@@ -220,7 +212,7 @@ class SandboxRuntime:
             await self._settled(sandbox_id)
             if not await asyncio.to_thread(self.layers.ensure_disk, sandbox_id):
                 raise FileNotFoundError(f"no layer for sandbox {sandbox_id}")
-            await self._boot(sandbox_id, template=template, hostname=hostname, network=network, limits=limits)
+            await self._boot(sandbox_id, template=template, **boot)
             machine = self._machines.get(sandbox_id)
             if self.proc_views is not None and machine is not None:
                 # Its /proc will answer with its own memory and cores: mounted while the caller
@@ -237,15 +229,8 @@ class SandboxRuntime:
         except OSError as error:
             logger.warning("sandbox %s sees the host's /proc: %s", sandbox_id, error)
 
-    async def _boot(
-        self,
-        sandbox_id: str,
-        *,
-        template: str,
-        hostname: str | None,
-        network: bool,
-        limits: Limits | None,
-    ) -> None:
+    async def _boot(self, sandbox_id: str, *, template: str, **boot: Unpack[BootOptions]) -> None:
+        hostname, network, limits = boot.get("hostname"), boot.get("network", True), boot.get("limits")
         lower = self._lowers.get(template)
         if lower is None:
             lower = self._lowers[template] = await self._rootfs(template)
