@@ -41,6 +41,24 @@ async def test_run(http: httpx.AsyncClient, sandbox: str) -> None:
     assert missing.status_code == 404 and error_of(missing.json())
 
 
+async def test_a_command_that_cannot_start_is_refused_with_gos_reason(
+    http: httpx.AsyncClient, sandbox: str
+) -> None:
+    written = await http.put(f"/sandboxes/{sandbox}/files", params={"path": "/tmp/plain"}, content=b"x")
+    assert written.status_code == 204, written.text
+    for body, reason in (
+        ({"cmd": "/tmp/plain"}, 'exec: "/tmp/plain": permission denied'),
+        ({"cmd": "/tmp"}, 'exec: "/tmp": is a directory'),
+        ({"cmd": "/tmp/gone"}, 'exec: "/tmp/gone": stat /tmp/gone: no such file or directory'),
+        ({"cmd": "true", "cwd": "/tmp/plain"}, "not a directory"),
+    ):
+        refused = await http.post(
+            f"/sandboxes/{sandbox}/exec/run", json={**body, "args": ["x"], "timeout": 10}
+        )
+        assert refused.status_code == 500, refused.text
+        assert error_of(refused.json()).endswith(reason), body
+
+
 @covers(
     "POST /api/sandboxes/{sandbox_id}/exec/run-async", "GET /api/sandboxes/{sandbox_id}/exec/{exec_id}/result"
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import posixpath
 import stat
+from typing import Literal
 
 from prefect_opencomputer.local.sandbox.fileops import PathEscapeError, RootedFiles
 from prefect_opencomputer.local.sandbox.runtime import BASE_ENV
@@ -28,7 +29,7 @@ def start_error(files: RootedFiles, command: str, cwd: str, search_path: str = A
     executable, refusal = _look_path(files, command, directory, search_path)
     if refusal is not None:
         return refusal
-    missing = _directory_problem(files, directory)
+    missing = _path_problem(files, directory, wanted="directory")
     if missing is not None:
         return f"fork/exec {executable}: {missing}"
     return None
@@ -38,7 +39,7 @@ def _look_path(files: RootedFiles, command: str, cwd: str, search_path: str) -> 
     """``exec.LookPath``: a name with a slash is taken as it is, any other is searched on the PATH."""
     quoted = json.dumps(command)
     if "/" in command:
-        problem = _executable_problem(files, posixpath.join(cwd, command))
+        problem = _path_problem(files, posixpath.join(cwd, command), wanted="executable")
         if problem is None:
             return command, None
         if problem == "no such file or directory":
@@ -46,33 +47,23 @@ def _look_path(files: RootedFiles, command: str, cwd: str, search_path: str) -> 
         return command, f"exec: {quoted}: {problem}"
     for directory in search_path.split(":"):
         candidate = posixpath.join(directory or ".", command)
-        if _executable_problem(files, posixpath.join(cwd, candidate)) is None:
+        if _path_problem(files, posixpath.join(cwd, candidate), wanted="executable") is None:
             return candidate, None
     return command, f"exec: {quoted}: executable file not found in $PATH"
 
 
-def _executable_problem(files: RootedFiles, path: str) -> str | None:
+def _path_problem(files: RootedFiles, path: str, *, wanted: Literal["executable", "directory"]) -> str | None:
+    """Go's reason ``path`` cannot serve as the ``wanted`` kind, or None when it can (or lies elsewhere)."""
     mode = _mode(files, path)
     if mode == _ELSEWHERE:
         return None
     if mode is None:
         return "no such file or directory"
+    if wanted == "directory":
+        return None if stat.S_ISDIR(mode) else "not a directory"
     if stat.S_ISDIR(mode):
         return "is a directory"
-    if not mode & 0o111:
-        return "permission denied"
-    return None
-
-
-def _directory_problem(files: RootedFiles, path: str) -> str | None:
-    mode = _mode(files, path)
-    if mode == _ELSEWHERE:
-        return None
-    if mode is None:
-        return "no such file or directory"
-    if not stat.S_ISDIR(mode):
-        return "not a directory"
-    return None
+    return None if mode & 0o111 else "permission denied"
 
 
 def _mode(files: RootedFiles, path: str) -> int | None:

@@ -19,6 +19,7 @@ import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from prefect_opencomputer.local.errors import (
@@ -114,30 +115,12 @@ def _close_abandoned(future: concurrent.futures.Future[Any]) -> None:
                 close()
 
 
+@dataclass(frozen=True)
 class Download:
-    """An open file of a sandbox, read in chunks while the sandbox is held awake."""
+    """An open file of a sandbox: its size, and its bytes, read in chunks while the sandbox is held awake."""
 
-    def __init__(
-        self, backend: SandboxCore, workers: FileWorkers, sandbox_id: str, handle: BinaryIO, size: int
-    ) -> None:
-        self._backend = backend
-        self._workers = workers
-        self._sandbox_id = sandbox_id
-        self._handle = handle
-        self.size = size
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        remaining = self.size
-        try:
-            with self._backend.idle.busy(self._sandbox_id):
-                while remaining > 0:
-                    chunk = await self._workers.run(self._handle.read, min(CHUNK_BYTES, remaining))
-                    if not chunk:
-                        break
-                    remaining -= len(chunk)
-                    yield chunk
-        finally:
-            self._handle.close()
+    size: int
+    chunks: AsyncIterator[bytes]
 
 
 class SandboxFiles:
@@ -191,7 +174,20 @@ class SandboxFiles:
                         "is a directory"
                     ) from None
             size = _size(handle)
-            return Download(self._backend, self.workers, sandbox_id, handle, size)
+            return Download(size, self._chunks(sandbox_id, handle, size))
+
+    async def _chunks(self, sandbox_id: str, handle: BinaryIO, size: int) -> AsyncIterator[bytes]:
+        remaining = size
+        try:
+            with self._backend.idle.busy(sandbox_id):
+                while remaining > 0:
+                    chunk = await self.workers.run(handle.read, min(CHUNK_BYTES, remaining))
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
+                    yield chunk
+        finally:
+            handle.close()
 
     async def upload(
         self, sandbox_id: str, path: str, body: AsyncIterator[bytes], declared_length: int | None

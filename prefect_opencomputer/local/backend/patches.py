@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from prefect_opencomputer.local.backend.checkpoints import require_uuid
 from prefect_opencomputer.local.backend.records import PatchRecord, new_uuid, utc_now
@@ -13,16 +14,24 @@ if TYPE_CHECKING:
     from prefect_opencomputer.local.backend.snapshots import Snapshots
 
 
+@dataclass(frozen=True)
+class PatchParent:
+    """What a patch hangs on: a checkpoint by its id, or a named snapshot (its checkpoint's patches)."""
+
+    kind: Literal["checkpoint", "snapshot"]
+    key: str
+
+
 class Patches:
-    """One method per wire action on a checkpoint's patches, and on a snapshot's (by its name)."""
+    """One method per wire action on the patches of a checkpoint or of a snapshot."""
 
     def __init__(self, core: SandboxCore, snapshots: Snapshots) -> None:
         self._core = core
         self._snapshots = snapshots
 
-    def create(self, checkpoint_id: str, script: str, description: str) -> PatchRecord:
+    def create(self, parent: PatchParent, script: str, description: str) -> PatchRecord:
         store = self._core.store
-        require_uuid(checkpoint_id, "checkpoint")
+        checkpoint_id = self._checkpoint_id(parent)
         checkpoint = store.checkpoint(checkpoint_id)
         if checkpoint is None:
             raise NotFound("checkpoint not found")
@@ -32,23 +41,20 @@ class Patches:
             raise Invalid("script is required")
         return store.insert_patch(checkpoint_id, new_uuid(), script, description, utc_now())
 
-    def listed(self, checkpoint_id: str) -> list[PatchRecord]:
-        require_uuid(checkpoint_id, "checkpoint")
+    def listed(self, parent: PatchParent) -> list[PatchRecord]:
+        checkpoint_id = self._checkpoint_id(parent)
         if self._core.store.checkpoint(checkpoint_id) is None:
             raise NotFound("checkpoint not found")
         return self._core.store.patches(checkpoint_id)
 
-    def delete(self, checkpoint_id: str, patch_id: str) -> None:
-        require_uuid(checkpoint_id, "checkpoint")
+    def delete(self, parent: PatchParent, patch_id: str) -> None:
+        checkpoint_id = self._checkpoint_id(parent)
         require_uuid(patch_id, "patch")
         if not self._core.store.delete_patch(checkpoint_id, patch_id):
             raise NotFound("patch not found")
 
-    def create_for_snapshot(self, name: str, script: str, description: str) -> PatchRecord:
-        return self.create(self._snapshots.checkpoint_of(name), script, description)
-
-    def list_for_snapshot(self, name: str) -> list[PatchRecord]:
-        return self.listed(self._snapshots.checkpoint_of(name))
-
-    def delete_for_snapshot(self, name: str, patch_id: str) -> None:
-        self.delete(self._snapshots.checkpoint_of(name), patch_id)
+    def _checkpoint_id(self, parent: PatchParent) -> str:
+        """The checkpoint the patches belong to (a snapshot's must be ready); 404 for a malformed id."""
+        checkpoint_id = self._snapshots.checkpoint_of(parent.key) if parent.kind == "snapshot" else parent.key
+        require_uuid(checkpoint_id, "checkpoint")
+        return checkpoint_id

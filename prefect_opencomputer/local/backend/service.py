@@ -67,14 +67,6 @@ class LocalBackend:
         return self.core.store
 
     @property
-    def max_running_sandboxes(self) -> int:
-        return self.core.max_running_sandboxes
-
-    @max_running_sandboxes.setter
-    def max_running_sandboxes(self, limit: int) -> None:
-        self.core.max_running_sandboxes = limit
-
-    @property
     def signer(self) -> UrlSigner:
         return started(self._signer)
 
@@ -131,7 +123,7 @@ class LocalBackend:
         await self.core.terminals.close_all()
         await self.core.destroy_everything()
         self.store.forget_everything()
-        self.max_running_sandboxes = self.config.max_running_sandboxes
+        self.core.max_running_sandboxes = self.config.max_running_sandboxes
         self.core.idle.clear()
         self.core.peak = self.core.live_count()
         self.core.warm.start()

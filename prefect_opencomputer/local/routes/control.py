@@ -62,5 +62,5 @@ class LimitsBody(BaseModel):
 @router.put("/limits")
 async def set_limits(body: LimitsBody, backend: BackendDep) -> dict[str, int]:
     """Lower (or raise) the running-sandbox cap until the next reset, so tests can reach it cheaply."""
-    backend.max_running_sandboxes = body.max_running_sandboxes
-    return {"maxRunningSandboxes": backend.max_running_sandboxes}
+    backend.core.max_running_sandboxes = body.max_running_sandboxes
+    return {"maxRunningSandboxes": backend.core.max_running_sandboxes}

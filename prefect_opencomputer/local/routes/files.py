@@ -50,7 +50,7 @@ async def _download(backend: LocalBackend, sandbox_id: str, path: str) -> Stream
     _valid_path(path)
     download = await backend.files.open_download(sandbox_id, path)
     return StreamingResponse(
-        download.chunks(),
+        download.chunks,
         media_type="application/octet-stream",
         headers={"Content-Length": str(download.size)},
     )

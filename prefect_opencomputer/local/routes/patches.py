@@ -1,11 +1,14 @@
-"""Checkpoint patch routes: scripts a fork runs, in sequence, before it is handed out."""
+"""Patch routes: scripts a fork runs, in sequence, before it is handed out; a checkpoint's or a snapshot's."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
+from prefect_opencomputer.local.backend.patches import PatchParent
 from prefect_opencomputer.local.backend.records import PatchRecord, rfc3339
 from prefect_opencomputer.local.routes.deps import BackendDep
 
@@ -31,21 +34,34 @@ def patch_json(patch: PatchRecord) -> dict[str, object]:
     }
 
 
+def patch_parent(request: Request) -> PatchParent:
+    """Patches are served under a checkpoint (by its id) and under a snapshot (by its name)."""
+    if "name" in request.path_params:
+        return PatchParent("snapshot", request.path_params["name"])
+    return PatchParent("checkpoint", request.path_params["checkpoint_id"])
+
+
+ParentDep = Annotated[PatchParent, Depends(patch_parent)]
+
+
 @router.post("/sandboxes/checkpoints/{checkpoint_id}/patches", status_code=201)
+@router.post("/snapshots/{name}/patches", status_code=201)
 async def create_patch(
-    checkpoint_id: str, backend: BackendDep, body: PatchCreateBody | None = None
+    parent: ParentDep, backend: BackendDep, body: PatchCreateBody | None = None
 ) -> JSONResponse:
     body = body or PatchCreateBody()
-    patch = backend.patches.create(checkpoint_id, body.script or "", body.description or "")
+    patch = backend.patches.create(parent, body.script or "", body.description or "")
     return JSONResponse({"patch": patch_json(patch)}, status_code=201)
 
 
 @router.get("/sandboxes/checkpoints/{checkpoint_id}/patches")
-async def list_patches(checkpoint_id: str, backend: BackendDep) -> list[dict[str, object]]:
-    return [patch_json(patch) for patch in backend.patches.listed(checkpoint_id)]
+@router.get("/snapshots/{name}/patches")
+async def list_patches(parent: ParentDep, backend: BackendDep) -> list[dict[str, object]]:
+    return [patch_json(patch) for patch in backend.patches.listed(parent)]
 
 
 @router.delete("/sandboxes/checkpoints/{checkpoint_id}/patches/{patch_id}", status_code=204)
-async def delete_patch(checkpoint_id: str, patch_id: str, backend: BackendDep) -> Response:
-    backend.patches.delete(checkpoint_id, patch_id)
+@router.delete("/snapshots/{name}/patches/{patch_id}", status_code=204)
+async def delete_patch(parent: ParentDep, patch_id: str, backend: BackendDep) -> Response:
+    backend.patches.delete(parent, patch_id)
     return Response(status_code=204)

@@ -1,4 +1,7 @@
-"""Snapshot routes: create (build stream, `?async=1` or synchronous), list, get, delete, and their patches."""
+"""Snapshot routes: create (build stream, `?async=1` or synchronous), list, get, delete.
+
+A snapshot's patches are served by `routes/patches.py`, beside a checkpoint's.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ from pydantic import BaseModel, ConfigDict
 from prefect_opencomputer.local.backend.images import BuildLogSink, ImageBuildError
 from prefect_opencomputer.local.routes.deps import BackendDep
 from prefect_opencomputer.local.routes.images import build_event_stream, image_json, wants_event_stream
-from prefect_opencomputer.local.routes.patches import PatchCreateBody, patch_json
 
 router = APIRouter()
 
@@ -64,26 +66,6 @@ async def get_snapshot(name: str, backend: BackendDep) -> dict[str, object]:
 @router.delete("/snapshots/{name}", status_code=204)
 async def delete_snapshot(name: str, backend: BackendDep) -> Response:
     backend.snapshots.delete(name)
-    return Response(status_code=204)
-
-
-@router.post("/snapshots/{name}/patches", status_code=201)
-async def create_snapshot_patch(
-    name: str, backend: BackendDep, body: PatchCreateBody | None = None
-) -> JSONResponse:
-    body = body or PatchCreateBody()
-    patch = backend.patches.create_for_snapshot(name, body.script or "", body.description or "")
-    return JSONResponse({"patch": patch_json(patch)}, status_code=201)
-
-
-@router.get("/snapshots/{name}/patches")
-async def list_snapshot_patches(name: str, backend: BackendDep) -> list[dict[str, object]]:
-    return [patch_json(patch) for patch in backend.patches.list_for_snapshot(name)]
-
-
-@router.delete("/snapshots/{name}/patches/{patch_id}", status_code=204)
-async def delete_snapshot_patch(name: str, patch_id: str, backend: BackendDep) -> Response:
-    backend.patches.delete_for_snapshot(name, patch_id)
     return Response(status_code=204)
 
 

@@ -23,6 +23,7 @@ import subprocess
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Unpack
 
 from prefect_opencomputer.local.sandbox import disk, host, ids, layers, netns, processes
 from prefect_opencomputer.local.sandbox.cgroups import CgroupError, CgroupHost, Limits, SandboxCgroup
@@ -34,6 +35,9 @@ from prefect_opencomputer.local.sandbox.host import RuntimeUnavailable
 from prefect_opencomputer.local.sandbox.procview import ProcViews
 from prefect_opencomputer.local.sandbox.rootfs import LOCALE
 from prefect_opencomputer.local.sandbox.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from prefect_opencomputer.local.sandbox.protocol import BootOptions, CommandOptions
 
 SANDBOX_UID = ids.SANDBOX_UID
 SANDBOX_GID = ids.SANDBOX_GID
@@ -195,15 +199,7 @@ class SandboxRuntime:
         machine = self._machines.get(sandbox_id)
         return machine is not None and machine.frozen
 
-    async def start(
-        self,
-        sandbox_id: str,
-        *,
-        template: str,
-        hostname: str | None = None,
-        network: bool = True,
-        limits: Limits | None = None,
-    ) -> None:
+    async def start(self, sandbox_id: str, *, template: str, **boot: Unpack[BootOptions]) -> None:
         """Boot the sandbox over its existing layer, or thaw it if it is frozen (idempotent).
 
         With ``network``, its processes get DNS and direct TCP to public addresses, like a VM.
@@ -216,7 +212,7 @@ class SandboxRuntime:
             await self._settled(sandbox_id)
             if not await asyncio.to_thread(self.layers.ensure_disk, sandbox_id):
                 raise FileNotFoundError(f"no layer for sandbox {sandbox_id}")
-            await self._boot(sandbox_id, template=template, hostname=hostname, network=network, limits=limits)
+            await self._boot(sandbox_id, template=template, **boot)
             machine = self._machines.get(sandbox_id)
             if self.proc_views is not None and machine is not None:
                 # Its /proc will answer with its own memory and cores: mounted while the caller
@@ -233,15 +229,8 @@ class SandboxRuntime:
         except OSError as error:
             logger.warning("sandbox %s sees the host's /proc: %s", sandbox_id, error)
 
-    async def _boot(
-        self,
-        sandbox_id: str,
-        *,
-        template: str,
-        hostname: str | None,
-        network: bool,
-        limits: Limits | None,
-    ) -> None:
+    async def _boot(self, sandbox_id: str, *, template: str, **boot: Unpack[BootOptions]) -> None:
+        hostname, network, limits = boot.get("hostname"), boot.get("network", True), boot.get("limits")
         lower = self._lowers.get(template)
         if lower is None:
             lower = self._lowers[template] = await self._rootfs(template)
@@ -539,14 +528,7 @@ class SandboxRuntime:
         return [self.helper, "enter", "--pidfd", str(machine.pidfd), *options, "--", *argv]
 
     async def spawn(
-        self,
-        sandbox_id: str,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        stdin: bool = False,
-        as_root: bool = False,
+        self, sandbox_id: str, argv: Sequence[str], *, stdin: bool = False, **how: Unpack[CommandOptions]
     ) -> processes.ChildProcess:
         """Start a process inside the sandbox with piped output, in its own process group.
 
@@ -554,10 +536,11 @@ class SandboxRuntime:
         nobody on the host.
         """
         machine = self._machine(sandbox_id)
+        as_root = how.get("as_root", False)
         base = BASE_ENV if not as_root else {**BASE_ENV, "HOME": "/root", "USER": "root", "LOGNAME": "root"}
         return await processes.spawn(
-            self._enter_argv(machine, argv, cwd, as_root),
-            env={**base, **(env or {})},
+            self._enter_argv(machine, argv, how.get("cwd"), as_root),
+            env={**base, **(how.get("env") or {})},
             stdin=stdin,
             pass_fds=(machine.pidfd,),
         )
@@ -585,14 +568,12 @@ class SandboxRuntime:
         sandbox_id: str,
         argv: Sequence[str],
         *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
         timeout: float = 60.0,
         output_limit: int = 16 * 1024 * 1024,
-        as_root: bool = False,
+        **how: Unpack[CommandOptions],
     ) -> CommandResult:
         """Run a command to completion; on timeout kill its process group (exit code -1)."""
-        process = await self.spawn(sandbox_id, argv, env=env, cwd=cwd, as_root=as_root)
+        process = await self.spawn(sandbox_id, argv, **how)
         assert process.stdout is not None and process.stderr is not None
         out, err = _Capture(output_limit), _Capture(output_limit)
         readers = {
