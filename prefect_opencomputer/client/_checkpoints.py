@@ -16,17 +16,17 @@ from prefect_opencomputer.client._errors import (
 )
 from prefect_opencomputer.client._models import Checkpoint, CheckpointRestore, RetentionPolicy, Sandbox
 from prefect_opencomputer.client._sandboxes import Sandboxes, new_sandbox_body, sandbox_may_exist
-from prefect_opencomputer.client._transport import Transport
+from prefect_opencomputer.client._transport import RouteGroup, Transport
 
 # Pending patches run synchronously inside the fork request, each with a 300 s budget.
 _FORK_TIMEOUT = 330.0
 
 
-class Checkpoints:
+class Checkpoints(RouteGroup):
     """`client.checkpoints`: named snapshots of a sandbox, and new sandboxes forked from them."""
 
     def __init__(self, transport: Transport, sandboxes: Sandboxes) -> None:
-        self._transport = transport
+        super().__init__(transport)
         self._sandboxes = sandboxes
 
     async def create(

@@ -10,7 +10,7 @@ from urllib.parse import quote
 from prefect_opencomputer.client._attach import ExecAttachment
 from prefect_opencomputer.client._errors import ServerError
 from prefect_opencomputer.client._models import AsyncRun, CommandResult, ExecEvent, ExecSession
-from prefect_opencomputer.client._transport import Transport
+from prefect_opencomputer.client._transport import RouteGroup
 
 # The HTTP deadline of a run must outlast the command's own timeout, or we would abandon a live command.
 _RUN_GRACE = 30.0
@@ -28,11 +28,8 @@ class StartOptions(TypedDict, total=False):
     max_run_after_disconnect: int | None
 
 
-class Exec:
+class Exec(RouteGroup):
     """`client.exec`: run commands inside a sandbox, to completion or as streamed sessions."""
-
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
 
     async def run(
         self,

@@ -7,14 +7,11 @@ from collections.abc import AsyncIterable
 
 from prefect_opencomputer.client._errors import NotFoundError, ServerError
 from prefect_opencomputer.client._models import FileEntry, SignedURL
-from prefect_opencomputer.client._transport import Transport
+from prefect_opencomputer.client._transport import RouteGroup
 
 
-class Files:
+class Files(RouteGroup):
     """`client.files`: the filesystem of a sandbox; relative paths resolve against /home/sandbox."""
-
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
 
     async def read(self, sandbox_id: str, path: str) -> bytes:
         """The file's content; a missing file raises `NotFoundError`.

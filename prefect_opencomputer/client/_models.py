@@ -377,24 +377,26 @@ class UsageByTag(WireModel):
     next_cursor: str | None = Field(default=None, alias="nextCursor")
 
 
-class SandboxUsagePoint(WireModel):
-    """One UTC minute: the integrals add up across points, the megabytes are for charts."""
+class _UsageIntegrals(WireModel):
+    """What a span of time consumed: these add up across spans (a point's minute, or the totals)."""
 
-    ts: datetime
     memory_allocated_gb_seconds: float = Field(default=0.0, alias="memoryAllocatedGbSeconds")
     memory_used_gb_seconds: float = Field(default=0.0, alias="memoryUsedGbSeconds")
     uptime_seconds: int = Field(default=0, alias="uptimeSeconds")
+
+
+class SandboxUsagePoint(_UsageIntegrals):
+    """One UTC minute: the integrals add up across points, the megabytes are for charts."""
+
+    ts: datetime
     allocated_memory_mb: int = Field(default=0, alias="allocatedMemoryMb")
     used_memory_mb_avg: int = Field(default=0, alias="usedMemoryMbAvg")
     used_memory_mb_peak: int = Field(default=0, alias="usedMemoryMbPeak")
 
 
-class SandboxUsageTotals(WireModel):
+class SandboxUsageTotals(_UsageIntegrals):
     """The points summed (and the peaks over them)."""
 
-    memory_allocated_gb_seconds: float = Field(default=0.0, alias="memoryAllocatedGbSeconds")
-    memory_used_gb_seconds: float = Field(default=0.0, alias="memoryUsedGbSeconds")
-    uptime_seconds: int = Field(default=0, alias="uptimeSeconds")
     memory_allocated_peak_mb: int = Field(default=0, alias="memoryAllocatedPeakMb")
     memory_used_peak_mb: int = Field(default=0, alias="memoryUsedPeakMb")
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 import builtins
 
 from prefect_opencomputer.client._models import CheckpointPatch
-from prefect_opencomputer.client._transport import Transport
+from prefect_opencomputer.client._transport import RouteGroup
 
 
-class Patches:
+class Patches(RouteGroup):
     """`client.patches`: the patch chain of a checkpoint."""
-
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
 
     async def create(self, checkpoint_id: str, script: str, description: str = "") -> CheckpointPatch:
         """Append a bash script to a ready checkpoint's chain; it runs as user `sandbox` on each fork.

@@ -8,14 +8,11 @@ from collections.abc import Mapping
 from pydantic import JsonValue, SecretStr
 
 from prefect_opencomputer.client._models import PreviewURL
-from prefect_opencomputer.client._transport import Transport
+from prefect_opencomputer.client._transport import RouteGroup
 
 
-class Previews:
+class Previews(RouteGroup):
     """`client.previews`: the preview URLs of a sandbox, at most one per port."""
-
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
 
     async def create(
         self,

@@ -15,7 +15,7 @@ from prefect_opencomputer.client._sse import (
     BuildLogHandler,
     read_build_stream,
 )
-from prefect_opencomputer.client._transport import Transport
+from prefect_opencomputer.client._transport import RouteGroup
 
 # The service polls up to 30 s for worker capacity before it answers a create.
 _CREATE_TIMEOUT = 90.0
@@ -23,11 +23,8 @@ _CREATE_TIMEOUT = 90.0
 _TAG_LOOKUPS = 8
 
 
-class Sandboxes:
+class Sandboxes(RouteGroup):
     """`client.sandboxes`: the sandboxes of the organisation the API key belongs to."""
-
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
 
     async def create(
         self,

@@ -16,14 +16,11 @@ from prefect_opencomputer.client._sse import (
     BuildLogHandler,
     read_build_stream,
 )
-from prefect_opencomputer.client._transport import Transport
+from prefect_opencomputer.client._transport import RouteGroup
 
 
-class Snapshots:
+class Snapshots(RouteGroup):
     """`client.snapshots`: build an image once under a name, then start any number of sandboxes from it."""
-
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
 
     async def create(self, name: str, image: Image, on_build_log: BuildLogHandler | None = None) -> Snapshot:
         """Build `image` (or reuse its cached build) and keep it as snapshot `name`; returns it ready.

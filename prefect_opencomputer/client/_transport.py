@@ -306,3 +306,10 @@ class Transport:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+class RouteGroup:
+    """A namespace of the client (`client.sandboxes`, `client.exec`, ...); its routes share one transport."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport

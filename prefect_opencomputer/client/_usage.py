@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import TypedDict, Unpack
 
 from prefect_opencomputer.client._models import SandboxUsage, SandboxUsageItem, UsageBySandbox, UsageByTag
-from prefect_opencomputer.client._transport import Transport
+from prefect_opencomputer.client._transport import RouteGroup
 
 # A time bound: an aware datetime, or the string the service reads (an ISO date or RFC3339).
 TimeBound = datetime | str
@@ -24,11 +24,8 @@ class UsageQuery(TypedDict, total=False):
     cursor: str | None
 
 
-class Usage:
+class Usage(RouteGroup):
     """`client.usage`: what sandboxes consumed, as the service meters it (about a minute behind)."""
-
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
 
     async def by_sandbox(self, **query: Unpack[UsageQuery]) -> UsageBySandbox:
         """One page of sandboxes, largest first (default window: the last 30 days).
