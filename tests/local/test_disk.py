@@ -173,22 +173,26 @@ def test_files_survive_hibernate_wake_checkpoint_fork_and_restore(api: httpx.Cli
 
 
 def test_kill_leaves_no_loop_device_mount_or_directory(server: LocalServer, api: httpx.Client) -> None:
-    before = disk.attached_files()
     sandbox = create(api)
     out(api, sandbox, "head -c 1M /dev/urandom > data.bin; sleep 300 >/dev/null 2>&1 &")
     layer = server.data_dir / "runtime" / "layers" / "sandboxes" / sandbox
-    # Of what other servers on this host attached meanwhile, only images in this server's store count.
+    # Of what other servers on this host attached meanwhile, only images in this server's store count
+    # (the warm pool's spares among them: the sandbox may have been one, booted before its create).
     store = store_device(server.data_dir)
-    its_disk = {(device, inode) for device, inode in disk.attached_files() - before if device == store}
-    assert len(its_disk) == 1, "the sandbox's disk is on a loop device of its own"
+
+    def attached() -> set[tuple[int, int]]:
+        return {(device, inode) for device, inode in disk.attached_files() if device == store}
+
+    before_kill = attached()
     # Mounted in the sandbox's own namespaces only: the host's mount table never names it.
     assert str(layer) not in Path("/proc/self/mountinfo").read_text()
     assert api.delete(f"/sandboxes/{sandbox}").status_code == 204
     # Kill answers at once; its processes, loop device and directories go right after.
     deadline = time.monotonic() + 10
-    while layer.exists() or its_disk & disk.attached_files():
+    while layer.exists() or not before_kill - attached():
         assert time.monotonic() < deadline, "the sandbox's layer or loop device is still there"
         time.sleep(0.05)
+    assert len(before_kill - attached()) == 1, "the sandbox's disk was on a loop device of its own"
     wait_for_no_traces(layer)
 
 
