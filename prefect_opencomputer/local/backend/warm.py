@@ -59,6 +59,7 @@ class WarmPool:
         self._booting: set[str] = set()
         self._filling: asyncio.Task[None] | None = None
         self._draining = asyncio.Event()
+        self._refill: asyncio.TimerHandle | None = None
         self._shape = spare_shape(_spare_record(""))
 
     @property
@@ -83,8 +84,15 @@ class WarmPool:
             return None
         spare = self._ready.pop(0)
         # Not at once: the first command of the sandbox just taken would share the CPU with a boot.
-        asyncio.get_running_loop().call_later(_REFILL_DELAY_SECONDS, self.start)
+        if self._refill is None:
+            self._refill = asyncio.get_running_loop().call_later(_REFILL_DELAY_SECONDS, self._top_up)
         return spare
+
+    def _top_up(self) -> None:
+        """Refill after a take, unless the pool was drained meanwhile (a server closing)."""
+        self._refill = None
+        if not self._draining.is_set():
+            self.start()
 
     async def drain(self) -> None:
         """Stop filling and remove every spare, its record and layer with it.
@@ -93,6 +101,9 @@ class WarmPool:
         being made while it is removed.
         """
         self._draining.set()
+        if self._refill is not None:
+            self._refill.cancel()
+            self._refill = None
         filling, self._filling = self._filling, None
         if filling is not None:
             await filling
