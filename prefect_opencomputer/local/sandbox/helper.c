@@ -9,7 +9,7 @@
  * hundred lines, and enters a sandbox in about a millisecond.
  *
  *   helper boot  --lower D --lower-mount D --disk-fd N --disk-mount D --merged D --hostname H --map BASE:COUNT
- *                [--stored-ids STORED] [--cgroup-procs F]... [--shm-bytes N] [--ready-fd N]
+ *                [--stored-ids STORED] [--cgroup-procs F]... [--shm-bytes N] [--ready-fd N] [--commands-fd N]
  *     A new network namespace owned by the host (the sandbox's root cannot change its routes or
  *     firewall; "net" on the ready fd says it exists) and a private mount namespace where the
  *     sandbox's disk (an ext4 image, open on fd N, holding its upper and work directories) is
@@ -36,6 +36,18 @@
  *     Joins the sandbox's cgroups, enters all its namespaces through the init's pidfd, forks
  *     into its PID namespace, installs the seccomp filter (no nested user namespaces), becomes
  *     U:G with groups, and only then executes ARGV, which is resolved inside the sandbox.
+ *
+ *   helper boot ... --commands-fd N
+ *     The boot process also starts commands, so a command costs no cgroup attach (on cgroup v1
+ *     the first attach after an idle moment waits out an RCU grace period, 5-15 ms): it is in the
+ *     sandbox's cgroups already, and a fork of it is too. The server sends one datagram per
+ *     command on the unix socket N: two u32 counts (enter options, environment strings), then
+ *     that many NUL-terminated strings (the options are enter's, without --pidfd and
+ *     --cgroup-procs), with four descriptors: the command's stdin, stdout and stderr, and a
+ *     status socket. A fork of this process then does what `enter` does. On the status socket
+ *     the server gets the fork's pid and pidfd (or -1 and an errno: nothing started), then its
+ *     wait status once it is reaped. Only the server holds the other end of N: nothing inside
+ *     the sandbox can reach it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -46,6 +58,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stddef.h>
@@ -56,6 +69,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/stat.h>
@@ -288,9 +302,11 @@ struct boot {
     const char *lower, *lower_mount, *disk_mount, *merged, *hostname;
     unsigned long base, count, stored, shm_bytes;
     char *cgroups[MAX_CGROUPS];
-    int ncgroups, ready_fd, disk_fd, argc;
+    int ncgroups, ready_fd, disk_fd, commands_fd, argc;
     char **argv;
 };
+
+static int serve_commands(struct boot *b, pid_t init);
 
 static const char *DEVICES[] = {"null", "zero", "full", "random", "urandom", "tty"};
 #define NDEVICES (sizeof DEVICES / sizeof *DEVICES)
@@ -469,6 +485,9 @@ static int boot(struct boot *b) {
     if (child == 0) {
         close(go[1]);
         close(ready[0]);
+        /* pid 1 keeps nothing of the server's: not its command channel, not its ready pipe. */
+        if (b->commands_fd >= 0) close(b->commands_fd);
+        close(b->ready_fd);
         boot_child(b, go[0], ready[1]);
     }
     set_title(b->argc, b->argv, "sandbox-helper boot");
@@ -487,6 +506,7 @@ static int boot(struct boot *b) {
     }
     dprintf(b->ready_fd, "%d\n", child);
     close(b->ready_fd);
+    if (b->commands_fd >= 0) return serve_commands(b, child);
     int status;
     while (waitpid(child, &status, 0) < 0) {
         if (errno != EINTR) die("wait");
@@ -541,30 +561,38 @@ static void forward(int sig) {
     if (command_pid > 0) kill(command_pid, sig);
 }
 
-static int enter(int pidfd, uid_t uid, gid_t gid, const char *groups_text, const char *cwd, char **cgroups,
-                 int ncgroups, char **argv) {
+struct enter_options {
+    int pidfd;
+    long uid, gid;
+    const char *groups, *cwd;
+    char *cgroups[MAX_CGROUPS];
+    int ncgroups;
+    char **argv;
+};
+
+static int enter(struct enter_options *o) {
     /* Nobody inside may ptrace this process: it is still host root by id until it forks. */
     if (prctl(PR_SET_DUMPABLE, 0) < 0) die("dumpable");
-    join_cgroups(cgroups, ncgroups);
+    join_cgroups(o->cgroups, o->ncgroups);
     int all = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET | CLONE_NEWCGROUP;
-    if (setns(pidfd, all) < 0) die("enter the sandbox");
-    close(pidfd);
+    if (setns(o->pidfd, all) < 0) die("enter the sandbox");
+    close(o->pidfd);
     pid_t child = fork();
     if (child < 0) die("fork");
     if (child == 0) {
         gid_t groups[32];
-        int ngroups = parse_groups(groups_text, groups, 32);
+        int ngroups = parse_groups(o->groups, groups, 32);
         deny_user_namespaces();
         if (setgroups((size_t)ngroups, groups) < 0) die("setgroups");
-        if (setresgid(gid, gid, gid) < 0) die("setresgid");
-        if (setresuid(uid, uid, uid) < 0) die("setresuid");
-        if (chdir(cwd ? cwd : "/") < 0) {
-            fprintf(stderr, "cd: %s: %s\n", cwd, strerror(errno));
+        if (setresgid((gid_t)o->gid, (gid_t)o->gid, (gid_t)o->gid) < 0) die("setresgid");
+        if (setresuid((uid_t)o->uid, (uid_t)o->uid, (uid_t)o->uid) < 0) die("setresuid");
+        if (chdir(o->cwd ? o->cwd : "/") < 0) {
+            fprintf(stderr, "cd: %s: %s\n", o->cwd, strerror(errno));
             _exit(1);
         }
         signal(SIGPIPE, SIG_DFL);
-        execvp(argv[0], argv);
-        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+        execvp(o->argv[0], o->argv);
+        fprintf(stderr, "exec %s: %s\n", o->argv[0], strerror(errno));
         _exit(errno == ENOENT ? 127 : 126);
     }
     command_pid = child;
@@ -588,19 +616,255 @@ static int enter(int pidfd, uid_t uid, gid_t gid, const char *groups_text, const
     return WEXITSTATUS(status);
 }
 
-/* -- arguments ----------------------------------------------------------------------------- */
-
 static const char *value(int argc, char **argv, int *i) {
     if (*i + 1 >= argc) fail("missing value");
     return argv[++*i];
 }
 
+/* enter's options up to `--`, then ARGV; exits with a message on a bad one. */
+static void parse_enter(int argc, char **argv, struct enter_options *o) {
+    memset(o, 0, sizeof *o);
+    o->pidfd = -1;
+    o->uid = o->gid = -1;
+    int i = 0;
+    for (; i < argc && strcmp(argv[i], "--") != 0; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "--pidfd") == 0) o->pidfd = atoi(value(argc, argv, &i));
+        else if (strcmp(arg, "--uid") == 0) o->uid = atol(value(argc, argv, &i));
+        else if (strcmp(arg, "--gid") == 0) o->gid = atol(value(argc, argv, &i));
+        else if (strcmp(arg, "--groups") == 0) o->groups = value(argc, argv, &i);
+        else if (strcmp(arg, "--cwd") == 0) o->cwd = value(argc, argv, &i);
+        else if (strcmp(arg, "--cgroup-procs") == 0) {
+            if (o->ncgroups == MAX_CGROUPS) fail("too many cgroups");
+            o->cgroups[o->ncgroups++] = (char *)value(argc, argv, &i);
+        } else fail("unknown enter option");
+    }
+    if (o->uid < 0 || o->gid < 0 || i + 1 >= argc) fail("enter needs --uid --gid -- ARGV");
+    o->argv = argv + i + 1;
+}
+
+/* -- commands started by the boot process ------------------------------------------------- */
+
+/* One datagram: the counts, then the strings (an exec's arguments and environment fit). */
+#define COMMAND_BYTES (128 * 1024)
+#define COMMAND_FDS 4 /* stdin, stdout, stderr, status socket */
+
+struct command {
+    pid_t pid;
+    int status_fd;
+};
+
+static struct command *commands;
+static size_t ncommands, commands_room;
+
+static void send_status(int fd, const void *data, size_t size, int pidfd) {
+    struct iovec iov = {.iov_base = (void *)data, .iov_len = size};
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr message = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (pidfd >= 0) {
+        message.msg_control = control.space;
+        message.msg_controllen = sizeof control.space;
+        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&message);
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cmsg), &pidfd, sizeof(int));
+    }
+    /* A server that gave up on the command has closed its end: nothing to tell, nothing to die of. */
+    ssize_t ignored = sendmsg(fd, &message, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)ignored;
+}
+
+static void refuse(int status_fd, int error) {
+    int32_t started[2] = {-1, error};
+    send_status(status_fd, started, sizeof started, -1);
+    close(status_fd);
+}
+
+/* Split a request into the enter options and the environment (both NULL-terminated arrays). */
+static int parse_request(char *data, size_t size, char ***options, int *noptions, char ***env) {
+    uint32_t counts[2];
+    if (size < sizeof counts) return -1;
+    memcpy(counts, data, sizeof counts);
+    if (counts[0] == 0 || counts[0] > COMMAND_BYTES || counts[1] > COMMAND_BYTES) return -1;
+    char **strings = calloc((size_t)counts[0] + counts[1] + 2, sizeof *strings);
+    if (!strings) return -1;
+    char *at = data + sizeof counts, *end = data + size;
+    for (uint32_t n = 0; n < counts[0] + counts[1]; n++) {
+        char *nul = at < end ? memchr(at, 0, (size_t)(end - at)) : NULL;
+        if (!nul) {
+            free(strings);
+            return -1;
+        }
+        strings[n < counts[0] ? n : n + 1] = at;
+        at = nul + 1;
+    }
+    *options = strings;
+    *noptions = (int)counts[0];
+    *env = strings + counts[0] + 1;
+    return 0;
+}
+
+/*
+ * The fork that becomes the command's carrier: what `enter` is, without its exec and its cgroup
+ * attach. It gets nothing of the boot process but the way in (the init's pidfd): no other
+ * descriptor, no blocked signal, no host environment.
+ */
+static void become_enter(struct boot *b, int init_pidfd, int *fds, char **options, int noptions, char **env) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGCHLD, SIG_DFL);
+    if (setsid() < 0) die("setsid"); /* its own process group: the server kills the command's as one */
+    for (int fd = 0; fd < 3; fd++)
+        if (dup2(fds[fd], fd) < 0) die("dup2");
+    if (dup2(init_pidfd, 3) < 0) die("dup2");
+    syscall(SYS_close_range, 4U, ~0U, 0U);
+    set_title(b->argc, b->argv, "sandbox-helper enter");
+    environ = env;
+    struct enter_options o;
+    parse_enter(noptions, options, &o);
+    o.pidfd = 3;
+    o.ncgroups = 0; /* a fork of the boot process is in the sandbox's cgroups already */
+    _exit(enter(&o));
+}
+
+/* Start the command the next request asks for; 0 once the server has let go of the channel. */
+static int start_command(struct boot *b, int channel, int init_pidfd, char *request) {
+    int fds[COMMAND_FDS];
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(sizeof fds)];
+    } control;
+    struct iovec iov = {.iov_base = request, .iov_len = COMMAND_BYTES};
+    struct msghdr message = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+                             .msg_controllen = sizeof control.space};
+    ssize_t got = recvmsg(channel, &message, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (got < 0) return errno == EAGAIN || errno == EINTR;
+    if (got == 0) return 0;
+    int nfds = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&message); c; c = CMSG_NXTHDR(&message, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int k = 0; k < count; k++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + k * sizeof(int), sizeof fd);
+            if (nfds < COMMAND_FDS) fds[nfds++] = fd;
+            else close(fd);
+        }
+    }
+    if (nfds != COMMAND_FDS || (message.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+        for (int k = 0; k < nfds; k++) close(fds[k]);
+        return 1; /* not the server's kind of request: its status socket (if any) hears nothing but EOF */
+    }
+    int status_fd = fds[3];
+    char **options, **env;
+    int noptions;
+    if (parse_request(request, (size_t)got, &options, &noptions, &env) < 0) {
+        for (int k = 0; k < 3; k++) close(fds[k]);
+        refuse(status_fd, EINVAL);
+        return 1;
+    }
+    if (ncommands == commands_room) {
+        size_t room = commands_room ? commands_room * 2 : 16;
+        struct command *grown = realloc(commands, room * sizeof *grown);
+        if (!grown) {
+            free(options);
+            for (int k = 0; k < 3; k++) close(fds[k]);
+            refuse(status_fd, ENOMEM);
+            return 1;
+        }
+        commands = grown;
+        commands_room = room;
+    }
+    pid_t child = fork();
+    if (child == 0) become_enter(b, init_pidfd, fds, options, noptions, env);
+    int error = errno;
+    free(options);
+    for (int k = 0; k < 3; k++) close(fds[k]);
+    if (child < 0) {
+        refuse(status_fd, error);
+        return 1;
+    }
+    /* Not reaped before this line: the pidfd is this child's, whatever pid numbers do later. */
+    int pidfd = (int)syscall(SYS_pidfd_open, child, 0);
+    int32_t started[2] = {child, 0};
+    send_status(status_fd, started, sizeof started, pidfd);
+    if (pidfd >= 0) close(pidfd);
+    commands[ncommands++] = (struct command){child, status_fd};
+    return 1;
+}
+
+static void command_exited(pid_t pid, int status) {
+    for (size_t k = 0; k < ncommands; k++) {
+        if (commands[k].pid != pid) continue;
+        int32_t reported = status;
+        send_status(commands[k].status_fd, &reported, sizeof reported, -1);
+        close(commands[k].status_fd);
+        commands[k] = commands[--ncommands];
+        return;
+    }
+}
+
+/* Wait for pid 1 as `boot` does, starting commands meanwhile; their carriers go with the sandbox. */
+static int serve_commands(struct boot *b, pid_t init) {
+    int channel = b->commands_fd;
+    if (fcntl(channel, F_SETFD, FD_CLOEXEC) < 0) die("command channel");
+    int init_pidfd = (int)syscall(SYS_pidfd_open, init, 0);
+    if (init_pidfd < 0) die("pidfd");
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, NULL);
+    int signals = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (signals < 0) die("signalfd");
+    char *request = malloc(COMMAND_BYTES);
+    if (!request) die("request buffer");
+    for (;;) {
+        struct pollfd ready[2] = {{.fd = signals, .events = POLLIN}, {.fd = channel, .events = POLLIN}};
+        if (poll(ready, channel >= 0 ? 2 : 1, -1) < 0) {
+            if (errno == EINTR) continue;
+            die("poll");
+        }
+        if (ready[0].revents) {
+            struct signalfd_siginfo info;
+            while (read(signals, &info, sizeof info) > 0) {
+            }
+            pid_t pid;
+            int status;
+            while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+                if (pid != init) {
+                    command_exited(pid, status);
+                    continue;
+                }
+                /* The sandbox is gone: so are its commands' carriers, before this process. */
+                for (size_t k = 0; k < ncommands; k++) kill(commands[k].pid, SIGKILL);
+                while (ncommands > 0) {
+                    int carried;
+                    pid_t gone = waitpid(-1, &carried, 0);
+                    if (gone < 0 && errno != EINTR) break;
+                    if (gone > 0) command_exited(gone, carried);
+                }
+                return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+            }
+        }
+        if (channel >= 0 && ready[1].revents && !start_command(b, channel, init_pidfd, request)) {
+            close(channel); /* the server let go: no more commands, the sandbox lives on */
+            channel = -1;
+        }
+    }
+}
+
+/* -- arguments ----------------------------------------------------------------------------- */
+
 int main(int argc, char **argv) {
     if (argc < 2) fail("usage: sandbox-helper boot|enter|store ...");
-    char *cgroups[MAX_CGROUPS];
-    int ncgroups = 0;
     if (strcmp(argv[1], "boot") == 0) {
-        struct boot b = {.shm_bytes = 64UL << 20, .ready_fd = -1, .disk_fd = -1, .hostname = "sandbox",
+        struct boot b = {.shm_bytes = 64UL << 20, .ready_fd = -1, .disk_fd = -1, .commands_fd = -1, .hostname = "sandbox",
                          .argc = argc, .argv = argv};
         for (int i = 2; i < argc; i++) {
             const char *arg = argv[i];
@@ -611,6 +875,7 @@ int main(int argc, char **argv) {
             else if (strcmp(arg, "--hostname") == 0) b.hostname = value(argc, argv, &i);
             else if (strcmp(arg, "--shm-bytes") == 0) b.shm_bytes = strtoul(value(argc, argv, &i), NULL, 10);
             else if (strcmp(arg, "--ready-fd") == 0) b.ready_fd = atoi(value(argc, argv, &i));
+            else if (strcmp(arg, "--commands-fd") == 0) b.commands_fd = atoi(value(argc, argv, &i));
             else if (strcmp(arg, "--lower-mount") == 0) b.lower_mount = value(argc, argv, &i);
             else if (strcmp(arg, "--stored-ids") == 0) b.stored = strtoul(value(argc, argv, &i), NULL, 10);
             else if (strcmp(arg, "--map") == 0) {
@@ -626,24 +891,10 @@ int main(int argc, char **argv) {
         return boot(&b);
     }
     if (strcmp(argv[1], "enter") == 0) {
-        int pidfd = -1;
-        long uid = -1, gid = -1;
-        const char *groups = NULL, *cwd = NULL;
-        int i = 2;
-        for (; i < argc && strcmp(argv[i], "--") != 0; i++) {
-            const char *arg = argv[i];
-            if (strcmp(arg, "--pidfd") == 0) pidfd = atoi(value(argc, argv, &i));
-            else if (strcmp(arg, "--uid") == 0) uid = atol(value(argc, argv, &i));
-            else if (strcmp(arg, "--gid") == 0) gid = atol(value(argc, argv, &i));
-            else if (strcmp(arg, "--groups") == 0) groups = value(argc, argv, &i);
-            else if (strcmp(arg, "--cwd") == 0) cwd = value(argc, argv, &i);
-            else if (strcmp(arg, "--cgroup-procs") == 0) {
-                if (ncgroups == MAX_CGROUPS) fail("too many cgroups");
-                cgroups[ncgroups++] = (char *)value(argc, argv, &i);
-            } else fail("unknown enter option");
-        }
-        if (pidfd < 0 || uid < 0 || gid < 0 || i + 1 >= argc) fail("enter needs --pidfd --uid --gid -- ARGV");
-        return enter(pidfd, (uid_t)uid, (gid_t)gid, groups, cwd, cgroups, ncgroups, argv + i + 1);
+        struct enter_options o;
+        parse_enter(argc - 2, argv + 2, &o);
+        if (o.pidfd < 0) fail("enter needs --pidfd --uid --gid -- ARGV");
+        return enter(&o);
     }
     if (strcmp(argv[1], "store") == 0) {
         const char *image = NULL;

@@ -96,6 +96,9 @@ class _Machine:
     network: SandboxNetwork | None  # DNS and TCP forwarders, behind the namespace's rules
     cgroup: SandboxCgroup | None
     id_slot: int  # its own host id range: `ids.range_base(id_slot)` and on
+    # The boot process's command channel (`processes.start_through`): commands start inside the
+    # sandbox's cgroups, with no attach.
+    commands: socket.socket
     frozen: bool = False
 
 
@@ -245,6 +248,8 @@ class SandboxRuntime:
         disk_fd = await asyncio.to_thread(self.layers.open_disk, sandbox_id)
         id_slot = self._take_id_slot()
         ready_read, ready_write = os.pipe()
+        commands, commands_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        commands.setblocking(False)
         argv = [
             self.helper, "boot", "--lower", str(lower), "--disk-fd", str(disk_fd),
             "--disk-mount", str(self.layers.disk_mount(sandbox_id)),
@@ -252,16 +257,18 @@ class SandboxRuntime:
             "--merged", str(merged), "--hostname", hostname or sandbox_id,
             "--map", f"{ids.range_base(id_slot)}:{ids.ID_COUNT}", "--stored-ids", str(ids.HOST_ID_BASE),
             "--shm-bytes", str(SHM_BYTES),
-            "--ready-fd", str(ready_write), *_cgroup_options(cgroup),
+            "--ready-fd", str(ready_write), "--commands-fd", str(commands_theirs.fileno()),
+            *_cgroup_options(cgroup),
         ]  # fmt: skip
         log_path = merged.with_name("init.log")
         try:
             with log_path.open("wb") as log:
                 process = await processes.spawn(
-                    argv, stdout=False, stderr=log, pass_fds=(ready_write, disk_fd)
+                    argv, stdout=False, stderr=log, pass_fds=(ready_write, disk_fd, commands_theirs.fileno())
                 )
         except BaseException:
             os.close(ready_read)
+            commands.close()
             self._id_slots.discard(id_slot)
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.remove)
@@ -269,6 +276,7 @@ class SandboxRuntime:
         finally:
             os.close(ready_write)
             os.close(disk_fd)
+            commands_theirs.close()
         pipe = _ReadyPipe(ready_read)
         attaching: asyncio.Future[SandboxNetwork] | None = None
         netns_fd = -1
@@ -292,6 +300,7 @@ class SandboxRuntime:
         except (ValueError, OSError):
             process.kill()
             await process.wait()
+            commands.close()
             self._id_slots.discard(id_slot)
             await _discard(attaching, netns_fd)
             if cgroup is not None:
@@ -301,12 +310,13 @@ class SandboxRuntime:
         except BaseException:
             process.kill()
             await process.wait()
+            commands.close()
             self._id_slots.discard(id_slot)
             await _discard(attaching, netns_fd)
             raise
         finally:
             os.close(ready_read)
-        machine = _Machine(process, init_pid, pidfd, netns_fd, None, cgroup, id_slot)
+        machine = _Machine(process, init_pid, pidfd, netns_fd, None, cgroup, id_slot, commands)
         self._machines[sandbox_id] = machine
         if attaching is not None:
             try:
@@ -353,6 +363,7 @@ class SandboxRuntime:
         with contextlib.suppress(OSError):
             signal.pidfd_send_signal(machine.pidfd, signal.SIGKILL)
         os.close(machine.pidfd)
+        machine.commands.close()
         # A frozen (hibernated) sandbox dies only once thawed: killed first, it runs nothing more.
         await _thaw(machine)
         if machine.network is not None:
@@ -516,16 +527,10 @@ class SandboxRuntime:
             raise SandboxNotRunning(sandbox_id)
         return machine
 
-    def _enter_argv(
-        self, machine: _Machine, argv: Sequence[str], cwd: str | None, as_root: bool
-    ) -> list[str]:
-        if as_root:
-            user = ["--uid", "0", "--gid", "0", "--groups", "0"]
-        else:
-            groups = ",".join(str(gid) for gid in SANDBOX_GROUPS)
-            user = ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID), "--groups", groups]
-        options = [*user, "--cwd", cwd or SANDBOX_HOME, *_cgroup_options(machine.cgroup)]
-        return [self.helper, "enter", "--pidfd", str(machine.pidfd), *options, "--", *argv]
+    def _enter_argv(self, machine: _Machine, command: Sequence[str]) -> list[str]:
+        """``helper enter`` as a process of ours runs it: ``command`` is `_command`'s."""
+        cgroups = _cgroup_options(machine.cgroup)
+        return [self.helper, "enter", "--pidfd", str(machine.pidfd), *cgroups, *command]
 
     async def spawn(
         self, sandbox_id: str, argv: Sequence[str], *, stdin: bool = False, **how: Unpack[CommandOptions]
@@ -538,11 +543,13 @@ class SandboxRuntime:
         machine = self._machine(sandbox_id)
         as_root = how.get("as_root", False)
         base = BASE_ENV if not as_root else {**BASE_ENV, "HOME": "/root", "USER": "root", "LOGNAME": "root"}
+        env = {**base, **(how.get("env") or {})}
+        command = _command(argv, how.get("cwd"), as_root)
+        started = await processes.start_through(machine.commands, command, env=env, stdin=stdin)
+        if started is not None:
+            return started
         return await processes.spawn(
-            self._enter_argv(machine, argv, how.get("cwd"), as_root),
-            env={**base, **(how.get("env") or {})},
-            stdin=stdin,
-            pass_fds=(machine.pidfd,),
+            self._enter_argv(machine, command), env=env, stdin=stdin, pass_fds=(machine.pidfd,)
         )
 
     def spawn_on_terminal(
@@ -554,7 +561,7 @@ class SandboxRuntime:
         """
         machine = self._machine(sandbox_id)
         return subprocess.Popen(
-            self._enter_argv(machine, argv, None, False),
+            self._enter_argv(machine, _command(argv, None, False)),
             stdin=terminal,
             stdout=terminal,
             stderr=terminal,
@@ -721,6 +728,16 @@ async def _remove_group(cgroup: SandboxCgroup) -> None:
             logger.warning("a stopped sandbox's cgroup is not empty yet, retrying: %s", error)
         await asyncio.sleep(pause)
         pause = min(pause * 2, 30.0)
+
+
+def _command(argv: Sequence[str], cwd: str | None, as_root: bool) -> list[str]:
+    """``helper enter``'s options for a command, from its user on: who runs it, where, what."""
+    if as_root:
+        user = ["--uid", "0", "--gid", "0", "--groups", "0"]
+    else:
+        groups = ",".join(str(gid) for gid in SANDBOX_GROUPS)
+        user = ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID), "--groups", groups]
+    return [*user, "--cwd", cwd or SANDBOX_HOME, "--", *argv]
 
 
 def _cgroup_options(cgroup: SandboxCgroup | None) -> list[str]:
