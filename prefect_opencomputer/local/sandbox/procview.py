@@ -4,8 +4,14 @@ JVMs, thread pools, build tools and ``free`` size themselves by ``/proc/meminfo`
 and ``/proc/stat`` (glibc's CPU count reads it when there is no ``/sys``, as in a sandbox). The kernel
 shows the host there, so the server runs one lxcfs (Debian's, as LXC and Incus use it): a FUSE file
 system whose files answer, for the process that reads them, from that process's own cgroups (memory
-limit, cpuset and CPU quota, usage, uptime). Each booted sandbox gets them mounted over its own /proc
-files. Where lxcfs is not installed, sandboxes see the host's numbers, as before.
+limit, cpuset and CPU quota, usage, uptime, load average). Each booted sandbox gets them mounted over
+its own /proc files. Where lxcfs is not installed, sandboxes see the host's numbers, as before.
+
+The host's disks are nobody's business inside: ``/proc/partitions`` and ``/proc/diskstats`` would list
+every sandbox's disk (a loop device each) and its I/O as it happens, a side channel on what the other
+sandboxes do. lxcfs has no partitions view, and its diskstats needs blkio statistics this kernel does
+not keep (it then shows the host's), so both are static views: the header of an empty table, as a
+machine with no block device shows (a sandbox has none in its /dev either: its disk is mounted for it).
 
 The mounts are made by a small process of the server's (host root, started with it) that takes the
 views while in the host's mount namespace, enters the sandbox's, and moves them over ``/proc/<file>``
@@ -19,6 +25,7 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import shutil
@@ -30,8 +37,10 @@ from prefect_opencomputer.local.sandbox import processes
 
 logger = logging.getLogger(__name__)
 
-# The /proc files lxcfs answers per cgroup (loadavg needs its own sampling thread: left as the host's).
-VIEWS = ("cpuinfo", "meminfo", "stat", "uptime", "diskstats", "swaps")
+# The /proc files lxcfs answers per cgroup (loadavg from a thread of its own that samples each group).
+VIEWS = ("cpuinfo", "meminfo", "stat", "uptime", "swaps", "loadavg")
+# The /proc files every sandbox sees as they are here: no block device.
+STATIC_VIEWS = {"partitions": "major minor  #blocks  name\n\n", "diskstats": ""}
 _START_SECONDS = 10.0
 _MNT_DETACH = 2
 
@@ -39,10 +48,11 @@ _MNT_DETACH = 2
 # the views in the host's mount namespace, enters the sandbox's and moves them over its /proc files
 # (setns needs a single-threaded process, which the server is not; a fork is ~1 ms, an interpreter 30).
 _MOUNTER = """
-import ctypes, os, sys
+import ctypes, json, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD, AT_EMPTY_PATH, OPEN_TREE_CLONE, MOVE_MOUNT_F_EMPTY_PATH, CLONE_NEWNS = -100, 0x1000, 1, 4, 0x20000
-source, names = sys.argv[1], sys.argv[2:]
+FSCONFIG_CMD_CREATE, MOUNT_ATTR_RDONLY_NOSUID_NODEV_NOEXEC = 6, 0xF
+asked = json.loads(sys.argv[1])  # {"lxcfs": [view paths], "static": {name: text}}
 
 def check(result, what):
     if result < 0:
@@ -50,8 +60,21 @@ def check(result, what):
         raise OSError(error, f"{what}: {os.strerror(error)}")
     return result
 
+
 # Looked up once: each sandbox's copies are cloned from these, with no round trip through lxcfs.
-views = [(name, os.open(f"{source}/proc/{name}", os.O_PATH | os.O_CLOEXEC)) for name in names]
+views = [(os.path.basename(path), os.open(path, os.O_PATH | os.O_CLOEXEC)) for path in asked["lxcfs"]]
+# The static views live on a tmpfs attached nowhere: a sandbox's mount table shows no host path for them.
+tmpfs = check(libc.syscall(430, b"tmpfs", 1), "tmpfs")
+check(libc.syscall(431, tmpfs, FSCONFIG_CMD_CREATE, None, None, 0), "tmpfs")
+static = check(libc.syscall(432, tmpfs, 1, 0), "tmpfs")
+for name, text in asked["static"].items():
+    written = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o444, dir_fd=static)
+    os.write(written, text.encode())
+    os.close(written)
+    views.append((name, os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=static)))
+# Written, then read-only for good (struct mount_attr: attr_set, attr_clr, propagation, userns_fd).
+attributes = (ctypes.c_uint64 * 4)(MOUNT_ATTR_RDONLY_NOSUID_NODEV_NOEXEC, 0, 0, 0)
+check(libc.syscall(442, static, b"", AT_EMPTY_PATH, ctypes.byref(attributes), 32), "read-only views")
 
 def mount_views(pid):
     trees = []
@@ -116,7 +139,8 @@ class ProcViews:
         # the server is killed outright.
         argv = [
             "setpriv", "--pdeathsig", "TERM", "--", lxcfs, "--foreground", "--enable-cfs",
-            "--enable-pidfd", "--pidfile", str(mountpoint.with_name("lxcfs.pid")), str(mountpoint),
+            "--enable-pidfd", "--enable-loadavg", "--pidfile", str(mountpoint.with_name("lxcfs.pid")),
+            str(mountpoint),
         ]  # fmt: skip
         log = mountpoint.with_name("lxcfs.log").open("wb")
         try:
@@ -131,8 +155,9 @@ class ProcViews:
                 logger.warning("lxcfs did not start (see %s): sandboxes see the host's /proc", log.name)
                 return None
             await asyncio.sleep(0.02)
+        asked = {"lxcfs": [str(mountpoint / "proc" / name) for name in VIEWS], "static": STATIC_VIEWS}
         views._mounter = await processes.spawn(
-            [sys.executable, "-I", "-S", "-c", _MOUNTER, str(mountpoint), *VIEWS], stdin=True, stderr=False
+            [sys.executable, "-I", "-S", "-c", _MOUNTER, json.dumps(asked)], stdin=True, stderr=False
         )
         views._answers = asyncio.create_task(views._read_answers())
         return views
