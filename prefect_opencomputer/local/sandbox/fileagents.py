@@ -128,6 +128,7 @@ class FileAgent:
             agent.in_exchange = True
             if await agent.receive() != {"ready": True}:
                 raise _failed("it did not start")
+            agent.in_exchange = False
         except BaseException:
             agent.kill()
             raise
