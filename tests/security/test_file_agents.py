@@ -17,7 +17,7 @@ import pytest
 
 from prefect_opencomputer.local import LocalServer, LocalServerConfig
 from prefect_opencomputer.local.sandbox.fileagents import AGENTS_PER_SANDBOX
-from tests.security.conftest import NewSandbox, run_ok
+from tests.security.conftest import NewSandbox, checkpoint_ready, run_ok
 
 pytestmark = pytest.mark.security
 
@@ -113,6 +113,23 @@ async def test_a_sandboxs_agents_are_gone_after_its_kill_even_a_busy_one(
             assert await until(lambda: agents_of(sandbox) == [])
     finally:
         await http.delete(f"/sandboxes/{sandbox}")
+
+
+async def test_a_sandbox_with_file_agents_hibernates_and_checkpoints_and_its_files_answer_after(
+    http: httpx.AsyncClient, new_sandbox: NewSandbox, local_server: LocalServer
+) -> None:
+    sandbox = await new_sandbox()
+    assert (
+        await http.put(f"/sandboxes/{sandbox}/files", params={"path": "kept.txt"}, content=b"kept")
+    ).status_code == 204
+    assert agents_of(sandbox), "the write left an idle agent, frozen with the sandbox next"
+    hibernated = await http.post(f"/sandboxes/{sandbox}/hibernate")
+    assert hibernated.status_code == 200, hibernated.text
+    read = await http.get(f"/sandboxes/{sandbox}/files", params={"path": "kept.txt"})
+    assert read.status_code == 200 and read.content == b"kept"
+    await checkpoint_ready(http, sandbox, "with-agents")
+    listed = await http.get(f"/sandboxes/{sandbox}/files/list", params={"path": "/home/sandbox"})
+    assert listed.status_code == 200 and "kept.txt" in listed.text
 
 
 @pytest.mark.slow

@@ -130,7 +130,7 @@ class FileAgent:
                 raise _failed("it did not start")
             agent.in_exchange = False
         except BaseException:
-            agent.kill()
+            agent.discard()
             raise
         return agent
 
@@ -167,6 +167,11 @@ class FileAgent:
         return message
 
     def kill(self) -> None:
+        """Stop its work now; a holder waiting on it sees it exit (its socket stays open until `discard`)."""
+        self.process.kill()
+
+    def discard(self) -> None:
+        """Kill it and close its socket: only once nothing waits on it."""
         self.process.kill()
         self._control.close()
 
@@ -210,6 +215,7 @@ class _SandboxAgents:
                 agent = self.idle.pop()
                 if agent.process.returncode is None:
                     return agent
+                agent.discard()
                 self.live.discard(agent)
             if self.closed:  # checked with no await before the spawn: its pidfd is still open
                 raise ProcessLookupError(errno.ESRCH, "the sandbox stopped")
@@ -223,7 +229,7 @@ class _SandboxAgents:
     def release(self, agent: FileAgent) -> None:
         """Back to the idle ones when its exchange ended cleanly; killed otherwise."""
         if agent.in_exchange or self.closed or agent.process.returncode is not None:
-            agent.kill()
+            agent.discard()
             self.live.discard(agent)
         else:
             self.idle.append(agent)
@@ -231,8 +237,10 @@ class _SandboxAgents:
 
     def close(self) -> None:
         self.closed = True
+        for agent in self.idle:
+            agent.discard()
         for agent in self.live:
-            agent.kill()
+            agent.kill()  # one in use is discarded when its holder lets it go
         self.live.clear()
         self.idle.clear()
 
