@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from prefect_opencomputer.local.sandbox import processes
 from prefect_opencomputer.local.sandbox.cgroups import Limits
-from prefect_opencomputer.local.sandbox.fileagents import OpenedFile
+from prefect_opencomputer.local.sandbox.fileagents import Listing, OpenedFile
 from prefect_opencomputer.local.sandbox.fileops import DirEntry, RootedFiles
 from prefect_opencomputer.local.sandbox.ids import SANDBOX_HOME
 from prefect_opencomputer.local.sandbox.runtime import BASE_ENV, SandboxNotRunning, SandboxRuntime, kill_group
@@ -256,8 +256,13 @@ class InProcessFiles:
     async def open_write(self, path: str) -> _InProcessWriter:
         return _InProcessWriter(await asyncio.to_thread(self._files.open_write, path))
 
-    async def list(self, path: str) -> list[DirEntry]:
-        return await asyncio.to_thread(self._files.list, path)
+    async def list(self, path: str) -> Listing:
+        entries = await asyncio.to_thread(self._files.list, path)
+
+        async def batches() -> AsyncGenerator[list[DirEntry], None]:
+            yield entries
+
+        return Listing(batches())
 
     async def mkdir(self, path: str) -> None:
         await asyncio.to_thread(self._files.mkdir, path)

@@ -177,7 +177,8 @@ async def test_files_written_through_the_api_belong_to_root_as_hosted(runtime: S
     writer = await files.open_write("project/src/main.py")
     await writer.write(b"print('hi')\n")
     await writer.close()
-    assert [e.name for e in await files.list("/home/sandbox/project")] == ["src"]
+    listing = await files.list("/home/sandbox/project")
+    assert [e.name async for batch in listing.batches for e in batch] == ["src"]
     owners = "stat -c '%U:%G %a' project project/src/main.py"
     assert await sh(runtime, sandbox, owners) == "root:root 755\nroot:root 644\n"
     denied = await runtime.run(sandbox, ["/bin/sh", "-c", "echo '# more' >> project/src/main.py"])

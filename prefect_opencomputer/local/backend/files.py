@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from prefect_opencomputer.local.errors import (
     AGENT_ERROR,
@@ -39,8 +39,9 @@ from prefect_opencomputer.local.sandbox.fileops import (
 
 if TYPE_CHECKING:
     from prefect_opencomputer.local.backend.core import SandboxCore
-    from prefect_opencomputer.local.sandbox.fileagents import FileWriter, OpenedFile
+    from prefect_opencomputer.local.sandbox.fileagents import FileWriter
 
+_T = TypeVar("_T")
 # Writes are gathered into blocks this size before they go to the agent.
 WRITE_BLOCK_BYTES = 1024 * 1024
 
@@ -90,21 +91,21 @@ class SandboxFiles:
                         f"recv first chunk: {AGENT_ERROR}read {error.filename}: read {error.filename}: "
                         "is a directory"
                     ) from None
-            return Download(opened.size, self._chunks(sandbox_id, opened))
+            return Download(opened.size, self._paced(sandbox_id, opened.chunks))
 
-    async def _chunks(self, sandbox_id: str, opened: OpenedFile) -> AsyncIterator[bytes]:
-        chunks = opened.chunks
+    async def _paced(self, sandbox_id: str, source: AsyncGenerator[_T, None]) -> AsyncIterator[_T]:
+        """``source``'s items for a response under way, each within the timeout, the sandbox held awake."""
         try:
             with self._backend.idle.busy(sandbox_id):
                 while True:
-                    # Past the headers a 503 cannot be sent: a stalled read ends the body early.
+                    # Past the headers a 503 cannot be sent: a stalled step ends the body early.
                     async with asyncio.timeout(self.timeout):
-                        chunk = await anext(chunks, None)
-                    if chunk is None:
+                        item = await anext(source, None)
+                    if item is None:
                         break
-                    yield chunk
+                    yield item
         finally:
-            await chunks.aclose()
+            await source.aclose()
 
     async def upload(
         self, sandbox_id: str, path: str, body: AsyncIterator[bytes], declared_length: int | None
@@ -149,17 +150,20 @@ class SandboxFiles:
             async with self._bounded():
                 await writer.write(bytes(block))
 
-    async def list_dir(self, sandbox_id: str, path: str) -> list[DirEntry]:
+    async def list_dir(self, sandbox_id: str, path: str) -> AsyncIterator[list[DirEntry]]:
+        """The directory's entries in name order, in batches: refused (413) past `LIST_LIMIT` before
+        any is sent, and streamed, so the server holds one batch of a listing at a time."""
         async with self._backend.data_plane(sandbox_id):
             files = self._backend.file_ops(sandbox_id)
             with _file_errors("open", path):
                 try:
                     async with self._bounded():
-                        return await files.list(path)
+                        listing = await files.list(path)
                 except NotADirectoryError as error:
                     raise Failed(
                         f"{AGENT_ERROR}readdir {error.filename}: open {error.filename}: not a directory"
                     ) from None
+            return self._paced(sandbox_id, listing.batches)
 
     async def mkdir(self, sandbox_id: str, path: str) -> None:
         async with self._backend.data_plane(sandbox_id):

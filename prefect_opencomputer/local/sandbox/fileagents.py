@@ -56,6 +56,16 @@ class OpenedFile:
     chunks: AsyncGenerator[bytes, None]
 
 
+@dataclass(frozen=True)
+class Listing:
+    """A directory's entries in name order, in batches (at most `LIST_LIMIT` in all).
+
+    ``batches`` holds what the listing needs until it is exhausted or closed (``aclose``).
+    """
+
+    batches: AsyncGenerator[list[DirEntry], None]
+
+
 class FileWriter(Protocol):
     """A file of a sandbox being written: blocks in order, then `close` (or `abort`)."""
 
@@ -75,7 +85,8 @@ class FileOps(Protocol):
 
     async def open_write(self, path: str) -> FileWriter: ...
 
-    async def list(self, path: str) -> list[DirEntry]: ...
+    async def list(self, path: str) -> Listing:
+        """Errors (a missing directory, `TooManyEntries`) come here, before any entry."""
 
     async def mkdir(self, path: str) -> None: ...
 
@@ -325,19 +336,20 @@ class AgentFiles:
             raise
         return _AgentWriter(transfer)
 
-    async def list(self, path: str) -> list[DirEntry]:
-        async with self._agent() as agent:
+    async def list(self, path: str) -> Listing:
+        agent = await self._agents.acquire()
+        transfer = _Transfer(self._agents, agent)
+        try:
             agent.send({"op": "list", "path": path})
             directory = (await agent.receive()).get("dir")
             if not isinstance(directory, str) or len(directory) > _MAX_PATH_CHARS:
                 raise _failed("a directory out of shape")
-            entries: list[DirEntry] = []
-            while (message := await agent.receive()) != {"done": True}:
-                batch = message.get("entries")
-                if not isinstance(batch, list) or len(entries) + len(batch) > LIST_LIMIT:
-                    raise _failed("a listing out of shape")
-                entries.extend(_entry(directory, item) for item in batch)
-            return entries
+        except BaseException:
+            transfer.finish()
+            raise
+        batches = _listing(transfer, directory)
+        weakref.finalize(batches, transfer.finish)
+        return Listing(batches)
 
     async def mkdir(self, path: str) -> None:
         await self._simple("mkdir", path)
@@ -388,6 +400,19 @@ class _Transfer:
             os.close(self.pipe)
             self.pipe = -1
         self.agents.release(self.agent)
+
+
+async def _listing(transfer: _Transfer, directory: str) -> AsyncGenerator[list[DirEntry], None]:
+    try:
+        listed = 0
+        while (message := await transfer.agent.receive()) != {"done": True}:
+            batch = message.get("entries")
+            if not isinstance(batch, list) or listed + len(batch) > LIST_LIMIT:
+                raise _failed("a listing out of shape")
+            listed += len(batch)
+            yield [_entry(directory, item) for item in batch]
+    finally:
+        transfer.finish()
 
 
 async def _download(transfer: _Transfer, size: int) -> AsyncGenerator[bytes, None]:
