@@ -90,18 +90,20 @@ async def list_dir(sandbox_id: str, backend: BackendDep, path: str | None = None
 async def _listing_json(batches: AsyncIterator[list[DirEntry]]) -> AsyncIterator[bytes]:
     opening = b"["
     async for batch in batches:
+        if not batch:
+            continue
         items = []
         for entry in batch:
             item: dict[str, object] = {"name": entry.name, "isDir": entry.is_dir}
             if entry.size:
                 item["size"] = entry.size
             item["path"] = entry.path
-            items.append(json.dumps(item, ensure_ascii=False, separators=(",", ":")))
-        if items:
-            # Bytes of a name that are not UTF-8 come out as U+FFFD, as a Go agent sends them.
-            text = ",".join(items).encode(errors="surrogateescape").decode(errors="replace")
-            yield opening + text.encode()
-            opening = b","
+            items.append(item)
+        # One array per batch, its brackets dropped; bytes of a name that are not UTF-8 come out
+        # as U+FFFD, as a Go agent sends them.
+        text = json.dumps(items, ensure_ascii=False, separators=(",", ":"))[1:-1]
+        yield opening + text.encode(errors="surrogateescape").decode(errors="replace").encode()
+        opening = b","
     yield b"[]" if opening == b"[" else b"]"
 
 

@@ -119,7 +119,7 @@ def _list(control: socket.socket, files: fileops.RootedFiles, path: str) -> None
     size = 0
     for entry in entries:
         item: list[object] = [entry.name, entry.is_dir, entry.size]
-        cost = len(json.dumps(item)) + 1
+        cost = 6 * len(entry.name) + 40  # at most: every character escaped as \uXXXX
         if batch and size + cost > MESSAGE_BYTES - 64:
             _send(control, {"entries": batch})
             batch, size = [], 0
