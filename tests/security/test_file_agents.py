@@ -160,7 +160,7 @@ async def test_a_4_million_entry_directory_listed_again_and_again_stays_bounded(
     assert {answer.status_code for answer in answers} <= {413, 503}
     assert any(answer.status_code == 413 for answer in answers)
     assert _rss_bytes() - rss_idle < 200 * 1024 * 1024
-    # Removing it takes longer than a step may: 503, and the agent doing it (one of the idle ones
+    # Removing it takes longer than a step may: 503, and the agent doing it (the idle one
     # the listings left) is killed, so its work stops.
     idle = set(agents_of(huge))
     assert idle

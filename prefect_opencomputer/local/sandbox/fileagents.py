@@ -1,7 +1,7 @@
 """The server's side of the file agents: the files API of a running sandbox, done inside it.
 
 Every sandbox gets its own agents (`fileagent`), spawned on its first file call, at most
-`AGENTS_PER_SANDBOX` at once, kept while idle and killed with the sandbox. Nothing here blocks:
+`AGENTS_PER_SANDBOX` at once, one kept while idle, all killed with the sandbox. Nothing here blocks:
 requests and replies go over a non-blocking socket, bytes through pipes the server makes (so it
 never holds a descriptor of a sandbox's file). An exchange that does not end as the protocol says
 (the caller gave up on a timeout, a client went away mid-download, a reply out of shape) kills its
@@ -39,6 +39,8 @@ from prefect_opencomputer.local.sandbox.fileops import (
 AGENT_PROGRAM = Path(__file__).with_name("fileagent.py")
 # Enough for a download, an upload and a listing of one sandbox at once; more wait their turn.
 AGENTS_PER_SANDBOX = 3
+# Agents kept waiting for the next call (each ~15 MB, most of it counted against its sandbox).
+_IDLE_PER_SANDBOX = 1
 _MAX_NAME_CHARS = 1024  # a name is at most 255 bytes; escaped undecodable bytes take more characters
 _MAX_PATH_CHARS = 4096
 _CHUNK_BYTES = 256 * 1024
@@ -239,7 +241,12 @@ class _SandboxAgents:
 
     def release(self, agent: FileAgent) -> None:
         """Back to the idle ones when its exchange ended cleanly; killed otherwise."""
-        if agent.in_exchange or self.closed or agent.process.returncode is not None:
+        if (
+            agent.in_exchange
+            or self.closed
+            or agent.process.returncode is not None
+            or len(self.idle) >= _IDLE_PER_SANDBOX
+        ):
             agent.discard()
             self.live.discard(agent)
         else:
