@@ -43,8 +43,7 @@ class LocalServerConfig:
     limits: bool = True  # per-sandbox cgroups (memory, processes, CPU, freezer); off only when told
     # Networks in special ranges that sandboxes may reach all the same (a lab's "internet").
     egress_allow: tuple[str, ...] = ()
-    # Threads dedicated to the files API, and how long one file operation may take before a 503.
-    file_workers: int = 4
+    # How long one step of a file call may take (its agent killed then) before a retryable 503.
     file_operation_timeout: float = 30.0
     # The hosted service's default cap on running sandboxes per organisation (429 past it).
     max_running_sandboxes: int = 50

@@ -16,12 +16,14 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from prefect_opencomputer.local.sandbox import processes
 from prefect_opencomputer.local.sandbox.cgroups import Limits
-from prefect_opencomputer.local.sandbox.fileops import RootedFiles
+from prefect_opencomputer.local.sandbox.fileagents import Listing, OpenedFile
+from prefect_opencomputer.local.sandbox.fileops import DirEntry, RootedFiles
 from prefect_opencomputer.local.sandbox.ids import SANDBOX_HOME
 from prefect_opencomputer.local.sandbox.runtime import BASE_ENV, SandboxNotRunning, SandboxRuntime, kill_group
 
@@ -213,7 +215,10 @@ class StandinRuntime:
 
     def files(self, sandbox_id: str) -> RootedFiles:
         layer = self._require_running(sandbox_id)
-        return RootedFiles(layer, home=SANDBOX_HOME, owner=(os.getuid(), os.getgid()))
+        return RootedFiles(layer, home=SANDBOX_HOME)
+
+    def file_ops(self, sandbox_id: str) -> InProcessFiles:
+        return InProcessFiles(self.files(sandbox_id))
 
     async def open_connection(
         self, sandbox_id: str, port: int
@@ -229,3 +234,52 @@ class StandinRuntime:
             else:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(group, signum)
+
+
+class InProcessFiles:
+    """The files API's operations in threads of the server, as its user: a stand-in has no agents."""
+
+    def __init__(self, files: RootedFiles) -> None:
+        self._files = files
+
+    async def open_read(self, path: str) -> OpenedFile:
+        handle = await asyncio.to_thread(self._files.open_read, path)
+        size = os.fstat(handle.fileno()).st_size
+
+        async def chunks() -> AsyncGenerator[bytes, None]:
+            with handle:
+                while chunk := await asyncio.to_thread(handle.read, 256 * 1024):
+                    yield chunk
+
+        return OpenedFile(size, chunks())
+
+    async def open_write(self, path: str) -> _InProcessWriter:
+        return _InProcessWriter(await asyncio.to_thread(self._files.open_write, path))
+
+    async def list(self, path: str) -> Listing:
+        entries = await asyncio.to_thread(self._files.list, path)
+
+        async def batches() -> AsyncGenerator[list[DirEntry], None]:
+            yield entries
+
+        return Listing(batches())
+
+    async def mkdir(self, path: str) -> None:
+        await asyncio.to_thread(self._files.mkdir, path)
+
+    async def remove(self, path: str) -> None:
+        await asyncio.to_thread(self._files.remove, path)
+
+
+class _InProcessWriter:
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+
+    async def write(self, block: bytes) -> None:
+        await asyncio.to_thread(self._handle.write, block)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._handle.close)
+
+    def abort(self) -> None:
+        self._handle.close()

@@ -66,6 +66,21 @@ async def test_list_reports_entries_with_size_only_when_non_zero(
     ]
 
 
+async def test_a_listing_is_streamed_whole_and_a_name_that_is_not_utf8_shows_replaced(
+    http: httpx.AsyncClient, sandbox: str
+) -> None:
+    made = await http.post(
+        f"/sandboxes/{sandbox}/exec/run",
+        json={"cmd": "mkdir many && cd many && seq 5000 | xargs touch && touch \"$(printf 'bad\\377')\""},
+    )
+    assert made.json()["exitCode"] == 0, made.text
+    response = await http.get(f"{_files(sandbox)}/list", params={"path": "many"})
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    names = [entry["name"] for entry in response.json()]
+    assert len(names) == 5001 and names == sorted(names)
+    assert "bad\ufffd" in names
+
+
 async def test_list_defaults_to_the_root(http: httpx.AsyncClient, sandbox: str) -> None:
     names = [entry["name"] for entry in (await http.get(f"{_files(sandbox)}/list")).json()]
     assert {"etc", "home", "tmp", "usr"} <= set(names)
@@ -214,6 +229,7 @@ async def test_upload_past_the_size_limit_is_413_and_leaves_no_partial_file(tmp_
         with pytest.raises(BackendError) as declared:
             await backend.files.upload(sandbox.id, "big.bin", body(), 1200)
         assert declared.value.status == 413
-        assert "big.bin" not in [entry.name for entry in await backend.files.list_dir(sandbox.id, ".")]
+        listing = await backend.files.list_dir(sandbox.id, ".")
+        assert "big.bin" not in [entry.name async for batch in listing for entry in batch]
     finally:
         await backend.close()

@@ -8,18 +8,14 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from prefect_opencomputer.local.backend.files import FileWorkers
-from prefect_opencomputer.local.errors import BackendError
 from prefect_opencomputer.local.sandbox.fileops import NotRegularFileError, RootedFiles
 
-OWNER = (54321, 54322)  # ids no one on this machine uses: proof the chown came from RootedFiles
+CALLER = (os.geteuid(), os.getegid())  # what RootedFiles creates belongs to whoever calls it
 
 
 def _files(sandbox: str) -> str:
@@ -35,13 +31,13 @@ async def _run(http: httpx.AsyncClient, sandbox: str, cmd: str) -> str:
     return stdout
 
 
-# -- RootedFiles on a plain directory: ownership is given only to what a call created ----------
+# -- RootedFiles on a plain directory: modes are set only on what a call created --------------
 
 
 @pytest.fixture
 def rooted(tmp_path: Path) -> RootedFiles:
     (tmp_path / "home" / "sandbox").mkdir(parents=True)
-    return RootedFiles(tmp_path, home="/home/sandbox", owner=OWNER)
+    return RootedFiles(tmp_path, home="/home/sandbox")
 
 
 def _owner_and_mode(path: Path) -> tuple[int, int, int]:
@@ -49,7 +45,7 @@ def _owner_and_mode(path: Path) -> tuple[int, int, int]:
     return info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)
 
 
-def test_new_files_and_directories_get_the_given_owner_and_modes_in_the_home_too(
+def test_new_files_and_directories_get_the_callers_ids_and_fixed_modes_in_the_home_too(
     rooted: RootedFiles,
 ) -> None:
     old = os.umask(0o077)  # a strict server umask must not change the modes
@@ -61,22 +57,20 @@ def test_new_files_and_directories_get_the_given_owner_and_modes_in_the_home_too
     finally:
         os.umask(old)
     home = rooted.root / "home" / "sandbox"
-    assert _owner_and_mode(home / "made/here/note.txt") == (*OWNER, 0o644)
-    assert _owner_and_mode(home / "made/here") == (*OWNER, 0o755)
-    assert _owner_and_mode(home / "made") == (*OWNER, 0o755)
-    assert _owner_and_mode(rooted.root / "srv/app.txt") == (*OWNER, 0o644)
-    assert _owner_and_mode(home)[:2] == (os.getuid(), os.getgid()), "existing dirs are left alone"
+    assert _owner_and_mode(home / "made/here/note.txt") == (*CALLER, 0o644)
+    assert _owner_and_mode(home / "made/here") == (*CALLER, 0o755)
+    assert _owner_and_mode(home / "made") == (*CALLER, 0o755)
+    assert _owner_and_mode(rooted.root / "srv/app.txt") == (*CALLER, 0o644)
 
 
-def test_overwriting_truncates_and_keeps_the_existing_owner_and_mode(rooted: RootedFiles) -> None:
+def test_overwriting_truncates_and_keeps_the_existing_mode(rooted: RootedFiles) -> None:
     existing = rooted.root / "home/sandbox/kept.txt"
     existing.write_bytes(b"a much longer original content")
-    os.chown(existing, 1000, 1000)
     existing.chmod(0o600)
     with rooted.open_write("kept.txt") as handle:
         handle.write(b"new")
     assert existing.read_bytes() == b"new"
-    assert _owner_and_mode(existing) == (1000, 1000, 0o600)
+    assert _owner_and_mode(existing) == (*CALLER, 0o600)
 
 
 @pytest.mark.security
@@ -95,7 +89,7 @@ def test_a_write_through_a_planted_symlink_stays_inside_and_never_chowns_the_tar
     assert os.path.islink(rooted.root / "home/sandbox/link")
 
 
-def test_a_write_through_a_dangling_link_creates_its_target_inside_with_the_given_owner(
+def test_a_write_through_a_dangling_link_creates_its_target_inside(
     rooted: RootedFiles,
 ) -> None:
     (rooted.root / "home/sandbox/dangling").symlink_to("/tmp/made-through-link")
@@ -104,7 +98,7 @@ def test_a_write_through_a_dangling_link_creates_its_target_inside_with_the_give
         handle.write(b"inside")
     made = rooted.root / "tmp/made-through-link"
     assert made.read_bytes() == b"inside"
-    assert _owner_and_mode(made) == (*OWNER, 0o644)
+    assert _owner_and_mode(made) == (*CALLER, 0o644)
 
 
 @pytest.mark.security
@@ -134,22 +128,6 @@ def test_a_nul_byte_in_a_path_is_refused_not_truncated(rooted: RootedFiles) -> N
         rooted.open_write("safe.txt\0../../evil")
     assert not (rooted.root / "home/sandbox/safe.txt").exists()
     assert not (rooted.root / "home/evil").exists()
-
-
-# -- the bounded file workers ---------------------------------------------------------------------
-
-
-async def test_a_stuck_file_operation_answers_a_retryable_503_and_frees_the_request() -> None:
-    workers = FileWorkers(count=1, timeout=0.2)
-    release = threading.Event()
-    with pytest.raises(BackendError) as caught:
-        await workers.run(release.wait, 30)
-    assert caught.value.status == 503 and caught.value.extra == {"retryable": True}
-    # The only worker is still stuck: the next call waits its turn and times out too, never hangs.
-    with pytest.raises(BackendError):
-        await workers.run(time.time)
-    release.set()
-    assert await workers.run(lambda: "free again") == "free again"
 
 
 # -- over HTTP ----------------------------------------------------------------------------------

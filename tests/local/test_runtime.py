@@ -37,8 +37,9 @@ async def test_write_to_etc_stays_in_the_sandbox_layer(runtime: SandboxRuntime, 
     a = await boot(runtime, "sb-aaaa0001")
     b = await boot(runtime, "sb-bbbb0001")
     marker = f"oc-isolation-{os.getpid()}"
-    with runtime.files(a).open_write(f"/etc/{marker}") as handle:
-        handle.write(b"only in a")
+    writer = await runtime.file_ops(a).open_write(f"/etc/{marker}")
+    await writer.write(b"only in a")
+    await writer.close()
 
     assert await sh(runtime, a, f"cat /etc/{marker}") == "only in a"
     assert not Path("/etc", marker).exists()
@@ -156,26 +157,28 @@ async def test_destroy_leaves_no_process_mount_or_directory(runtime: SandboxRunt
 async def test_file_paths_cannot_leave_the_sandbox(runtime: SandboxRuntime) -> None:
     sandbox = await boot(runtime, "sb-path0001")
     await sh(runtime, sandbox, "ln -s /proc/self/root escape; ln -s / root-link; echo in > inside.txt")
-    files = runtime.files(sandbox)
+    files = runtime.file_ops(sandbox)
     with pytest.raises(PathEscapeError):
-        files.open_read("/home/sandbox/escape/etc/hostname")
+        await files.open_read("/home/sandbox/escape/etc/hostname")
     with pytest.raises(PathEscapeError):
-        files.open_read("../../../../etc/hostname")
+        await files.open_read("../../../../etc/hostname")
     with pytest.raises(PathEscapeError):
-        files.open_read("/proc/1/environ")
+        await files.open_read("/proc/1/environ")
     # An absolute link resolves inside the sandbox, never on the host.
-    with files.open_read("/home/sandbox/root-link/home/sandbox/inside.txt") as handle:
-        assert handle.read() == b"in\n"
+    opened = await files.open_read("/home/sandbox/root-link/home/sandbox/inside.txt")
+    assert [chunk async for chunk in opened.chunks] == [b"in\n"]
     with pytest.raises(FileNotFoundError):
-        files.open_read("/home/sandbox/missing.txt")
+        await files.open_read("/home/sandbox/missing.txt")
 
 
 async def test_files_written_through_the_api_belong_to_root_as_hosted(runtime: SandboxRuntime) -> None:
     sandbox = await boot(runtime, "sb-file0001")
-    files = runtime.files(sandbox)
-    with files.open_write("project/src/main.py") as handle:
-        handle.write(b"print('hi')\n")
-    assert [e.name for e in files.list("/home/sandbox/project")] == ["src"]
+    files = runtime.file_ops(sandbox)
+    writer = await files.open_write("project/src/main.py")
+    await writer.write(b"print('hi')\n")
+    await writer.close()
+    listing = await files.list("/home/sandbox/project")
+    assert [e.name async for batch in listing.batches for e in batch] == ["src"]
     owners = "stat -c '%U:%G %a' project project/src/main.py"
     assert await sh(runtime, sandbox, owners) == "root:root 755\nroot:root 644\n"
     denied = await runtime.run(sandbox, ["/bin/sh", "-c", "echo '# more' >> project/src/main.py"])
@@ -183,9 +186,9 @@ async def test_files_written_through_the_api_belong_to_root_as_hosted(runtime: S
     append = "sudo sh -c \"echo '# more' >> project/src/main.py\""
     out = await sh(runtime, sandbox, f"{append}; python3 project/src/main.py")
     assert out == "hi\n"
-    files.remove("project")
-    assert not files.exists("project")
-    files.remove("project")  # a missing path is not an error
+    await files.remove("project")
+    assert not runtime.files(sandbox).exists("project")
+    await files.remove("project")  # a missing path is not an error
 
 
 async def test_sandbox_root_writes_system_files_and_is_nobody_on_the_host(runtime: SandboxRuntime) -> None:

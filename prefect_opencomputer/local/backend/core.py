@@ -39,6 +39,7 @@ from prefect_opencomputer.local.errors import (
     Unreachable,
 )
 from prefect_opencomputer.local.sandbox.cgroups import Limits
+from prefect_opencomputer.local.sandbox.fileagents import FileOps
 from prefect_opencomputer.local.sandbox.fileops import RootedFiles
 from prefect_opencomputer.local.sandbox.processes import ChildProcess
 from prefect_opencomputer.local.sandbox.protocol import BootOptions, CommandOptions, RunOptions, Runtime
@@ -396,8 +397,12 @@ class SandboxCore:
     # -- what the resources do inside a sandbox, through the runtime ---------------------------
 
     def files(self, sandbox_id: str) -> RootedFiles:
-        """File operations on the running sandbox's root, as its processes see it."""
+        """Lookups on the running sandbox's root, as its processes see it (a command's start checks)."""
         return self._runtime.files(sandbox_id)
+
+    def file_ops(self, sandbox_id: str) -> FileOps:
+        """The files API's operations inside the running sandbox, as its root."""
+        return self._runtime.file_ops(sandbox_id)
 
     async def run(
         self, sandbox_id: str, argv: Sequence[str], *, timeout: float = 60.0, **how: Unpack[RunOptions]

@@ -177,15 +177,15 @@ class _Build:
             )
 
     async def _write_files(self, step: BuildStep) -> None:
-        files = self.core.files(self.builder_id)
-
-        def write() -> None:
-            for path, content in step.files:
-                with files.open_write(path) as handle:
-                    handle.write(content)
-
+        files = self.core.file_ops(self.builder_id)
         try:
-            await asyncio.to_thread(write)
+            for path, content in step.files:
+                writer = await files.open_write(path)
+                try:
+                    await writer.write(content)
+                    await writer.close()
+                finally:
+                    writer.abort()
         except (OSError, ValueError) as error:
             raise BuildFailed(
                 _failure(step, f"could not write: {error}", ()), step=step.number, step_type=step.type

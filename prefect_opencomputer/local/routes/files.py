@@ -6,7 +6,9 @@ them without the API key dependency.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
@@ -21,6 +23,7 @@ from prefect_opencomputer.local.backend.signed_urls import Operation, expiry_sec
 from prefect_opencomputer.local.errors import Invalid
 from prefect_opencomputer.local.routes.deps import BackendDep
 from prefect_opencomputer.local.routes.sandboxes import Int64
+from prefect_opencomputer.local.sandbox.fileops import DirEntry
 
 router = APIRouter()
 public_router = APIRouter()
@@ -77,17 +80,31 @@ async def write_file(
     return await _upload(backend, sandbox_id, _require_path(path), request)
 
 
-@router.get("/sandboxes/{sandbox_id}/files/list")
-async def list_dir(sandbox_id: str, backend: BackendDep, path: str | None = None) -> list[dict[str, object]]:
-    entries = await backend.files.list_dir(sandbox_id, _valid_path(path or "/"))
-    listed: list[dict[str, object]] = []
-    for entry in entries:
-        item: dict[str, object] = {"name": entry.name, "isDir": entry.is_dir}
-        if entry.size:
-            item["size"] = entry.size
-        item["path"] = entry.path
-        listed.append(item)
-    return listed
+@router.get("/sandboxes/{sandbox_id}/files/list", response_model=None)
+async def list_dir(sandbox_id: str, backend: BackendDep, path: str | None = None) -> StreamingResponse:
+    """A JSON array streamed batch by batch, as the sandbox's agent reads it (at most 10,000 entries)."""
+    batches = await backend.files.list_dir(sandbox_id, _valid_path(path or "/"))
+    return StreamingResponse(_listing_json(batches), media_type="application/json")
+
+
+async def _listing_json(batches: AsyncIterator[list[DirEntry]]) -> AsyncIterator[bytes]:
+    opening = b"["
+    async for batch in batches:
+        if not batch:
+            continue
+        items = []
+        for entry in batch:
+            item: dict[str, object] = {"name": entry.name, "isDir": entry.is_dir}
+            if entry.size:
+                item["size"] = entry.size
+            item["path"] = entry.path
+            items.append(item)
+        # One array per batch, its brackets dropped; bytes of a name that are not UTF-8 come out
+        # as U+FFFD, as a Go agent sends them.
+        text = json.dumps(items, ensure_ascii=False, separators=(",", ":"))[1:-1]
+        yield opening + text.encode(errors="surrogateescape").decode(errors="replace").encode()
+        opening = b","
+    yield b"[]" if opening == b"[" else b"]"
 
 
 @router.post("/sandboxes/{sandbox_id}/files/mkdir", status_code=204)

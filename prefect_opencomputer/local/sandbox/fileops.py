@@ -1,14 +1,16 @@
 """File operations on a sandbox's root that cannot escape it.
 
-The server reaches a running sandbox's files through ``/proc/<pid>/root``. Plain path resolution
-there would follow an absolute symlink (or a ``/proc`` magic link) back onto the host, so every
+The file agent (`fileagent`) runs these as the sandbox's root inside its namespaces, on ``/``; the
+server's command start-up checks look up paths with them on ``/proc/<pid>/root``. Plain path
+resolution would follow an absolute symlink (or a ``/proc`` magic link) out of the root, so every
 lookup goes through ``openat2`` with ``RESOLVE_IN_ROOT`` (symlinks resolve as inside the sandbox),
 ``RESOLVE_NO_MAGICLINKS`` and ``RESOLVE_NO_XDEV`` (no ``/proc``, ``/dev`` or other mounts).
 
 Only regular files are read or written: every open is ``O_NONBLOCK | O_NOCTTY`` and checked with
-``fstat`` before a byte moves, so a FIFO, socket or device the sandbox planted answers at once
-instead of holding a server thread. Ownership and modes change only on what a call created, and
-only through its own file descriptor, so no link can redirect a ``chown``.
+``fstat`` before a byte moves, so a FIFO, socket or device the sandbox planted answers at once.
+What a call creates belongs to whoever runs it (the agent: the sandbox's root); modes change only
+on what a call created, and only through its own file descriptor. Plain standard library only: the
+agent imports this module before it enters a sandbox, and nothing after.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
-
-from prefect_opencomputer.local.sandbox.fscreds import as_sandbox_root
 
 _SYS_OPENAT2 = 437  # the same number on every Linux architecture
 _RESOLVE_NO_XDEV = 0x01
@@ -50,6 +50,9 @@ class TooManyEntries(ValueError):
 # otherwise cost the server the memory and the event loop the time of a body of hundreds of MB.
 LIST_LIMIT = 10_000
 
+
+# The longest message a file agent and the server send each other (`fileagent`).
+AGENT_MESSAGE_BYTES = 64 * 1024
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -111,16 +114,16 @@ class DirEntry:
 class RootedFiles:
     """Reads and writes below ``root`` as a process chrooted there would see them.
 
-    ``owner`` is the host ``(uid, gid)`` that files and directories this object *creates* are given
-    (0644 files, 0755 directories). The hosted agent writes as root, so the runtime passes the
-    sandbox's root (its range's first id), in the home as elsewhere: the user's commands need sudo to
-    change what the API wrote, as there.
+    Files and directories it *creates* belong to the calling process's ids (0644 files, 0755
+    directories). The hosted agent writes as root, and so does ours: the user's commands need sudo
+    to change what the API wrote, as there.
     """
 
-    def __init__(self, root: Path, *, home: str, owner: tuple[int, int]) -> None:
+    def __init__(self, root: Path, *, home: str, umask: int | None = None) -> None:
         self.root = root
         self.home = home
-        self.owner = owner
+        # The caller's umask when it is known and fixed (the agent's), else read at each mkdir.
+        self.umask = umask
 
     def resolve(self, path: str) -> str:
         """Absolute, normalised form of ``path``; relative paths start at the sandbox's home."""
@@ -200,12 +203,11 @@ class RootedFiles:
     def open_write(self, path: str) -> BinaryIO:
         """Create or truncate a regular file, making its parent directories as needed.
 
-        As the hosted agent (``O_CREAT | O_TRUNC``, mode 0644, as root): a new file is given
-        ``owner`` and mode 0644 through its descriptor; an existing file is truncated and keeps its
-        owner and mode. A final symlink is followed, resolved inside the root, and its target keeps
-        its owner and mode too: ``O_CREAT | O_EXCL`` never follows a link, so only a file this call
-        made is ever chowned. Anything but a regular file (FIFO, socket, device) is refused before
-        a byte is written.
+        As the hosted agent (``O_CREAT | O_TRUNC``, mode 0644, as root): a new file is given mode
+        0644 through its descriptor; an existing file is truncated and keeps its owner and mode. A
+        final symlink is followed, resolved inside the root, and its target keeps its mode too:
+        ``O_CREAT | O_EXCL`` never follows a link, so only a file this call made is ever chmodded.
+        Anything but a regular file (FIFO, socket, device) is refused before a byte is written.
         """
         resolved = self.resolve(path)
         if resolved == "/":
@@ -221,15 +223,15 @@ class RootedFiles:
                     # A dangling link: create its target, as a write that follows it would.
                     resolved = self._link_target(resolved)
                     continue
-                return _writable(fd, resolved, created=None)
-            return _writable(fd, resolved, created=self.owner)
+                return _writable(fd, resolved, created=False)
+            return _writable(fd, resolved, created=True)
         raise PathEscapeError(f"too many levels of symbolic links: {self.resolve(path)}")
 
     def mkdir(self, path: str) -> None:
         """``mkdir -p``, one component at a time so no lookup leaves the root.
 
-        Each directory is made as the sandbox's root, so it is born with ``owner`` and mode 0755:
-        no step after the ``mkdir`` has to reach it again by name, which a sandbox could race.
+        Each directory is born with the caller's ids and mode 0755 (under umask 022, as the agent
+        runs): no step after the ``mkdir`` has to reach it again by name, which a sandbox could race.
         Directories that already exist are left as they are.
         """
         resolved = self.resolve(path)
@@ -243,10 +245,9 @@ class RootedFiles:
                 pass
             parent_fd = self._open(posixpath.dirname(prefix), _O_PATH | os.O_DIRECTORY)
             try:
-                with as_sandbox_root(self.owner):
-                    os.mkdir(parts[depth - 1], DIR_MODE, dir_fd=parent_fd)
-                    if _umask() & DIR_MODE:
-                        self._widen_to_dir_mode(parts[depth - 1], parent_fd, prefix)
+                os.mkdir(parts[depth - 1], DIR_MODE, dir_fd=parent_fd)
+                if (self.umask if self.umask is not None else _umask()) & DIR_MODE:
+                    self._widen_to_dir_mode(parts[depth - 1], parent_fd, prefix)
             except FileExistsError:
                 # A file (or a dangling link) is in the way.
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory", prefix) from None
@@ -254,15 +255,15 @@ class RootedFiles:
                 os.close(parent_fd)
 
     def _widen_to_dir_mode(self, name: str, parent_fd: int, prefix: str) -> None:
-        """Undo a server umask stricter than 022 on a directory just made.
+        """Undo a umask stricter than 022 on a directory just made.
 
         The sandbox may have moved a mount onto the new name meanwhile: only the directory just
-        made (on the parent's filesystem, its root's own) is touched.
+        made (on the parent's filesystem, owned by the caller) is touched.
         """
         made = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
         try:
             info, parent = os.fstat(made), os.fstat(parent_fd)
-            if info.st_dev != parent.st_dev or info.st_uid != self.owner[0]:
+            if info.st_dev != parent.st_dev or info.st_uid != os.geteuid():
                 raise OSError(errno.EBUSY, "the directory was replaced while it was being made", prefix)
             os.fchmod(made, DIR_MODE)
         finally:
@@ -306,8 +307,7 @@ class RootedFiles:
         resolved = self.resolve(path)
         root_fd = os.open(self.root, _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            with as_sandbox_root(self.owner):
-                return _openat2(root_fd, resolved.lstrip("/") or ".", flags, mode)
+            return _openat2(root_fd, resolved.lstrip("/") or ".", flags, mode)
         except PathEscapeError:
             raise PathEscapeError(f"path escapes the sandbox root: {resolved}") from None
         except OSError as error:
@@ -316,11 +316,10 @@ class RootedFiles:
             os.close(root_fd)
 
 
-def _writable(fd: int, resolved: str, *, created: tuple[int, int] | None) -> BinaryIO:
-    """A write handle on ``fd``: a file just created gets ``created`` as owner and mode 0644."""
+def _writable(fd: int, resolved: str, *, created: bool) -> BinaryIO:
+    """A write handle on ``fd``: a file just ``created`` gets mode 0644 whatever the umask."""
     try:
-        if created is not None:
-            os.fchown(fd, *created)
+        if created:
             os.fchmod(fd, FILE_MODE)
         else:
             _require_regular(fd, resolved)

@@ -14,6 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol, TypedDict, Unpack
 
 from prefect_opencomputer.local.sandbox.cgroups import Limits
+from prefect_opencomputer.local.sandbox.fileagents import FileOps
 from prefect_opencomputer.local.sandbox.fileops import RootedFiles
 from prefect_opencomputer.local.sandbox.processes import ChildProcess
 from prefect_opencomputer.local.sandbox.runtime import CommandResult
@@ -110,7 +111,11 @@ class Runtime(Protocol):
     ) -> CommandResult:
         """A command run to completion; a timeout is a result (exit code -1), not an error."""
 
-    def files(self, sandbox_id: str) -> RootedFiles: ...
+    def files(self, sandbox_id: str) -> RootedFiles:
+        """Lookups (stats) on the sandbox's root, for the checks before a command starts."""
+
+    def file_ops(self, sandbox_id: str) -> FileOps:
+        """The files API's operations inside the sandbox, as its root; never as host root."""
 
     async def open_connection(
         self, sandbox_id: str, port: int

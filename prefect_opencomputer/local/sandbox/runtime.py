@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Unpack
 from prefect_opencomputer.local.sandbox import disk, host, ids, layers, netns, processes
 from prefect_opencomputer.local.sandbox.cgroups import CgroupError, CgroupHost, Limits, SandboxCgroup
 from prefect_opencomputer.local.sandbox.egress import IPNetwork, registry_exceptions
+from prefect_opencomputer.local.sandbox.fileagents import AgentFiles, AgentTarget, FileAgents
 from prefect_opencomputer.local.sandbox.fileops import RootedFiles
 from prefect_opencomputer.local.sandbox.forwarding import SandboxNetwork
 from prefect_opencomputer.local.sandbox.helper import HelperUnavailable, helper_binary
@@ -148,6 +149,7 @@ class SandboxRuntime:
         # Per-sandbox views of /proc (its own memory and cores); None: sandboxes see the host's.
         self.proc_views: ProcViews | None = None
         self._views_mounting: dict[str, asyncio.Future[None]] = {}
+        self.file_agents = FileAgents()
 
     def check_available(self) -> None:
         """Raise `RuntimeUnavailable` with a readable reason when sandboxes cannot run here."""
@@ -358,6 +360,7 @@ class SandboxRuntime:
             mounting.add_done_callback(lambda done: done.cancelled() or done.exception())
         if machine is None:
             return
+        self.file_agents.close(sandbox_id)  # before its pidfd closes: no agent is spawned after
         # Killing pid 1 of a PID namespace kills every process in it. The helper exits once the
         # last of them has (the kernel empties the namespace first): then the disk is unmounted.
         with contextlib.suppress(OSError):
@@ -616,10 +619,18 @@ class SandboxRuntime:
     # -- files and network -------------------------------------------------------------------
 
     def files(self, sandbox_id: str) -> RootedFiles:
-        """File operations on the sandbox's root as its processes see it (no escape)."""
+        """Lookups on the sandbox's root as its processes see it (no escape), for a command's start.
+
+        Stats only, as host root: whatever changes a sandbox's files goes through `file_ops`.
+        """
         machine = self._machine(sandbox_id)
-        root = ids.range_base(machine.id_slot)
-        return RootedFiles(Path(f"/proc/{machine.init_pid}/root"), home=SANDBOX_HOME, owner=(root, root))
+        return RootedFiles(Path(f"/proc/{machine.init_pid}/root"), home=SANDBOX_HOME)
+
+    def file_ops(self, sandbox_id: str) -> AgentFiles:
+        """The files API's operations, done by the sandbox's file agents as its root inside it."""
+        machine = self._machine(sandbox_id)
+        procs = machine.cgroup.procs_files if machine.cgroup is not None else ()
+        return self.file_agents.files(sandbox_id, AgentTarget(machine.pidfd, procs, SANDBOX_HOME))
 
     async def open_connection(
         self, sandbox_id: str, port: int

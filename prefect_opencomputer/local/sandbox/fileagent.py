@@ -1,0 +1,183 @@
+"""A sandbox's file agent: the files API's hands inside the sandbox, as its own root.
+
+The server starts one with ``python -I -S fileagent.py`` (no site, no package, an empty
+environment, no descriptor but its control socket and a pidfd of the sandbox's pid 1). It imports
+all it will ever need, joins the sandbox's cgroups, enters the sandbox's user and mount namespaces
+through the pidfd and becomes the sandbox's root there: every path it resolves, every file and
+directory it makes, is the sandbox's own root's doing, with no host privilege left. Then it serves
+one request at a time over the socket (``SOCK_SEQPACKET``, one JSON object per message). Bytes move
+through a pipe the server made and sent with the request, so the server never holds a descriptor
+of a sandbox's file. The server treats whatever this process says as the sandbox's words: it may
+be lying, so every reply is checked there.
+
+Messages (server -> agent, the pipe end attached where one is named):
+    {"op": "read", "path": p} + pipe write end   -> {"size": n}, n bytes into the pipe, {"done": true}
+    {"op": "write", "path": p} + pipe read end   -> {"open": true}, the pipe to EOF into the file,
+                                                    {"done": true}
+    {"op": "list", "path": p}                    -> {"dir": resolved}, {"entries": [[name, is_dir, size],
+                                                    ...]} in messages of at most MESSAGE_BYTES,
+                                                    {"done": true}
+    {"op": "mkdir" | "remove", "path": p}        -> {"done": true}
+Any step may answer {"error": kind, "errno": n, "message": text} instead (kinds: ``os``, ``escape``,
+``not_regular``, ``too_many``, ``invalid``), after which the agent waits for the next request.
+"""
+
+from __future__ import annotations
+
+import array  # noqa: F401 - loaded now: socket.recv_fds imports it on every call
+import ctypes
+import errno
+import json
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prefect_opencomputer.local.sandbox import fileops
+else:
+    # Plain standard library, from this file's folder (at the end of the path, so it shadows
+    # nothing), imported before anything of the sandbox is reachable.
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+    import fileops
+
+MESSAGE_BYTES = fileops.AGENT_MESSAGE_BYTES
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWUSER = 0x10000000
+_PR_SET_PDEATHSIG = 1
+_UMASK = 0o022
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _enter(pidfd: int, procs_files: list[str]) -> None:
+    """Join the sandbox's cgroups and namespaces and become its root; no way back out."""
+    pid = str(os.getpid())
+    for procs in procs_files:  # counted against the sandbox, frozen and killed with it
+        with open(procs, "w") as handle:
+            handle.write(pid)
+    if _libc.setns(pidfd, _CLONE_NEWUSER | _CLONE_NEWNS) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"setns: {os.strerror(error)}")
+    os.close(pidfd)
+    # Root and working directory are now the sandbox's root (its pid 1 pivoted there).
+    os.setgroups([0])
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    # A credential change clears the parent-death signal: set it only now.
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.umask(_UMASK)
+    os.chdir("/")
+    # Nothing more is ever imported: the sandbox could plant modules anywhere a path would lead.
+    sys.path.clear()
+
+
+def _send(control: socket.socket, message: dict[str, object]) -> None:
+    control.send(json.dumps(message, separators=(",", ":")).encode())
+
+
+def _error(control: socket.socket, error: BaseException) -> None:
+    if isinstance(error, fileops.PathEscapeError):
+        kind, number = "escape", 0
+    elif isinstance(error, fileops.NotRegularFileError):
+        kind, number = "not_regular", 0
+    elif isinstance(error, fileops.TooManyEntries):
+        kind, number = "too_many", 0
+    elif isinstance(error, OSError):
+        kind, number = "os", error.errno or errno.EIO
+    else:  # ValueError: a NUL byte or an undecodable request
+        kind, number = "invalid", 0
+    message = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    filename = error.filename if isinstance(error, OSError) and isinstance(error.filename, str) else ""
+    _send(control, {"error": kind, "errno": number, "message": message[:1024], "filename": filename[:4096]})
+
+
+def _read(control: socket.socket, files: fileops.RootedFiles, path: str, pipe: int) -> None:
+    with files.open_read(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        _send(control, {"size": size})
+        offset = 0
+        while offset < size:
+            sent = os.sendfile(pipe, handle.fileno(), offset, min(size - offset, 1 << 20))
+            if sent == 0:  # the file shrank: the server sees a short body
+                break
+            offset += sent
+
+
+def _write(control: socket.socket, files: fileops.RootedFiles, path: str, pipe: int) -> None:
+    with files.open_write(path) as handle:
+        _send(control, {"open": True})
+        while os.splice(pipe, handle.fileno(), 1 << 20):
+            pass
+
+
+def _list(control: socket.socket, files: fileops.RootedFiles, path: str) -> None:
+    entries = files.list(path)  # at most LIST_LIMIT, or TooManyEntries before any is sent
+    _send(control, {"dir": files.resolve(path)})
+    batch: list[list[object]] = []
+    size = 0
+    for entry in entries:
+        item: list[object] = [entry.name, entry.is_dir, entry.size]
+        cost = 6 * len(entry.name) + 40  # at most: every character escaped as \uXXXX
+        if batch and size + cost > MESSAGE_BYTES - 64:
+            _send(control, {"entries": batch})
+            batch, size = [], 0
+        batch.append(item)
+        size += cost
+    if batch:
+        _send(control, {"entries": batch})
+
+
+def _serve(control: socket.socket, home: str) -> None:
+    files = fileops.RootedFiles(Path("/"), home=home, umask=_UMASK)
+    while True:
+        data, fds, _, _ = socket.recv_fds(control, MESSAGE_BYTES, 1)
+        if not data:
+            return  # the server let go of this agent
+        pipe = fds[0] if fds else -1
+        try:
+            request = json.loads(data)
+            op, path = request["op"], request["path"]
+            if not isinstance(path, str):
+                raise ValueError("path must be a string")
+            if op == "read" and pipe >= 0:
+                _read(control, files, path, pipe)
+            elif op == "write" and pipe >= 0:
+                _write(control, files, path, pipe)
+            elif op == "list":
+                _list(control, files, path)
+            elif op == "mkdir":
+                files.mkdir(path)
+            elif op == "remove":
+                files.remove(path)
+            else:
+                raise ValueError(f"unknown request {op!r}")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            _close(pipe)  # first: a server writing into it stops at once
+            _error(control, error)
+        else:
+            _close(pipe)  # first: a server reading a file that shrank sees its end
+            _send(control, {"done": True})
+
+
+def _close(pipe: int) -> None:
+    if pipe >= 0:
+        os.close(pipe)
+
+
+def main(argv: list[str]) -> None:
+    """``fileagent.py CONTROL_FD PIDFD HOME [CGROUP_PROCS_FILE...]``"""
+    control = socket.socket(fileno=int(argv[1]))
+    try:
+        _enter(int(argv[2]), argv[4:])
+    except OSError as error:
+        _error(control, error)
+        return
+    _send(control, {"ready": True})
+    _serve(control, argv[3])
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    main(sys.argv)
