@@ -92,9 +92,7 @@ async def create_checkpoint(
     of runs that died.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         name: Unique per sandbox.
-        credentials: The OpenComputer block; default: the environment.
         kind: `full` (memory and disk on the hosted service: forks and restores resume running processes)
             or `disk_only` (disk only). The local server keeps the disk for both.
         retention: What the service deletes when the sandbox has too many checkpoints.
@@ -144,8 +142,6 @@ async def list_checkpoints(
     """The sandbox's checkpoints.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         Its checkpoints, newest first, whatever their status.
@@ -176,7 +172,6 @@ async def restore_checkpoint(
     Args:
         checkpoint: A ready checkpoint: its model (which names its sandbox), or its id with `sandbox`.
         sandbox: The sandbox it belongs to, as its id or its model; needed only with a checkpoint id.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         The restore, as the service acknowledged it.
@@ -208,7 +203,6 @@ async def delete_checkpoint(
     Args:
         checkpoint: The checkpoint: its model (which names its sandbox), or its id with `sandbox`.
         sandbox: The sandbox it belongs to, as its id or its model; needed only with a checkpoint id.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         True when this call deleted it, False when it was already gone.
@@ -262,7 +256,6 @@ async def fork_checkpoint(
 
     Args:
         checkpoint: A ready checkpoint, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
         idle_timeout: Seconds of inactivity after which the service hibernates the fork.
         envs: Environment variables over the checkpoint's (these win).
         metadata: Stored with the fork.

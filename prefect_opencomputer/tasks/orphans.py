@@ -186,7 +186,6 @@ async def find_orphans(
     """What this integration left for flow runs that are over, or whose owning process is gone.
 
     Args:
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         How many sandboxes of this integration it examined (orphans plus kept, retained ones included),

@@ -32,7 +32,6 @@ async def create_checkpoint_patch(
         checkpoint: A ready checkpoint, as its id or its model.
         script: The bash script.
         description: Shown in the patch list and the run report.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         The patch, with its place in the chain (`sequence`).
@@ -63,8 +62,6 @@ async def list_checkpoint_patches(
     """The checkpoint's patches.
 
     Args:
-        checkpoint: The checkpoint, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         Its patches in the order they run.
@@ -90,9 +87,7 @@ async def delete_checkpoint_patch(
     """Remove a patch from the chain (idempotent).
 
     Args:
-        checkpoint: The checkpoint, as its id or its model.
         patch: The patch, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         True when this call removed it, False when it was already gone.

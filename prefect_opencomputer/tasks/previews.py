@@ -33,9 +33,7 @@ async def create_preview_url(
     """Expose a port of a running sandbox at a public URL (the same URL again for a port already exposed).
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         port: The port a server in the sandbox listens on.
-        credentials: The OpenComputer block; default: the environment.
         domain: A custom domain of your organisation.
         auth_config: Access rules, as the service takes them.
         link_artifact: Also show the URL as a link artifact of the run.
@@ -73,8 +71,6 @@ async def list_preview_urls(
     """The sandbox's preview URLs.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         One preview URL per exposed port.
@@ -97,9 +93,7 @@ async def delete_preview_url(
     """Stop exposing a port (idempotent).
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         port: The exposed port.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         True when this call removed the URL, False when the port was not exposed.
@@ -129,8 +123,6 @@ async def rotate_preview_token(
     """Give the sandbox's preview URLs a new bearer token; the old one stops working at once.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         The new token, as a secret (it never shows in logs or results).

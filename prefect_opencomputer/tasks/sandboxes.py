@@ -158,8 +158,6 @@ async def get_sandbox(sandbox: SandboxRef, *, credentials: OpenComputerCredentia
     """The sandbox as the service reports it now.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         Its status, tags and patch error, as the service sends them.
@@ -182,8 +180,6 @@ async def sandbox_is_running(
     """Whether the sandbox is running now (hibernated, stopped or unknown: False).
 
     Args:
-        sandbox: The sandbox, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         True only for a running sandbox.
@@ -206,7 +202,6 @@ async def list_sandboxes(
 
     Args:
         tags: Tags a sandbox must carry (all of them, with these values) to be listed.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         The matching sandboxes.
@@ -227,8 +222,6 @@ async def kill_sandbox(sandbox: SandboxRef, *, credentials: OpenComputerCredenti
     """Kill a sandbox (idempotent).
 
     Args:
-        sandbox: The sandbox, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         True when this call killed it, False when it did not exist (nothing to do).
@@ -257,9 +250,7 @@ async def set_sandbox_timeout(
     """Set the rolling idle timeout of a sandbox.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         idle_timeout: Seconds; `0` = persistent (the sandbox never hibernates on its own).
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         Nothing; the service applies the timeout from now on (a hibernated sandbox wakes for it).
@@ -280,8 +271,6 @@ async def hibernate_sandbox(
     """Hibernate a running sandbox: its processes pause with their memory; any later data call wakes it.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         The sandbox, hibernated.
@@ -309,10 +298,8 @@ async def wake_sandbox(
     """Wake a hibernated sandbox (waking a running one is a no-op).
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         idle_timeout: Applies when the service restores the sandbox from deep hibernation, where an
             omitted value would make it persistent.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         The sandbox, running.
@@ -348,9 +335,7 @@ async def retain_sandbox(
     """Keep a sandbox beyond its flow run: cleanup hooks and the reaper leave it (and its checkpoints) alone.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         reason: The value of its `prefect.retain` tag, for whoever finds it later.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         The sandbox, with its tags.
@@ -383,8 +368,6 @@ async def get_sandbox_tags(
     """The sandbox's tags as the service holds them now: yours and the ownership tags (`prefect.*`).
 
     Args:
-        sandbox: The sandbox, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         Its tags.
@@ -408,9 +391,7 @@ async def set_sandbox_tags(
     unless `tags` gives one of them a value of its own.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         tags: The tags it should carry besides the ownership tags (`{}` removes all of yours).
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         All its tags afterwards.
@@ -434,7 +415,6 @@ async def list_tag_keys(*, credentials: OpenComputerCredentials | None = None) -
     """The tag keys in use across the organization's sandboxes, with how many sandboxes carry each.
 
     Args:
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         Each key with its sandbox count and its number of distinct values.

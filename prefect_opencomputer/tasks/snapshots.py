@@ -27,7 +27,6 @@ async def create_snapshot(
     Args:
         name: The snapshot's name, unique in the organisation.
         image: The declarative image to build.
-        credentials: The OpenComputer block; default: the environment.
         exist_ok: Return a snapshot already called `name` as it is (whatever image it was built from).
 
     Returns:
@@ -60,7 +59,6 @@ async def list_snapshots(*, credentials: OpenComputerCredentials | None = None) 
     """The organisation's named snapshots.
 
     Args:
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         Every snapshot, whatever its status.
@@ -80,7 +78,6 @@ async def get_snapshot(name: str, *, credentials: OpenComputerCredentials | None
 
     Args:
         name: The snapshot's name.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         The snapshot.
@@ -103,7 +100,6 @@ async def delete_snapshot(name: str, *, credentials: OpenComputerCredentials | N
 
     Args:
         name: The snapshot's name.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         True when this call deleted it, False when there was none.
