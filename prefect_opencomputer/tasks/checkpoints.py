@@ -141,8 +141,6 @@ async def list_checkpoints(
 ) -> list[Checkpoint]:
     """The sandbox's checkpoints.
 
-    Args:
-
     Returns:
         Its checkpoints, newest first, whatever their status.
 

@@ -218,8 +218,6 @@ async def list_commands(
 ) -> list[ExecSession]:
     """The sandbox's exec sessions: commands running in it, and those that exited recently.
 
-    Args:
-
     Returns:
         Its sessions (id, command, arguments, whether running, exit code), in no particular order.
 

@@ -1,8 +1,9 @@
 """The descriptions of the parameters most tasks share, written once and filled into each task's `Args:`.
 
-A task's docstring describes the parameters that are its own; `opencomputer_task` adds the entries below for
-the shared ones it leaves out, in the signature's order, so the Prefect UI and the reference page show every
-parameter. A task that means something else by one of these names describes it itself, and that text stays.
+A task's docstring describes the parameters that are its own (a task with none has no `Args:` section);
+`opencomputer_task` adds the entries below for the shared ones it leaves out, in the signature's order, so
+the Prefect UI and the reference page show every parameter. A task that means something else by one of
+these names describes it itself, and that text stays.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ SHARED_PARAMETERS: Final = {
     "checkpoint": "The checkpoint, as its id or its model.",
     "credentials": "The OpenComputer block; default: the environment.",
 }
+_SECTIONS: Final = ("Returns:", "Raises:", "Example:")
 
 
 def with_shared_parameters(function: Callable[..., Any]) -> str | None:
@@ -23,10 +25,15 @@ def with_shared_parameters(function: Callable[..., Any]) -> str | None:
     docstring = function.__doc__
     if not docstring:
         return docstring
+    parameters = inspect.signature(function).parameters
     lines = docstring.splitlines()
     header = next((index for index, line in enumerate(lines) if line.strip() == "Args:"), None)
     if header is None:
-        return docstring
+        # No parameter of its own to describe: the section goes before the first other one.
+        header = next((index for index, line in enumerate(lines) if line.strip() in _SECTIONS), None)
+        if header is None or SHARED_PARAMETERS.keys().isdisjoint(parameters):
+            return docstring
+        lines[header:header] = [lines[header].replace(lines[header].strip(), "Args:"), ""]
     entry_indent = lines[header][: len(lines[header]) - len(lines[header].lstrip())] + "    "
     end = next((index for index in range(header + 1, len(lines)) if not lines[index].strip()), len(lines))
     # Each described parameter with its lines: the entry's own and any deeper-indented continuation.
@@ -37,7 +44,7 @@ def with_shared_parameters(function: Callable[..., Any]) -> str | None:
         elif described:
             described[next(reversed(described))].append(line)
     entries: list[str] = []
-    for name in inspect.signature(function).parameters:
+    for name in parameters:
         if name in described:
             entries.extend(described.pop(name))
         elif name in SHARED_PARAMETERS:

@@ -61,8 +61,6 @@ async def list_checkpoint_patches(
 ) -> list[CheckpointPatch]:
     """The checkpoint's patches.
 
-    Args:
-
     Returns:
         Its patches in the order they run.
 

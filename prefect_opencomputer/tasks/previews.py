@@ -70,8 +70,6 @@ async def list_preview_urls(
 ) -> list[PreviewURL]:
     """The sandbox's preview URLs.
 
-    Args:
-
     Returns:
         One preview URL per exposed port.
 
@@ -121,8 +119,6 @@ async def rotate_preview_token(
     sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
 ) -> SecretStr:
     """Give the sandbox's preview URLs a new bearer token; the old one stops working at once.
-
-    Args:
 
     Returns:
         The new token, as a secret (it never shows in logs or results).

@@ -157,8 +157,6 @@ async def create_sandbox(
 async def get_sandbox(sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None) -> Sandbox:
     """The sandbox as the service reports it now.
 
-    Args:
-
     Returns:
         Its status, tags and patch error, as the service sends them.
 
@@ -178,8 +176,6 @@ async def sandbox_is_running(
     sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
 ) -> bool:
     """Whether the sandbox is running now (hibernated, stopped or unknown: False).
-
-    Args:
 
     Returns:
         True only for a running sandbox.
@@ -220,8 +216,6 @@ async def list_sandboxes(
 @opencomputer_task("kill_sandbox", run_name=on_sandbox("kill"), retry_condition=retry_if_replayable)
 async def kill_sandbox(sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None) -> bool:
     """Kill a sandbox (idempotent).
-
-    Args:
 
     Returns:
         True when this call killed it, False when it did not exist (nothing to do).
@@ -269,8 +263,6 @@ async def hibernate_sandbox(
     sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
 ) -> Sandbox:
     """Hibernate a running sandbox: its processes pause with their memory; any later data call wakes it.
-
-    Args:
 
     Returns:
         The sandbox, hibernated.
@@ -367,8 +359,6 @@ async def get_sandbox_tags(
 ) -> dict[str, str]:
     """The sandbox's tags as the service holds them now: yours and the ownership tags (`prefect.*`).
 
-    Args:
-
     Returns:
         Its tags.
 
@@ -413,8 +403,6 @@ async def set_sandbox_tags(
 @opencomputer_task("list_tag_keys", run_name="list-tag-keys", retry_condition=retry_if_replayable)
 async def list_tag_keys(*, credentials: OpenComputerCredentials | None = None) -> list[TagKey]:
     """The tag keys in use across the organization's sandboxes, with how many sandboxes carry each.
-
-    Args:
 
     Returns:
         Each key with its sandbox count and its number of distinct values.

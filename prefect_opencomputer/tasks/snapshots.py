@@ -58,8 +58,6 @@ async def create_snapshot(
 async def list_snapshots(*, credentials: OpenComputerCredentials | None = None) -> list[Snapshot]:
     """The organisation's named snapshots.
 
-    Args:
-
     Returns:
         Every snapshot, whatever its status.
 
