@@ -109,9 +109,8 @@ async def create_checkpoint(
         checkpoint = create_checkpoint(sandbox, "prepared")
         ```
     """
-    credentials = await resolve_credentials(credentials)
     sandbox_id = sandbox_id_of(sandbox)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         checkpoint = await _create_or_find_checkpoint(client, sandbox_id, name, kind, retention)
         run_registry.remember_checkpoint(sandbox_id, checkpoint.id)
         # Announced before the wait: a checkpoint that never gets ready still exists, and the reaper finds
@@ -179,9 +178,8 @@ async def restore_checkpoint(
         restore_checkpoint(checkpoint)
         ```
     """
-    credentials = await resolve_credentials(credentials)
     sandbox_id = checkpoint_owner_of(checkpoint, sandbox)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         restore = await client.checkpoints.restore(sandbox_id, checkpoint_id_of(checkpoint))
     run_report.record("restore", sandbox_id, checkpoint_id_of(checkpoint)[:8], restore.status)
     return restore
@@ -210,10 +208,9 @@ async def delete_checkpoint(
         delete_checkpoint(checkpoint)
         ```
     """
-    credentials = await resolve_credentials(credentials)
     sandbox_id = checkpoint_owner_of(checkpoint, sandbox)
     checkpoint_id = checkpoint_id_of(checkpoint)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         try:
             await client.checkpoints.delete(sandbox_id, checkpoint_id)
             deleted = True

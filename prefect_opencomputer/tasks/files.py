@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import FileEntry
-from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials, service_client
+from prefect_opencomputer.tasks.factory import opencomputer_task, service_client
 from prefect_opencomputer.tasks.references import SandboxRef, sandbox_id_of
 from prefect_opencomputer.tasks.retries import retry_if_replayable
 from prefect_opencomputer.tasks.run_names import on_sandbox
@@ -37,9 +37,8 @@ async def write_file(
         write_file(sandbox, "app/config.toml", "debug = true\\n")
         ```
     """
-    credentials = await resolve_credentials(credentials)
     data = content.encode() if isinstance(content, str) else content
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         await client.files.write(sandbox_id_of(sandbox), path, data)
     return len(data)
 

@@ -7,7 +7,7 @@ from prefect import get_run_logger
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import CheckpointPatch, NotFoundError
 from prefect_opencomputer.tasks import run_report
-from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials, service_client
+from prefect_opencomputer.tasks.factory import opencomputer_task, service_client
 from prefect_opencomputer.tasks.references import CheckpointRef, checkpoint_id_of
 from prefect_opencomputer.tasks.retries import retry_if_replayable, retry_if_transient
 from prefect_opencomputer.tasks.run_names import on_checkpoint
@@ -41,9 +41,8 @@ async def create_checkpoint_patch(
         create_checkpoint_patch(checkpoint, "echo patched > ~/patched.txt", "mark forks")
         ```
     """
-    credentials = await resolve_credentials(credentials)
     checkpoint_id = checkpoint_id_of(checkpoint)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         patch = await client.patches.create(checkpoint_id, script, description=description)
     get_run_logger().info("Patch %d (%s) added to checkpoint %s", patch.sequence, patch.id, checkpoint_id)
     sandbox_id = getattr(checkpoint, "sandbox_id", "") or "-"
@@ -95,9 +94,8 @@ async def delete_checkpoint_patch(
         delete_checkpoint_patch(checkpoint, patch)
         ```
     """
-    credentials = await resolve_credentials(credentials)
     patch_id = patch.id if isinstance(patch, CheckpointPatch) else patch
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         try:
             await client.patches.delete(checkpoint_id_of(checkpoint), patch_id)
         except NotFoundError:

@@ -9,7 +9,7 @@ from pydantic import JsonValue, SecretStr
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import NotFoundError, PreviewURL
 from prefect_opencomputer.tasks import run_report
-from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials, service_client
+from prefect_opencomputer.tasks.factory import opencomputer_task, service_client
 from prefect_opencomputer.tasks.references import SandboxRef, sandbox_id_of
 from prefect_opencomputer.tasks.retries import retry_if_replayable, retry_if_transient
 from prefect_opencomputer.tasks.run_names import on_sandbox
@@ -46,9 +46,8 @@ async def create_preview_url(
         url = create_preview_url(sandbox, 8000).url
         ```
     """
-    credentials = await resolve_credentials(credentials)
     sandbox_id = sandbox_id_of(sandbox)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         preview = await client.previews.create(sandbox_id, port, domain=domain, auth_config=auth_config)
     get_run_logger().info("Port %d of %s is at %s", port, sandbox_id, preview.url)
     run_report.record("preview", sandbox_id, f"port {port}", preview.url)

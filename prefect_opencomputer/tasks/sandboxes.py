@@ -225,9 +225,8 @@ async def kill_sandbox(sandbox: SandboxRef, *, credentials: OpenComputerCredenti
         kill_sandbox(sandbox)
         ```
     """
-    credentials = await resolve_credentials(credentials)
     sandbox_id = sandbox_id_of(sandbox)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         killed = await kill_ignoring_missing(client, sandbox_id)
     record_kill(sandbox_id, "kill_sandbox task", killed)
     return killed
@@ -337,9 +336,8 @@ async def retain_sandbox(
         retain_sandbox(sandbox, "holds the golden checkpoint")
         ```
     """
-    credentials = await resolve_credentials(credentials)
     sandbox_id = sandbox_id_of(sandbox)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         current = await client.sandboxes.get_tags(sandbox_id)
         applied = await client.sandboxes.set_tags(sandbox_id, {**current.tags, ownership.TAG_RETAIN: reason})
         state = await client.sandboxes.get(sandbox_id)

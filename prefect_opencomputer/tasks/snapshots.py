@@ -7,7 +7,7 @@ from prefect import get_run_logger
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import ConflictError, Image, NotFoundError, Snapshot
 from prefect_opencomputer.tasks import run_report
-from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials, service_client
+from prefect_opencomputer.tasks.factory import opencomputer_task, service_client
 from prefect_opencomputer.tasks.output import build_log_handler
 from prefect_opencomputer.tasks.retries import retry_if_replayable, retry_if_transient
 
@@ -40,9 +40,8 @@ async def create_snapshot(
         create_snapshot("tools", Image.base().pip_install(["tomli-w"]))
         ```
     """
-    credentials = await resolve_credentials(credentials)
     logger = get_run_logger()
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         try:
             snapshot = await client.snapshots.create(name, image, on_build_log=build_log_handler(logger))
         except ConflictError:
