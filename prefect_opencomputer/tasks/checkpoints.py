@@ -11,7 +11,6 @@ from prefect_opencomputer.client import (
     Checkpoint,
     CheckpointRestore,
     ConflictError,
-    NotFoundError,
     OpenComputerClient,
     RetentionPolicy,
     Sandbox,
@@ -27,6 +26,7 @@ from prefect_opencomputer.tasks.leakproof import (
     finish_despite_cancellation,
     kill_ignoring_missing,
     record_checkpoint_deleted,
+    removed_by_this_call,
     rollback_hook,
     slot_for_create,
     wait_out_full_quota,
@@ -211,11 +211,7 @@ async def delete_checkpoint(
     sandbox_id = checkpoint_owner_of(checkpoint, sandbox)
     checkpoint_id = checkpoint_id_of(checkpoint)
     async with service_client(credentials) as client:
-        try:
-            await client.checkpoints.delete(sandbox_id, checkpoint_id)
-            deleted = True
-        except NotFoundError:
-            deleted = False
+        deleted = await removed_by_this_call(client.checkpoints.delete(sandbox_id, checkpoint_id))
     record_checkpoint_deleted(sandbox_id, checkpoint_id, "delete_checkpoint task", deleted)
     return deleted
 

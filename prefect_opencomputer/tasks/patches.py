@@ -5,9 +5,10 @@ from __future__ import annotations
 from prefect import get_run_logger
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
-from prefect_opencomputer.client import CheckpointPatch, NotFoundError
+from prefect_opencomputer.client import CheckpointPatch
 from prefect_opencomputer.tasks import run_report
 from prefect_opencomputer.tasks.factory import opencomputer_task, service_client
+from prefect_opencomputer.tasks.leakproof import removed_by_this_call
 from prefect_opencomputer.tasks.references import CheckpointRef, checkpoint_id_of
 from prefect_opencomputer.tasks.retries import retry_if_replayable, retry_if_transient
 from prefect_opencomputer.tasks.run_names import on_checkpoint
@@ -96,11 +97,7 @@ async def delete_checkpoint_patch(
     """
     patch_id = patch.id if isinstance(patch, CheckpointPatch) else patch
     async with service_client(credentials) as client:
-        try:
-            await client.patches.delete(checkpoint_id_of(checkpoint), patch_id)
-        except NotFoundError:
-            return False
-    return True
+        return await removed_by_this_call(client.patches.delete(checkpoint_id_of(checkpoint), patch_id))
 
 
 acreate_checkpoint_patch = create_checkpoint_patch.aio

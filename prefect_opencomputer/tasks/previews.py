@@ -7,9 +7,10 @@ from prefect.artifacts import acreate_link_artifact
 from pydantic import JsonValue, SecretStr
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
-from prefect_opencomputer.client import NotFoundError, PreviewURL
+from prefect_opencomputer.client import PreviewURL
 from prefect_opencomputer.tasks import run_report
 from prefect_opencomputer.tasks.factory import opencomputer_task, service_client
+from prefect_opencomputer.tasks.leakproof import removed_by_this_call
 from prefect_opencomputer.tasks.references import SandboxRef, sandbox_id_of
 from prefect_opencomputer.tasks.retries import retry_if_replayable, retry_if_transient
 from prefect_opencomputer.tasks.run_names import on_sandbox
@@ -101,11 +102,7 @@ async def delete_preview_url(
         ```
     """
     async with service_client(credentials) as client:
-        try:
-            await client.previews.delete(sandbox_id_of(sandbox), port)
-        except NotFoundError:
-            return False
-    return True
+        return await removed_by_this_call(client.previews.delete(sandbox_id_of(sandbox), port))
 
 
 @opencomputer_task(

@@ -5,9 +5,10 @@ from __future__ import annotations
 from prefect import get_run_logger
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
-from prefect_opencomputer.client import ConflictError, Image, NotFoundError, Snapshot
+from prefect_opencomputer.client import ConflictError, Image, Snapshot
 from prefect_opencomputer.tasks import run_report
 from prefect_opencomputer.tasks.factory import opencomputer_task, service_client
+from prefect_opencomputer.tasks.leakproof import removed_by_this_call
 from prefect_opencomputer.tasks.output import build_log_handler
 from prefect_opencomputer.tasks.retries import retry_if_replayable, retry_if_transient
 
@@ -107,11 +108,7 @@ async def delete_snapshot(name: str, *, credentials: OpenComputerCredentials | N
         ```
     """
     async with service_client(credentials) as client:
-        try:
-            await client.snapshots.delete(name)
-        except NotFoundError:
-            return False
-    return True
+        return await removed_by_this_call(client.snapshots.delete(name))
 
 
 acreate_snapshot = create_snapshot.aio
