@@ -9,7 +9,6 @@ Streaming calls (exec `attach`/`stream`, build logs) are for the async client.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from types import TracebackType
 from typing import Any, Concatenate, Generic, Self, TypeVar, overload
 
 from typing_extensions import ParamSpec
@@ -166,12 +165,7 @@ class SyncOpenComputerClient:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 

@@ -8,7 +8,6 @@ Client to server: 0x00 + stdin bytes.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from types import TracebackType
 from typing import Final, Self
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -122,12 +121,7 @@ class ExecAttachment:
         await self.connect()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     def __aiter__(self) -> AsyncIterator[ExecEvent]:

@@ -44,8 +44,7 @@ class Exec(RouteGroup):
         A non-zero exit or a timeout (`result.timed_out`) is a result, not an error. Never retried once it
         may have reached the service: a replay would run the command twice.
         """
-        body = _run_body(command, envs, cwd)
-        body["timeout"] = timeout
+        body = _run_body(command, envs, cwd, timeout)
         path = f"/sandboxes/{sandbox_id}/exec/run"
         response = await self._transport.request(
             "POST",
@@ -79,8 +78,7 @@ class Exec(RouteGroup):
         A command that ends at once comes back finished (`exec_id` None); otherwise poll `result` with the
         returned `exec_id`. Each request is short, so no proxy in between can time it out. Not replayed.
         """
-        body = _run_body(command, envs, cwd)
-        body["timeout"] = timeout
+        body = _run_body(command, envs, cwd, timeout)
         response = await self._transport.request(
             "POST", f"/sandboxes/{sandbox_id}/exec/run-async", json=body, replayable=False
         )
@@ -160,16 +158,16 @@ class Exec(RouteGroup):
 
 
 def _run_body(
-    command: str | Sequence[str], envs: Mapping[str, str] | None, cwd: str | None
+    command: str | Sequence[str], envs: Mapping[str, str] | None, cwd: str | None, timeout: int
 ) -> dict[str, object]:
-    """A string runs through `sh -c`, a sequence as argv (no shell)."""
+    """The body of `run` and `run_async`: a string runs through `sh -c`, a sequence as argv (no shell)."""
     if isinstance(command, str):
-        body: dict[str, object] = {"cmd": "sh", "args": ["-c", command]}
+        body: dict[str, object] = {"cmd": "sh", "args": ["-c", command], "timeout": timeout}
     else:
         argv = list(command)
         if not argv:
             raise ValueError("command must not be empty")
-        body = {"cmd": argv[0], "args": argv[1:]}
+        body = {"cmd": argv[0], "args": argv[1:], "timeout": timeout}
     if envs:
         body["envs"] = dict(envs)
     if cwd:

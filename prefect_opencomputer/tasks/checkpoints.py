@@ -11,7 +11,6 @@ from prefect_opencomputer.client import (
     Checkpoint,
     CheckpointRestore,
     ConflictError,
-    NotFoundError,
     OpenComputerClient,
     RetentionPolicy,
     Sandbox,
@@ -27,6 +26,7 @@ from prefect_opencomputer.tasks.leakproof import (
     finish_despite_cancellation,
     kill_ignoring_missing,
     record_checkpoint_deleted,
+    removed_by_this_call,
     rollback_hook,
     slot_for_create,
     wait_out_full_quota,
@@ -92,9 +92,7 @@ async def create_checkpoint(
     of runs that died.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         name: Unique per sandbox.
-        credentials: The OpenComputer block; default: the environment.
         kind: `full` (memory and disk on the hosted service: forks and restores resume running processes)
             or `disk_only` (disk only). The local server keeps the disk for both.
         retention: What the service deletes when the sandbox has too many checkpoints.
@@ -111,9 +109,8 @@ async def create_checkpoint(
         checkpoint = create_checkpoint(sandbox, "prepared")
         ```
     """
-    credentials = await resolve_credentials(credentials)
     sandbox_id = sandbox_id_of(sandbox)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         checkpoint = await _create_or_find_checkpoint(client, sandbox_id, name, kind, retention)
         run_registry.remember_checkpoint(sandbox_id, checkpoint.id)
         # Announced before the wait: a checkpoint that never gets ready still exists, and the reaper finds
@@ -142,10 +139,6 @@ async def list_checkpoints(
     sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
 ) -> list[Checkpoint]:
     """The sandbox's checkpoints.
-
-    Args:
-        sandbox: The sandbox, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         Its checkpoints, newest first, whatever their status.
@@ -176,7 +169,6 @@ async def restore_checkpoint(
     Args:
         checkpoint: A ready checkpoint: its model (which names its sandbox), or its id with `sandbox`.
         sandbox: The sandbox it belongs to, as its id or its model; needed only with a checkpoint id.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         The restore, as the service acknowledged it.
@@ -186,9 +178,8 @@ async def restore_checkpoint(
         restore_checkpoint(checkpoint)
         ```
     """
-    credentials = await resolve_credentials(credentials)
     sandbox_id = checkpoint_owner_of(checkpoint, sandbox)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         restore = await client.checkpoints.restore(sandbox_id, checkpoint_id_of(checkpoint))
     run_report.record("restore", sandbox_id, checkpoint_id_of(checkpoint)[:8], restore.status)
     return restore
@@ -208,7 +199,6 @@ async def delete_checkpoint(
     Args:
         checkpoint: The checkpoint: its model (which names its sandbox), or its id with `sandbox`.
         sandbox: The sandbox it belongs to, as its id or its model; needed only with a checkpoint id.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         True when this call deleted it, False when it was already gone.
@@ -218,15 +208,10 @@ async def delete_checkpoint(
         delete_checkpoint(checkpoint)
         ```
     """
-    credentials = await resolve_credentials(credentials)
     sandbox_id = checkpoint_owner_of(checkpoint, sandbox)
     checkpoint_id = checkpoint_id_of(checkpoint)
-    async with credentials.get_client() as client:
-        try:
-            await client.checkpoints.delete(sandbox_id, checkpoint_id)
-            deleted = True
-        except NotFoundError:
-            deleted = False
+    async with service_client(credentials) as client:
+        deleted = await removed_by_this_call(client.checkpoints.delete(sandbox_id, checkpoint_id))
     record_checkpoint_deleted(sandbox_id, checkpoint_id, "delete_checkpoint task", deleted)
     return deleted
 
@@ -262,7 +247,6 @@ async def fork_checkpoint(
 
     Args:
         checkpoint: A ready checkpoint, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
         idle_timeout: Seconds of inactivity after which the service hibernates the fork.
         envs: Environment variables over the checkpoint's (these win).
         metadata: Stored with the fork.

@@ -94,9 +94,7 @@ async def run_command(
     exit or a timeout (the preset retries only cover requests the service refused).
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         command: A string runs through `sh -c`; a sequence runs as argv.
-        credentials: The OpenComputer block; default: the environment.
         envs: Environment variables for this command, over the sandbox's.
         cwd: Working directory (default: the sandbox user's home).
         timeout: Seconds after which the service kills the command.
@@ -220,10 +218,6 @@ async def list_commands(
 ) -> list[ExecSession]:
     """The sandbox's exec sessions: commands running in it, and those that exited recently.
 
-    Args:
-        sandbox: The sandbox, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
-
     Returns:
         Its sessions (id, command, arguments, whether running, exit code), in no particular order.
 
@@ -249,10 +243,8 @@ async def kill_command(
     """Send a signal to a command's process in the sandbox (default: SIGKILL).
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         session_id: The command's exec session, as `list_commands` shows it.
         signal: The signal number (15 asks the process to end, 9 ends it).
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         None.

@@ -4,7 +4,8 @@ One async implementation per operation becomes two Prefect tasks: `acreate_sandb
 `create_sandbox`, which runs the same implementation in `def` flows (on the package's sync bridge) and hands
 back the async twin's coroutine in `async def` flows (at the level of the task object so that `.map`,
 `.submit` and `.with_options` keep working). Every task is uncached (side effects), tagged `opencomputer`,
-named for the UI (`run_names`), and retries only failures that cannot duplicate work (`retries`).
+named for the UI (`run_names`), retries only failures that cannot duplicate work (`retries`), and has
+the parameters every task shares described in its docstring (`parameter_docs`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from prefect_opencomputer.client import (
 )
 from prefect_opencomputer.tasks import run_registry
 from prefect_opencomputer.tasks.errors import MissingCredentialsError
+from prefect_opencomputer.tasks.parameter_docs import with_shared_parameters
 from prefect_opencomputer.tasks.retries import (
     PRESET_RETRIES,
     RETRY_DELAYS,
@@ -279,6 +281,8 @@ def opencomputer_task(
     """
 
     def decorate(fn: Callable[P, Coroutine[Any, Any, R]]) -> SyncAsyncTask[P, R]:
+        fn.__doc__ = with_shared_parameters(fn)
+
         @functools.wraps(fn)
         async def run_async(*args: P.args, **kwargs: P.kwargs) -> R:
             _refuse_positional_credentials(name, args)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
 from prefect_opencomputer.client import FileEntry
-from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials, service_client
+from prefect_opencomputer.tasks.factory import opencomputer_task, service_client
 from prefect_opencomputer.tasks.references import SandboxRef, sandbox_id_of
 from prefect_opencomputer.tasks.retries import retry_if_replayable
 from prefect_opencomputer.tasks.run_names import on_sandbox
@@ -26,10 +26,8 @@ async def write_file(
     """Write a file in the sandbox, creating parent directories (a full replace: safe to retry).
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         path: Where; a relative path is relative to the sandbox user's home, `/home/sandbox`.
         content: The bytes, or a str (UTF-8 encoded).
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         The number of bytes written.
@@ -39,9 +37,8 @@ async def write_file(
         write_file(sandbox, "app/config.toml", "debug = true\\n")
         ```
     """
-    credentials = await resolve_credentials(credentials)
     data = content.encode() if isinstance(content, str) else content
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         await client.files.write(sandbox_id_of(sandbox), path, data)
     return len(data)
 
@@ -53,9 +50,7 @@ async def read_file(
     """Read a file from the sandbox.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         path: Which file; a relative path is relative to `/home/sandbox`.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         Its contents as bytes (`.decode()` them for text).
@@ -79,9 +74,7 @@ async def file_exists(
     """Whether a file or directory is at `path` in the sandbox, found by listing its parent.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         path: What to look for; a relative path is relative to `/home/sandbox`.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         True when something is there (nothing is downloaded to find out).
@@ -103,9 +96,7 @@ async def list_files(
     """The entries of a directory in the sandbox.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         path: The directory; a relative path is relative to `/home/sandbox`.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         Its entries (name, path, whether a directory, size), in no particular order.
@@ -128,9 +119,7 @@ async def make_directory(
     """Make a directory and its parents in the sandbox; one that exists is fine.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         path: The directory; a relative path is relative to `/home/sandbox`.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         None.
@@ -151,9 +140,7 @@ async def delete_file(
     """Remove a file, or a directory with all it holds, from the sandbox; a missing path is fine.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         path: What to remove; a relative path is relative to `/home/sandbox`.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         None.

@@ -260,7 +260,17 @@ async def wait_out_full_quota(create: Callable[[], Awaitable[T]], *, patient: bo
         delay = min(delay * 2, _QUOTA_POLL_MAX)
 
 
-# -- Kills ----------------------------------------------------------------------------------------------
+# -- Kills and deletions ---------------------------------------------------------------------------------
+
+
+async def removed_by_this_call(removal: Awaitable[object]) -> bool:
+    """Await a kill or a delete: True when this call removed the thing, False when it was already gone (404),
+    so that every kill and delete can be retried and still say what it did."""
+    try:
+        await removal
+    except NotFoundError:
+        return False
+    return True
 
 
 async def kill_ignoring_missing(
@@ -268,11 +278,7 @@ async def kill_ignoring_missing(
 ) -> bool:
     """Kill; False when it was already gone. Either way its concurrency slot (held here, or named in the
     sandbox's `tags`) is given back."""
-    try:
-        await client.sandboxes.kill(sandbox_id)
-        killed = True
-    except NotFoundError:
-        killed = False
+    killed = await removed_by_this_call(client.sandboxes.kill(sandbox_id))
     await quota.release_slot_of(sandbox_id, tags)
     quota.forget(sandbox_id)
     return killed
@@ -318,11 +324,7 @@ async def delete_checkpoint_now(
 
     async def delete() -> bool:
         async with credentials.get_client() as client:
-            try:
-                await client.checkpoints.delete(sandbox_id, checkpoint_id)
-            except NotFoundError:
-                return False
-            return True
+            return await removed_by_this_call(client.checkpoints.delete(sandbox_id, checkpoint_id))
 
     deleted = await finish_despite_cancellation(delete(), timeout=KILL_TIMEOUT)
     record_checkpoint_deleted(sandbox_id, checkpoint_id, reason, deleted)

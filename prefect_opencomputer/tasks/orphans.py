@@ -185,9 +185,6 @@ async def find_orphans(
 ) -> tuple[int, list[Orphan], list[OrphanedCheckpoint], list[KeptSandbox]]:
     """What this integration left for flow runs that are over, or whose owning process is gone.
 
-    Args:
-        credentials: The OpenComputer block; default: the environment.
-
     Returns:
         How many sandboxes of this integration it examined (orphans plus kept, retained ones included),
         the orphans, the orphaned checkpoints, and the sandboxes kept, each with the reason.

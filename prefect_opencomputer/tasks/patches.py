@@ -5,9 +5,10 @@ from __future__ import annotations
 from prefect import get_run_logger
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
-from prefect_opencomputer.client import CheckpointPatch, NotFoundError
+from prefect_opencomputer.client import CheckpointPatch
 from prefect_opencomputer.tasks import run_report
-from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials, service_client
+from prefect_opencomputer.tasks.factory import opencomputer_task, service_client
+from prefect_opencomputer.tasks.leakproof import removed_by_this_call
 from prefect_opencomputer.tasks.references import CheckpointRef, checkpoint_id_of
 from prefect_opencomputer.tasks.retries import retry_if_replayable, retry_if_transient
 from prefect_opencomputer.tasks.run_names import on_checkpoint
@@ -32,7 +33,6 @@ async def create_checkpoint_patch(
         checkpoint: A ready checkpoint, as its id or its model.
         script: The bash script.
         description: Shown in the patch list and the run report.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         The patch, with its place in the chain (`sequence`).
@@ -42,9 +42,8 @@ async def create_checkpoint_patch(
         create_checkpoint_patch(checkpoint, "echo patched > ~/patched.txt", "mark forks")
         ```
     """
-    credentials = await resolve_credentials(credentials)
     checkpoint_id = checkpoint_id_of(checkpoint)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         patch = await client.patches.create(checkpoint_id, script, description=description)
     get_run_logger().info("Patch %d (%s) added to checkpoint %s", patch.sequence, patch.id, checkpoint_id)
     sandbox_id = getattr(checkpoint, "sandbox_id", "") or "-"
@@ -61,10 +60,6 @@ async def list_checkpoint_patches(
     checkpoint: CheckpointRef, *, credentials: OpenComputerCredentials | None = None
 ) -> list[CheckpointPatch]:
     """The checkpoint's patches.
-
-    Args:
-        checkpoint: The checkpoint, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         Its patches in the order they run.
@@ -90,9 +85,7 @@ async def delete_checkpoint_patch(
     """Remove a patch from the chain (idempotent).
 
     Args:
-        checkpoint: The checkpoint, as its id or its model.
         patch: The patch, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         True when this call removed it, False when it was already gone.
@@ -102,14 +95,9 @@ async def delete_checkpoint_patch(
         delete_checkpoint_patch(checkpoint, patch)
         ```
     """
-    credentials = await resolve_credentials(credentials)
     patch_id = patch.id if isinstance(patch, CheckpointPatch) else patch
-    async with credentials.get_client() as client:
-        try:
-            await client.patches.delete(checkpoint_id_of(checkpoint), patch_id)
-        except NotFoundError:
-            return False
-    return True
+    async with service_client(credentials) as client:
+        return await removed_by_this_call(client.patches.delete(checkpoint_id_of(checkpoint), patch_id))
 
 
 acreate_checkpoint_patch = create_checkpoint_patch.aio

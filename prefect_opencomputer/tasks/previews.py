@@ -7,9 +7,10 @@ from prefect.artifacts import acreate_link_artifact
 from pydantic import JsonValue, SecretStr
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
-from prefect_opencomputer.client import NotFoundError, PreviewURL
+from prefect_opencomputer.client import PreviewURL
 from prefect_opencomputer.tasks import run_report
-from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials, service_client
+from prefect_opencomputer.tasks.factory import opencomputer_task, service_client
+from prefect_opencomputer.tasks.leakproof import removed_by_this_call
 from prefect_opencomputer.tasks.references import SandboxRef, sandbox_id_of
 from prefect_opencomputer.tasks.retries import retry_if_replayable, retry_if_transient
 from prefect_opencomputer.tasks.run_names import on_sandbox
@@ -33,9 +34,7 @@ async def create_preview_url(
     """Expose a port of a running sandbox at a public URL (the same URL again for a port already exposed).
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         port: The port a server in the sandbox listens on.
-        credentials: The OpenComputer block; default: the environment.
         domain: A custom domain of your organisation.
         auth_config: Access rules, as the service takes them.
         link_artifact: Also show the URL as a link artifact of the run.
@@ -48,9 +47,8 @@ async def create_preview_url(
         url = create_preview_url(sandbox, 8000).url
         ```
     """
-    credentials = await resolve_credentials(credentials)
     sandbox_id = sandbox_id_of(sandbox)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         preview = await client.previews.create(sandbox_id, port, domain=domain, auth_config=auth_config)
     get_run_logger().info("Port %d of %s is at %s", port, sandbox_id, preview.url)
     run_report.record("preview", sandbox_id, f"port {port}", preview.url)
@@ -71,10 +69,6 @@ async def list_preview_urls(
     sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
 ) -> list[PreviewURL]:
     """The sandbox's preview URLs.
-
-    Args:
-        sandbox: The sandbox, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         One preview URL per exposed port.
@@ -97,9 +91,7 @@ async def delete_preview_url(
     """Stop exposing a port (idempotent).
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         port: The exposed port.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         True when this call removed the URL, False when the port was not exposed.
@@ -110,11 +102,7 @@ async def delete_preview_url(
         ```
     """
     async with service_client(credentials) as client:
-        try:
-            await client.previews.delete(sandbox_id_of(sandbox), port)
-        except NotFoundError:
-            return False
-    return True
+        return await removed_by_this_call(client.previews.delete(sandbox_id_of(sandbox), port))
 
 
 @opencomputer_task(
@@ -127,10 +115,6 @@ async def rotate_preview_token(
     sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
 ) -> SecretStr:
     """Give the sandbox's preview URLs a new bearer token; the old one stops working at once.
-
-    Args:
-        sandbox: The sandbox, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         The new token, as a secret (it never shows in logs or results).

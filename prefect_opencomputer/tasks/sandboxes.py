@@ -157,10 +157,6 @@ async def create_sandbox(
 async def get_sandbox(sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None) -> Sandbox:
     """The sandbox as the service reports it now.
 
-    Args:
-        sandbox: The sandbox, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
-
     Returns:
         Its status, tags and patch error, as the service sends them.
 
@@ -180,10 +176,6 @@ async def sandbox_is_running(
     sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
 ) -> bool:
     """Whether the sandbox is running now (hibernated, stopped or unknown: False).
-
-    Args:
-        sandbox: The sandbox, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         True only for a running sandbox.
@@ -206,7 +198,6 @@ async def list_sandboxes(
 
     Args:
         tags: Tags a sandbox must carry (all of them, with these values) to be listed.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         The matching sandboxes.
@@ -226,10 +217,6 @@ async def list_sandboxes(
 async def kill_sandbox(sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None) -> bool:
     """Kill a sandbox (idempotent).
 
-    Args:
-        sandbox: The sandbox, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
-
     Returns:
         True when this call killed it, False when it did not exist (nothing to do).
 
@@ -238,9 +225,8 @@ async def kill_sandbox(sandbox: SandboxRef, *, credentials: OpenComputerCredenti
         kill_sandbox(sandbox)
         ```
     """
-    credentials = await resolve_credentials(credentials)
     sandbox_id = sandbox_id_of(sandbox)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         killed = await kill_ignoring_missing(client, sandbox_id)
     record_kill(sandbox_id, "kill_sandbox task", killed)
     return killed
@@ -257,9 +243,7 @@ async def set_sandbox_timeout(
     """Set the rolling idle timeout of a sandbox.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         idle_timeout: Seconds; `0` = persistent (the sandbox never hibernates on its own).
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         Nothing; the service applies the timeout from now on (a hibernated sandbox wakes for it).
@@ -278,10 +262,6 @@ async def hibernate_sandbox(
     sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
 ) -> Sandbox:
     """Hibernate a running sandbox: its processes pause with their memory; any later data call wakes it.
-
-    Args:
-        sandbox: The sandbox, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         The sandbox, hibernated.
@@ -309,10 +289,8 @@ async def wake_sandbox(
     """Wake a hibernated sandbox (waking a running one is a no-op).
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         idle_timeout: Applies when the service restores the sandbox from deep hibernation, where an
             omitted value would make it persistent.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         The sandbox, running.
@@ -348,9 +326,7 @@ async def retain_sandbox(
     """Keep a sandbox beyond its flow run: cleanup hooks and the reaper leave it (and its checkpoints) alone.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         reason: The value of its `prefect.retain` tag, for whoever finds it later.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         The sandbox, with its tags.
@@ -360,9 +336,8 @@ async def retain_sandbox(
         retain_sandbox(sandbox, "holds the golden checkpoint")
         ```
     """
-    credentials = await resolve_credentials(credentials)
     sandbox_id = sandbox_id_of(sandbox)
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         current = await client.sandboxes.get_tags(sandbox_id)
         applied = await client.sandboxes.set_tags(sandbox_id, {**current.tags, ownership.TAG_RETAIN: reason})
         state = await client.sandboxes.get(sandbox_id)
@@ -381,10 +356,6 @@ async def get_sandbox_tags(
     sandbox: SandboxRef, *, credentials: OpenComputerCredentials | None = None
 ) -> dict[str, str]:
     """The sandbox's tags as the service holds them now: yours and the ownership tags (`prefect.*`).
-
-    Args:
-        sandbox: The sandbox, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         Its tags.
@@ -408,9 +379,7 @@ async def set_sandbox_tags(
     unless `tags` gives one of them a value of its own.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
         tags: The tags it should carry besides the ownership tags (`{}` removes all of yours).
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         All its tags afterwards.
@@ -432,9 +401,6 @@ async def set_sandbox_tags(
 @opencomputer_task("list_tag_keys", run_name="list-tag-keys", retry_condition=retry_if_replayable)
 async def list_tag_keys(*, credentials: OpenComputerCredentials | None = None) -> list[TagKey]:
     """The tag keys in use across the organization's sandboxes, with how many sandboxes carry each.
-
-    Args:
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         Each key with its sandbox count and its number of distinct values.

@@ -5,9 +5,10 @@ from __future__ import annotations
 from prefect import get_run_logger
 
 from prefect_opencomputer.blocks.credentials import OpenComputerCredentials
-from prefect_opencomputer.client import ConflictError, Image, NotFoundError, Snapshot
+from prefect_opencomputer.client import ConflictError, Image, Snapshot
 from prefect_opencomputer.tasks import run_report
-from prefect_opencomputer.tasks.factory import opencomputer_task, resolve_credentials, service_client
+from prefect_opencomputer.tasks.factory import opencomputer_task, service_client
+from prefect_opencomputer.tasks.leakproof import removed_by_this_call
 from prefect_opencomputer.tasks.output import build_log_handler
 from prefect_opencomputer.tasks.retries import retry_if_replayable, retry_if_transient
 
@@ -27,7 +28,6 @@ async def create_snapshot(
     Args:
         name: The snapshot's name, unique in the organisation.
         image: The declarative image to build.
-        credentials: The OpenComputer block; default: the environment.
         exist_ok: Return a snapshot already called `name` as it is (whatever image it was built from).
 
     Returns:
@@ -41,9 +41,8 @@ async def create_snapshot(
         create_snapshot("tools", Image.base().pip_install(["tomli-w"]))
         ```
     """
-    credentials = await resolve_credentials(credentials)
     logger = get_run_logger()
-    async with credentials.get_client() as client:
+    async with service_client(credentials) as client:
         try:
             snapshot = await client.snapshots.create(name, image, on_build_log=build_log_handler(logger))
         except ConflictError:
@@ -58,9 +57,6 @@ async def create_snapshot(
 @opencomputer_task("list_snapshots", run_name="list-snapshots", retry_condition=retry_if_replayable)
 async def list_snapshots(*, credentials: OpenComputerCredentials | None = None) -> list[Snapshot]:
     """The organisation's named snapshots.
-
-    Args:
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         Every snapshot, whatever its status.
@@ -80,7 +76,6 @@ async def get_snapshot(name: str, *, credentials: OpenComputerCredentials | None
 
     Args:
         name: The snapshot's name.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         The snapshot.
@@ -103,7 +98,6 @@ async def delete_snapshot(name: str, *, credentials: OpenComputerCredentials | N
 
     Args:
         name: The snapshot's name.
-        credentials: The OpenComputer block; default: the environment.
 
     Returns:
         True when this call deleted it, False when there was none.
@@ -114,11 +108,7 @@ async def delete_snapshot(name: str, *, credentials: OpenComputerCredentials | N
         ```
     """
     async with service_client(credentials) as client:
-        try:
-            await client.snapshots.delete(name)
-        except NotFoundError:
-            return False
-    return True
+        return await removed_by_this_call(client.snapshots.delete(name))
 
 
 acreate_snapshot = create_snapshot.aio

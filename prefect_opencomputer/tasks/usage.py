@@ -24,8 +24,6 @@ async def get_sandbox_usage(
     """A sandbox's memory usage in 1-minute points, killed sandboxes included.
 
     Args:
-        sandbox: The sandbox, as its id or its model.
-        credentials: The OpenComputer block; default: the environment.
         start: Start of the window (aware datetime, ISO date or RFC3339); default: an hour ago.
         end: End of the window; default: now. At most 30 days after `start`.
 
@@ -54,7 +52,6 @@ async def get_flow_run_usage(
 
     Args:
         flow_run_id: The flow run; default: the current one.
-        credentials: The OpenComputer block; default: the environment.
         start: Start of the window; default: 30 days ago (at most 90 days before `end`).
         end: End of the window; default: now.
 

@@ -33,6 +33,17 @@ def test_every_task_documents_args_returns_and_an_example(name: str) -> None:
     assert getattr(tasks, f"a{name}") is task.aio, f"{name} has its async twin a{name}"
 
 
+@pytest.mark.parametrize("name", TASKS)
+def test_every_task_describes_each_parameter_where_the_prefect_ui_shows_it(name: str) -> None:
+    """The shared parameters (sandbox, credentials, ...) are written once and filled into every task."""
+    task = getattr(tasks, name)
+    for shown in (task.description, task.aio.description):
+        args = shown.partition("Args:")[2].partition("\n\n")[0]
+        described = {line.strip().partition(":")[0] for line in args.splitlines()}
+        taken = set(inspect.signature(task.fn).parameters)
+        assert taken <= described, f"{name} does not describe {sorted(taken - described)}"
+
+
 def test_committed_reference_page_is_up_to_date() -> None:
     committed = (DOCS / "reference.md").read_text()
     assert committed == _builder().render(), (

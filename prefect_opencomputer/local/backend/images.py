@@ -234,13 +234,8 @@ class Images:
             name=f"_image_build_{manifest.content_hash[:12]}",
             kind="full",
             status="processing",
-            sandbox_config={
-                "templateID": manifest.base,
-                "cpuCount": sizing.DEFAULT_CPU_COUNT,
-                "memoryMB": IMAGE_MEMORY_MB,
-                "diskMB": sizing.MIN_DISK_MB,
-                "networkEnabled": True,
-            },
+            # The builder's settings, but the image's memory floor: what a sandbox of the image gets.
+            sandbox_config={**builder.config(), "memoryMB": IMAGE_MEMORY_MB},
             created_at=now,
         )
         image = ImageRecord(
