@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -39,7 +39,7 @@ from prefect_opencomputer.local.sandbox.fileops import (
 
 if TYPE_CHECKING:
     from prefect_opencomputer.local.backend.core import SandboxCore
-    from prefect_opencomputer.local.sandbox.fileagents import FileWriter
+    from prefect_opencomputer.local.sandbox.fileagents import FileOps, FileWriter
 
 _T = TypeVar("_T")
 # Writes are gathered into blocks this size before they go to the agent.
@@ -79,19 +79,10 @@ class SandboxFiles:
             ) from None
 
     async def open_download(self, sandbox_id: str, path: str) -> Download:
-        async with self._backend.data_plane(sandbox_id):
-            files = self._backend.file_ops(sandbox_id)
-            with _file_errors("open", path):
-                try:
-                    async with self._bounded():
-                        opened = await files.open_read(path)
-                except IsADirectoryError as error:
-                    # As the agent: it opens a directory, then fails its first read.
-                    raise Failed(
-                        f"recv first chunk: {AGENT_ERROR}read {error.filename}: read {error.filename}: "
-                        "is a directory"
-                    ) from None
-            return Download(opened.size, self._paced(sandbox_id, opened.chunks))
+        opened = await self._step(
+            sandbox_id, "open", path, lambda files, path: _as_hosted(files.open_read(path), IsADirectoryError)
+        )
+        return Download(opened.size, self._paced(sandbox_id, opened.chunks))
 
     async def _paced(self, sandbox_id: str, source: AsyncGenerator[_T, None]) -> AsyncIterator[_T]:
         """``source``'s items for a response under way, each within the timeout, the sandbox held awake."""
@@ -153,31 +144,40 @@ class SandboxFiles:
     async def list_dir(self, sandbox_id: str, path: str) -> AsyncIterator[list[DirEntry]]:
         """The directory's entries in name order, in batches: refused (413) past `LIST_LIMIT` before
         any is sent, and streamed, so the server holds one batch of a listing at a time."""
-        async with self._backend.data_plane(sandbox_id):
-            files = self._backend.file_ops(sandbox_id)
-            with _file_errors("open", path):
-                try:
-                    async with self._bounded():
-                        listing = await files.list(path)
-                except NotADirectoryError as error:
-                    raise Failed(
-                        f"{AGENT_ERROR}readdir {error.filename}: open {error.filename}: not a directory"
-                    ) from None
-            return self._paced(sandbox_id, listing.batches)
+        listing = await self._step(
+            sandbox_id, "open", path, lambda files, path: _as_hosted(files.list(path), NotADirectoryError)
+        )
+        return self._paced(sandbox_id, listing.batches)
 
     async def mkdir(self, sandbox_id: str, path: str) -> None:
-        async with self._backend.data_plane(sandbox_id):
-            files = self._backend.file_ops(sandbox_id)
-            with _file_errors("mkdir", path):
-                async with self._bounded():
-                    await files.mkdir(path)
+        await self._step(sandbox_id, "mkdir", path, lambda files, path: files.mkdir(path))
 
     async def remove(self, sandbox_id: str, path: str) -> None:
+        await self._step(sandbox_id, "remove", path, lambda files, path: files.remove(path))
+
+    async def _step(
+        self, sandbox_id: str, operation: str, path: str, step: Callable[[FileOps, str], Awaitable[_T]]
+    ) -> _T:
+        """One agent step on ``path``: the sandbox awake, the step within the timeout, its errors as HTTP."""
         async with self._backend.data_plane(sandbox_id):
-            files = self._backend.file_ops(sandbox_id)
-            with _file_errors("remove", path):
+            with _file_errors(operation, path):
                 async with self._bounded():
-                    await files.remove(path)
+                    return await step(self._backend.file_ops(sandbox_id), path)
+
+
+# Reading a directory and listing a file answer the service's own 500 and message (its agent
+# opens a directory, then fails its first read), so a program sees what it would see there.
+_HOSTED_FAILURES: dict[type[OSError], str] = {
+    IsADirectoryError: "recv first chunk: {agent}read {name}: read {name}: is a directory",
+    NotADirectoryError: "{agent}readdir {name}: open {name}: not a directory",
+}
+
+
+async def _as_hosted(step: Awaitable[_T], failure: type[OSError]) -> _T:
+    try:
+        return await step
+    except failure as error:
+        raise Failed(_HOSTED_FAILURES[failure].format(agent=AGENT_ERROR, name=error.filename)) from None
 
 
 def _too_large(limit: int) -> BackendError:

@@ -15,16 +15,17 @@ import array
 import asyncio
 import contextlib
 import errno
+import functools
 import json
 import os
 import posixpath
 import socket
 import sys
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol, TypeGuard, TypeVar
 
 from prefect_opencomputer.local.sandbox import processes
 from prefect_opencomputer.local.sandbox.fileops import (
@@ -35,6 +36,8 @@ from prefect_opencomputer.local.sandbox.fileops import (
     PathEscapeError,
     TooManyEntries,
 )
+
+_T = TypeVar("_T")
 
 AGENT_PROGRAM = Path(__file__).with_name("fileagent.py")
 # Enough for a download, an upload and a listing of one sandbox at once; more wait their turn.
@@ -304,59 +307,56 @@ class AgentFiles:
             self._agents.release(agent)
 
     async def open_read(self, path: str) -> OpenedFile:
-        agent = await self._agents.acquire()
-        transfer = _Transfer(self._agents, agent)
-        try:
-            read_end, write_end = os.pipe()
-            transfer.pipe = read_end
-            os.set_blocking(read_end, False)
-            try:
-                agent.send({"op": "read", "path": path}, write_end)
-            finally:
-                os.close(write_end)
-            size = (await agent.receive()).get("size")
-            if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 1 << 63:
-                raise _failed("a size out of shape")
-        except BaseException:
+        transfer, reply = await self._begin("read", path, server_end="read")
+        size = reply.get("size")
+        if not _is_size(size):
             transfer.finish()
-            raise
+            raise _failed("a size out of shape")
         chunks = _download(transfer, size)
         # A download whose response never started still lets its agent go.
         weakref.finalize(chunks, transfer.finish)
         return OpenedFile(size, chunks)
 
     async def open_write(self, path: str) -> FileWriter:
-        agent = await self._agents.acquire()
-        transfer = _Transfer(self._agents, agent)
-        try:
-            read_end, write_end = os.pipe()
-            transfer.pipe = write_end
-            os.set_blocking(write_end, False)
-            try:
-                agent.send({"op": "write", "path": path}, read_end)
-            finally:
-                os.close(read_end)
-            if await agent.receive() != {"open": True}:
-                raise _failed("a reply out of shape")
-        except BaseException:
+        transfer, reply = await self._begin("write", path, server_end="write")
+        if reply != {"open": True}:
             transfer.finish()
-            raise
+            raise _failed("a reply out of shape")
         return _AgentWriter(transfer)
 
     async def list(self, path: str) -> Listing:
-        agent = await self._agents.acquire()
-        transfer = _Transfer(self._agents, agent)
-        try:
-            agent.send({"op": "list", "path": path})
-            directory = (await agent.receive()).get("dir")
-            if not isinstance(directory, str) or len(directory) > _MAX_PATH_CHARS:
-                raise _failed("a directory out of shape")
-        except BaseException:
+        transfer, reply = await self._begin("list", path)
+        directory = reply.get("dir")
+        if not isinstance(directory, str) or len(directory) > _MAX_PATH_CHARS:
             transfer.finish()
-            raise
+            raise _failed("a directory out of shape")
         batches = _listing(transfer, directory)
         weakref.finalize(batches, transfer.finish)
         return Listing(batches)
+
+    async def _begin(
+        self, op: str, path: str, *, server_end: Literal["read", "write"] | None = None
+    ) -> tuple[_Transfer, dict[str, object]]:
+        """Start ``op`` on one agent, handing it the far end of a new pipe when bytes move, and
+        wait for its first reply; the transfer holds the agent (and the server's end) until finished."""
+        agent = await self._agents.acquire()
+        transfer = _Transfer(self._agents, agent)
+        try:
+            if server_end is None:
+                agent.send({"op": op, "path": path})
+            else:
+                read_end, write_end = os.pipe()
+                ours, theirs = (read_end, write_end) if server_end == "read" else (write_end, read_end)
+                transfer.pipe = ours
+                os.set_blocking(ours, False)
+                try:
+                    agent.send({"op": op, "path": path}, theirs)
+                finally:
+                    os.close(theirs)
+            return transfer, await agent.receive()
+        except BaseException:
+            transfer.finish()
+            raise
 
     async def mkdir(self, path: str) -> None:
         await self._simple("mkdir", path)
@@ -380,13 +380,16 @@ def _entry(directory: str, item: object) -> DirEntry:
         or not 0 < len(name) <= _MAX_NAME_CHARS
         or "/" in name
         or not isinstance(is_dir, bool)
-        or not isinstance(size, int)
-        or isinstance(size, bool)
-        or not 0 <= size < 1 << 63
+        or not _is_size(size)
     ):
         raise _failed("an entry out of shape")
     path = posixpath.join(directory, name)
     return DirEntry(name=name, path=path, is_dir=is_dir, size=0 if is_dir else size)
+
+
+def _is_size(value: object) -> TypeGuard[int]:
+    """A byte count as the agent may send one: a plain non-negative int that fits an off_t."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63
 
 
 class _Transfer:
@@ -426,7 +429,8 @@ async def _download(transfer: _Transfer, size: int) -> AsyncGenerator[bytes, Non
     try:
         remaining = size
         while remaining > 0:
-            chunk = await _read_pipe(transfer.pipe, min(_CHUNK_BYTES, remaining))
+            read = functools.partial(os.read, transfer.pipe, min(_CHUNK_BYTES, remaining))
+            chunk = await _when_ready(transfer.pipe, read, writing=False)
             if not chunk:
                 break  # the file shrank as it was read: a short body, as a plain read would give
             remaining -= len(chunk)
@@ -446,7 +450,7 @@ class _AgentWriter:
         pipe = self._transfer.pipe
         try:
             while view:
-                written = await _write_pipe(pipe, view)
+                written = await _when_ready(pipe, functools.partial(os.write, pipe, view), writing=True)
                 view = view[written:]
         except BrokenPipeError:
             # The agent stopped reading: its reply says why (no space left, ...).
@@ -467,22 +471,14 @@ class _AgentWriter:
         self._transfer.finish()
 
 
-async def _read_pipe(fd: int, most: int) -> bytes:
-    """Up to ``most`` bytes from the non-blocking pipe ``fd``, once there are some (b"" at its end)."""
+async def _when_ready(fd: int, attempt: Callable[[], _T], *, writing: bool) -> _T:
+    """What ``attempt`` (a read or write of the non-blocking pipe ``fd``) gives once the pipe lets it
+    through: some bytes read (b"" at its end), or how many were written."""
     while True:
         try:
-            return os.read(fd, most)
+            return attempt()
         except BlockingIOError:
-            await _ready(fd, writing=False)
-
-
-async def _write_pipe(fd: int, data: memoryview) -> int:
-    """Write what the non-blocking pipe ``fd`` takes of ``data`` once it takes some; how much."""
-    while True:
-        try:
-            return os.write(fd, data)
-        except BlockingIOError:
-            await _ready(fd, writing=True)
+            await _ready(fd, writing=writing)
 
 
 async def _ready(fd: int, *, writing: bool) -> None:
