@@ -97,6 +97,9 @@ class FileOps(Protocol):
 
     async def remove(self, path: str) -> None: ...
 
+    async def prepare(self) -> None:
+        """Have what the first operation needs waiting, so a fresh sandbox's first call is not slower."""
+
 
 @dataclass(frozen=True)
 class AgentTarget:
@@ -357,6 +360,11 @@ class AgentFiles:
         except BaseException:
             transfer.finish()
             raise
+
+    async def prepare(self) -> None:
+        """Start an agent and keep it idle: its start (Python, the sandbox's cgroups and namespaces)
+        is then paid by a warm spare's boot, not by the first file call of the sandbox it becomes."""
+        self._agents.release(await self._agents.acquire())
 
     async def mkdir(self, path: str) -> None:
         await self._simple("mkdir", path)
