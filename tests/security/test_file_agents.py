@@ -44,7 +44,7 @@ def agents_of(sandbox: str) -> list[int]:
             continue
         try:
             if (
-                b"fileagent.py" in Path(entry.path, "cmdline").read_bytes()
+                b"sandbox-file-agent" in Path(entry.path, "cmdline").read_bytes()
                 and sandbox in Path(entry.path, "cgroup").read_text()
             ):
                 pids.append(int(entry.name))

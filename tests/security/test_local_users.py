@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from prefect_opencomputer.local import LocalServer, protocols
+from tests.security.conftest import run_ok
 
 pytestmark = pytest.mark.security
 
@@ -116,3 +117,25 @@ async def test_a_local_user_holding_idle_connections_cannot_starve_the_api(local
     finally:
         for connection in idle:
             connection.close()
+
+
+async def test_no_host_process_names_a_sandbox_or_the_data_dir_on_its_command_line(
+    http: httpx.AsyncClient, sandbox: str, local_server: LocalServer
+) -> None:
+    """Every local user reads every command line (``ps``): a sandbox id there is a way to reach it."""
+    # A sandbox with a file agent serving it and a command still running: each kind of process it has.
+    written = await http.put(f"/sandboxes/{sandbox}/files", params={"path": "note.txt"}, content=b"hi")
+    assert written.status_code == 204, written.text
+    await run_ok(http, sandbox, "setsid sleep 30 > /dev/null 2>&1 < /dev/null &")
+    naming = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                cmdline = Path(entry.path, "cmdline").read_bytes()
+                theirs = sandbox in Path(entry.path, "cgroup").read_text()
+            except OSError:
+                continue
+            # No process names the sandbox; none of the sandbox's own names the server's data dir.
+            if sandbox.encode() in cmdline or (theirs and str(local_server.data_dir).encode() in cmdline):
+                naming[entry.name] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+    assert naming == {}

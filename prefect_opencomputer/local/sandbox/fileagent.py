@@ -1,7 +1,9 @@
 """A sandbox's file agent: the files API's hands inside the sandbox, as its own root.
 
 The server starts one with ``python -I -S fileagent.py`` (no site, no package, an empty
-environment, no descriptor but its control socket and a pidfd of the sandbox's pid 1). It imports
+environment, no descriptor but its control socket and a pidfd of the sandbox's pid 1). Its first
+message gives the sandbox's home and cgroups, so nothing of the sandbox is ever on its command line,
+which it rewrites to ``sandbox-file-agent`` at once (local users read it with ``ps``). It imports
 all it will ever need, joins the sandbox's cgroups, enters the sandbox's user and mount namespaces
 through the pidfd and becomes the sandbox's root there: every path it resolves, every file and
 directory it makes, is the sandbox's own root's doing, with no host privilege left. Then it serves
@@ -166,18 +168,31 @@ def _close(pipe: int) -> None:
         os.close(pipe)
 
 
+def _retitle(title: bytes) -> None:
+    """Overwrite the command line local users read (``ps``): it names the server's interpreter and
+    this file. The kernel shows the memory between the process's ``arg_start`` and ``arg_end``."""
+    fields = Path("/proc/self/stat").read_bytes().rsplit(b")", 1)[1].split()
+    arg_start, arg_end = int(fields[45]), int(fields[46])  # fields 48 and 49 of proc(5)
+    size = arg_end - arg_start
+    if size > 0:
+        ctypes.memmove(arg_start, title[: size - 1].ljust(size, b"\0"), size)
+
+
 def main(argv: list[str]) -> None:
-    """``fileagent.py CONTROL_FD PIDFD HOME [CGROUP_PROCS_FILE...]``"""
+    """``fileagent.py CONTROL_FD PIDFD``, then ``{"home": h, "cgroups": [procs file, ...]}`` on the socket."""
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    _retitle(b"sandbox-file-agent")
     control = socket.socket(fileno=int(argv[1]))
     try:
-        _enter(int(argv[2]), argv[4:])
-    except OSError as error:
+        setup = json.loads(control.recv(MESSAGE_BYTES))
+        home, cgroups = setup["home"], setup["cgroups"]
+        _enter(int(argv[2]), [str(procs) for procs in cgroups])
+    except (OSError, ValueError, KeyError, TypeError) as error:
         _error(control, error)
         return
     _send(control, {"ready": True})
-    _serve(control, argv[3])
+    _serve(control, str(home))
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     main(sys.argv)

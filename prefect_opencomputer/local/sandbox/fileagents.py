@@ -129,9 +129,10 @@ class FileAgent:
         server_end.setblocking(False)
         fds = (str(agent_end.fileno()), str(target.pidfd))
         try:
+            # Nothing of the sandbox on the command line, which every local user can read: its
+            # home and cgroups come over the socket, and the agent rewrites its title at once.
             process = await processes.spawn(
-                [sys.executable, "-I", "-S", "-B", str(AGENT_PROGRAM), *fds, target.home]
-                + [str(procs) for procs in target.procs_files],
+                [sys.executable, "-I", "-S", "-B", str(AGENT_PROGRAM), *fds],
                 env={},  # the server's environment may hold keys
                 stdout=False,
                 stderr=False,
@@ -144,6 +145,9 @@ class FileAgent:
             agent_end.close()
         agent = cls(process, server_end)
         try:
+            server_end.send(
+                json.dumps({"home": target.home, "cgroups": [str(p) for p in target.procs_files]}).encode()
+            )
             agent.in_exchange = True
             if await agent.receive() != {"ready": True}:
                 raise _failed("it did not start")

@@ -52,7 +52,7 @@ import ctypes, json, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD, AT_EMPTY_PATH, OPEN_TREE_CLONE, MOVE_MOUNT_F_EMPTY_PATH, CLONE_NEWNS = -100, 0x1000, 1, 4, 0x20000
 FSCONFIG_CMD_CREATE, MOUNT_ATTR_RDONLY_NOSUID_NODEV_NOEXEC = 6, 0xF
-asked = json.loads(sys.argv[1])  # {"lxcfs": [view paths], "static": {name: text}}
+asked = json.loads(sys.stdin.readline())  # {"lxcfs": [view paths], "static": {name: text}}
 
 def check(result, what):
     if result < 0:
@@ -157,8 +157,10 @@ class ProcViews:
             await asyncio.sleep(0.02)
         asked = {"lxcfs": [str(mountpoint / "proc" / name) for name in VIEWS], "static": STATIC_VIEWS}
         views._mounter = await processes.spawn(
-            [sys.executable, "-I", "-S", "-c", _MOUNTER, json.dumps(asked)], stdin=True, stderr=False
+            [sys.executable, "-I", "-S", "-c", _MOUNTER], stdin=True, stderr=False
         )
+        assert views._mounter.stdin is not None
+        views._mounter.stdin.write(f"{json.dumps(asked)}\n".encode())  # not on its command line, as above
         views._answers = asyncio.create_task(views._read_answers())
         return views
 
