@@ -111,3 +111,29 @@ def test_a_sandbox_created_just_before_shutdown_comes_back(tmp_path: Path) -> No
             woken = api.post(f"/sandboxes/{sandbox_id}/exec/run", json={"cmd": "echo awake"})
             assert woken.json()["stdout"] == "awake\n"
             api.delete(f"/sandboxes/{sandbox_id}")
+
+
+def _uid_range(api: httpx.Client, sandbox_id: str) -> str:
+    """The first host uid of the sandbox's own id range (it wakes the sandbox if it must)."""
+    result = api.post(f"/sandboxes/{sandbox_id}/exec/run", json={"cmd": "cat /proc/self/uid_map"}).json()
+    assert result["exitCode"] == 0, result
+    return str(result["stdout"].split()[1])
+
+
+@pytest.mark.slow
+def test_a_sandbox_keeps_its_host_id_range_while_hibernated_and_across_a_restart(tmp_path: Path) -> None:
+    """No other sandbox runs as ids a living sandbox may run as again: its range stays its own
+    until it is killed, whoever boots meanwhile (the new server's warm spares boot first)."""
+    data_dir = tmp_path / "state"
+    with LocalServer(LocalServerConfig(data_dir=data_dir, api_key=API_KEY)) as server, _client(server) as api:
+        kept = api.post("/sandboxes", json={}).json()["sandboxID"]
+        own = _uid_range(api, kept)
+        assert api.post(f"/sandboxes/{kept}/hibernate").status_code == 200
+        other = api.post("/sandboxes", json={"memoryMB": 1024}).json()["sandboxID"]  # boots, no spare
+        assert _uid_range(api, other) != own
+    with LocalServer(LocalServerConfig(data_dir=data_dir, api_key=API_KEY)) as server, _client(server) as api:
+        booted_first = api.post("/sandboxes", json={"memoryMB": 1024}).json()["sandboxID"]
+        assert _uid_range(api, booted_first) != own
+        assert _uid_range(api, kept) == own
+        for sandbox_id in (kept, other, booted_first):
+            assert api.delete(f"/sandboxes/{sandbox_id}").status_code == 204

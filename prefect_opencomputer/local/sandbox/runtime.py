@@ -144,8 +144,8 @@ class SandboxRuntime:
         # Stopped sandboxes whose last processes are still dying (one stuck in the kernel dies late).
         self._teardowns: dict[str, asyncio.Task[None]] = {}
         self._removals: set[asyncio.Task[None]] = set()
-        # Id range slots held by a live sandbox or one whose processes are still dying.
-        self._id_slots: set[int] = set()
+        # Each sandbox's own id range, from its first boot until it is gone.
+        self.id_slots = ids.IdSlots(root / "id-slots.json")
         # Per-sandbox views of /proc (its own memory and cores); None: sandboxes see the host's.
         self.proc_views: ProcViews | None = None
         self._views_mounting: dict[str, asyncio.Future[None]] = {}
@@ -183,6 +183,7 @@ class SandboxRuntime:
             raise RuntimeUnavailable(str(error)) from error
         # Clones (checkpoint, fork or restore) that a killed server left half made.
         await asyncio.to_thread(self.layers.store.sweep_partials)
+        self.id_slots.load(self.layers.sandbox_exists)
         for template in templates:
             if template not in self._lowers:
                 self._lowers[template] = await self._rootfs(template)
@@ -248,7 +249,7 @@ class SandboxRuntime:
         merged.mkdir(parents=True, exist_ok=True)
         self.layers.lower_mount(sandbox_id).mkdir(mode=0o700, exist_ok=True)  # a layer from before it
         disk_fd = await asyncio.to_thread(self.layers.open_disk, sandbox_id)
-        id_slot = self._take_id_slot()
+        id_slot = self.id_slots.hold(sandbox_id)
         ready_read, ready_write = os.pipe()
         commands, commands_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         commands.setblocking(False)
@@ -271,7 +272,6 @@ class SandboxRuntime:
         except BaseException:
             os.close(ready_read)
             commands.close()
-            self._id_slots.discard(id_slot)
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.remove)
             raise
@@ -303,7 +303,6 @@ class SandboxRuntime:
             process.kill()
             await process.wait()
             commands.close()
-            self._id_slots.discard(id_slot)
             await _discard(attaching, netns_fd)
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.remove)
@@ -313,7 +312,6 @@ class SandboxRuntime:
             process.kill()
             await process.wait()
             commands.close()
-            self._id_slots.discard(id_slot)
             await _discard(attaching, netns_fd)
             raise
         finally:
@@ -376,12 +374,6 @@ class SandboxRuntime:
         self._teardowns[sandbox_id] = teardown
         teardown.add_done_callback(lambda _: self._forget_teardown(sandbox_id, teardown))
 
-    def _take_id_slot(self) -> int:
-        """The lowest id range slot no live or dying sandbox holds."""
-        slot = next(slot for slot in range(1, ids.MAX_SLOTS + 1) if slot not in self._id_slots)
-        self._id_slots.add(slot)
-        return slot
-
     async def _settled(self, sandbox_id: str) -> None:
         """Until the processes of the sandbox's last boot are gone, and with them its disk's mount."""
         teardown = self._teardowns.get(sandbox_id)
@@ -417,11 +409,10 @@ class SandboxRuntime:
 
     async def _teardown(self, machine: _Machine) -> None:
         """After a stop: wait for the sandbox's last process to die, however long that takes, then
-        remove its cgroup; only then may another sandbox have its id range."""
+        remove its cgroup."""
         await machine.process.wait()
         if machine.cgroup is not None:
             await _remove_group(machine.cgroup)
-        self._id_slots.discard(machine.id_slot)
 
     def _forget_teardown(self, sandbox_id: str, teardown: asyncio.Task[None]) -> None:
         if self._teardowns.get(sandbox_id) is teardown:
@@ -455,6 +446,7 @@ class SandboxRuntime:
         await self._settled(sandbox_id)
         try:
             await self.layers.remove_sandbox(sandbox_id)
+            self.id_slots.release(sandbox_id)  # no process of it is left, and it will not boot again
         except OSError as error:
             logger.warning(
                 "sandbox %s: its disk could not be removed yet (%s); the next start will", sandbox_id, error
