@@ -242,9 +242,6 @@ class InProcessFiles:
     def __init__(self, files: RootedFiles) -> None:
         self._files = files
 
-    async def prepare(self) -> None:
-        """Nothing to start: the operations run in the server's own threads."""
-
     async def open_read(self, path: str) -> OpenedFile:
         handle = await asyncio.to_thread(self._files.open_read, path)
         size = os.fstat(handle.fileno()).st_size

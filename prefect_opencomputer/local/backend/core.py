@@ -255,7 +255,6 @@ class SandboxCore:
         async with self.lifecycle_lock(record.id):
             await self._start_processes(record)
             await self._runtime.settled(record.id)
-            await self._runtime.file_ops(record.id).prepare()
 
     async def boot(self, record: SandboxRecord) -> None:
         """Start the sandbox's processes over its layer and mark it running (lock held)."""

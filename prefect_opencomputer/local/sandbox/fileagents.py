@@ -1,6 +1,6 @@
 """The server's side of the file agents: the files API of a running sandbox, done inside it.
 
-Every sandbox gets its own agents (`fileagent`), spawned on its first file call, at most
+Every sandbox gets its own agents (`fileagent`), forked on its first file call, at most
 `AGENTS_PER_SANDBOX` at once, one kept while idle, all killed with the sandbox. Nothing here blocks:
 requests and replies go over a non-blocking socket, bytes through pipes the server makes (so it
 never holds a descriptor of a sandbox's file). An exchange that does not end as the protocol says
@@ -19,6 +19,8 @@ import functools
 import json
 import os
 import posixpath
+import select
+import signal
 import socket
 import sys
 import weakref
@@ -42,7 +44,7 @@ _T = TypeVar("_T")
 AGENT_PROGRAM = Path(__file__).with_name("fileagent.py")
 # Enough for a download, an upload and a listing of one sandbox at once; more wait their turn.
 AGENTS_PER_SANDBOX = 3
-# Agents kept waiting for the next call (each ~15 MB, most of it counted against its sandbox).
+# Agents kept waiting for the next call (each ~1.5 MB of its own, counted against its sandbox).
 _IDLE_PER_SANDBOX = 1
 _MAX_NAME_CHARS = 1024  # a name is at most 255 bytes; escaped undecodable bytes take more characters
 _MAX_PATH_CHARS = 4096
@@ -97,9 +99,6 @@ class FileOps(Protocol):
 
     async def remove(self, path: str) -> None: ...
 
-    async def prepare(self) -> None:
-        """Have what the first operation needs waiting, so a fresh sandbox's first call is not slower."""
-
 
 @dataclass(frozen=True)
 class AgentTarget:
@@ -114,40 +113,92 @@ def _failed(reason: str) -> OSError:
     return OSError(errno.EIO, f"the sandbox's file agent failed: {reason}")
 
 
+class _Forker:
+    """The one `fileagent` program, which forks the agents (started on first use; again if it died)."""
+
+    def __init__(self) -> None:
+        self._process: processes.ChildProcess | None = None
+        self._requests: socket.socket | None = None
+        self._turn = asyncio.Lock()  # one request and its answer at a time
+
+    async def fork(self, control: int, pidfd: int, setup: bytes) -> tuple[int, int]:
+        """A new agent for ``setup``, with ``control`` and ``pidfd`` handed over: its pid and a pidfd
+        of it (-1 when it exited at once)."""
+        async with self._turn:
+            requests = await self._running()
+            try:
+                socket.send_fds(requests, [setup], [control, pidfd])
+                data, fds, _, _ = await _when_ready(
+                    requests.fileno(), functools.partial(socket.recv_fds, requests, 1024, 1), writing=False
+                )
+            except OSError as error:
+                self.close()
+                raise _failed(f"the agents' forker failed ({error})") from None
+            answer = json.loads(data) if data else {}
+            pid = answer.get("pid") if isinstance(answer, dict) else None
+            if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or len(fds) > 1:
+                for fd in fds:
+                    os.close(fd)
+                raise _failed("the agents' forker answered out of shape")
+            return pid, fds[0] if fds else -1
+
+    async def _running(self) -> socket.socket:
+        if self._process is not None and self._process.returncode is None and self._requests is not None:
+            return self._requests
+        self.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        try:
+            self._process = await processes.spawn(
+                [sys.executable, "-I", "-S", "-B", str(AGENT_PROGRAM), str(theirs.fileno())],
+                env={},  # the server's environment may hold keys
+                stdout=False,
+                stderr=False,
+                pass_fds=(theirs.fileno(),),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._requests = ours
+        return ours
+
+    def close(self) -> None:
+        """Stop it; agents it forked die with it (their parent-death signal)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process = None
+        if self._requests is not None:
+            self._requests.close()
+            self._requests = None
+
+
 class FileAgent:
     """One agent process and its control socket; one exchange at a time."""
 
-    def __init__(self, process: processes.ChildProcess, control: socket.socket) -> None:
-        self.process = process
+    def __init__(self, pid: int, pidfd: int, control: socket.socket) -> None:
+        self.pid = pid
+        self._pidfd = pidfd  # -1: it exited as it started
         self._control = control
         # A request was sent and its last reply has not come: the agent's state is unknown.
         self.in_exchange = False
 
     @classmethod
-    async def start(cls, target: AgentTarget) -> FileAgent:
+    async def start(cls, forker: _Forker, target: AgentTarget) -> FileAgent:
         server_end, agent_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         server_end.setblocking(False)
-        fds = (str(agent_end.fileno()), str(target.pidfd))
+        # Nothing of the sandbox on a command line, which every local user can read.
+        setup = json.dumps({"home": target.home, "cgroups": [str(p) for p in target.procs_files]}).encode()
         try:
-            # Nothing of the sandbox on the command line, which every local user can read: its
-            # home and cgroups come over the socket, and the agent rewrites its title at once.
-            process = await processes.spawn(
-                [sys.executable, "-I", "-S", "-B", str(AGENT_PROGRAM), *fds],
-                env={},  # the server's environment may hold keys
-                stdout=False,
-                stderr=False,
-                pass_fds=(agent_end.fileno(), target.pidfd),
-            )
+            pid, pidfd = await forker.fork(agent_end.fileno(), target.pidfd, setup)
         except BaseException:
             server_end.close()
             raise
         finally:
             agent_end.close()
-        agent = cls(process, server_end)
+        agent = cls(pid, pidfd, server_end)
         try:
-            server_end.send(
-                json.dumps({"home": target.home, "cgroups": [str(p) for p in target.procs_files]}).encode()
-            )
             agent.in_exchange = True
             if await agent.receive() != {"ready": True}:
                 raise _failed("it did not start")
@@ -156,6 +207,11 @@ class FileAgent:
             agent.discard()
             raise
         return agent
+
+    @property
+    def alive(self) -> bool:
+        """Not exited (its pidfd turns readable when it does)."""
+        return self._pidfd >= 0 and not select.select([self._pidfd], [], [], 0)[0]
 
     def send(self, message: dict[str, str], pipe: int | None = None) -> None:
         data = json.dumps(message).encode()
@@ -191,12 +247,17 @@ class FileAgent:
 
     def kill(self) -> None:
         """Stop its work now; a holder waiting on it sees it exit (its socket stays open until `discard`)."""
-        self.process.kill()
+        if self._pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
     def discard(self) -> None:
-        """Kill it and close its socket: only once nothing waits on it."""
-        self.process.kill()
+        """Kill it and close its socket and pidfd: only once nothing waits on it."""
+        self.kill()
         self._control.close()
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
 
 
 def _reported(message: dict[str, object]) -> Exception:
@@ -223,7 +284,8 @@ def _reported(message: dict[str, object]) -> Exception:
 class _SandboxAgents:
     """The agents of one boot of one sandbox."""
 
-    def __init__(self, target: AgentTarget, limit: int) -> None:
+    def __init__(self, forker: _Forker, target: AgentTarget, limit: int) -> None:
+        self.forker = forker
         self.target = target
         self.turns = asyncio.Semaphore(limit)
         self.idle: list[FileAgent] = []
@@ -236,13 +298,13 @@ class _SandboxAgents:
         try:
             while self.idle:
                 agent = self.idle.pop()
-                if agent.process.returncode is None:
+                if agent.alive:
                     return agent
                 agent.discard()
                 self.live.discard(agent)
             if self.closed:  # checked with no await before the spawn: its pidfd is still open
                 raise ProcessLookupError(errno.ESRCH, "the sandbox stopped")
-            agent = await FileAgent.start(self.target)
+            agent = await FileAgent.start(self.forker, self.target)
             self.live.add(agent)
             return agent
         except BaseException:
@@ -251,12 +313,7 @@ class _SandboxAgents:
 
     def release(self, agent: FileAgent) -> None:
         """Back to the idle ones when its exchange ended cleanly; killed otherwise."""
-        if (
-            agent.in_exchange
-            or self.closed
-            or agent.process.returncode is not None
-            or len(self.idle) >= _IDLE_PER_SANDBOX
-        ):
+        if agent.in_exchange or self.closed or not agent.alive or len(self.idle) >= _IDLE_PER_SANDBOX:
             agent.discard()
             self.live.discard(agent)
         else:
@@ -279,12 +336,13 @@ class FileAgents:
     def __init__(self, per_sandbox: int = AGENTS_PER_SANDBOX) -> None:
         self.per_sandbox = per_sandbox
         self._sandboxes: dict[str, _SandboxAgents] = {}
+        self._forker = _Forker()
 
     def files(self, sandbox_id: str, target: AgentTarget) -> AgentFiles:
         """The file operations of a running sandbox (its agents made with ``target`` on demand)."""
         agents = self._sandboxes.get(sandbox_id)
         if agents is None:
-            agents = self._sandboxes[sandbox_id] = _SandboxAgents(target, self.per_sandbox)
+            agents = self._sandboxes[sandbox_id] = _SandboxAgents(self._forker, target, self.per_sandbox)
         return AgentFiles(agents)
 
     def close(self, sandbox_id: str) -> None:
@@ -293,10 +351,16 @@ class FileAgents:
         if agents is not None:
             agents.close()
 
+    def shutdown(self) -> None:
+        """Kill every agent and the program that forks them (the server is stopping)."""
+        for sandbox_id in list(self._sandboxes):
+            self.close(sandbox_id)
+        self._forker.close()
+
     def pids(self, sandbox_id: str) -> list[int]:
         """The processes of the sandbox's live agents."""
         agents = self._sandboxes.get(sandbox_id)
-        return [] if agents is None else [agent.process.pid for agent in agents.live]
+        return [] if agents is None else [agent.pid for agent in agents.live]
 
 
 class AgentFiles:
@@ -364,11 +428,6 @@ class AgentFiles:
         except BaseException:
             transfer.finish()
             raise
-
-    async def prepare(self) -> None:
-        """Start an agent and keep it idle: its start (Python, the sandbox's cgroups and namespaces)
-        is then paid by a warm spare's boot, not by the first file call of the sandbox it becomes."""
-        self._agents.release(await self._agents.acquire())
 
     async def mkdir(self, path: str) -> None:
         await self._simple("mkdir", path)

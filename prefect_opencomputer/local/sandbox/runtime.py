@@ -458,6 +458,7 @@ class SandboxRuntime:
         Groups still emptying after ``grace`` seconds are left to the next start's sweep.
         """
         await asyncio.gather(*(self.stop(sid) for sid in list(self._machines)))
+        self.file_agents.shutdown()
         if not await self.wait_stopped(grace):
             for pending in [*self._teardowns.values(), *self._removals]:
                 pending.cancel()
