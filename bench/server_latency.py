@@ -105,7 +105,8 @@ async def _create_and_exec(result: BenchmarkResult, oc: OpenComputerClient) -> l
     )
     result.notes.append(
         "A sandbox's file calls run in its own file agents (processes inside it), forked on its first "
-        "file call from one program the server started with everything imported: about 2 ms."
+        "file call from one program the server started with everything imported (about 2 ms); joining "
+        "the sandbox's cgroups after an idle moment waits out the cgroup v1 attach (5-15 ms)."
     )
     result.notes.append(
         "A command is forked by its sandbox's boot process, which is in the sandbox's cgroups already: "
