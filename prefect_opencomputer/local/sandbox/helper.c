@@ -378,6 +378,7 @@ static const char *const EMPTY_VIEWS[][2] = {{"partitions", "major minor  #block
 static void mount_proc_views(int *views, char **paths, int nviews) {
     char target[96];
     for (int i = 0; i < nviews; i++) {
+        if (views[i] < 0) continue;
         const char *slash = strrchr(paths[i], '/');
         snprintf(target, sizeof target, "/proc/%s", slash ? slash + 1 : paths[i]);
         attach(views[i], target);
@@ -461,8 +462,12 @@ static void boot_child(struct boot *b, int go_fd, int ready_fd) {
         snprintf(path, sizeof path, "/dev/%s", DEVICES[i]);
         devices[i] = clone_host_tree(path);
     }
+    /* The views are information, not limits: a sandbox boots without one lxcfs cannot give. */
     int views[MAX_PROC_VIEWS];
-    for (int i = 0; i < b->nproc_views; i++) views[i] = clone_host_tree(b->proc_views[i]);
+    for (int i = 0; i < b->nproc_views; i++) {
+        views[i] = (int)syscall(SYS_open_tree, AT_FDCWD, b->proc_views[i], OPEN_TREE_CLONE | O_CLOEXEC);
+        if (views[i] < 0) fprintf(stderr, "sandbox-helper: %s: %s\n", b->proc_views[i], strerror(errno));
+    }
     if (setgroups(0, NULL) < 0) die("setgroups");
     if (setresgid(0, 0, 0) < 0) die("setresgid");
     if (setresuid(0, 0, 0) < 0) die("setresuid");
