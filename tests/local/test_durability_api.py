@@ -12,6 +12,7 @@ import pytest
 from prefect_opencomputer.local import LocalServer, LocalServerConfig
 from prefect_opencomputer.local.backend.records import CheckpointRecord, utc_now
 from prefect_opencomputer.local.backend.state import StateStore
+from tests.host_view import host_view, marked_sleep, new_marker
 
 API_KEY = "osb_" + "d" * 64
 
@@ -115,9 +116,11 @@ def test_a_sandbox_created_just_before_shutdown_comes_back(tmp_path: Path) -> No
 
 def _uid_range(api: httpx.Client, sandbox_id: str) -> str:
     """The first host uid of the sandbox's own id range (it wakes the sandbox if it must)."""
-    result = api.post(f"/sandboxes/{sandbox_id}/exec/run", json={"cmd": "cat /proc/self/uid_map"}).json()
+    marker = new_marker()
+    body = {"cmd": "/bin/bash", "args": ["-c", marked_sleep(marker)]}
+    result = api.post(f"/sandboxes/{sandbox_id}/exec/run", json=body).json()
     assert result["exitCode"] == 0, result
-    return str(result["stdout"].split()[1])
+    return host_view(marker).uid_map[1]
 
 
 @pytest.mark.slow

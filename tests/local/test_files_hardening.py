@@ -136,8 +136,6 @@ def test_a_nul_byte_in_a_path_is_refused_not_truncated(rooted: RootedFiles) -> N
 async def test_api_writes_belong_to_root_as_the_hosted_agent_writes_them(
     http: httpx.AsyncClient, sandbox: str
 ) -> None:
-    if (await _run(http, sandbox, "cat /proc/self/uid_map")).split()[:2] == ["0", "0"]:
-        pytest.xfail("this runtime has no user namespace yet and still passes the sandbox user as owner")
     await http.put(_files(sandbox), params={"path": "api/dir/file.txt"}, content=b"x")
     await http.put(_files(sandbox), params={"path": "/tmp/api-tmp/file.txt"}, content=b"x")
     await http.post(f"{_files(sandbox)}/mkdir", params={"path": "made-by-mkdir"})

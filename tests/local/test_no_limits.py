@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -9,6 +10,7 @@ import httpx
 from prefect_opencomputer.local import LocalServer, LocalServerConfig
 from prefect_opencomputer.local.backend.sandboxes import prepare_host
 from prefect_opencomputer.local.sandbox.factory import cgroup_group
+from tests.security.conftest import UNCOVER_DISKS, disks_shown
 
 
 def test_without_limits_the_server_says_nothing_is_enforced(tmp_path: Path) -> None:
@@ -37,6 +39,20 @@ def test_without_limits_sandboxes_run_and_hibernate_stops_their_processes(tmp_pa
         ).json()
         # No freezer: the disk stays, the processes do not (as the README says of --no-limits).
         assert after["stdout"] == "kept\n0\n"
+        assert http.delete(f"/sandboxes/{sandbox}").status_code == 204
+
+
+def test_without_limits_proc_still_lists_no_disk_and_root_inside_cannot_uncover_one(tmp_path: Path) -> None:
+    """No lxcfs views without cgroups, but the empty tables of disks stay (tests/security has the why)."""
+    with (
+        LocalServer(LocalServerConfig(data_dir=tmp_path, limits=False)) as server,
+        httpx.Client(base_url=server.api_url, headers={"X-API-Key": server.api_key}, timeout=60) as http,
+    ):
+        sandbox = http.post("/sandboxes", json={"timeout": 0}).json()["sandboxID"]
+        probed = http.post(f"/sandboxes/{sandbox}/exec/run", json={"cmd": UNCOVER_DISKS}).json()
+        assert probed["exitCode"] == 0, probed
+        seen = json.loads(probed["stdout"])
+        assert disks_shown(seen) == [], seen
         assert http.delete(f"/sandboxes/{sandbox}").status_code == 204
 
 

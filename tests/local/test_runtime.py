@@ -13,6 +13,7 @@ from serving import processes_mentioning
 from prefect_opencomputer.local.sandbox import ids
 from prefect_opencomputer.local.sandbox.fileops import PathEscapeError
 from prefect_opencomputer.local.sandbox.runtime import SandboxRuntime
+from tests.host_view import host_view, marked_sleep, new_marker
 
 
 async def boot(runtime: SandboxRuntime, sandbox_id: str, *, network: bool = True) -> str:
@@ -25,6 +26,13 @@ async def sh(runtime: SandboxRuntime, sandbox_id: str, script: str, timeout: flo
     result = await runtime.run(sandbox_id, ["/bin/sh", "-c", script], timeout=timeout)
     assert result.exit_code == 0, result
     return result.stdout.decode()
+
+
+async def host_range(runtime: SandboxRuntime, sandbox_id: str) -> int:
+    """The first host id of the sandbox's own range, read from the host (inside shows ``0 0 65536``)."""
+    marker = new_marker()
+    await runtime.run(sandbox_id, ["/bin/bash", "-c", marked_sleep(marker)])
+    return int((await asyncio.to_thread(host_view, marker)).uid_map[1])
 
 
 async def test_commands_run_as_the_sandbox_user_in_its_home(runtime: SandboxRuntime) -> None:
@@ -198,8 +206,9 @@ async def test_sandbox_root_writes_system_files_and_is_nobody_on_the_host(runtim
         ["/bin/sh", "-c", "id -u; echo built > /usr/local/built.txt; cat /proc/self/uid_map"],
         as_root=True,
     )
-    uid, inside, outside, count = (int(word) for word in result.stdout.split())
-    assert (uid, inside, count) == (0, 0, ids.ID_COUNT)
+    uid, inside, mapped, count = (int(word) for word in result.stdout.split())
+    assert (uid, inside, mapped, count) == (0, 0, 0, ids.ID_COUNT)  # the sandbox's ids, one to one
+    outside = await host_range(runtime, sandbox)
     # A range of its own, never the canonical one its files are stored with, never host root's.
     assert outside >= ids.HOST_ID_BASE + ids.ID_COUNT
     assert not Path("/usr/local/built.txt").exists()
@@ -219,7 +228,7 @@ async def test_every_running_sandbox_has_a_host_id_range_of_its_own_and_forks_ge
     await start(runtime, "sb-rngc0001")
     maps = {}
     for sandbox in (first, second, "sb-rngc0001"):
-        maps[sandbox] = (await sh(runtime, sandbox, "cat /proc/self/uid_map")).split()[1]
+        maps[sandbox] = await host_range(runtime, sandbox)
     assert len(set(maps.values())) == 3, maps
     # The fork sees what its source's root wrote as its own root's, through its own range.
     owner = await runtime.run("sb-rngc0001", ["stat", "-c", "%u %U", "/usr/local/owned.txt"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -10,16 +12,67 @@ import httpx
 import pytest
 
 
-# What /proc/self/uid_map shows inside a sandbox: ids 0.. are a host range of its own, past the
-# canonical range its files are stored with (100000000..+65535).
+# What /proc/self/uid_map shows inside a sandbox: 65536 ids, one to one those of the sandbox's own
+# namespace (whose host range only the host sees: tests/host_view.py), never the host's 4294967295.
 def is_sandbox_uid_map(words: list[str]) -> bool:
-    return len(words) == 3 and words[0] == "0" and int(words[1]) >= 100_065_536 and words[2] == "65536"
+    return words == ["0", "0", "65536"]
 
 
 # What it shows for a process in the host's own user namespace (host root, or any host user).
 HOST_UID_MAP = ["0", "0", "4294967295"]
 
 NewSandbox = Callable[..., Awaitable[str]]
+
+# Run as a sandbox's root: each way to the host's tables of disks (which list every sandbox's disk),
+# then what the tables show.
+_UNCOVER_DISKS_PY = """
+import ctypes, json, os, subprocess
+
+libc = ctypes.CDLL(None, use_errno=True)
+seen = {}
+
+def tried(name, command):
+    done = subprocess.run(command, shell=True, capture_output=True, text=True)
+    seen[name] = done.returncode
+
+tried("umount", "umount /proc/partitions")
+tried("umount -l", "umount -l /proc/diskstats")
+os.makedirs("/mnt/p", exist_ok=True)
+tried("mount -t proc", "mount -t proc proc /mnt/p")
+if seen["mount -t proc"] == 0:
+    for name in ("partitions", "diskstats"):
+        seen[f"fresh procfs {name}"] = open(f"/mnt/p/{name}").read()
+OPEN_TREE_CLONE, AT_FDCWD = 1, -100
+tree = libc.syscall(428, AT_FDCWD, b"/proc", OPEN_TREE_CLONE | os.O_CLOEXEC)
+seen["open_tree"] = 0 if tree >= 0 else -1
+if tree >= 0:
+    for name in ("partitions", "diskstats"):
+        with open(os.open(name, os.O_RDONLY, dir_fd=tree)) as table:
+            seen[f"cloned /proc {name}"] = table.read()
+for name in ("partitions", "diskstats"):
+    seen[f"/proc/{name} afterwards"] = open(f"/proc/{name}").read()
+print(json.dumps(seen))
+"""
+
+# A device's line in either table starts with its major and minor numbers.
+_DEVICE_LINE = re.compile(r"^\s*\d+\s+\d+\s", re.MULTILINE)
+
+
+UNCOVER_DISKS = (
+    f"echo {base64.b64encode(_UNCOVER_DISKS_PY.encode()).decode()} | base64 -d > /tmp/uncover.py && "
+    "sudo python3 /tmp/uncover.py"
+)
+
+
+def disks_shown(seen: dict[str, Any]) -> list[str]:
+    """What `UNCOVER_DISKS` saw that lists a block device or a view gone (empty: nothing leaked)."""
+    tables = {name: text for name, text in seen.items() if isinstance(text, str)}
+    shown = [name for name, text in tables.items() if "loop" in text or _DEVICE_LINE.search(text)]
+    if tables.get("/proc/partitions afterwards", "").split() != ["major", "minor", "#blocks", "name"]:
+        shown.append("/proc/partitions afterwards")  # the view itself stays: an empty table
+    if tables.get("/proc/diskstats afterwards") != "":
+        shown.append("/proc/diskstats afterwards")
+    return shown
 
 
 async def run(

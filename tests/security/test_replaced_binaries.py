@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.host_view import host_view, is_host_range_map, marked_sleep, new_marker
 from tests.security.conftest import (
     HOST_UID_MAP,
     NewSandbox,
@@ -213,3 +214,10 @@ async def test_every_command_runs_in_the_sandbox_id_range(
         f"/sandboxes/{sandbox}/exec/run", json={"cmd": "cat", "args": ["/proc/self/uid_map"]}
     )
     assert is_sandbox_uid_map(direct.json()["stdout"].split())
+    # That namespace, seen from the host, is the sandbox's own id range; every command runs in it.
+    marker = new_marker()
+    await run_ok(http, sandbox, marked_sleep(marker), bash=True)
+    seen = host_view(marker)
+    assert is_host_range_map(seen.uid_map) and seen.gid_map == seen.uid_map, seen
+    for script in ("readlink /proc/self/ns/user", "sudo readlink /proc/self/ns/user"):
+        assert (await run_ok(http, sandbox, script)).strip() == seen.user_namespace, script

@@ -9,7 +9,8 @@
  * hundred lines, and enters a sandbox in about a millisecond.
  *
  *   helper boot  --lower D --lower-mount D --disk-fd N --disk-mount D --merged D --hostname H --map BASE:COUNT
- *                [--stored-ids STORED] [--cgroup-procs F]... [--shm-bytes N] [--ready-fd N] [--commands-fd N]
+ *                [--stored-ids STORED] [--cgroup-procs F]... [--proc-view F]... [--shm-bytes N] [--ready-fd N]
+ *                [--commands-fd N]
  *     A new network namespace owned by the host (the sandbox's root cannot change its routes or
  *     firewall; "net" on the ready fd says it exists) and a private mount namespace where the
  *     sandbox's disk (an ext4 image, open on fd N, holding its upper and work directories) is
@@ -20,8 +21,11 @@
  *     user (ids 0..COUNT-1 inside are BASE.. outside),
  *     mount, PID, IPC, UTS and cgroup namespaces. The child mounts an overlay (lower read-only,
  *     the disk's upper writable) with the ids of the sandbox's root, pivots into it, mounts /proc,
- *     /dev, /dev/shm, /run and writes /etc/hosts, then becomes the sandbox's pid 1 (a reaper
- *     running host code, whose command line names nothing of the host). The parent prints the
+ *     /dev, /dev/shm, /run and writes /etc/hosts. Over /proc go each host file F (lxcfs's views,
+ *     at /proc/<its name>) and empty tables of disks. Then it moves into namespaces of its own below
+ *     the sandbox's user namespace, where every mount made so far is locked (`move_inward`), and
+ *     becomes the sandbox's pid 1 (a reaper running host code, whose command line names nothing of
+ *     the host); every later process enters those namespaces through its pidfd. The parent prints the
  *     child's pid on the ready fd once the root is in place and waits; the disk stays reachable
  *     from the host as /proc/<parent>/root/<disk mount> while it lives.
  *
@@ -79,6 +83,7 @@
 #include <unistd.h>
 
 #define MAX_CGROUPS 8
+#define MAX_PROC_VIEWS 8
 
 static void die(const char *what) {
     fprintf(stderr, "sandbox-helper: %s: %s\n", what, strerror(errno));
@@ -302,7 +307,8 @@ struct boot {
     const char *lower, *lower_mount, *disk_mount, *merged, *hostname;
     unsigned long base, count, stored, shm_bytes;
     char *cgroups[MAX_CGROUPS];
-    int ncgroups, ready_fd, disk_fd, commands_fd, argc;
+    char *proc_views[MAX_PROC_VIEWS]; /* host files to show over /proc/<their name> */
+    int ncgroups, nproc_views, ready_fd, disk_fd, commands_fd, argc;
     char **argv;
 };
 
@@ -359,6 +365,87 @@ static void reap_forever(int ready_fd) {
 
 static void on_signal(int sig) { (void)sig; }
 
+/*
+ * What the host's /proc would tell about other sandboxes, it does not: the host's partitions and
+ * diskstats list every sandbox's disk (a loop device each) and its I/O as it happens. A sandbox has
+ * no block device of its own in its /dev (its disk is mounted for it), so it sees the empty tables
+ * of a machine without one, on a read-only tmpfs of its own.
+ */
+static const char *const EMPTY_VIEWS[][2] = {{"partitions", "major minor  #blocks  name\n\n"}, {"diskstats", ""}};
+#define NEMPTY_VIEWS (sizeof EMPTY_VIEWS / sizeof *EMPTY_VIEWS)
+
+/* Over the fresh /proc: the host's views (`views`, clones of `paths`), then the empty tables. */
+static void mount_proc_views(int *views, char **paths, int nviews) {
+    char target[96];
+    for (int i = 0; i < nviews; i++) {
+        if (views[i] < 0) continue;
+        const char *slash = strrchr(paths[i], '/');
+        snprintf(target, sizeof target, "/proc/%s", slash ? slash + 1 : paths[i]);
+        attach(views[i], target);
+    }
+    int fs = fs_open("tmpfs");
+    fs_set(fs, "size", "64k");
+    fs_set(fs, "mode", "0555");
+    int tables = fs_mount(fs, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
+    for (size_t i = 0; i < NEMPTY_VIEWS; i++) {
+        int fd = openat(tables, EMPTY_VIEWS[i][0], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+        if (fd < 0) die(EMPTY_VIEWS[i][0]);
+        size_t len = strlen(EMPTY_VIEWS[i][1]);
+        if (write(fd, EMPTY_VIEWS[i][1], len) != (ssize_t)len) die(EMPTY_VIEWS[i][0]);
+        close(fd);
+    }
+    struct mount_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.attr_set = MOUNT_ATTR_RDONLY;
+    if (syscall(SYS_mount_setattr, tables, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0) die("read-only views");
+    for (size_t i = 0; i < NEMPTY_VIEWS; i++) {
+        int view = (int)syscall(SYS_open_tree, tables, EMPTY_VIEWS[i][0], OPEN_TREE_CLONE | O_CLOEXEC);
+        if (view < 0) die(EMPTY_VIEWS[i][0]);
+        snprintf(target, sizeof target, "/proc/%s", EMPTY_VIEWS[i][0]);
+        attach(view, target);
+    }
+    close(tables);
+}
+
+/*
+ * pid 1 moves into namespaces of its own below the sandbox's user namespace, and every process
+ * after it enters there. Mounts copied into a less privileged user namespace are locked (the
+ * kernel's MNT_LOCKED): no root inside can unmount the /proc views, or any other mount made above,
+ * to see what they cover, and since no mount of /proc in its namespace is then fully visible, it
+ * cannot mount a fresh procfs either. Its ids map one to one onto the sandbox's (0..COUNT-1), so
+ * every owner stays what it was; its mount, UTS, IPC and cgroup namespaces are its own, so root
+ * inside still mounts, names its host and sets up cgroups as it would on a VM. A fork that stays
+ * in the sandbox's namespace writes the map (a process cannot map more than its own id into a
+ * namespace it has just entered).
+ */
+static void move_inward(unsigned long count) {
+    int go[2];
+    if (pipe2(go, O_CLOEXEC) < 0) die("pipe");
+    pid_t mapper = fork();
+    if (mapper < 0) die("fork");
+    if (mapper == 0) {
+        char token, path[64], map[64];
+        close(go[1]);
+        if (read(go[0], &token, 1) != 1) _exit(125);
+        snprintf(map, sizeof map, "0 0 %lu\n", count);
+        snprintf(path, sizeof path, "/proc/%d/uid_map", getppid());
+        write_file(path, map);
+        snprintf(path, sizeof path, "/proc/%d/gid_map", getppid());
+        write_file(path, map);
+        _exit(0);
+    }
+    close(go[0]);
+    if (unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP) < 0)
+        die("inner namespaces");
+    if (write(go[1], "g", 1) != 1) die("map the inner namespace");
+    close(go[1]);
+    int status;
+    while (waitpid(mapper, &status, 0) < 0) {
+        if (errno != EINTR) die("wait");
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) fail("mapping the inner namespace failed");
+}
+
 static void boot_child(struct boot *b, int go_fd, int ready_fd) {
     char token;
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("pdeathsig");
@@ -374,6 +461,12 @@ static void boot_child(struct boot *b, int go_fd, int ready_fd) {
         char path[64];
         snprintf(path, sizeof path, "/dev/%s", DEVICES[i]);
         devices[i] = clone_host_tree(path);
+    }
+    /* The views are information, not limits: a sandbox boots without one lxcfs cannot give. */
+    int views[MAX_PROC_VIEWS];
+    for (int i = 0; i < b->nproc_views; i++) {
+        views[i] = (int)syscall(SYS_open_tree, AT_FDCWD, b->proc_views[i], OPEN_TREE_CLONE | O_CLOEXEC);
+        if (views[i] < 0) fprintf(stderr, "sandbox-helper: %s: %s\n", b->proc_views[i], strerror(errno));
     }
     if (setgroups(0, NULL) < 0) die("setgroups");
     if (setresgid(0, 0, 0) < 0) die("setresgid");
@@ -412,6 +505,7 @@ static void boot_child(struct boot *b, int go_fd, int ready_fd) {
     /* From here on every path is the sandbox's own. */
     mkdir("/proc", 0555);
     attach(proc, "/proc");
+    mount_proc_views(views, b->proc_views, b->nproc_views);
     mkdir("/dev", 0755);
     if (mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=1m,nr_inodes=64") < 0) die("/dev");
     for (size_t i = 0; i < NDEVICES; i++) {
@@ -436,6 +530,7 @@ static void boot_child(struct boot *b, int go_fd, int ready_fd) {
     if (mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64m") < 0) die("/run");
     if (sethostname(b->hostname, strlen(b->hostname)) < 0) die("sethostname");
     write_hosts(b->hostname);
+    move_inward(b->count);
     set_title(b->argc, b->argv, "init"); /* the options are used up: nothing of the host shows */
     if (prctl(PR_SET_DUMPABLE, 0) < 0) die("dumpable");
 
@@ -883,6 +978,9 @@ int main(int argc, char **argv) {
             } else if (strcmp(arg, "--cgroup-procs") == 0) {
                 if (b.ncgroups == MAX_CGROUPS) fail("too many cgroups");
                 b.cgroups[b.ncgroups++] = (char *)value(argc, argv, &i);
+            } else if (strcmp(arg, "--proc-view") == 0) {
+                if (b.nproc_views == MAX_PROC_VIEWS) fail("too many /proc views");
+                b.proc_views[b.nproc_views++] = (char *)value(argc, argv, &i);
             } else fail("unknown boot option");
         }
         if (!b.lower || !b.lower_mount || b.disk_fd < 0 || !b.disk_mount || !b.merged || b.ready_fd < 0 || b.base == 0 || b.count == 0)

@@ -148,7 +148,6 @@ class SandboxRuntime:
         self.id_slots = ids.IdSlots(root / "id-slots.json")
         # Per-sandbox views of /proc (its own memory and cores); None: sandboxes see the host's.
         self.proc_views: ProcViews | None = None
-        self._views_mounting: dict[str, asyncio.Future[None]] = {}
         self.file_agents = FileAgents()
 
     def check_available(self) -> None:
@@ -219,21 +218,10 @@ class SandboxRuntime:
             if not await asyncio.to_thread(self.layers.ensure_disk, sandbox_id):
                 raise FileNotFoundError(f"no layer for sandbox {sandbox_id}")
             await self._boot(sandbox_id, template=template, **boot)
-            machine = self._machines.get(sandbox_id)
-            if self.proc_views is not None and machine is not None:
-                # Its /proc will answer with its own memory and cores: mounted while the caller
-                # records the boot, and waited for in `settled`.
-                self._views_mounting[sandbox_id] = self.proc_views.attach(machine.init_pid)
 
     async def settled(self, sandbox_id: str) -> None:
-        """Wait until what a fresh boot still does in the background is done (the /proc views)."""
-        mounting = self._views_mounting.pop(sandbox_id, None)
-        if mounting is None:
-            return
-        try:
-            await mounting
-        except OSError as error:
-            logger.warning("sandbox %s sees the host's /proc: %s", sandbox_id, error)
+        """Nothing of a boot goes on once `start` returns: the helper mounts the /proc views before
+        the sandbox's pid 1 reports ready, so no command or file agent ever enters without them."""
 
     async def _boot(self, sandbox_id: str, *, template: str, **boot: Unpack[BootOptions]) -> None:
         hostname, network, limits = boot.get("hostname"), boot.get("network", True), boot.get("limits")
@@ -263,6 +251,9 @@ class SandboxRuntime:
             "--ready-fd", str(ready_write), "--commands-fd", str(commands_theirs.fileno()),
             *_cgroup_options(cgroup),
         ]  # fmt: skip
+        if self.proc_views is not None and cgroup is not None:
+            # Its /proc answers with its own memory and cores (lxcfs reads them from its cgroups).
+            argv += [option for path in self.proc_views.paths for option in ("--proc-view", str(path))]
         log_path = merged.with_name("init.log")
         try:
             with log_path.open("wb") as log:
@@ -353,9 +344,6 @@ class SandboxRuntime:
         returns, and its cgroup goes then, in the background (`wait_stopped`).
         """
         machine = self._machines.pop(sandbox_id, None)
-        mounting = self._views_mounting.pop(sandbox_id, None)
-        if mounting is not None:
-            mounting.add_done_callback(lambda done: done.cancelled() or done.exception())
         if machine is None:
             return
         self.file_agents.close(sandbox_id)  # before its pidfd closes: no agent is spawned after
