@@ -86,9 +86,6 @@ class StandinRuntime:
         self._running.add(sandbox_id)
         self._groups[sandbox_id] = set()
 
-    async def settled(self, sandbox_id: str) -> None:
-        return None
-
     async def freeze(self, sandbox_id: str) -> bool:
         """Pause every process group of the sandbox (SIGSTOP): memory kept, as a freezer does."""
         if sandbox_id not in self._running:

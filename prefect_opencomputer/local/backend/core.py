@@ -249,12 +249,11 @@ class SandboxCore:
         await self._runtime.destroy(sandbox_id)
 
     async def boot_spare(self, record: SandboxRecord) -> None:
-        """A warm pool's spare: its pending record and layer, its processes booted and settled."""
+        """A warm pool's spare: its pending record and layer, its processes booted."""
         self.store.save_sandbox(record)
         await self._new_layer(record.id, record.disk_mb)
         async with self.lifecycle_lock(record.id):
             await self._start_processes(record)
-            await self._runtime.settled(record.id)
 
     async def boot(self, record: SandboxRecord) -> None:
         """Start the sandbox's processes over its layer and mark it running (lock held)."""
@@ -277,7 +276,6 @@ class SandboxCore:
         self.store.start_running(record.id, record.memory_mb, utc_now())
         self.idle.watch(record.id, record.timeout)
         self.peak = max(self.peak, self.live_count())
-        await self._runtime.settled(record.id)
 
     async def stop_processes(self, record: SandboxRecord, status: SandboxStatus) -> None:
         """Stop the sandbox's processes, keeping its layer, and record ``status`` (lock held)."""

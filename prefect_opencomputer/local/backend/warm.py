@@ -1,8 +1,8 @@
 """Sandboxes booted ahead of their create, as the hosted edge keeps a warm pool for the default shape.
 
 A create of the default shape (the base template, 4096 MB, 1 vCPU, the smallest disk, a network: the
-shape the hosted service's "edge claim" fast path serves) takes a spare that is already booted and
-settled, so it costs a record and no boot. Each spare is a sandbox of its own from the start: its id,
+shape the hosted service's "edge claim" fast path serves) takes a spare that is already booted, so it
+costs a record and no boot. Each spare is a sandbox of its own from the start: its id,
 hostname, disk and cgroups are the ones its create hands out, so nothing is renamed when it is taken.
 Until then it is a pending record (unlisted, unbilled, not counted against the running cap), so a
 server killed with spares leaves them to the next start's recovery, as any half-made create.

@@ -219,10 +219,6 @@ class SandboxRuntime:
                 raise FileNotFoundError(f"no layer for sandbox {sandbox_id}")
             await self._boot(sandbox_id, template=template, **boot)
 
-    async def settled(self, sandbox_id: str) -> None:
-        """Nothing of a boot goes on once `start` returns: the helper mounts the /proc views before
-        the sandbox's pid 1 reports ready, so no command or file agent ever enters without them."""
-
     async def _boot(self, sandbox_id: str, *, template: str, **boot: Unpack[BootOptions]) -> None:
         hostname, network, limits = boot.get("hostname"), boot.get("network", True), boot.get("limits")
         lower = self._lowers.get(template)
