@@ -24,10 +24,10 @@ import signal
 import socket
 import sys
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, TypeGuard, TypeVar
+from typing import Literal, Protocol, TypeGuard
 
 from prefect_opencomputer.local.sandbox import processes
 from prefect_opencomputer.local.sandbox.fileops import (
@@ -38,8 +38,6 @@ from prefect_opencomputer.local.sandbox.fileops import (
     PathEscapeError,
     TooManyEntries,
 )
-
-_T = TypeVar("_T")
 
 AGENT_PROGRAM = Path(__file__).with_name("fileagent.py")
 # Enough for a download, an upload and a listing of one sandbox at once; more wait their turn.
@@ -128,7 +126,7 @@ class _Forker:
             requests = await self._running()
             try:
                 socket.send_fds(requests, [setup], [control, pidfd])
-                data, fds, _, _ = await _when_ready(
+                data, fds, _, _ = await processes.when_ready(
                     requests.fileno(), functools.partial(socket.recv_fds, requests, 1024, 1), writing=False
                 )
             except OSError as error:
@@ -501,7 +499,7 @@ async def _download(transfer: _Transfer, size: int) -> AsyncGenerator[bytes, Non
         remaining = size
         while remaining > 0:
             read = functools.partial(os.read, transfer.pipe, min(_CHUNK_BYTES, remaining))
-            chunk = await _when_ready(transfer.pipe, read, writing=False)
+            chunk = await processes.when_ready(transfer.pipe, read, writing=False)
             if not chunk:
                 break  # the file shrank as it was read: a short body, as a plain read would give
             remaining -= len(chunk)
@@ -521,7 +519,9 @@ class _AgentWriter:
         pipe = self._transfer.pipe
         try:
             while view:
-                written = await _when_ready(pipe, functools.partial(os.write, pipe, view), writing=True)
+                written = await processes.when_ready(
+                    pipe, functools.partial(os.write, pipe, view), writing=True
+                )
                 view = view[written:]
         except BrokenPipeError:
             # The agent stopped reading: its reply says why (no space left, ...).
@@ -540,28 +540,3 @@ class _AgentWriter:
 
     def abort(self) -> None:
         self._transfer.finish()
-
-
-async def _when_ready(fd: int, attempt: Callable[[], _T], *, writing: bool) -> _T:
-    """What ``attempt`` (a read or write of the non-blocking pipe ``fd``) gives once the pipe lets it
-    through: some bytes read (b"" at its end), or how many were written."""
-    while True:
-        try:
-            return attempt()
-        except BlockingIOError:
-            await _ready(fd, writing=writing)
-
-
-async def _ready(fd: int, *, writing: bool) -> None:
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    (loop.add_writer if writing else loop.add_reader)(fd, wake)
-    try:
-        await ready
-    finally:
-        (loop.remove_writer if writing else loop.remove_reader)(fd)

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
 import struct
 import subprocess
-from collections.abc import Mapping, Sequence
-from typing import IO
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, TypeVar
+
+_T = TypeVar("_T")
 
 
 class ChildProcess:
@@ -202,7 +205,7 @@ async def start_through(
             theirs.append(write_end)
         theirs.append(status_theirs.detach())
         try:
-            await _send(loop, channel, request, theirs)
+            await _send(channel, request, theirs)
         except OSError:
             return None  # the boot process is gone (the sandbox stopped): the long way says so
         finally:
@@ -211,7 +214,7 @@ async def start_through(
             theirs.clear()
         status.setblocking(False)
         # Shielded: once asked, the command starts; a caller that gives up meanwhile has it killed.
-        started = asyncio.ensure_future(_receive(loop, status))
+        started = asyncio.ensure_future(_receive(status))
         try:
             report, fds = await asyncio.shield(started)
         except asyncio.CancelledError:
@@ -258,7 +261,7 @@ def _kill_abandoned(started: asyncio.Future[tuple[bytes, list[int]]]) -> None:
         os.close(fd)
 
 
-async def _send(loop: asyncio.AbstractEventLoop, channel: socket.socket, data: bytes, fds: list[int]) -> None:
+async def _send(channel: socket.socket, data: bytes, fds: list[int]) -> None:
     """One datagram with descriptors, waiting while the boot process is busy (or frozen).
 
     Raises `OSError` once the channel is closed (the sandbox stopped): tried again every moment,
@@ -271,28 +274,38 @@ async def _send(loop: asyncio.AbstractEventLoop, channel: socket.socket, data: b
         except BlockingIOError:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_SEND_RETRY_SECONDS):
-                    await _ready(loop, channel.fileno(), writable=True)
+                    await ready(channel.fileno(), writing=True)
 
 
-async def _receive(loop: asyncio.AbstractEventLoop, status: socket.socket) -> tuple[bytes, list[int]]:
+async def _receive(status: socket.socket) -> tuple[bytes, list[int]]:
+    data, fds, _, _ = await when_ready(
+        status.fileno(), functools.partial(socket.recv_fds, status, _STARTED.size, 1), writing=False
+    )
+    return data, fds
+
+
+async def when_ready(fd: int, attempt: Callable[[], _T], *, writing: bool) -> _T:
+    """What ``attempt`` (a read, write, send or receive on the non-blocking ``fd``) gives, tried again
+    each time ``fd`` turns readable or writable while it would block."""
     while True:
         try:
-            data, fds, _, _ = socket.recv_fds(status, _STARTED.size, 1)
-            return data, fds
+            return attempt()
         except BlockingIOError:
-            await _ready(loop, status.fileno(), writable=False)
+            await ready(fd, writing=writing)
 
 
-async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, writable: bool) -> None:
-    ready: asyncio.Future[None] = loop.create_future()
-    add, remove = (loop.add_writer, loop.remove_writer) if writable else (loop.add_reader, loop.remove_reader)
+async def ready(fd: int, *, writing: bool) -> None:
+    """Wait until ``fd`` is readable (or writable, ``writing``), through the event loop."""
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+    add, remove = (loop.add_writer, loop.remove_writer) if writing else (loop.add_reader, loop.remove_reader)
 
     def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
+        if not woken.done():
+            woken.set_result(None)
 
     add(fd, wake)
     try:
-        await ready
+        await woken
     finally:
         remove(fd)
