@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -18,6 +18,7 @@ import pytest
 from prefect_opencomputer.local import LocalServer, LocalServerConfig
 from prefect_opencomputer.local.sandbox.fileagents import AGENTS_PER_SANDBOX
 from tests.security.conftest import NewSandbox, checkpoint_ready, run_ok
+from tests.waiting import until
 
 pytestmark = pytest.mark.security
 
@@ -51,14 +52,6 @@ def agents_of(sandbox: str) -> list[int]:
         except OSError:
             continue
     return pids
-
-
-async def until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
-    for _ in range(int(seconds / 0.05)):
-        if condition():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 @contextlib.asynccontextmanager
@@ -95,7 +88,7 @@ async def test_one_sandboxs_busy_agents_never_hold_up_another_sandboxs_file_call
         assert waited.status_code == 503, waited.text
         assert waited.headers["retry-after"] == "1"
     # The downloads went away: their agents were killed mid-exchange, and fresh ones answer.
-    assert await until(lambda: len(agents_of(busy)) == 0)
+    await until(lambda: len(agents_of(busy)) == 0, what="the busy sandbox's agents to go", timeout=10)
     listed = await http.get(f"/sandboxes/{busy}/files/list", params={"path": "/home/sandbox"})
     assert listed.status_code == 200 and "big.bin" in listed.text
 
@@ -110,7 +103,9 @@ async def test_a_sandboxs_agents_are_gone_after_its_kill_even_a_busy_one(
         async with held_downloads(local_server, sandbox, 2):
             assert len(agents_of(sandbox)) == 2
             assert (await http.delete(f"/sandboxes/{sandbox}")).status_code == 204
-            assert await until(lambda: agents_of(sandbox) == [])
+            await until(
+                lambda: agents_of(sandbox) == [], what="the killed sandbox's agents to go", timeout=10
+            )
     finally:
         await http.delete(f"/sandboxes/{sandbox}")
 
@@ -161,13 +156,13 @@ async def test_a_4_million_entry_directory_listed_again_and_again_stays_bounded(
     assert any(answer.status_code == 413 for answer in answers)
     assert _rss_bytes() - rss_idle < 200 * 1024 * 1024
     # The listings' agents settle: one is kept idle, the others end (under load, not at once).
-    assert await until(lambda: len(agents_of(huge)) == 1, seconds=60)
+    await until(lambda: len(agents_of(huge)) == 1, what="one idle agent left", timeout=60)
     idle = set(agents_of(huge))
     # Removing it takes longer than a step may: 503, and the agent doing it (the idle one) is
     # killed, so its work stops.
     removed = await http.delete(f"/sandboxes/{huge}/files", params={"path": "/home/sandbox/huge"})
     assert removed.status_code == 503, removed.text
-    assert await until(lambda: not idle & set(agents_of(huge)), seconds=60)
+    await until(lambda: not idle & set(agents_of(huge)), what="the removing agent killed", timeout=60)
     count = "find /home/sandbox/huge -maxdepth 1 | wc -l"
     left = int(await run_ok(http, huge, count, timeout=300))
     await asyncio.sleep(1)
